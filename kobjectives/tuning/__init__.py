@@ -1,0 +1,1 @@
+"""KerasTuner hypermodels for the objectives (not yet implemented; see issue 5)."""

@@ -1,0 +1,40 @@
+"""Test configuration shared by the whole suite.
+
+Two logical CPU devices are configured before TensorFlow initializes its
+devices, so `MirroredStrategy` tests can run on a CPU-only machine.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import kobjectives  # noqa: E402,F401
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+    """Path to `../shared/data`; skips the test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_state():
+    import keras
+
+    keras.utils.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    yield

@@ -1,1 +1,3 @@
-"""kobjectives.losses."""
+"""`keras.losses.Loss` subclasses over `kobjectives.ops`."""
+
+from kobjectives.losses.masked_lm_loss import MaskedLMLoss

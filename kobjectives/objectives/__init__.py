@@ -1,1 +1,3 @@
-"""kobjectives.objectives."""
+"""`keras.Model` subclasses, one objective each."""
+
+from kobjectives.objectives.masked_language_model import MaskedLanguageModel

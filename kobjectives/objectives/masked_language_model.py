@@ -1,0 +1,258 @@
+"""`MaskedLanguageModel`: masked LM pretraining over any encoder backbone."""
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from kobjectives.losses import MaskedLMLoss
+from kobjectives.metrics import MaskedAccuracy
+from kobjectives.metrics import Perplexity
+from kobjectives.objectives.objective import Objective
+
+_DEFAULT_BACKBONE_INPUTS = ("token_ids", "padding_mask")
+# keras-hub 0.32 backbones use Keras' own `ReversibleEmbedding`; older ones
+# keras-hub's. Either can project hidden states back to the vocabulary.
+_REVERSIBLE_EMBEDDINGS = (
+    keras.layers.ReversibleEmbedding,
+    keras_hub.layers.ReversibleEmbedding,
+)
+
+
+def backbone_input_names(backbone):
+    """The input keys a backbone takes: its functional inputs, or the default.
+
+    keras-hub backbones are functional models whose `input` is a dict
+    (`token_ids`, `padding_mask`, and `segment_ids` for BERT-style models). A
+    subclassed `keras.Model` is assumed to take `token_ids` and
+    `padding_mask`.
+    """
+    try:
+        inputs = backbone.input
+    except (AttributeError, ValueError):
+        return _DEFAULT_BACKBONE_INPUTS
+    if isinstance(inputs, dict):
+        return tuple(inputs)
+    return _DEFAULT_BACKBONE_INPUTS
+
+
+def sequence_output(outputs):
+    """The `[batch, length, hidden]` states from a backbone's outputs."""
+    if isinstance(outputs, dict):
+        if "sequence_output" not in outputs:
+            raise ValueError(
+                "The backbone returned a dict without 'sequence_output'. "
+                f"Received keys: {sorted(outputs)}. Wrap the backbone so it "
+                "returns the per-token hidden states."
+            )
+        return outputs["sequence_output"]
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="kobjectives")
+class MaskedLanguageModel(Objective):
+    """Masked language modeling (BERT) over any encoder backbone.
+
+    Runs the backbone, gathers the hidden states at `mask_positions` and only
+    then projects them to the vocabulary with keras-hub's `MaskedLMHead`
+    (dense + layer norm + output projection), so the `[length, vocabulary]`
+    logits of unmasked positions are never computed. The output projection is
+    tied to the backbone's token embedding when it has a
+    `ReversibleEmbedding` (`backbone.token_embedding`).
+
+    Feed it what `kobjectives.layers.MaskedLMMasker` emits, as keras-hub's
+    masked-LM tasks are fed: `x = {"token_ids", "padding_mask",
+    "mask_positions"}` (plus `"segment_ids"` where the backbone takes them;
+    zeros are used when they are missing), `y = mask_ids`,
+    `sample_weight = mask_weights`. `compile()` defaults to
+    `kobjectives.losses.MaskedLMLoss` (the mean over real masked positions,
+    exact under `tf.distribute`) with `MaskedAccuracy` and `Perplexity` as
+    weighted metrics.
+
+    Args:
+        backbone: a keras-hub encoder `Backbone` (`BertBackbone`,
+            `RobertaBackbone`, `AlbertBackbone`, `DistilBertBackbone`,
+            `ElectraBackbone`, ...) or any `keras.Model` that maps
+            `{"token_ids", "padding_mask"}` to hidden states
+            `[batch, length, hidden_dim]` (or a dict with `"sequence_output"`).
+        vocabulary_size: int. Needed only when the backbone has neither
+            `vocabulary_size` nor a token embedding.
+        hidden_dim: int. Needed only when the backbone has neither
+            `hidden_dim` nor a token embedding.
+        tie_weights: bool. Project with the transposed token embedding when
+            the backbone has a `ReversibleEmbedding`. Defaults to True.
+        intermediate_activation: activation of the head's dense layer.
+            Defaults to `"gelu"` (as BERT).
+        **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
+
+    Inputs: a dict with `token_ids` int `[batch, length]`, `padding_mask`
+        bool/int `[batch, length]`, `mask_positions` int
+        `[batch, mask_selection_length]`, optionally `segment_ids`.
+
+    Outputs: logits `[batch, mask_selection_length, vocabulary_size]` in the
+        variable dtype: float32 under `mixed_bfloat16`, where the backbone and
+        the tied vocabulary projection compute in bfloat16.
+
+    Reference:
+        Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional
+        Transformers for Language Understanding",
+        https://arxiv.org/abs/1810.04805
+
+    Example:
+
+    ```python
+    import keras_hub, tensorflow as tf
+    import kobjectives
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
+        intermediate_dim=128, max_sequence_length=32)
+    masker = kobjectives.layers.MaskedLMMasker(
+        vocabulary_size=1000, mask_selection_rate=0.15, mask_token_id=4,
+        mask_selection_length=5, unselectable_token_ids=(0, 1, 2, 3, 4))
+    ids = tf.random.uniform((64, 32), 5, 1000, dtype=tf.int32)
+    ds = tf.data.Dataset.from_tensor_slices(ids).batch(16).map(masker).map(
+        lambda m: ({k: m[k] for k in ("token_ids", "padding_mask",
+                                      "mask_positions")},
+                   m["mask_ids"], m["mask_weights"]))
+    model = kobjectives.objectives.MaskedLanguageModel(backbone)
+    model.compile(optimizer="adam")
+    model.fit(ds, epochs=1)
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        vocabulary_size=None,
+        hidden_dim=None,
+        tie_weights=True,
+        intermediate_activation="gelu",
+        **kwargs,
+    ):
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(
+                "`backbone` must be a keras-hub Backbone or a keras.Model that "
+                "maps token ids and a padding mask to hidden states. "
+                f"Received: {type(backbone).__name__}"
+            )
+        kwargs.setdefault("dtype", getattr(backbone, "dtype_policy", None))
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.tie_weights = tie_weights
+        self.intermediate_activation = intermediate_activation
+        self._backbone_inputs = backbone_input_names(backbone)
+
+        embedding = getattr(backbone, "token_embedding", None)
+        if not isinstance(embedding, _REVERSIBLE_EMBEDDINGS):
+            embedding = None
+        tied = embedding if tie_weights else None
+        vocabulary_size = vocabulary_size or getattr(backbone, "vocabulary_size", None)
+        if vocabulary_size is None and embedding is not None:
+            vocabulary_size = embedding.input_dim
+        hidden_dim = hidden_dim or getattr(backbone, "hidden_dim", None)
+        if hidden_dim is None and embedding is not None:
+            hidden_dim = embedding.output_dim
+        if vocabulary_size is None or hidden_dim is None:
+            raise ValueError(
+                "Cannot tell the backbone's vocabulary size and hidden size. "
+                "Pass `vocabulary_size=` and `hidden_dim=` to "
+                "MaskedLanguageModel."
+            )
+        self.vocabulary_size = int(vocabulary_size)
+        self.hidden_dim = int(hidden_dim)
+        self.head = keras_hub.layers.MaskedLMHead(
+            vocabulary_size=self.vocabulary_size,
+            token_embedding=tied,
+            intermediate_activation=intermediate_activation,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            # The head computes in the variable dtype (float32 under
+            # `mixed_bfloat16`): its dense + layer norm touch only the masked
+            # positions, the tied projection still runs in the embedding's
+            # compute dtype, and the logits come out in float32.
+            dtype=self.dtype_policy.variable_dtype,
+            name="mlm_head",
+        )
+        # Build every variable now, so the objective can be saved, loaded
+        # and distributed before it has seen data.
+        self.head.build((None, None, self.hidden_dim), (None, None))
+        self.built = backbone.built
+
+    def encode(self, inputs, training=False):
+        """Runs the backbone: `[batch, length, hidden_dim]` hidden states."""
+        inputs = {k: tf.convert_to_tensor(v) for k, v in inputs.items()}
+        token_ids = inputs["token_ids"]
+        backbone_inputs = {}
+        for name in self._backbone_inputs:
+            if name in inputs:
+                backbone_inputs[name] = inputs[name]
+            elif name == "segment_ids":
+                backbone_inputs[name] = tf.zeros_like(token_ids)
+            else:
+                raise ValueError(
+                    f"The backbone needs input {name!r}, which the data does "
+                    f"not provide. Received keys: {sorted(inputs)}"
+                )
+        return sequence_output(self.backbone(backbone_inputs, training=training))
+
+    def call(self, inputs, training=False):
+        if "mask_positions" not in inputs:
+            raise ValueError(
+                "MaskedLanguageModel needs `mask_positions` in its inputs "
+                "(emitted by kobjectives.layers.MaskedLMMasker). Received "
+                f"keys: {sorted(inputs)}"
+            )
+        hidden = self.encode(inputs, training=training)
+        return self.head(hidden, mask_positions=inputs["mask_positions"])
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        weighted_metrics="auto",
+        **kwargs,
+    ):
+        """Configures training, with masked-LM defaults.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate 5e-4, weight decay
+                0.01, clipnorm 1.0: a from-scratch pretraining default), or
+                any `keras.Model.compile` optimizer.
+            loss: `"auto"` (`kobjectives.losses.MaskedLMLoss()`) or a loss.
+            weighted_metrics: `"auto"` (`MaskedAccuracy`, `Perplexity`) or a
+                list of metrics, which receive `mask_weights`.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=5e-4, weight_decay=0.01, clipnorm=1.0
+            )
+        if loss == "auto":
+            loss = MaskedLMLoss()
+        if weighted_metrics == "auto":
+            weighted_metrics = [MaskedAccuracy(), Perplexity()]
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "tie_weights": self.tie_weights,
+                "intermediate_activation": self.intermediate_activation,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

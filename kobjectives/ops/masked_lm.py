@@ -1,0 +1,54 @@
+"""The masked language modeling loss and its statistics, as tensor functions."""
+
+import tensorflow as tf
+
+from kobjectives.ops.reduction import global_weighted_mean
+
+
+def sparse_cross_entropy(labels, logits):
+    """Per-position softmax cross-entropy, accumulated in float32.
+
+    Args:
+        labels: int tensor `[...]` of target ids in `[0, vocabulary_size)`.
+        logits: float tensor `[..., vocabulary_size]` in any float dtype; cast
+            to float32 before the log-softmax so bfloat16/float16 logits under
+            mixed precision lose nothing in the normalizer.
+
+    Returns:
+        float32 tensor `[...]`: `-log softmax(logits)[label]`.
+    """
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
+    )
+
+
+def masked_lm_loss(labels, logits, sample_weight=None):
+    """Weighted sparse cross-entropy over the masked positions.
+
+    The mean is taken over *real* masked positions: the weighted sum divided
+    by the sum of the weights (never by the number of prediction slots, so
+    unused slots with weight 0 do not dilute the loss). Under a
+    `tf.distribute` strategy the weights are summed over all replicas and the
+    value returned is this replica's share of the global mean (see
+    `kobjectives.ops.reduction.global_weighted_mean`). A batch with no real
+    masked position gives 0, not NaN.
+
+    Args:
+        labels: int tensor `[batch, mask_selection_length]`, the original ids.
+        logits: float tensor `[batch, mask_selection_length, vocabulary_size]`.
+        sample_weight: float tensor `[batch, mask_selection_length]`, 1 for a
+            real masked position and 0 for an unused slot. None means all 1.
+
+    Returns:
+        A float32 scalar.
+    """
+    losses = sparse_cross_entropy(labels, logits)
+    if sample_weight is None:
+        sample_weight = tf.ones_like(losses)
+    return global_weighted_mean(losses, sample_weight)
+
+
+def correct_predictions(labels, logits):
+    """1.0 where `argmax(logits)` equals the label, else 0.0 (float32)."""
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.float32)

@@ -1,0 +1,48 @@
+"""Guards the Keras 3.15 workaround in `kobjectives.objectives.objective`."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+from kobjectives.objectives.objective import Objective
+
+
+def _bool_input_model(cls):
+    token_ids = keras.Input((4,), dtype="int32", name="token_ids")
+    mask = keras.Input((4,), dtype="bool", name="padding_mask")
+    x = keras.layers.Embedding(10, 3)(token_ids) * keras.ops.cast(mask, "float32")[..., None]
+    return cls(inputs={"token_ids": token_ids, "padding_mask": mask},
+               outputs=keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+
+
+def _fit(model):
+    x = {"token_ids": np.ones((8, 4), "int32"), "padding_mask": np.ones((8, 4), bool)}
+    model.compile(optimizer="sgd", loss="mse")
+    return model.fit(x, np.zeros((8, 1)), batch_size=4, epochs=1, verbose=0)
+
+
+def test_upstream_method_still_exists_with_the_same_signature():
+    # If this fails, Keras changed the private method the workaround overrides:
+    # re-check whether the upstream bug is fixed and drop or adapt Objective.
+    params = list(inspect.signature(TensorFlowTrainer._maybe_symbolic_build).parameters)
+    assert params == ["self", "iterator", "data_batch"]
+
+
+def test_upstream_bug_still_present():
+    # If this fails, upstream Keras builds from distributed bool batches itself
+    # and `Objective._maybe_symbolic_build` can be deleted.
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = _bool_input_model(keras.Model)
+    with pytest.raises(Exception, match="bool"):
+        _fit(model)
+
+
+def test_objective_trains_under_mirrored_with_bool_inputs():
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = _bool_input_model(Objective)
+    assert isinstance(model, Objective)
+    assert np.isfinite(_fit(model).history["loss"][0])

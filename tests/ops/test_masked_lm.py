@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives import ops
+
+
+def _reference_loss(labels, logits, weights):
+    """Independent numpy reference: log-sum-exp by hand, float64."""
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(-1, keepdims=True)
+    log_z = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
+    picked = np.take_along_axis(logits, np.asarray(labels)[..., None], -1)[..., 0]
+    ce = log_z - picked
+    w = np.asarray(weights, np.float64)
+    return (ce * w).sum() / w.sum()
+
+
+def test_hand_computed_case():
+    # Slot 1 has probability 0.25 on its label, slot 2 is an unused slot.
+    logits = np.log(np.array([[[0.25, 0.75], [0.5, 0.5], [0.9, 0.1]]], "float32"))
+    loss = ops.masked_lm_loss([[0, 1, 1]], logits, [[1.0, 1.0, 0.0]])
+    expected = (-np.log(0.25) - np.log(0.5)) / 2  # divided by 2 weights, not 3 slots
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+
+
+def test_matches_reference_on_random_case():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 7, 50)).astype("float32") * 5
+    labels = rng.integers(0, 50, (4, 7))
+    weights = (rng.random((4, 7)) < 0.6).astype("float32")
+    loss = ops.masked_lm_loss(labels, logits, weights)
+    np.testing.assert_allclose(float(loss), _reference_loss(labels, logits, weights), rtol=1e-5)
+
+
+def test_no_weights_means_plain_mean():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 4, 9)).astype("float32")
+    labels = rng.integers(0, 9, (3, 4))
+    np.testing.assert_allclose(
+        float(ops.masked_lm_loss(labels, logits)),
+        _reference_loss(labels, logits, np.ones((3, 4))),
+        rtol=1e-5,
+    )
+
+
+def test_zero_weights_give_zero_not_nan():
+    logits = tf.random.normal((2, 3, 10))
+    loss = ops.masked_lm_loss(tf.zeros((2, 3), tf.int32), logits, tf.zeros((2, 3)))
+    assert float(loss) == 0.0
+
+
+def test_bfloat16_logits_reduce_in_float32():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 300)).astype("float32") * 8
+    labels = rng.integers(0, 300, (2, 5))
+    loss = ops.masked_lm_loss(labels, tf.cast(logits, tf.bfloat16))
+    assert loss.dtype == tf.float32
+    rounded = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32).numpy()
+    np.testing.assert_allclose(float(loss), _reference_loss(labels, rounded, np.ones((2, 5))), rtol=1e-5)
+
+
+def test_large_logits_are_stable():
+    logits = tf.constant([[[1e4, -1e4, 0.0]]])
+    loss = ops.masked_lm_loss([[1]], logits)
+    np.testing.assert_allclose(float(loss), 2e4, rtol=1e-6)
+
+
+def test_label_out_of_vocabulary_names_the_id():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 12"):
+        ops.masked_lm_loss([[12]], tf.zeros((1, 1, 10)))
+
+
+def test_global_weighted_mean_under_mirrored_strategy_matches_one_device():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(3)
+    values = rng.random((8, 5)).astype("float32")
+    weights = (rng.random((8, 5)) < 0.5).astype("float32")
+    weights[:4] = 1.0  # very different total weight on the two replicas
+    dataset = tf.data.Dataset.from_tensor_slices((values, weights)).batch(8)
+    dist = strategy.experimental_distribute_dataset(dataset)
+    per_replica = strategy.run(ops.global_weighted_mean, args=next(iter(dist)))
+    total = strategy.reduce("SUM", per_replica, axis=None)
+    expected = (values * weights).sum() / weights.sum()
+    np.testing.assert_allclose(float(total), expected, rtol=1e-6)

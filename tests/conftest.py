@@ -31,6 +31,17 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One `MirroredStrategy` over the two logical CPUs for the whole session.
+
+    Several strategies over the same devices in one process can mix up their
+    collective instance keys ("Shape mismatch in the collective instance"),
+    so tests share this one.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     import keras

@@ -113,11 +113,11 @@ def test_jit_compile_matches_eager_graph():
     assert h_jit["loss"][-1] < h_jit["loss"][0]
 
 
-def test_mirrored_strategy_matches_one_device():
+def test_mirrored_strategy_matches_one_device(mirrored_strategy):
     # Per-replica weight sums differ (random weights), so only a global
     # weighted mean gives the same loss and updates as one device.
     single, h_single = _fit()
-    mirrored, h_mirrored = _fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    mirrored, h_mirrored = _fit(mirrored_strategy)
     np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
     np.testing.assert_allclose(h_mirrored["masked_accuracy"], h_single["masked_accuracy"], atol=1e-5)
     for a, b in zip(single.get_weights(), mirrored.get_weights()):

@@ -32,17 +32,17 @@ def test_upstream_method_still_exists_with_the_same_signature():
     assert params == ["self", "iterator", "data_batch"]
 
 
-def test_upstream_bug_still_present():
+def test_upstream_bug_still_present(mirrored_strategy):
     # If this fails, upstream Keras builds from distributed bool batches itself
     # and `Objective._maybe_symbolic_build` can be deleted.
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    with mirrored_strategy.scope():
         model = _bool_input_model(keras.Model)
     with pytest.raises(Exception, match="bool"):
         _fit(model)
 
 
-def test_objective_trains_under_mirrored_with_bool_inputs():
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+def test_objective_trains_under_mirrored_with_bool_inputs(mirrored_strategy):
+    with mirrored_strategy.scope():
         model = _bool_input_model(Objective)
     assert isinstance(model, Objective)
     assert np.isfinite(_fit(model).history["loss"][0])

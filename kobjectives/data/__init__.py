@@ -1,1 +1,67 @@
-"""kobjectives.data."""
+"""kobjectives.data: text sources, deterministic splits and tokenizer training.
+
+Text sources (each returns a `list[str]` of documents, in a deterministic
+order, and never touches the network):
+
+- `embedded_corpus()`: docstrings and pydoc reference topics of the running
+  Python's standard library, the default demo data;
+- `read_text_files(paths_or_globs, format="lines" | "paragraphs")`;
+  `text_line_dataset(...)` streams huge line-per-document files instead;
+- `tfds_texts(name, data_dir, ...)`: a tfds dataset already prepared in a
+  local `data_dir`;
+- `load_texts(data=None, tfds=None, data_dir=None, ...)`: the one entry
+  point the CLI uses.
+
+`train_validation_split(documents, validation_fraction, seed)` splits them
+deterministically across processes.
+
+Tokenizers: `train_wordpiece` / `train_sentencepiece` train locally (via
+keras-hub), `save_vocabulary` / `load_vocabulary` store them with a run
+(`vocab.txt` / `spm.model`), `build_tokenizer` returns the keras-hub
+tokenizer, and `continuation_token_ids` lists the WordPiece `##` pieces for
+whole-word masking.
+"""
+
+from kobjectives.data.corpus import MIN_DOCUMENT_CHARACTERS
+from kobjectives.data.corpus import TEXT_FORMATS
+from kobjectives.data.corpus import embedded_corpus
+from kobjectives.data.corpus import load_texts
+from kobjectives.data.corpus import read_text_files
+from kobjectives.data.corpus import text_line_dataset
+from kobjectives.data.corpus import tfds_texts
+from kobjectives.data.split import train_validation_split
+from kobjectives.data.tokenizers import SENTENCEPIECE_CONTROL_TOKENS
+from kobjectives.data.tokenizers import SENTENCEPIECE_FILENAME
+from kobjectives.data.tokenizers import SENTENCEPIECE_USER_DEFINED_SYMBOLS
+from kobjectives.data.tokenizers import TOKENIZER_KINDS
+from kobjectives.data.tokenizers import WORDPIECE_FILENAME
+from kobjectives.data.tokenizers import WORDPIECE_RESERVED_TOKENS
+from kobjectives.data.tokenizers import build_tokenizer
+from kobjectives.data.tokenizers import continuation_token_ids
+from kobjectives.data.tokenizers import load_vocabulary
+from kobjectives.data.tokenizers import save_vocabulary
+from kobjectives.data.tokenizers import train_sentencepiece
+from kobjectives.data.tokenizers import train_wordpiece
+
+__all__ = [
+    "MIN_DOCUMENT_CHARACTERS",
+    "SENTENCEPIECE_CONTROL_TOKENS",
+    "SENTENCEPIECE_FILENAME",
+    "SENTENCEPIECE_USER_DEFINED_SYMBOLS",
+    "TEXT_FORMATS",
+    "TOKENIZER_KINDS",
+    "WORDPIECE_FILENAME",
+    "WORDPIECE_RESERVED_TOKENS",
+    "build_tokenizer",
+    "continuation_token_ids",
+    "embedded_corpus",
+    "load_texts",
+    "load_vocabulary",
+    "read_text_files",
+    "save_vocabulary",
+    "text_line_dataset",
+    "tfds_texts",
+    "train_sentencepiece",
+    "train_validation_split",
+    "train_wordpiece",
+]

@@ -1,1 +1,5 @@
-"""kobjectives.export."""
+"""SavedModel export of trained objectives, with serving signatures."""
+
+from kobjectives.export.saved_model import SERVE_TOKEN_IDS
+from kobjectives.export.saved_model import SERVING_DEFAULT
+from kobjectives.export.saved_model import export_saved_model

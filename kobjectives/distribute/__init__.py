@@ -1,1 +1,2 @@
-"""kobjectives.distribute."""
+"""Strategy resolution and cross-replica helpers."""
+

@@ -26,7 +26,7 @@ import os
 import keras
 import tensorflow as tf
 
-from kobjectives.objectives.masked_language_model import backbone_input_names
+from kobjectives.objectives.objective import backbone_input_names
 
 SERVING_DEFAULT = "serving_default"
 """Signature key of the default endpoint (raw text when a preprocessor is
@@ -62,6 +62,12 @@ def export_saved_model(
       `MaskedLMHead`, as `kobjectives.objectives.MaskedLanguageModel` has).
       The export applies it at every position, so a client writes `[MASK]`
       in its text and reads the predictions there (fill-mask).
+
+    Alternatively, an objective with `export_outputs(inputs)` (the same
+    input dict -> a dict of named `[batch, ...]` tensors, e.g.
+    `kobjectives.objectives.ContrastivePredictiveCoding`'s `context` and
+    `encoded`) is exported with those outputs (cast to float32) instead of
+    `sequence_output` and `mlm_logits`; it needs neither `encode` nor `head`.
 
     Where it has a `backbone`, the backbone's input names decide the
     token-id signature's inputs (`token_ids`, `padding_mask`, plus
@@ -222,6 +228,9 @@ def _write(archive, export_dir, verbose):
 def _forward(objective, inputs, length):
     inputs = dict(inputs)
     inputs["padding_mask"] = tf.cast(inputs["padding_mask"], tf.int32)
+    if callable(getattr(objective, "export_outputs", None)):
+        outputs = objective.export_outputs(inputs)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
     hidden = objective.encode(inputs, training=False)
     batch_size = tf.shape(inputs["token_ids"])[0]
     positions = tf.broadcast_to(tf.range(length)[None, :], [batch_size, length])
@@ -238,6 +247,8 @@ def _check_objective(objective):
         for name in _REQUIRED_ATTRIBUTES
         if not callable(getattr(objective, name, None))
     ]
+    if callable(getattr(objective, "export_outputs", None)):
+        missing = []
     if missing:
         raise TypeError(
             "export_saved_model needs an objective with `encode(inputs)` "

@@ -8,44 +8,14 @@ from kobjectives.losses import MaskedLMLoss
 from kobjectives.metrics import MaskedAccuracy
 from kobjectives.metrics import Perplexity
 from kobjectives.objectives.objective import Objective
+from kobjectives.objectives.objective import run_backbone
 
-_DEFAULT_BACKBONE_INPUTS = ("token_ids", "padding_mask")
 # keras-hub 0.32 backbones use Keras' own `ReversibleEmbedding`; older ones
 # keras-hub's. Either can project hidden states back to the vocabulary.
 _REVERSIBLE_EMBEDDINGS = (
     keras.layers.ReversibleEmbedding,
     keras_hub.layers.ReversibleEmbedding,
 )
-
-
-def backbone_input_names(backbone):
-    """The input keys a backbone takes: its functional inputs, or the default.
-
-    keras-hub backbones are functional models whose `input` is a dict
-    (`token_ids`, `padding_mask`, and `segment_ids` for BERT-style models). A
-    subclassed `keras.Model` is assumed to take `token_ids` and
-    `padding_mask`.
-    """
-    try:
-        inputs = backbone.input
-    except (AttributeError, ValueError):
-        return _DEFAULT_BACKBONE_INPUTS
-    if isinstance(inputs, dict):
-        return tuple(inputs)
-    return _DEFAULT_BACKBONE_INPUTS
-
-
-def sequence_output(outputs):
-    """The `[batch, length, hidden]` states from a backbone's outputs."""
-    if isinstance(outputs, dict):
-        if "sequence_output" not in outputs:
-            raise ValueError(
-                "The backbone returned a dict without 'sequence_output'. "
-                f"Received keys: {sorted(outputs)}. Wrap the backbone so it "
-                "returns the per-token hidden states."
-            )
-        return outputs["sequence_output"]
-    return outputs
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
@@ -140,7 +110,6 @@ class MaskedLanguageModel(Objective):
         self.backbone = backbone
         self.tie_weights = tie_weights
         self.intermediate_activation = intermediate_activation
-        self._backbone_inputs = backbone_input_names(backbone)
 
         embedding = getattr(backbone, "token_embedding", None)
         if not isinstance(embedding, _REVERSIBLE_EMBEDDINGS):
@@ -179,20 +148,7 @@ class MaskedLanguageModel(Objective):
 
     def encode(self, inputs, training=False):
         """Runs the backbone: `[batch, length, hidden_dim]` hidden states."""
-        inputs = {k: tf.convert_to_tensor(v) for k, v in inputs.items()}
-        token_ids = inputs["token_ids"]
-        backbone_inputs = {}
-        for name in self._backbone_inputs:
-            if name in inputs:
-                backbone_inputs[name] = inputs[name]
-            elif name == "segment_ids":
-                backbone_inputs[name] = tf.zeros_like(token_ids)
-            else:
-                raise ValueError(
-                    f"The backbone needs input {name!r}, which the data does "
-                    f"not provide. Received keys: {sorted(inputs)}"
-                )
-        return sequence_output(self.backbone(backbone_inputs, training=training))
+        return run_backbone(self.backbone, inputs, training=training)
 
     def call(self, inputs, training=False):
         if "mask_positions" not in inputs:
@@ -242,7 +198,6 @@ class MaskedLanguageModel(Objective):
         config = super().get_config()
         config.update(
             {
-                "backbone": keras.saving.serialize_keras_object(self.backbone),
                 "vocabulary_size": self.vocabulary_size,
                 "hidden_dim": self.hidden_dim,
                 "tie_weights": self.tie_weights,
@@ -250,9 +205,3 @@ class MaskedLanguageModel(Objective):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)

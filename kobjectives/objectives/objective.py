@@ -1,23 +1,102 @@
-"""`Objective`: the base class of every kobjectives objective."""
+"""`Objective`: the base class of every kobjectives objective, and the
+plumbing objectives share to run a backbone."""
 
 import keras
 import tensorflow as tf
 
+_DEFAULT_BACKBONE_INPUTS = ("token_ids", "padding_mask")
+
+
+def backbone_input_names(backbone):
+    """The input keys a backbone takes: its functional inputs, or the default.
+
+    keras-hub backbones are functional models whose `input` is a dict
+    (`token_ids`, `padding_mask`, and `segment_ids` for BERT-style models). A
+    subclassed `keras.Model` is assumed to take `token_ids` and
+    `padding_mask`.
+    """
+    try:
+        inputs = backbone.input
+    except (AttributeError, ValueError):
+        return _DEFAULT_BACKBONE_INPUTS
+    if isinstance(inputs, dict):
+        return tuple(inputs)
+    return _DEFAULT_BACKBONE_INPUTS
+
+
+def sequence_output(outputs):
+    """The `[batch, length, hidden]` states from a backbone's outputs."""
+    if isinstance(outputs, dict):
+        if "sequence_output" not in outputs:
+            raise ValueError(
+                "The backbone returned a dict without 'sequence_output'. "
+                f"Received keys: {sorted(outputs)}. Wrap the backbone so it "
+                "returns the per-token hidden states."
+            )
+        return outputs["sequence_output"]
+    return outputs
+
+
+def run_backbone(backbone, inputs, training=False):
+    """Runs a backbone on the keys it takes: `[batch, length, hidden]` states.
+
+    Extra keys in `inputs` are ignored; missing `segment_ids` are zeros; a
+    bool `padding_mask` is fed as int32 (what keras-hub backbones declare).
+
+    Raises:
+        ValueError: a key the backbone needs is missing (named in the error).
+    """
+    inputs = {k: tf.convert_to_tensor(v) for k, v in inputs.items()}
+    feed = {}
+    for name in backbone_input_names(backbone):
+        if name in inputs:
+            value = inputs[name]
+            feed[name] = tf.cast(value, tf.int32) if value.dtype == tf.bool else value
+        elif name == "segment_ids" and "token_ids" in inputs:
+            feed[name] = tf.zeros_like(inputs["token_ids"])
+        else:
+            raise ValueError(
+                f"The backbone needs input {name!r}, which the data does "
+                f"not provide. Received keys: {sorted(inputs)}"
+            )
+    return sequence_output(backbone(feed, training=training))
+
 
 class Objective(keras.Model):
-    """Base `keras.Model` of the objectives: works around a Keras 3.15 bug.
+    """Base `keras.Model` of the objectives.
 
-    Under a `tf.distribute` strategy, Keras 3.15's TensorFlow trainer builds
-    the model from the first distributed batch by
-    `strategy.reduce("MEAN", batch)` (`TensorFlowTrainer._maybe_symbolic_build`).
-    Reducing fails for non-float inputs (a bool `padding_mask`: "Value for attr
-    'T' of bool is not in the list of allowed values") and, under
+    **Serialization.** The sub-models an objective wraps are named in the
+    class attribute `serialized_models` (default `("backbone",)`): the base
+    `get_config` serializes those attributes and `from_config` deserializes
+    them, so a subclass's `get_config` only adds its own plain arguments.
+
+    **A Keras 3.15 workaround.** Under a `tf.distribute` strategy, Keras
+    3.15's TensorFlow trainer builds the model from the first distributed
+    batch by `strategy.reduce("MEAN", batch)`
+    (`TensorFlowTrainer._maybe_symbolic_build`). Reducing fails for
+    non-float inputs (a bool `padding_mask`: "Value for attr 'T' of bool is
+    not in the list of allowed values") and, under
     `MultiWorkerMirroredStrategy`, for any `PerReplica` value. The build only
     needs shapes and dtypes, so this class builds from one local replica's
     batch instead. The override is scoped to kobjectives' objectives; Keras is
     not patched. `tests/objectives/test_objective.py` fails when upstream
     changes the method this relies on, so the workaround can be revisited.
     """
+
+    serialized_models = ("backbone",)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.serialized_models:
+            config[name] = keras.saving.serialize_keras_object(getattr(self, name))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in cls.serialized_models:
+            config[name] = keras.saving.deserialize_keras_object(config[name])
+        return cls(**config)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and self._distribute_strategy is not None:

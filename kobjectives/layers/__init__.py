@@ -1,1 +1,2 @@
 """kobjectives.layers."""
+from kobjectives.layers.masked_lm_masker import MaskedLMMasker

@@ -1,0 +1,593 @@
+"""`MaskedLMMasker`: fast, seeded masked-LM masking for `tf.data`."""
+
+import numbers
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from kobjectives.ops import masking
+
+STRATEGIES = ("token", "whole_word", "span")
+
+
+@keras.saving.register_keras_serializable(package="kobjectives")
+class MaskedLMMasker(keras.layers.Layer):
+    """Masked language model masking: BERT token, whole-word or span masking.
+
+    Prepares masked-LM training inputs from token ids, as a drop-in for
+    `keras_hub.layers.MaskedLMMaskGenerator` (same argument names), but
+    vectorized over the batch (random scores and sorts over `[batch, length]`
+    instead of per-example ragged selection), stateless and seeded, and with
+    three selection strategies:
+
+    - `"token"` (Devlin et al., 2019): positions are chosen uniformly among
+      the selectable tokens.
+    - `"whole_word"` (Google's BERT release, "Whole Word Masking"): all
+      WordPiece pieces of a word are selected together. Word boundaries come
+      from `continuation_token_ids` (the ids of the vocabulary entries that
+      continue a word, i.e. those starting with `"##"`), or, for dict inputs,
+      from a `"word_starts"` bool tensor (`True` at each word's first piece),
+      which takes precedence.
+    - `"span"` (Joshi et al., 2020, SpanBERT): contiguous spans whose lengths
+      follow a geometric distribution `Geo(span_geometric_p)` truncated at
+      `max_span_length` (mean 3.8 for the defaults). Spans are made of tokens
+      (SpanBERT additionally snaps spans to whole words) and never contain or
+      cross special or padding positions.
+
+    **Selection.** A row's selectable tokens are its real tokens whose id
+    is not in `unselectable_token_ids` (padding and special tokens are never
+    selected). Each strategy cuts them into chunks (tokens, words or
+    geometric tiles), lays the chunks end to end in a uniformly random order
+    and takes the first ones, aiming at `t = mask_selection_rate * n` tokens
+    for `n` selectable tokens, so that the selected token fraction is
+    unbiased for every strategy:
+
+    - `"token"`: exactly `floor(t + u)` random tokens, `u ~ U[0, 1)`
+      (stochastic rounding).
+    - `"span"`: the tiles are consecutive runs of the selectable tokens with
+      i.i.d. lengths (cut where a run of selectable tokens ends); tokens are
+      taken until `floor(t + u)`, so the last span may be shorter.
+    - `"whole_word"`: whole words only. The word straddling the target `t`
+      is taken with probability equal to its share below `t`, so words are
+      never cut and the expected count is still `t`.
+
+    At most `mask_selection_length` tokens are selected per row. When that
+    cap binds under `"whole_word"`, the first word (in the random order) that
+    does not fit entirely is dropped together with all later ones, so some
+    slots may stay unused. A row with fewer selectable tokens than needed
+    just gets more zero `mask_weights`.
+
+    **Replacement.** Each selected token independently becomes
+    `mask_token_id` with probability `mask_token_rate`, a random id with
+    probability `random_token_rate`, and stays unchanged otherwise. Random ids
+    are uniform over the vocabulary minus `unselectable_token_ids`,
+    `mask_token_id` and `padding_token_id`.
+
+    **Randomness.** All random draws come from one
+    `tf.random.stateless_uniform` op keyed by one integer seed of shape `[2]`
+    per call (see `kobjectives.ops.masking`). Pass it as
+    `call(inputs, seed=...)` for full control: the same seed and input give
+    the same masks. When omitted, the layer takes the next seed of its
+    `keras.random.SeedGenerator(seed)` (stateful, like keras-hub: new masks on
+    every call, but under a parallel `tf.data.Dataset.map` the order in which
+    batches get seeds is not reproducible). For masks that are reproducible
+    with parallel maps *and* new in every epoch, use
+    `masker.map_over(dataset, seed=...)`: it zips the dataset with
+    `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`, one seed
+    per element.
+
+    **Speed.** Everything is batched tensor math (one `top_k` over random
+    scores, running sums as matrix products, a scatter of the slot values):
+    no per-example Python, no `tf.map_fn`, no ragged selection. In a
+    `tf.data` pipeline it runs about 3x faster than
+    `keras_hub.layers.MaskedLMMaskGenerator` (`benchmarks/masking.py`,
+    `benchmarks/RESULTS.md`).
+
+    Args:
+        vocabulary_size: int, the size of the vocabulary.
+        mask_selection_rate: float in `[0, 1]`, the expected fraction of
+            selectable tokens that are selected for prediction.
+        mask_token_id: int, the id of the mask token, in
+            `[0, vocabulary_size)`.
+        mask_selection_length: int >= 1, the number of prediction slots (the
+            width of `mask_positions`, `mask_ids` and `mask_weights`) and the
+            most tokens selected per sequence.
+        unselectable_token_ids: sequence of ids never selected (and never
+            drawn as random replacements), e.g. `[CLS]`, `[SEP]`, `[PAD]`.
+            Defaults to `(0,)`.
+        mask_token_rate: float, probability that a selected token becomes
+            `mask_token_id`. Defaults to `0.8`.
+        random_token_rate: float, probability that a selected token becomes a
+            random id. `mask_token_rate + random_token_rate <= 1`; the rest
+            stay unchanged. Defaults to `0.1`.
+        strategy: `"token"`, `"whole_word"` or `"span"`. Defaults to
+            `"token"`.
+        seed: int or `None`, initial seed of the layer's seed generator (and
+            the default seed of `map_over`).
+        padding_token_id: int, the id used for padding. Without an explicit
+            `padding_mask`, positions holding it are padding. Ragged inputs
+            are padded with it. Defaults to `0`.
+        sequence_length: int or `None`. Required for `tf.RaggedTensor`
+            inputs, which are padded (or truncated) to it; when set, dense
+            inputs are padded or truncated to it too.
+        continuation_token_ids: sequence of ids that continue a word (for
+            `"whole_word"`), e.g. all `"##..."` entries of a WordPiece
+            vocabulary.
+        span_geometric_p: float in `(0, 1]`, the `p` of the span length
+            distribution (for `"span"`). Defaults to `0.2`.
+        max_span_length: int >= 1, the longest span (for `"span"`). Defaults
+            to `10`.
+        **kwargs: standard `keras.layers.Layer` arguments (`name`, ...).
+
+    Input:
+        Integer token ids `[batch, length]` or `[length]` (int32 or int64;
+        other integer types are cast to int32), a dense tensor or a
+        `tf.RaggedTensor` (with `sequence_length` set), or a dict of dense
+        tensors with `"token_ids"` and optionally `"padding_mask"` and
+        `"word_starts"` (consumed); other dict keys pass through unchanged.
+        Without a `"padding_mask"`, positions holding `padding_token_id` are
+        padding. Every id must be in `[0, vocabulary_size)`, otherwise the
+        call fails with an error naming the id and the vocabulary size.
+
+    Output:
+        A dict with
+
+        - `"token_ids"`: the masked ids, same shape and dtype as the input
+          (`[batch, sequence_length]` for ragged input).
+        - `"padding_mask"`: bool, same shape, `True` on real tokens.
+        - `"mask_positions"`: int32 `[batch, mask_selection_length]`, the
+          selected positions in ascending order, 0 in unused slots.
+        - `"mask_ids"`: `[batch, mask_selection_length]`, the original ids at
+          `mask_positions`, 0 in unused slots.
+        - `"mask_weights"`: float32 `[batch, mask_selection_length]`, 1.0 for
+          used slots and 0.0 otherwise.
+
+        (No batch axis for unbatched input.) All shapes are static when the
+        input's length is.
+
+    References:
+        - [Devlin et al., 2019](https://arxiv.org/abs/1810.04805) (BERT).
+        - [Joshi et al., 2020](https://arxiv.org/abs/1907.10529) (SpanBERT).
+        - [Whole Word Masking](https://github.com/google-research/bert),
+          Google's BERT release (2019-05-31 models).
+
+    Example:
+
+    ```python
+    pad_id, cls_id, sep_id, mask_id = 0, 1, 2, 3
+    masker = kobjectives.layers.MaskedLMMasker(
+        vocabulary_size=100,
+        mask_selection_rate=0.25,
+        mask_token_id=mask_id,
+        mask_selection_length=4,
+        unselectable_token_ids=[pad_id, cls_id, sep_id],
+        seed=42,
+    )
+    batch = tf.constant([
+        [cls_id, 14, 15, 16, sep_id, 17, 18, sep_id, pad_id, pad_id],
+        [cls_id, 24, 25, sep_id, 26, 27, 28, 29, sep_id, pad_id],
+    ])
+    outputs = masker(batch)
+    outputs["mask_positions"].shape  # (2, 4)
+
+    # In tf.data: reproducible masks, new ones in every epoch.
+    ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    ds = masker.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        mask_selection_rate,
+        mask_token_id,
+        mask_selection_length,
+        unselectable_token_ids=(0,),
+        mask_token_rate=0.8,
+        random_token_rate=0.1,
+        strategy="token",
+        seed=None,
+        padding_token_id=0,
+        sequence_length=None,
+        continuation_token_ids=None,
+        span_geometric_p=0.2,
+        max_span_length=10,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        # Take tf tensors (dense or ragged), lists and dicts as they come.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+
+        _check_int("vocabulary_size", vocabulary_size, minimum=1)
+        _check_int("mask_selection_length", mask_selection_length, minimum=1)
+        for name, value in (
+            ("mask_selection_rate", mask_selection_rate),
+            ("mask_token_rate", mask_token_rate),
+            ("random_token_rate", random_token_rate),
+        ):
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"`{name}` must be a float in [0, 1]. Received: "
+                    f"{name}={value!r}. Pass a probability such as 0.15."
+                )
+        if mask_token_rate + random_token_rate > 1.0 + 1e-9:
+            raise ValueError(
+                "`mask_token_rate + random_token_rate` must be <= 1 (the rest "
+                "of the selected tokens stay unchanged). Received: "
+                f"mask_token_rate={mask_token_rate}, "
+                f"random_token_rate={random_token_rate}. Lower one of them."
+            )
+        if strategy not in STRATEGIES:
+            raise ValueError(
+                f"`strategy` must be one of {STRATEGIES}. Received: "
+                f"strategy={strategy!r}."
+            )
+        _check_int("mask_token_id", mask_token_id, minimum=0)
+        if mask_token_id >= vocabulary_size:
+            raise ValueError(
+                "`mask_token_id` must be in [0, vocabulary_size - 1] = "
+                f"[0, {vocabulary_size - 1}]. Received: "
+                f"mask_token_id={mask_token_id}. Use the tokenizer's mask id "
+                "or enlarge `vocabulary_size`."
+            )
+        _check_int("padding_token_id", padding_token_id, minimum=0)
+        if sequence_length is not None:
+            _check_int("sequence_length", sequence_length, minimum=1)
+        if seed is not None:
+            _check_int("seed", seed)
+        if not _is_real(span_geometric_p) or not 0.0 < span_geometric_p <= 1.0:
+            raise ValueError(
+                "`span_geometric_p` must be in (0, 1]. Received: "
+                f"span_geometric_p={span_geometric_p!r}. SpanBERT uses 0.2."
+            )
+        _check_int("max_span_length", max_span_length, minimum=1)
+        unselectable_token_ids = _check_ids(
+            "unselectable_token_ids", unselectable_token_ids, vocabulary_size
+        )
+        if continuation_token_ids is not None:
+            continuation_token_ids = _check_ids(
+                "continuation_token_ids",
+                continuation_token_ids,
+                vocabulary_size,
+            )
+
+        self.vocabulary_size = int(vocabulary_size)
+        self.mask_selection_rate = float(mask_selection_rate)
+        self.mask_token_id = int(mask_token_id)
+        self.mask_selection_length = int(mask_selection_length)
+        self.unselectable_token_ids = unselectable_token_ids
+        self.mask_token_rate = float(mask_token_rate)
+        self.random_token_rate = float(random_token_rate)
+        self.strategy = strategy
+        self.seed = seed
+        self.padding_token_id = int(padding_token_id)
+        self.sequence_length = sequence_length
+        self.continuation_token_ids = continuation_token_ids
+        self.span_geometric_p = float(span_geometric_p)
+        self.max_span_length = int(max_span_length)
+
+        excluded = set(unselectable_token_ids) | {self.mask_token_id}
+        if self.padding_token_id < self.vocabulary_size:
+            excluded.add(self.padding_token_id)
+        self._excluded_ids = sorted(excluded)
+        if self.random_token_rate > 0 and len(excluded) >= vocabulary_size:
+            raise ValueError(
+                "`random_token_rate` > 0 but every id is special (unselectable"
+                ", mask or padding), so there is no id to draw random "
+                "replacements from. Set random_token_rate=0.0."
+            )
+        self._seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def call(self, inputs, seed=None):
+        """Masks `inputs`.
+
+        Args:
+            inputs: token ids (dense, ragged, nested list) or a dict, see the
+                class docstring.
+            seed: optional stateless seed, an integer tensor of shape `[2]`.
+                The same seed and input give the same masks. When `None`, the
+                layer's seed generator supplies the next seed.
+        """
+        extras = {}
+        padding_mask = None
+        word_starts = None
+        if isinstance(inputs, dict):
+            if "token_ids" not in inputs:
+                raise ValueError(
+                    "Dict inputs to MaskedLMMasker need a 'token_ids' key. "
+                    f"Received keys: {sorted(inputs)}."
+                )
+            extras = dict(inputs)
+            token_ids = extras.pop("token_ids")
+            padding_mask = extras.pop("padding_mask", None)
+            word_starts = extras.pop("word_starts", None)
+            if any(
+                isinstance(x, tf.RaggedTensor)
+                for x in (token_ids, padding_mask, word_starts)
+            ):
+                raise ValueError(
+                    "Dict inputs to MaskedLMMasker must be dense; pass ragged "
+                    "token ids directly (not in a dict) with "
+                    "`sequence_length` set."
+                )
+        else:
+            token_ids = inputs
+        token_ids = _to_tensor(token_ids)
+        if not token_ids.dtype.is_integer:
+            raise ValueError(
+                "MaskedLMMasker expects integer token ids. Received dtype "
+                f"{token_ids.dtype.name}; tokenize the text first."
+            )
+        if token_ids.dtype not in (tf.int32, tf.int64):
+            token_ids = tf.cast(token_ids, "int32")
+
+        rank = token_ids.shape.rank
+        if rank not in (1, 2):
+            raise ValueError(
+                "MaskedLMMasker expects token ids of shape [batch, length] or "
+                f"[length]. Received shape {token_ids.shape}."
+            )
+        unbatched = rank == 1
+        if isinstance(token_ids, tf.RaggedTensor):
+            if self.sequence_length is None:
+                raise ValueError(
+                    "Ragged token ids need a static length: pass "
+                    "`sequence_length` to MaskedLMMasker (rows are padded "
+                    "with `padding_token_id` or truncated to it)."
+                )
+            padding_mask = tf.sequence_mask(
+                tf.minimum(token_ids.row_lengths(), self.sequence_length),
+                self.sequence_length,
+            )
+            token_ids = token_ids.to_tensor(
+                default_value=tf.cast(self.padding_token_id, token_ids.dtype),
+                shape=[None, self.sequence_length],
+            )
+        else:
+            if unbatched:
+                token_ids = token_ids[None, :]
+                padding_mask = _expand(padding_mask)
+                word_starts = _expand(word_starts)
+            if self.sequence_length is not None:
+                token_ids = _fit_length(
+                    token_ids, self.sequence_length, self.padding_token_id
+                )
+                padding_mask = _fit_length(padding_mask, self.sequence_length)
+                word_starts = _fit_length(word_starts, self.sequence_length)
+        unselectable_ids = self.unselectable_token_ids
+        if padding_mask is None:
+            padding_mask = tf.not_equal(
+                token_ids, tf.cast(self.padding_token_id, token_ids.dtype)
+            )
+            # Padding positions are already excluded by the padding mask.
+            if self.strategy != "whole_word":
+                unselectable_ids = tuple(
+                    i for i in unselectable_ids if i != self.padding_token_id
+                )
+        padding_mask = tf.cast(padding_mask, "bool")
+        token_ids = self._check_ids_in_vocabulary(token_ids)
+
+        if seed is None:
+            seed = self._seed_generator.next()
+        outputs = masking.mask_tokens(
+            token_ids,
+            padding_mask,
+            seed,
+            word_starts_mask=word_starts,
+            **self._masking_kwargs(unselectable_ids),
+        )
+        outputs["padding_mask"] = padding_mask
+        if unbatched:
+            outputs = {k: tf.squeeze(v, axis=0) for k, v in outputs.items()}
+        return {**extras, **outputs}
+
+    def _masking_kwargs(self, unselectable_ids):
+        return dict(
+            vocabulary_size=self.vocabulary_size,
+            mask_selection_rate=self.mask_selection_rate,
+            mask_token_id=self.mask_token_id,
+            mask_selection_length=self.mask_selection_length,
+            unselectable_ids=unselectable_ids,
+            excluded_ids=self._excluded_ids,
+            mask_token_rate=self.mask_token_rate,
+            random_token_rate=self.random_token_rate,
+            strategy=self.strategy,
+            continuation_ids=self.continuation_token_ids,
+            span_geometric_p=self.span_geometric_p,
+            max_span_length=self.max_span_length,
+        )
+
+    def _check_ids_in_vocabulary(self, token_ids):
+        """Fails with the offending id when an id is outside the vocabulary.
+
+        Reinterpreted as unsigned, negative ids become huge, so one maximum
+        finds the worst id of both kinds.
+        """
+        unsigned = "uint64" if token_ids.dtype == tf.int64 else "uint32"
+        worst = tf.reduce_max(tf.bitcast(token_ids, unsigned))
+        check = tf.debugging.Assert(
+            worst < tf.cast(self.vocabulary_size, unsigned),
+            [
+                "MaskedLMMasker: token id",
+                tf.bitcast(worst, token_ids.dtype),
+                "is outside the vocabulary [0, vocabulary_size) with "
+                f"vocabulary_size = {self.vocabulary_size}. Check the "
+                "tokenizer's vocabulary and the layer's `vocabulary_size`.",
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(token_ids)
+
+    def map_over(
+        self, dataset, seed=None, num_parallel_calls=None, deterministic=None
+    ):
+        """Maps the masker over a `tf.data.Dataset` with one seed per element.
+
+        The dataset is zipped with `tf.data.Dataset.random(seed,
+        rerandomize_each_iteration=True)`; element `i` of an epoch is masked
+        with the stateless seed `[r_i, 0]` where `r_i` is that dataset's `i`-th
+        value. So the masks are a deterministic function of `seed`, the epoch
+        and the element's position: two pipelines built with the same `seed`
+        give identical masks (also with `num_parallel_calls`), and every new
+        iteration over the returned dataset (an epoch) gives new masks.
+
+        Args:
+            dataset: a `tf.data.Dataset` whose elements are valid layer inputs
+                (batched or not): token ids, ragged token ids or a dict.
+            seed: int. Defaults to the layer's `seed`; when both are `None`
+                the masks are not reproducible.
+            num_parallel_calls: passed to `Dataset.map`, e.g.
+                `tf.data.AUTOTUNE`.
+            deterministic: passed to `Dataset.map`.
+
+        Returns:
+            The masked `tf.data.Dataset`.
+        """
+        if seed is None:
+            seed = self.seed
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        )
+        zero = tf.constant(0, "int64")
+        return tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda x, r: self(x, seed=tf.stack([r, zero])),
+            num_parallel_calls=num_parallel_calls,
+            deterministic=deterministic,
+        )
+
+    def _output_shapes(self, token_shape):
+        token_shape = tuple(token_shape)
+        if self.sequence_length is not None:
+            token_shape = token_shape[:-1] + (self.sequence_length,)
+        return token_shape, token_shape[:-1] + (self.mask_selection_length,)
+
+    def compute_output_shape(self, input_shape):
+        extras = {}
+        if isinstance(input_shape, dict):
+            extras = {
+                k: v
+                for k, v in input_shape.items()
+                if k not in ("token_ids", "padding_mask", "word_starts")
+            }
+            input_shape = input_shape["token_ids"]
+        token_shape, slot_shape = self._output_shapes(input_shape)
+        return {
+            **extras,
+            "token_ids": token_shape,
+            "padding_mask": token_shape,
+            "mask_positions": slot_shape,
+            "mask_ids": slot_shape,
+            "mask_weights": slot_shape,
+        }
+
+    def compute_output_spec(self, inputs, seed=None):
+        extras = {}
+        if isinstance(inputs, dict):
+            extras = {
+                k: v
+                for k, v in inputs.items()
+                if k not in ("token_ids", "padding_mask", "word_starts")
+            }
+            inputs = inputs["token_ids"]
+        token_shape, slot_shape = self._output_shapes(inputs.shape)
+        dtype = inputs.dtype
+        return {
+            **extras,
+            "token_ids": keras.KerasTensor(token_shape, dtype=dtype),
+            "padding_mask": keras.KerasTensor(token_shape, dtype="bool"),
+            "mask_positions": keras.KerasTensor(slot_shape, dtype="int32"),
+            "mask_ids": keras.KerasTensor(slot_shape, dtype=dtype),
+            "mask_weights": keras.KerasTensor(slot_shape, dtype="float32"),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "mask_selection_rate": self.mask_selection_rate,
+                "mask_token_id": self.mask_token_id,
+                "mask_selection_length": self.mask_selection_length,
+                "unselectable_token_ids": list(self.unselectable_token_ids),
+                "mask_token_rate": self.mask_token_rate,
+                "random_token_rate": self.random_token_rate,
+                "strategy": self.strategy,
+                "seed": self.seed,
+                "padding_token_id": self.padding_token_id,
+                "sequence_length": self.sequence_length,
+                "continuation_token_ids": (
+                    None
+                    if self.continuation_token_ids is None
+                    else list(self.continuation_token_ids)
+                ),
+                "span_geometric_p": self.span_geometric_p,
+                "max_span_length": self.max_span_length,
+            }
+        )
+        return config
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _check_int(name, value, minimum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer)
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer. Received: {name}={value!r}."
+        )
+    if minimum is not None and value < minimum:
+        raise ValueError(
+            f"`{name}` must be >= {minimum}. Received: {name}={value!r}."
+        )
+
+
+def _check_ids(name, ids, vocabulary_size):
+    if isinstance(ids, (int, np.integer)):
+        ids = [ids]
+    ids = tuple(int(i) for i in ids)
+    bad = [i for i in ids if not 0 <= i < vocabulary_size]
+    if bad:
+        raise ValueError(
+            f"`{name}` must hold ids in [0, vocabulary_size - 1] = "
+            f"[0, {vocabulary_size - 1}]. Received out-of-range ids {bad}. "
+            "Remove them or fix `vocabulary_size`."
+        )
+    return ids
+
+
+def _to_tensor(x):
+    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
+        return x
+    if isinstance(x, (list, tuple)):
+        try:
+            return tf.convert_to_tensor(x)
+        except (ValueError, TypeError):
+            return tf.ragged.constant(x)
+    return tf.convert_to_tensor(x)
+
+
+def _expand(x):
+    return None if x is None else tf.convert_to_tensor(x)[None, :]
+
+
+def _fit_length(x, length, pad_value=0):
+    """Pads (with `pad_value`) or truncates the last axis to `length`."""
+    if x is None:
+        return None
+    x = tf.convert_to_tensor(x)
+    if x.shape[-1] == length:
+        return x
+    x = x[:, :length]
+    pad = tf.maximum(length - tf.shape(x)[1], 0)
+    x = tf.pad(
+        x, [[0, 0], [0, pad]], constant_values=tf.cast(pad_value, x.dtype)
+    )
+    return tf.ensure_shape(x, [None, length])

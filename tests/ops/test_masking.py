@@ -1,0 +1,145 @@
+"""Tests for the masking math in `kobjectives.ops.masking`."""
+
+import numpy as np
+import tensorflow as tf
+
+from kobjectives.ops import masking
+
+
+def test_id_ranges_and_ids_in():
+    assert masking.id_ranges([5, 0, 3, 4, 9, 4]) == [(0, 0), (3, 5), (9, 9)]
+    ids = tf.constant([[0, 1, 3, 5, 6, 9, 10]])
+    np.testing.assert_array_equal(
+        masking.ids_in(ids, [0, 3, 4, 5, 9]), [[1, 0, 1, 1, 0, 1, 0]]
+    )
+    np.testing.assert_array_equal(
+        masking.ids_in(ids, [0, 3, 4, 5, 9], negate=True),
+        [[0, 1, 0, 0, 1, 0, 1]],
+    )
+    # Many ranges: table path, ids beyond the table are not members.
+    many = list(range(0, 40, 2))
+    big = tf.constant([[0, 1, 2, 38, 39, 1000]])
+    np.testing.assert_array_equal(
+        masking.ids_in(big, many), [[1, 0, 1, 1, 0, 0]]
+    )
+
+
+def test_truncated_geometric_lengths():
+    u = tf.random.stateless_uniform([200_000], [1, 2])
+    lengths = masking.truncated_geometric_lengths(u, 0.2, 10).numpy()
+    assert lengths.min() == 1 and lengths.max() == 10
+    q = 0.8
+    pmf = 0.2 * q ** np.arange(10) / (1 - q**10)
+    expected_mean = float(np.sum(np.arange(1, 11) * pmf))
+    assert abs(expected_mean - 3.80) < 0.01  # SpanBERT's figure
+    assert abs(lengths.mean() - expected_mean) < 0.03
+    freq = np.bincount(lengths, minlength=11)[1:] / len(lengths)
+    np.testing.assert_allclose(freq, pmf, atol=0.005)
+
+
+def test_geometric_tile_starts():
+    u = tf.random.stateless_uniform([64, 512], [3, 4], minval=1e-6)
+    starts = masking.geometric_tile_starts(u, 0.2, 10).numpy()
+    assert starts[:, 0].all()
+    gaps = []
+    for row in starts:
+        positions = np.flatnonzero(row)
+        gaps.extend(np.diff(positions))  # complete tiles only
+    gaps = np.asarray(gaps)
+    assert gaps.min() >= 1 and gaps.max() <= 10
+    assert abs(gaps.mean() - 3.8) < 0.05
+
+
+def test_chunk_keys_shared_within_chunks():
+    starts = tf.constant(np.array([[1, 0, 0, 1, 1, 0, 1, 0]] * 4, bool))
+    bits = tf.random.stateless_uniform(
+        [4, 8], [5, 6], minval=None, maxval=None, dtype="int32"
+    )
+    keys = masking.chunk_keys(starts, bits, 17).numpy()
+    assert keys.min() >= 0 and keys.max() < 2**17
+    for a, b in [(0, 3), (4, 6), (6, 8)]:
+        assert np.all(keys[:, a:b] == keys[:, a : a + 1])
+
+
+def test_chunk_keys_are_uniform():
+    starts = tf.ones([256, 128], "bool")
+    bits = tf.random.stateless_uniform(
+        [256, 128], [7, 8], minval=None, maxval=None, dtype="int32"
+    )
+    keys = masking.chunk_keys(starts, bits, 17).numpy() / 2**17
+    counts = np.histogram(keys, bins=8, range=(0, 1))[0] / keys.size
+    np.testing.assert_allclose(counts, 1 / 8, atol=0.005)
+
+
+def test_sample_replacement_ids():
+    values = tf.random.stateless_uniform(
+        [100_000], [9, 10], minval=0, maxval=2**31, dtype="int64"
+    )
+    cases = [
+        [0, 3, 4, 5, 11, 19],  # a few ranges: comparisons
+        [1, 2, 7, 8, 9, 15],  # not starting at 0
+        [0, 1] + list(range(4, 40, 3)),  # many ranges: searchsorted
+    ]
+    for excluded in cases:
+        size = max(excluded) + 2
+        ids = masking.sample_replacement_ids(
+            values, 2**31, size, excluded
+        ).numpy()
+        allowed = sorted(set(range(size)) - set(excluded))
+        assert set(np.unique(ids)) == set(allowed)
+        freq = np.bincount(ids, minlength=size)[allowed] / len(ids)
+        np.testing.assert_allclose(freq, 1 / len(allowed), rtol=0.15)
+
+
+def test_mask_tokens_is_a_pure_function_of_the_seed():
+    ids = tf.constant(np.random.default_rng(0).integers(5, 100, [8, 16]))
+    kwargs = dict(
+        vocabulary_size=100,
+        mask_selection_rate=0.3,
+        mask_token_id=4,
+        mask_selection_length=6,
+        unselectable_ids=[0, 1, 2, 3, 4],
+        excluded_ids=[0, 1, 2, 3, 4],
+    )
+    padding = tf.ones_like(ids, "bool")
+    a = masking.mask_tokens(ids, padding, [1, 2], **kwargs)
+    seed = tf.constant([1, 2], "int32")
+    b = masking.mask_tokens(ids, padding, seed, **kwargs)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+        assert a[key].shape[0] == 8
+
+
+def test_word_starts():
+    selectable = tf.constant(np.array([[0, 1, 1, 1, 0, 1, 1]], bool))
+    continuation = tf.constant(np.array([[0, 0, 1, 0, 0, 1, 1]], bool))
+    np.testing.assert_array_equal(
+        masking.word_starts(selectable, continuation),
+        [[0, 1, 0, 1, 0, 1, 0]],
+    )
+
+
+def test_top_slots_selection_and_gather():
+    # Two chunks (keys 3 and 1, p=3) and an unselectable position.
+    keys = tf.constant([[1, 1, 3, 3, 3, 0, 1, 1]])
+    selectable = tf.constant(np.array([[1, 1, 1, 1, 1, 0, 1, 1]], bool))
+    scores = masking.position_scores(keys, selectable, 3)
+    values, indices = masking.top_slots(scores, 5)
+    np.testing.assert_array_equal(indices, [[2, 3, 4, 0, 1]])
+    # Target 3: the key-3 chunk fills it exactly; the next chunk is dropped.
+    count = masking.whole_chunk_count(
+        tf.concat([values, [[-1]]], 1),
+        target=tf.constant([[3.0]]),
+        v=tf.constant([[0.0]]),
+        position_bits=3,
+        max_selections=5,
+    )
+    assert float(count[0, 0]) == 3.0
+    positions, used, threshold = masking.gather_selection(
+        values, indices, tf.constant([[4.0]]), 4
+    )
+    np.testing.assert_array_equal(positions, [[0, 2, 3, 4]])
+    np.testing.assert_array_equal(used, [[1, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        masking.selected_mask(scores, threshold), [[1, 0, 1, 1, 1, 0, 0, 0]]
+    )

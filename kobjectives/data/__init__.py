@@ -65,3 +65,7 @@ __all__ = [
     "train_validation_split",
     "train_wordpiece",
 ]
+from kobjectives.data.pipelines import chunk_token_ids
+from kobjectives.data.pipelines import masked_lm_dataset
+from kobjectives.data.pipelines import contrastive_dataset  # noqa: F401
+from kobjectives.data.pipelines import tokenized_texts  # noqa: F401

@@ -1,0 +1,240 @@
+"""tf.data pipelines that turn documents into an objective's training batches."""
+
+import keras_hub
+import tensorflow as tf
+
+
+def chunk_token_ids(token_ids, chunk_length):
+    """Splits every row of a ragged batch into consecutive chunks.
+
+    A document longer than one window becomes several training sequences
+    instead of being truncated, so no text is thrown away. Empty rows yield no
+    chunk.
+
+    Args:
+        token_ids: `tf.RaggedTensor` `[batch, None]` of token ids.
+        chunk_length: int, the most tokens in one chunk.
+
+    Returns:
+        `tf.RaggedTensor` `[num_chunks, None]`: the rows' chunks in order, each
+        at most `chunk_length` long (a row's last chunk may be shorter).
+
+    Example:
+
+    >>> ids = tf.ragged.constant([[1, 2, 3, 4, 5], [], [6, 7]])
+    >>> chunk_token_ids(ids, 2).to_list()
+    [[1, 2], [3, 4], [5], [6, 7]]
+    """
+    lengths = token_ids.row_lengths()
+    num_chunks = (lengths + chunk_length - 1) // chunk_length
+    starts = tf.ragged.range(num_chunks) * chunk_length
+    chunk_lengths = tf.minimum(
+        tf.cast(chunk_length, lengths.dtype),
+        tf.repeat(lengths, num_chunks) - starts.flat_values,
+    )
+    return tf.RaggedTensor.from_row_lengths(token_ids.flat_values, chunk_lengths)
+
+
+def masked_lm_dataset(
+    documents,
+    tokenizer,
+    masker,
+    sequence_length,
+    batch_size,
+    shuffle=True,
+    repeat=False,
+    seed=0,
+    cache=False,
+):
+    """Documents to `(x, mask_ids, mask_weights)` batches for masked LM.
+
+    Documents are tokenized in batches, split into windows of
+    `sequence_length - 2` tokens (see `chunk_token_ids`), shuffled, batched
+    with `drop_remainder=True` (static shapes), packed as
+    `[CLS] tokens [SEP] [PAD]...` with keras-hub's `StartEndPacker`, and
+    masked by `masker` with a fresh seeded mask per element and epoch
+    (`MaskedLMMasker.map_over`). Everything runs batched inside `tf.data`.
+
+    Args:
+        documents: list of str.
+        tokenizer: a `keras_hub.models.BertTokenizer` (or any WordPiece
+            tokenizer with `start_token_id`, `end_token_id`, `pad_token_id`).
+        masker: a `kobjectives.layers.MaskedLMMasker`.
+        sequence_length: int, the packed length including [CLS] and [SEP].
+        batch_size: int, the global batch size.
+        shuffle: shuffle documents and windows (seeded, new order each epoch).
+        repeat: repeat forever (for `fit(steps_per_epoch=...)`).
+        seed: int seed of the shuffles and the masks.
+        cache: cache the masked batches after the first pass, so every pass
+            sees the same masks (use for validation).
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y, sample_weight)` with
+        `x = {"token_ids", "padding_mask", "segment_ids", "mask_positions"}`,
+        `y = mask_ids`, `sample_weight = mask_weights`, all of static shape.
+    """
+    if not documents:
+        raise ValueError("`documents` is empty: there is no text to train on.")
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length,
+        start_value=tokenizer.start_token_id,
+        end_value=tokenizer.end_token_id,
+        pad_value=tokenizer.pad_token_id,
+        return_padding_mask=True,
+    )
+
+    def tokenize(texts):
+        return chunk_token_ids(tokenizer(texts), sequence_length - 2)
+
+    def pack(token_ids):
+        token_ids, padding_mask = packer(token_ids)
+        return {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "segment_ids": tf.zeros_like(token_ids),
+        }
+
+    def split(features):
+        x = {
+            name: features[name]
+            for name in ("token_ids", "padding_mask", "segment_ids", "mask_positions")
+        }
+        return x, features["mask_ids"], features["mask_weights"]
+
+    dataset = tf.data.Dataset.from_tensor_slices(list(documents))
+    if shuffle:
+        dataset = dataset.shuffle(len(documents), seed=seed)
+    dataset = dataset.batch(256).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.unbatch()
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed + 1)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = masker.map_over(dataset, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _text_packer(tokenizer, sequence_length):
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length=sequence_length,
+        start_value=tokenizer.start_token_id,
+        end_value=tokenizer.end_token_id,
+        pad_value=tokenizer.pad_token_id,
+        return_padding_mask=True,
+    )
+
+    def encode(texts):
+        token_ids, padding_mask = packer(tokenizer(texts))
+        return {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "segment_ids": tf.zeros_like(token_ids),
+        }
+
+    return encode
+
+
+def tokenized_texts(texts, tokenizer, sequence_length, batch_size=256):
+    """Strings to packed `{"token_ids", "padding_mask", "segment_ids"}` batches.
+
+    Each text becomes `[CLS] tokens [SEP] [PAD]...`, truncated to
+    `sequence_length`, in order (no shuffling, the last batch may be smaller):
+    for embedding texts at evaluation time.
+    """
+    encode = _text_packer(tokenizer, sequence_length)
+    dataset = tf.data.Dataset.from_tensor_slices(list(texts)).batch(batch_size)
+    return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def contrastive_dataset(
+    texts,
+    tokenizer,
+    sequence_length,
+    batch_size,
+    shuffle=True,
+    repeat=False,
+    seed=0,
+    augmenter=None,
+):
+    """Texts to `x` batches for `kobjectives.objectives.ContrastiveEncoder`.
+
+    Three forms, by `texts`:
+
+    - a list of str: unsupervised SimCSE, `x = {"anchor": texts}` (the model
+      encodes each text twice, dropout being the augmentation);
+    - a list of str with `augmenter` (a `kobjectives.layers.TextAugmenter`):
+      `x = {"anchor": view1, "positive": view2}`, two fresh seeded views per
+      element and epoch (`augmenter.map_over`);
+    - a dict of equal-length lists with keys `"anchor"`, `"positive"` and
+      optionally `"negative"` (supervised SimCSE on NLI triples, see
+      `kobjectives.data.read_nli_triples`): rows stay together.
+
+    Every text is packed as `[CLS] tokens [SEP] [PAD]...` (truncated to
+    `sequence_length`) with keras-hub's `StartEndPacker`; batches are
+    `drop_remainder=True`, so every shape is static.
+
+    Args:
+        texts: list of str, or dict of lists of str (see above).
+        tokenizer: a keras-hub WordPiece tokenizer (`BertTokenizer`).
+        sequence_length: int, the packed length.
+        batch_size: int, the global batch size (>= 2: the in-batch texts are
+            the negatives).
+        shuffle: seeded shuffle, a new order every epoch.
+        repeat: repeat forever.
+        seed: int seed of the shuffle and the augmentation.
+        augmenter: optional `TextAugmenter` (single-column texts only).
+
+    Returns:
+        A `tf.data.Dataset` of `x` dicts (no `y`).
+    """
+    if isinstance(texts, dict):
+        if "anchor" not in texts or "positive" not in texts:
+            raise ValueError(
+                "Column texts need 'anchor' and 'positive' (and optionally "
+                f"'negative'). Received keys: {sorted(texts)}"
+            )
+        unknown = sorted(set(texts) - {"anchor", "positive", "negative"})
+        if unknown:
+            raise ValueError(f"Unknown text columns {unknown}; valid: anchor, positive, negative.")
+        lengths = {key: len(value) for key, value in texts.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"The text columns must have equal lengths. Received {lengths}.")
+        if augmenter is not None:
+            raise ValueError("`augmenter` makes the views of single-column texts; pass a list of str.")
+        columns = {key: list(value) for key, value in texts.items()}
+        count = lengths["anchor"]
+    else:
+        columns = {"anchor": list(texts)}
+        count = len(columns["anchor"])
+    if count == 0:
+        raise ValueError("`texts` is empty: there is no text to train on.")
+    if batch_size < 2:
+        raise ValueError(
+            "`batch_size` must be >= 2: the other texts of the batch are the "
+            f"in-batch negatives. Received: batch_size={batch_size}"
+        )
+    if count < batch_size:
+        raise ValueError(
+            f"{count} texts do not fill one batch of {batch_size}. Give more data "
+            "or a smaller batch size."
+        )
+    encode = _text_packer(tokenizer, sequence_length)
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle:
+        dataset = dataset.shuffle(count, seed=seed)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(
+        lambda batch: {key: encode(value) for key, value in batch.items()},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if augmenter is not None:
+        dataset = dataset.map(lambda x: x["anchor"])
+        dataset = augmenter.map_over(dataset, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,197 @@
+"""The masked-LM run behind `kobjectives train mlm`."""
+
+import pathlib
+import time
+import warnings
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from kobjectives import data as data_lib
+from kobjectives.backbones import build_backbone
+from kobjectives.backbones import check_backbone
+from kobjectives.data.pipelines import masked_lm_dataset
+from kobjectives.distribute import resolve_strategy
+from kobjectives.layers import MaskedLMMasker
+from kobjectives.objectives import MaskedLanguageModel
+from kobjectives.runs import common
+
+
+def _max_or_none(value):
+    return value or None
+
+
+def most_frequent_token(tokenizer, documents):
+    """The most frequent non-special token id of the tokenized documents."""
+    counts = np.zeros(tokenizer.vocabulary_size(), np.int64)
+    batches = tf.data.Dataset.from_tensor_slices(documents).batch(1024).map(tokenizer)
+    for ids in batches:
+        counts += np.bincount(ids.flat_values.numpy(), minlength=len(counts))
+    counts[list(tokenizer.special_token_ids)] = 0
+    return int(counts.argmax())
+
+
+def unigram_masked_accuracy(most_frequent, dataset):
+    """Accuracy of always predicting `most_frequent` at the masked positions.
+
+    Args:
+        most_frequent: int, the most frequent training token id.
+        dataset: the `(x, mask_ids, mask_weights)` validation dataset.
+
+    Returns:
+        The accuracy over the weighted masked positions.
+    """
+    hits = total = 0.0
+    for _, mask_ids, mask_weights in dataset:
+        weights = mask_weights.numpy()
+        hits += float(((mask_ids.numpy() == most_frequent) * weights).sum())
+        total += float(weights.sum())
+    return hits / total if total else 0.0
+
+
+def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
+    """Trains, evaluates and exports a masked LM; returns the metrics dict.
+
+    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
+    `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
+    objective), `saved_model/` (inference, raw strings in) and `metrics.json`.
+    """
+    started = time.time()
+    # Masked LM does not use BERT's pooler; Keras warns that it gets no gradient.
+    warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['pooled_dense")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json(out_dir / "recipe.json", recipe)
+    data_cfg, tok_cfg = recipe["data"], recipe["tokenizer"]
+    model_cfg, mask_cfg, train_cfg = recipe["model"], recipe["masking"], recipe["training"]
+    seed = int(train_cfg["seed"])
+    keras.utils.set_random_seed(seed)
+    check_backbone(model_cfg["backbone"], causal=False)
+
+    documents = data_lib.load_texts(
+        data=data, tfds=tfds, data_dir=data_dir, format=data_cfg["format"],
+        max_documents=_max_or_none(data_cfg["max_documents"]),
+    )
+    train_docs, val_docs = data_lib.train_validation_split(
+        documents, data_cfg["validation_fraction"], seed=seed
+    )
+    log(f"data: {len(documents)} documents ({len(train_docs)} train, {len(val_docs)} validation)")
+
+    t0 = time.time()
+    vocabulary = data_lib.train_wordpiece(
+        train_docs, tok_cfg["vocabulary_size"], lowercase=tok_cfg["lowercase"],
+        max_training_documents=_max_or_none(tok_cfg["max_training_documents"]),
+    )
+    data_lib.save_vocabulary(vocabulary, out_dir)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=tok_cfg["lowercase"])
+    log(f"tokenizer: WordPiece, {len(vocabulary)} pieces ({time.time() - t0:.0f} s)")
+
+    sequence_length = int(model_cfg["sequence_length"])
+    masker = MaskedLMMasker(
+        vocabulary_size=len(vocabulary),
+        mask_selection_rate=mask_cfg["mask_selection_rate"],
+        mask_token_id=tokenizer.mask_token_id,
+        mask_selection_length=mask_cfg["mask_selection_length"],
+        unselectable_token_ids=sorted(set(tokenizer.special_token_ids)),
+        mask_token_rate=mask_cfg["mask_token_rate"],
+        random_token_rate=mask_cfg["random_token_rate"],
+        strategy=mask_cfg["strategy"],
+        continuation_token_ids=(
+            data_lib.continuation_token_ids(vocabulary)
+            if mask_cfg["strategy"] == "whole_word" else None
+        ),
+        seed=seed,
+    )
+    batch_size = int(train_cfg["batch_size"])
+    train_ds = masked_lm_dataset(
+        train_docs, tokenizer, masker, sequence_length, batch_size, repeat=True, seed=seed
+    )
+    val_ds = masked_lm_dataset(
+        val_docs, tokenizer, masker, sequence_length, batch_size, shuffle=False,
+        seed=seed + 1, cache=True,
+    ).take(int(train_cfg["validation_batches"]))
+    # One pass fills the cache (fixed validation masks) and counts the
+    # batches, so Keras knows the cardinality and never "runs out of data".
+    val_batches = sum(1 for _ in val_ds)
+    if val_batches == 0:
+        raise ValueError(
+            f"The validation split ({len(val_docs)} documents) is smaller than one "
+            f"batch of {batch_size}. Give more data or raise data.validation_fraction."
+        )
+    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
+
+    steps, epochs = int(train_cfg["steps"]), int(train_cfg["epochs"])
+    epochs = max(1, min(epochs, steps))
+    steps_per_epoch = max(1, steps // epochs)
+    keras.mixed_precision.set_global_policy(train_cfg["dtype_policy"])
+    strategy = resolve_strategy(strategy)
+    jit_compile = bool(train_cfg["jit_compile"])
+    if jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        # XLA cannot place one replica's variables from another logical CPU
+        # device ("Trying to access resource ... located in device CPU:1").
+        log("note: jit_compile disabled for a multi-replica CPU strategy")
+        jit_compile = False
+    with strategy.scope():
+        backbone = build_backbone(
+            model_cfg["backbone"], len(vocabulary), sequence_length, dropout=model_cfg["dropout"]
+        )
+        model = MaskedLanguageModel(backbone)
+        model.compile(
+            optimizer=keras.optimizers.AdamW(
+                learning_rate=common.warmup_cosine_schedule(
+                    train_cfg["learning_rate"], steps_per_epoch * epochs, train_cfg["warmup_steps"]
+                ),
+                weight_decay=train_cfg["weight_decay"],
+                clipnorm=1.0,
+            ),
+            jit_compile=jit_compile,
+        )
+    log(f"model: MaskedLanguageModel over {model_cfg['backbone']} "
+        f"({model.count_params():,} parameters), strategy "
+        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
+
+    history = model.fit(
+        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
+    ).history
+    common.plot_history(history, out_dir / "loss_curve.png", "masked LM", steps_per_epoch)
+    if not np.isfinite(history["loss"][-1]):
+        raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
+
+    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
+    unigram_id = most_frequent_token(tokenizer, train_docs)
+    unigram = unigram_masked_accuracy(unigram_id, val_ds)
+
+    model.save(out_dir / "model.keras")
+    from kobjectives.export import export_saved_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    export_saved_model(
+        model, out_dir / "saved_model",
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer=tokenizer, sequence_length=sequence_length
+        ),
+        overwrite=True,
+    )
+    metrics = {
+        "objective": "mlm",
+        "backbone": model_cfg["backbone"],
+        "steps": steps_per_epoch * epochs,
+        "val_loss": evaluation["loss"],
+        "val_perplexity": evaluation["perplexity"],
+        "val_masked_accuracy": evaluation["masked_accuracy"],
+        "unigram_masked_accuracy": unigram,
+        "unigram_token": vocabulary[unigram_id],
+        "train_loss_first_round": history["loss"][0],
+        "train_loss_last_round": history["loss"][-1],
+        "documents": {"train": len(train_docs), "validation": len(val_docs)},
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    common.write_json(out_dir / "metrics.json", metrics)
+    log(f"held-out perplexity {metrics['val_perplexity']:.2f}, masked accuracy "
+        f"{metrics['val_masked_accuracy']:.4f} vs unigram baseline {unigram:.4f} "
+        f"(always {vocabulary[unigram_id]!r})")
+    log(f"run folder: {out_dir}")
+    return metrics

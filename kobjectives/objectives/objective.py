@@ -70,6 +70,11 @@ class Objective(keras.Model):
     `get_config` serializes those attributes and `from_config` deserializes
     them, so a subclass's `get_config` only adds its own plain arguments.
 
+    **Loading.** Objectives override `compile()` to give defaults; Keras
+    then skips re-compiling a loaded `.keras` file. `compile_from_config`
+    re-compiles with the saved configuration (a loss the objective owns is
+    dropped), so the optimizer and its state come back with the model.
+
     **A Keras 3.15 workaround.** Under a `tf.distribute` strategy, Keras
     3.15's TensorFlow trainer builds the model from the first distributed
     batch by `strategy.reduce("MEAN", batch)`
@@ -97,6 +102,14 @@ class Objective(keras.Model):
         for name in cls.serialized_models:
             config[name] = keras.saving.deserialize_keras_object(config[name])
         return cls(**config)
+
+    def compile_from_config(self, config):
+        config = dict(keras.saving.deserialize_keras_object(config))
+        if config.get("loss") is None:
+            config.pop("loss", None)  # objectives that own their loss refuse one
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and self._distribute_strategy is not None:

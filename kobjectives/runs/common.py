@@ -64,3 +64,90 @@ def write_json(path, payload):
         raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
     pathlib.Path(path).write_text(json.dumps(payload, indent=2, default=default) + "\n")
+
+
+def train_tokenizer(documents, tokenizer_config, out_dir, log=print):
+    """Trains the run's WordPiece vocabulary, saves `vocab.txt`, and returns
+    `(vocabulary, keras_hub.models.BertTokenizer)`."""
+    import time
+
+    import keras_hub
+
+    from kobjectives import data as data_lib
+
+    started = time.time()
+    vocabulary = data_lib.train_wordpiece(
+        documents, tokenizer_config["vocabulary_size"],
+        lowercase=tokenizer_config["lowercase"],
+        max_training_documents=tokenizer_config["max_training_documents"] or None,
+    )
+    data_lib.save_vocabulary(vocabulary, out_dir)
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=vocabulary, lowercase=tokenizer_config["lowercase"]
+    )
+    log(f"tokenizer: WordPiece, {len(vocabulary)} pieces ({time.time() - started:.0f} s)")
+    return vocabulary, tokenizer
+
+
+def load_split_documents(data_config, seed, data=None, tfds=None, data_dir=None, log=print):
+    """The run's documents (files, tfds or the embedded corpus), split into
+    `(train, validation)` deterministically."""
+    from kobjectives import data as data_lib
+
+    documents = data_lib.load_texts(
+        data=data, tfds=tfds, data_dir=data_dir, format=data_config["format"],
+        max_documents=data_config["max_documents"] or None,
+    )
+    train, validation = data_lib.train_validation_split(
+        documents, data_config["validation_fraction"], seed=seed
+    )
+    log(f"data: {len(documents)} documents ({len(train)} train, {len(validation)} validation)")
+    return train, validation
+
+
+def finite_validation(dataset, num_documents, batch_size):
+    """Fills a cached validation dataset once and tells Keras its length.
+
+    One pass fills the cache (fixed validation masks or pairs) and counts the
+    batches, so Keras knows the cardinality and never "runs out of data".
+
+    Raises:
+        ValueError: the validation split is smaller than one batch.
+    """
+    import tensorflow as tf
+
+    batches = sum(1 for _ in dataset)
+    if batches == 0:
+        raise ValueError(
+            f"The validation split ({num_documents} documents) is smaller than one "
+            f"batch of {batch_size}. Give more data or raise data.validation_fraction."
+        )
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def rounds(training_config):
+    """`(epochs, steps_per_epoch)`: the steps split into evaluation rounds."""
+    steps = int(training_config["steps"])
+    epochs = max(1, min(int(training_config["epochs"]), steps))
+    return epochs, max(1, steps // epochs)
+
+
+def training_strategy(training_config, strategy_name, log=print):
+    """Sets the dtype policy and returns `(strategy, jit_compile)`.
+
+    XLA cannot compile a step whose replicas are logical CPU devices ("Trying
+    to access resource ... located in device CPU:1"), so `jit_compile` is
+    turned off for multi-replica CPU strategies, with a note.
+    """
+    import keras
+    import tensorflow as tf
+
+    from kobjectives.distribute import resolve_strategy
+
+    keras.mixed_precision.set_global_policy(training_config["dtype_policy"])
+    strategy = resolve_strategy(strategy_name)
+    jit_compile = bool(training_config["jit_compile"])
+    if jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        log("note: jit_compile disabled for a multi-replica CPU strategy")
+        jit_compile = False
+    return strategy, jit_compile

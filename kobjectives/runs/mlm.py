@@ -13,14 +13,9 @@ from kobjectives import data as data_lib
 from kobjectives.backbones import build_backbone
 from kobjectives.backbones import check_backbone
 from kobjectives.data.pipelines import masked_lm_dataset
-from kobjectives.distribute import resolve_strategy
 from kobjectives.layers import MaskedLMMasker
 from kobjectives.objectives import MaskedLanguageModel
 from kobjectives.runs import common
-
-
-def _max_or_none(value):
-    return value or None
 
 
 def most_frequent_token(tokenizer, documents):
@@ -70,23 +65,8 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     keras.utils.set_random_seed(seed)
     check_backbone(model_cfg["backbone"], causal=False)
 
-    documents = data_lib.load_texts(
-        data=data, tfds=tfds, data_dir=data_dir, format=data_cfg["format"],
-        max_documents=_max_or_none(data_cfg["max_documents"]),
-    )
-    train_docs, val_docs = data_lib.train_validation_split(
-        documents, data_cfg["validation_fraction"], seed=seed
-    )
-    log(f"data: {len(documents)} documents ({len(train_docs)} train, {len(val_docs)} validation)")
-
-    t0 = time.time()
-    vocabulary = data_lib.train_wordpiece(
-        train_docs, tok_cfg["vocabulary_size"], lowercase=tok_cfg["lowercase"],
-        max_training_documents=_max_or_none(tok_cfg["max_training_documents"]),
-    )
-    data_lib.save_vocabulary(vocabulary, out_dir)
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=tok_cfg["lowercase"])
-    log(f"tokenizer: WordPiece, {len(vocabulary)} pieces ({time.time() - t0:.0f} s)")
+    train_docs, val_docs = common.load_split_documents(data_cfg, seed, data, tfds, data_dir, log)
+    vocabulary, tokenizer = common.train_tokenizer(train_docs, tok_cfg, out_dir, log)
 
     sequence_length = int(model_cfg["sequence_length"])
     masker = MaskedLMMasker(
@@ -112,27 +92,10 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         val_docs, tokenizer, masker, sequence_length, batch_size, shuffle=False,
         seed=seed + 1, cache=True,
     ).take(int(train_cfg["validation_batches"]))
-    # One pass fills the cache (fixed validation masks) and counts the
-    # batches, so Keras knows the cardinality and never "runs out of data".
-    val_batches = sum(1 for _ in val_ds)
-    if val_batches == 0:
-        raise ValueError(
-            f"The validation split ({len(val_docs)} documents) is smaller than one "
-            f"batch of {batch_size}. Give more data or raise data.validation_fraction."
-        )
-    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
+    val_ds = common.finite_validation(val_ds, len(val_docs), batch_size)
 
-    steps, epochs = int(train_cfg["steps"]), int(train_cfg["epochs"])
-    epochs = max(1, min(epochs, steps))
-    steps_per_epoch = max(1, steps // epochs)
-    keras.mixed_precision.set_global_policy(train_cfg["dtype_policy"])
-    strategy = resolve_strategy(strategy)
-    jit_compile = bool(train_cfg["jit_compile"])
-    if jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        # XLA cannot place one replica's variables from another logical CPU
-        # device ("Trying to access resource ... located in device CPU:1").
-        log("note: jit_compile disabled for a multi-replica CPU strategy")
-        jit_compile = False
+    epochs, steps_per_epoch = common.rounds(train_cfg)
+    strategy, jit_compile = common.training_strategy(train_cfg, strategy, log)
     with strategy.scope():
         backbone = build_backbone(
             model_cfg["backbone"], len(vocabulary), sequence_length, dropout=model_cfg["dropout"]

@@ -166,3 +166,16 @@ def test_missing_inputs_are_named():
         model({"token_ids": x["token_ids"], "padding_mask": x["padding_mask"]})
     with pytest.raises(TypeError, match="backbone"):
         MaskedLanguageModel("bert")
+
+
+def test_loaded_objective_continues_training_with_its_optimizer_state(tmp_path):
+    x, y, w = make_data(n=B)
+    model = MaskedLanguageModel(bert())
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, sample_weight=w, batch_size=B, epochs=2, verbose=0)
+    model.save(tmp_path / "mlm.keras")
+    restored = keras.saving.load_model(tmp_path / "mlm.keras")
+    assert restored.compiled and restored.optimizer.iterations.numpy() == 2
+    next_loss = model.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    restored_loss = restored.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)

@@ -69,3 +69,8 @@ from kobjectives.data.pipelines import chunk_token_ids
 from kobjectives.data.pipelines import masked_lm_dataset
 from kobjectives.data.pipelines import contrastive_dataset  # noqa: F401
 from kobjectives.data.pipelines import tokenized_texts  # noqa: F401
+from kobjectives.data.sts import SentencePairs  # noqa: F401
+from kobjectives.data.sts import read_nli_triples  # noqa: F401
+from kobjectives.data.sts import read_sick  # noqa: F401
+from kobjectives.data.sts import read_stsb  # noqa: F401
+from kobjectives.data.sts import split_sentences  # noqa: F401

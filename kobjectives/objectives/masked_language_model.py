@@ -2,7 +2,6 @@
 
 import keras
 import keras_hub
-import tensorflow as tf
 
 from kobjectives.losses import MaskedLMLoss
 from kobjectives.metrics import MaskedAccuracy

@@ -1,0 +1,142 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives import ops
+from kobjectives.objectives import ContrastiveEncoder
+
+V, L, B, H = 60, 8, 8, 16
+
+
+def bert(dropout=0.1):
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=H,
+        intermediate_dim=32, max_sequence_length=L, dropout=dropout)
+
+
+def texts(n=2 * B, seed=0, length=L):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, V, (n, length)).astype("int32")
+    lengths = rng.integers(2, length + 1, n)
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    ids = np.where(mask, ids, 0).astype("int32")
+    return {"token_ids": ids, "padding_mask": mask, "segment_ids": np.zeros_like(ids)}
+
+
+def triples(n=2 * B):
+    return {"anchor": texts(n, 0), "positive": texts(n, 1), "negative": texts(n, 2)}
+
+
+def test_unsupervised_dropout_views_differ_in_training_only():
+    keras.utils.set_random_seed(0)
+    model = ContrastiveEncoder(bert(), pooling="cls")
+    x = {"anchor": texts(B)}
+    train = model(x, training=True)
+    assert train["anchor"].shape == (B, H) and train["positive"].shape == (B, H)
+    assert np.abs(train["anchor"] - train["positive"]).max() > 1e-4
+    infer = model(x, training=False)
+    np.testing.assert_allclose(infer["anchor"], infer["positive"], atol=1e-6)
+    # A plain text batch is embedded (pooled, pre-projection).
+    np.testing.assert_allclose(model(x["anchor"]), model.embed(x["anchor"]), atol=1e-6)
+    np.testing.assert_allclose(infer["anchor"], model.project(model.embed(x["anchor"])), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_loss_equals_info_nce_on_embeddings(k):
+    keras.utils.set_random_seed(1)
+    model = ContrastiveEncoder(bert(dropout=0.0), pooling="mean", temperature=0.1)
+    x = triples(B)
+    if k:
+        x["negative"] = {n: np.stack([v, v[::-1]], axis=1) for n, v in x["negative"].items()}
+    y_pred = model(x, training=True)
+    loss = model.compute_loss(x=x, y_pred=y_pred)
+    embed = lambda t: model.project(model.embed({n: v.reshape((-1, L)) for n, v in t.items()}))  # noqa: E731
+    negatives = embed(x["negative"])
+    if k:
+        negatives = tf.reshape(negatives, [B, k, H])
+        assert y_pred["negative"].shape == (B, k, H)
+    expected = ops.info_nce(embed(x["anchor"]), embed(x["positive"]), negatives, temperature=0.1)
+    np.testing.assert_allclose(float(loss), float(tf.reduce_mean(expected)), rtol=1e-5)
+
+
+def _fit(strategy=None, jit_compile=False, epochs=2):
+    data = tf.data.Dataset.from_tensor_slices(triples(4 * B)).batch(2 * B, drop_remainder=True)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        keras.utils.set_random_seed(7)
+        model = ContrastiveEncoder(bert(dropout=0.0), pooling="mean")
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+    history = model.fit(data, epochs=epochs, verbose=0).history
+    return model, history
+
+
+@pytest.mark.slow
+def test_jit_compile_trains_and_matches():
+    plain, h_plain = _fit()
+    jit, h_jit = _fit(jit_compile=True)
+    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-4)
+    assert h_jit["loss"][-1] < h_jit["loss"][0]
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+    # Negatives are gathered across replicas, so the loss and the updates
+    # equal one device on the global batch.
+    single, h_single = _fit()
+    mirrored, h_mirrored = _fit(mirrored_strategy)
+    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], rtol=1e-5)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unsupervised_fit_with_jit():
+    data = tf.data.Dataset.from_tensor_slices({"anchor": texts(4 * B)}).batch(B, drop_remainder=True)
+    keras.utils.set_random_seed(3)
+    model = ContrastiveEncoder(bert(), pooling="last", projection=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    history = model.fit(data, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    assert model.projection is None
+
+
+def test_keras_round_trip(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = ContrastiveEncoder(bert(), pooling="mean", temperature=0.07, projection_dim=12)
+    model.compile()
+    x = texts(B)
+    path = tmp_path / "simcse.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, ContrastiveEncoder)
+    assert restored.temperature == 0.07 and restored.pooling == "mean"
+    np.testing.assert_allclose(restored.embed(x), model.embed(x), atol=1e-5)
+    np.testing.assert_allclose(restored.project(restored.embed(x)), model.project(model.embed(x)), atol=1e-5)
+    assert restored.project(restored.embed(x)).shape == (B, 12)
+
+
+def test_bad_inputs_fail_clearly():
+    with pytest.raises(ValueError, match="temperature"):
+        ContrastiveEncoder(bert(), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        ContrastiveEncoder(bert(), temperature=-1)
+    with pytest.raises(ValueError, match="pooling"):
+        ContrastiveEncoder(bert(), pooling="max")
+    with pytest.raises(TypeError, match="backbone"):
+        ContrastiveEncoder("bert")
+    model = ContrastiveEncoder(bert())
+    # A batch of one without hard negatives: nothing to contrast with.
+    one = {"anchor": texts(1)}
+    with pytest.raises(ValueError, match="batch of one"):
+        model.compute_loss(x=one, y_pred=model(one, training=True))
+    with pytest.raises(ValueError, match="exactly one positive"):
+        model({"anchor": texts(4), "positive": texts(3)})
+    with pytest.raises(ValueError, match="hard negatives"):
+        model({"anchor": texts(4), "positive": texts(4),
+               "negative": {"token_ids": np.zeros((4, 2, 3, L), "int32"),
+                            "padding_mask": np.ones((4, 2, 3, L), bool)}})
+    with pytest.raises(ValueError, match="batch size"):
+        model({"anchor": texts(4), "positive": texts(4), "negative": texts(3)})
+    with pytest.raises(ValueError, match="Unknown keys"):
+        model({"anchor": texts(4), "labels": texts(4)})
+    with pytest.raises(ValueError, match="loss"):
+        model.compile(loss="mse")

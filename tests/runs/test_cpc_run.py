@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+from kobjectives import cli
+
+TINY = [
+    "--steps", "4", "--batch-size", "4", "--sequence-length", "16",
+    "--set", "data.max_documents=300", "--set", "tokenizer.vocabulary_size=400",
+    "--set", "tokenizer.max_training_documents=0", "--set", "training.epochs=2",
+    "--set", "training.validation_batches=2", "--set", "training.warmup_steps=1",
+    "--set", "cpc.max_offset=2",
+    # XLA compilation is tested in tests/objectives; skip its compile time here.
+    "--set", "training.jit_compile=false",
+]
+
+
+def test_train_cpc_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kobjectives.cli", "train", "cpc", *TINY, "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == "cpc" and metrics["steps"] == 4
+    for key in ("val_loss", "val_cpc_accuracy", "chance_cpc_accuracy", "chance_cpc_loss"):
+        assert isinstance(metrics[key], float)
+    assert 0.0 < metrics["chance_cpc_accuracy"] < 1.0
+    assert len(metrics["val_cpc_accuracy_per_offset"]) == 2
+    # The metric of evaluate() and the run's own per-offset pass agree.
+    per_offset = [a for a in metrics["val_cpc_accuracy_per_offset"] if a is not None]
+    assert abs(sum(per_offset) / len(per_offset) - metrics["val_cpc_accuracy"]) < 1e-5
+    assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert (out / "vocab.txt").is_file() and (out / "model.keras").is_file()
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch_001.weights.h5", "epoch_002.weights.h5"]
+    assert any((out / "logs").rglob("events.out.tfevents*"))
+    assert "chance baseline" in result.stdout
+
+
+def test_bad_settings_fail_before_any_work(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "cpc", "--set", "model.backbone=bert_tiny", "--out", out]) == 2
+    assert "causal" in capsys.readouterr().err
+    assert cli.main(["train", "cpc", "--sequence-length", "4", "--set", "cpc.max_offset=4",
+                     "--out", out]) == 2
+    assert "max_offset" in capsys.readouterr().err
+    assert cli.main(["train", "cpc", "--set", "cpc.temperature=0", "--out", out]) == 2
+    assert "temperature" in capsys.readouterr().err

@@ -67,6 +67,7 @@ __all__ = [
 ]
 from kobjectives.data.pipelines import chunk_token_ids
 from kobjectives.data.pipelines import masked_lm_dataset
+from kobjectives.data.pipelines import packed_windows_dataset
 from kobjectives.data.pipelines import contrastive_dataset  # noqa: F401
 from kobjectives.data.pipelines import tokenized_texts  # noqa: F401
 from kobjectives.data.sts import SentencePairs  # noqa: F401

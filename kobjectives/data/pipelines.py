@@ -35,43 +35,31 @@ def chunk_token_ids(token_ids, chunk_length):
     return tf.RaggedTensor.from_row_lengths(token_ids.flat_values, chunk_lengths)
 
 
-def masked_lm_dataset(
-    documents,
-    tokenizer,
-    masker,
-    sequence_length,
-    batch_size,
-    shuffle=True,
-    repeat=False,
-    seed=0,
-    cache=False,
+def packed_windows_dataset(
+    documents, tokenizer, sequence_length, batch_size, shuffle=True, seed=0
 ):
-    """Documents to `(x, mask_ids, mask_weights)` batches for masked LM.
+    """Documents to batches of packed token windows, the input of most objectives.
 
     Documents are tokenized in batches, split into windows of
-    `sequence_length - 2` tokens (see `chunk_token_ids`), shuffled, batched
-    with `drop_remainder=True` (static shapes), packed as
-    `[CLS] tokens [SEP] [PAD]...` with keras-hub's `StartEndPacker`, and
-    masked by `masker` with a fresh seeded mask per element and epoch
-    (`MaskedLMMasker.map_over`). Everything runs batched inside `tf.data`.
+    `sequence_length - 2` tokens (`chunk_token_ids`: long documents become
+    several windows instead of being truncated), shuffled (seeded, a new
+    order every epoch), batched with `drop_remainder=True` (static shapes) and
+    packed as `[CLS] tokens [SEP] [PAD]...` by keras-hub's `StartEndPacker`,
+    the layout keras-hub's `BertTextClassifierPreprocessor` produces at
+    serving time. Everything runs batched inside `tf.data`.
 
     Args:
         documents: list of str.
         tokenizer: a `keras_hub.models.BertTokenizer` (or any WordPiece
             tokenizer with `start_token_id`, `end_token_id`, `pad_token_id`).
-        masker: a `kobjectives.layers.MaskedLMMasker`.
         sequence_length: int, the packed length including [CLS] and [SEP].
         batch_size: int, the global batch size.
-        shuffle: shuffle documents and windows (seeded, new order each epoch).
-        repeat: repeat forever (for `fit(steps_per_epoch=...)`).
-        seed: int seed of the shuffles and the masks.
-        cache: cache the masked batches after the first pass, so every pass
-            sees the same masks (use for validation).
+        shuffle: shuffle documents and windows.
+        seed: int seed of the shuffles.
 
     Returns:
-        A `tf.data.Dataset` of `(x, y, sample_weight)` with
-        `x = {"token_ids", "padding_mask", "segment_ids", "mask_positions"}`,
-        `y = mask_ids`, `sample_weight = mask_weights`, all of static shape.
+        A `tf.data.Dataset` of `{"token_ids", "padding_mask", "segment_ids"}`
+        `[batch_size, sequence_length]` (int32; `padding_mask` bool).
     """
     if not documents:
         raise ValueError("`documents` is empty: there is no text to train on.")
@@ -94,13 +82,6 @@ def masked_lm_dataset(
             "segment_ids": tf.zeros_like(token_ids),
         }
 
-    def split(features):
-        x = {
-            name: features[name]
-            for name in ("token_ids", "padding_mask", "segment_ids", "mask_positions")
-        }
-        return x, features["mask_ids"], features["mask_weights"]
-
     dataset = tf.data.Dataset.from_tensor_slices(list(documents))
     if shuffle:
         dataset = dataset.shuffle(len(documents), seed=seed)
@@ -109,14 +90,67 @@ def masked_lm_dataset(
     if shuffle:
         dataset = dataset.shuffle(4096, seed=seed + 1)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = masker.map_over(dataset, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def finish(dataset, cache=False, repeat=False):
+    """Optionally caches (fixed random draws after the first pass) and
+    repeats a dataset, then prefetches."""
     if cache:
         dataset = dataset.cache()
     if repeat:
         dataset = dataset.repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def masked_lm_dataset(
+    documents,
+    tokenizer,
+    masker,
+    sequence_length,
+    batch_size,
+    shuffle=True,
+    repeat=False,
+    seed=0,
+    cache=False,
+):
+    """Documents to `(x, mask_ids, mask_weights)` batches for masked LM.
+
+    The packed windows of `packed_windows_dataset`, masked by `masker` with a
+    fresh seeded mask per element and epoch (`MaskedLMMasker.map_over`).
+
+    Args:
+        documents: list of str.
+        tokenizer: a `keras_hub.models.BertTokenizer` (or any WordPiece
+            tokenizer with `start_token_id`, `end_token_id`, `pad_token_id`).
+        masker: a `kobjectives.layers.MaskedLMMasker`.
+        sequence_length: int, the packed length including [CLS] and [SEP].
+        batch_size: int, the global batch size.
+        shuffle: shuffle documents and windows (seeded, new order each epoch).
+        repeat: repeat forever (for `fit(steps_per_epoch=...)`).
+        seed: int seed of the shuffles and the masks.
+        cache: cache the masked batches after the first pass, so every pass
+            sees the same masks (use for validation).
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y, sample_weight)` with
+        `x = {"token_ids", "padding_mask", "segment_ids", "mask_positions"}`,
+        `y = mask_ids`, `sample_weight = mask_weights`, all of static shape.
+    """
+
+    def split(features):
+        x = {
+            name: features[name]
+            for name in ("token_ids", "padding_mask", "segment_ids", "mask_positions")
+        }
+        return x, features["mask_ids"], features["mask_weights"]
+
+    dataset = packed_windows_dataset(
+        documents, tokenizer, sequence_length, batch_size, shuffle=shuffle, seed=seed
+    )
+    dataset = masker.map_over(dataset, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE)
+    return finish(dataset, cache=cache, repeat=repeat)
 
 
 def _text_packer(tokenizer, sequence_length):

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from kobjectives.backbones import build_backbone
 from kobjectives.backbones import check_backbone
-from kobjectives.data.pipelines import chunk_token_ids
+from kobjectives.data.pipelines import finish
+from kobjectives.data.pipelines import packed_windows_dataset
 from kobjectives.objectives import ContrastivePredictiveCoding
 from kobjectives.runs import common
 
@@ -21,57 +22,12 @@ def cpc_dataset(
     documents, tokenizer, sequence_length, batch_size, shuffle=True, repeat=False,
     seed=0, cache=False,
 ):
-    """Documents to `{"token_ids", "padding_mask"}` batches for CPC.
-
-    As `kobjectives.data.masked_lm_dataset` without the masking: documents
-    are tokenized in batches, split into windows of `sequence_length - 2`
-    tokens (`chunk_token_ids`), shuffled (seeded), batched with
-    `drop_remainder=True` and packed as `[CLS] tokens [SEP] [PAD]...` by
-    keras-hub's `StartEndPacker`, the layout keras-hub's
-    `BertTextClassifierPreprocessor` produces at serving time.
-
-    Args:
-        documents: list of str.
-        tokenizer: a `keras_hub.models.BertTokenizer`.
-        sequence_length: int, the packed length.
-        batch_size: int, the global batch size.
-        shuffle, repeat, seed, cache: as in `masked_lm_dataset`.
-
-    Returns:
-        A `tf.data.Dataset` of dicts of int32 `[batch_size, sequence_length]`
-        tensors (`padding_mask` is bool), static shapes.
-    """
-    if not documents:
-        raise ValueError("`documents` is empty: there is no text to train on.")
-    packer = keras_hub.layers.StartEndPacker(
-        sequence_length=sequence_length,
-        start_value=tokenizer.start_token_id,
-        end_value=tokenizer.end_token_id,
-        pad_value=tokenizer.pad_token_id,
-        return_padding_mask=True,
+    """Documents to `{"token_ids", "padding_mask", "segment_ids"}` batches for
+    CPC: `kobjectives.data.packed_windows_dataset`, cached / repeated as asked."""
+    dataset = packed_windows_dataset(
+        documents, tokenizer, sequence_length, batch_size, shuffle=shuffle, seed=seed
     )
-
-    def tokenize(texts):
-        return chunk_token_ids(tokenizer(texts), sequence_length - 2)
-
-    def pack(token_ids):
-        token_ids, padding_mask = packer(token_ids)
-        return {"token_ids": token_ids, "padding_mask": padding_mask}
-
-    dataset = tf.data.Dataset.from_tensor_slices(list(documents))
-    if shuffle:
-        dataset = dataset.shuffle(len(documents), seed=seed)
-    dataset = dataset.batch(256).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.unbatch()
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed + 1)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        dataset = dataset.cache()
-    if repeat:
-        dataset = dataset.repeat()
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return finish(dataset, cache=cache, repeat=repeat)
 
 
 def held_out_statistics(model, dataset):

@@ -244,8 +244,33 @@ class CoSENTLoss(keras.losses.Loss):
         return {"name": self.name, "scale": self.scale}
 
 
+class _MarginLoss(keras.losses.Loss):
+    """Shared constructor, reduction and config of the margin losses."""
+
+    def __init__(self, margin, distance, reduction, name, **kwargs):
+        contrastive_ops._check_margin(margin)
+        contrastive_ops._check_choice("distance", distance, contrastive_ops._DISTANCES)
+        _check_reduction(reduction)
+        super().__init__(name=name, reduction="none", **kwargs)
+        self.margin = float(margin)
+        self.distance = distance
+        self.contrastive_reduction = reduction
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with tf.name_scope(self.name):
+            return _reduce(self.call(y_true, y_pred), sample_weight, self.contrastive_reduction)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "margin": self.margin,
+            "distance": self.distance,
+            "reduction": self.contrastive_reduction,
+        }
+
+
 @keras.saving.register_keras_serializable(package="kobjectives")
-class ContrastiveMarginLoss(keras.losses.Loss):
+class ContrastiveMarginLoss(_MarginLoss):
     """Pairwise margin contrastive loss (Hadsell et al., 2006).
 
         loss_i = 1/2 * (y_i * d_i^2 + (1 - y_i) * max(0, margin - d_i)^2)
@@ -294,13 +319,7 @@ class ContrastiveMarginLoss(keras.losses.Loss):
         name="contrastive_margin_loss",
         **kwargs,
     ):
-        contrastive_ops._check_margin(margin)
-        contrastive_ops._check_choice("distance", distance, contrastive_ops._DISTANCES)
-        _check_reduction(reduction)
-        super().__init__(name=name, reduction="none", **kwargs)
-        self.margin = float(margin)
-        self.distance = distance
-        self.contrastive_reduction = reduction
+        super().__init__(margin, distance, reduction, name, **kwargs)
 
     def call(self, y_true, y_pred):
         y_pred = _stacked(y_pred, "ContrastiveMarginLoss", 2, 2)
@@ -308,21 +327,10 @@ class ContrastiveMarginLoss(keras.losses.Loss):
             y_true, y_pred[:, 0], y_pred[:, 1], self.margin, self.distance
         )
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        with tf.name_scope(self.name):
-            return _reduce(self.call(y_true, y_pred), sample_weight, self.contrastive_reduction)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "margin": self.margin,
-            "distance": self.distance,
-            "reduction": self.contrastive_reduction,
-        }
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class TripletMarginLoss(keras.losses.Loss):
+class TripletMarginLoss(_MarginLoss):
     """Triplet margin loss (Schroff et al., 2015, FaceNet).
 
         loss_i = max(0, d(a_i, p_i) - d(a_i, n_i) + margin)
@@ -370,13 +378,7 @@ class TripletMarginLoss(keras.losses.Loss):
         name="triplet_margin_loss",
         **kwargs,
     ):
-        contrastive_ops._check_margin(margin)
-        contrastive_ops._check_choice("distance", distance, contrastive_ops._DISTANCES)
-        _check_reduction(reduction)
-        super().__init__(name=name, reduction="none", **kwargs)
-        self.margin = float(margin)
-        self.distance = distance
-        self.contrastive_reduction = reduction
+        super().__init__(margin, distance, reduction, name, **kwargs)
 
     def call(self, y_true, y_pred):
         if isinstance(y_pred, dict):
@@ -398,14 +400,3 @@ class TripletMarginLoss(keras.losses.Loss):
             anchors, positives, negatives, self.margin, self.distance
         )
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        with tf.name_scope(self.name):
-            return _reduce(self.call(y_true, y_pred), sample_weight, self.contrastive_reduction)
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "margin": self.margin,
-            "distance": self.distance,
-            "reduction": self.contrastive_reduction,
-        }

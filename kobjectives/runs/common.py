@@ -18,6 +18,17 @@ def warmup_cosine_schedule(learning_rate, steps, warmup_steps):
     )
 
 
+def optimizer(training_config, steps):
+    """AdamW with warm-up and cosine decay over `steps`, clipnorm 1.0."""
+    return keras.optimizers.AdamW(
+        learning_rate=warmup_cosine_schedule(
+            training_config["learning_rate"], steps, training_config["warmup_steps"]
+        ),
+        weight_decay=training_config["weight_decay"],
+        clipnorm=1.0,
+    )
+
+
 def run_callbacks(out_dir):
     """Checkpoints each round and TensorBoard logs, in the run folder."""
     out_dir = pathlib.Path(out_dir)

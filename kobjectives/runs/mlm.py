@@ -102,13 +102,7 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         )
         model = MaskedLanguageModel(backbone)
         model.compile(
-            optimizer=keras.optimizers.AdamW(
-                learning_rate=common.warmup_cosine_schedule(
-                    train_cfg["learning_rate"], steps_per_epoch * epochs, train_cfg["warmup_steps"]
-                ),
-                weight_decay=train_cfg["weight_decay"],
-                clipnorm=1.0,
-            ),
+            optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
             jit_compile=jit_compile,
         )
     log(f"model: MaskedLanguageModel over {model_cfg['backbone']} "

@@ -217,11 +217,7 @@ def train(
         with strategy.scope():
             mlm_model = MaskedLanguageModel(backbone)
             mlm_model.compile(
-                optimizer=keras.optimizers.AdamW(
-                    learning_rate=common.warmup_cosine_schedule(
-                        mlm_cfg["learning_rate"], mlm_steps, mlm_cfg["warmup_steps"]),
-                    weight_decay=0.01, clipnorm=1.0,
-                ),
+                optimizer=common.optimizer(dict(mlm_cfg, weight_decay=0.01), mlm_steps),
                 jit_compile=jit_compile,
             )
         history = mlm_model.fit(mlm_ds, epochs=1, steps_per_epoch=mlm_steps, verbose=0, shuffle=False).history
@@ -254,11 +250,7 @@ def train(
             temperature=con_cfg["temperature"],
         )
         model.compile(
-            optimizer=keras.optimizers.AdamW(
-                learning_rate=common.warmup_cosine_schedule(
-                    train_cfg["learning_rate"], steps_per_epoch * epochs, train_cfg["warmup_steps"]),
-                weight_decay=train_cfg["weight_decay"], clipnorm=1.0,
-            ),
+            optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
             jit_compile=jit_compile,
         )
     log(f"model: ContrastiveEncoder ({con_cfg['mode']}, "

@@ -1,1 +1,0 @@
-"""KerasTuner hypermodels for the objectives (not yet implemented; see issue 5)."""

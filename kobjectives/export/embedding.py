@@ -1,19 +1,15 @@
 """Sentence-embedding SavedModel export: raw strings in, embeddings out."""
 
-import contextlib
 import os
 
 import keras
 import tensorflow as tf
 
-from kobjectives.export.saved_model import SERVE_TOKEN_IDS
-from kobjectives.export.saved_model import SERVING_DEFAULT
+from kobjectives.export.saved_model import _archive
 from kobjectives.export.saved_model import _check_export_dir
 from kobjectives.export.saved_model import _check_vocabulary
-from kobjectives.export.saved_model import _compute_dtype_scope
 from kobjectives.export.saved_model import _input_names
 from kobjectives.export.saved_model import _resolve_sequence_length
-from kobjectives.export.saved_model import _write
 
 EMBEDDINGS = "embeddings"
 
@@ -109,24 +105,8 @@ def export_embedding_model(
             )
         return forward(inputs)
 
-    is_keras = isinstance(encoder, keras.layers.Layer)
-    archive = keras.export.ExportArchive()
-    if is_keras:
-        archive.track(encoder)
-    if preprocessor is not None:
-        holder = tf.Module()
-        holder.preprocessor = preprocessor
-        archive.track(holder)
-    with contextlib.ExitStack() as stack:
-        if compute_dtype is not None and is_keras:
-            stack.enter_context(_compute_dtype_scope(encoder, compute_dtype))
-        if preprocessor is not None:
-            archive.add_endpoint(
-                SERVING_DEFAULT, serve_text,
-                input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-            )
-            archive.add_endpoint(SERVE_TOKEN_IDS, forward, input_signature=[token_specs])
-        else:
-            archive.add_endpoint(SERVING_DEFAULT, forward, input_signature=[token_specs])
-        _write(archive, export_dir, verbose)
+    _archive(
+        encoder, export_dir, preprocessor, serve_text, forward, token_specs,
+        compute_dtype, verbose=verbose,
+    )
     return export_dir

@@ -167,12 +167,30 @@ def export_saved_model(
         outputs["padding_mask"] = tf.cast(inputs["padding_mask"], tf.int32)
         return outputs
 
-    is_keras = isinstance(objective, keras.layers.Layer)
+    scopes = []
+    if preprocessor is not None and special_tokens_in_strings:
+        scopes.append(_special_tokens_in_strings(preprocessor))
+    _archive(
+        objective, export_dir, preprocessor, serve_text, serve_token_ids,
+        token_specs, compute_dtype, scopes, verbose,
+    )
+    return export_dir
+
+
+def _archive(model, export_dir, preprocessor, serve_text, serve_token_ids,
+             token_specs, compute_dtype, scopes=(), verbose=False):
+    """Traces the serving endpoints and writes the SavedModel.
+
+    `serving_default` takes raw strings when there is a `preprocessor`
+    (`serve_token_ids` is then the second endpoint), else token ids. The
+    endpoints trace while writing, inside `compute_dtype` and `scopes`.
+    """
+    is_keras = isinstance(model, keras.layers.Layer)
     archive = keras.export.ExportArchive()
     if is_keras:
-        # Saves the objective's variables as `variables` on the artifact
-        # (the endpoints' own variables are collected either way).
-        archive.track(objective)
+        # Saves the model's variables as `variables` on the artifact (the
+        # endpoints' own variables are collected either way).
+        archive.track(model)
     if preprocessor is not None:
         # Resources the tokenizer holds (e.g. tf-text's SentencePiece model)
         # must be tracked to be saved. `track()` refuses unbuilt layers, and
@@ -183,16 +201,14 @@ def export_saved_model(
         archive.track(holder)
     with contextlib.ExitStack() as stack:
         if compute_dtype is not None and is_keras:
-            stack.enter_context(_compute_dtype_scope(objective, compute_dtype))
-        if preprocessor is not None and special_tokens_in_strings:
-            stack.enter_context(_special_tokens_in_strings(preprocessor))
+            stack.enter_context(_compute_dtype_scope(model, compute_dtype))
+        for scope in scopes:
+            stack.enter_context(scope)
         if preprocessor is not None:
             archive.add_endpoint(
                 SERVING_DEFAULT,
                 serve_text,
-                input_signature=[
-                    tf.TensorSpec([None], tf.string, name=_TEXT_INPUT)
-                ],
+                input_signature=[tf.TensorSpec([None], tf.string, name=_TEXT_INPUT)],
             )
             archive.add_endpoint(
                 SERVE_TOKEN_IDS, serve_token_ids, input_signature=[token_specs]
@@ -201,9 +217,7 @@ def export_saved_model(
             archive.add_endpoint(
                 SERVING_DEFAULT, serve_token_ids, input_signature=[token_specs]
             )
-        # The endpoints trace while writing, inside the scopes above.
         _write(archive, export_dir, verbose)
-    return export_dir
 
 
 def _write(archive, export_dir, verbose):

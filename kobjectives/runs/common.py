@@ -162,3 +162,25 @@ def training_strategy(training_config, strategy_name, log=print):
         log("note: jit_compile disabled for a multi-replica CPU strategy")
         jit_compile = False
     return strategy, jit_compile
+
+
+def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs):
+    """Saves the training objective (`model.keras`) and exports its inference
+    SavedModel (`saved_model/`, raw strings in, through keras-hub's
+    `BertTextClassifierPreprocessor`, the serving twin of the training
+    packer). The export computes in float32 whatever the training policy."""
+    import keras_hub
+
+    from kobjectives.export import export_saved_model
+
+    out_dir = pathlib.Path(out_dir)
+    model.save(out_dir / "model.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    export_saved_model(
+        model, out_dir / "saved_model",
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer=tokenizer, sequence_length=sequence_length
+        ),
+        overwrite=True,
+        **export_kwargs,
+    )

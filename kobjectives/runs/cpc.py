@@ -4,7 +4,6 @@ import pathlib
 import time
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
@@ -156,19 +155,10 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
     held_out = held_out_statistics(model, val_ds)
 
-    model.save(out_dir / "model.keras")
-    from kobjectives.export import export_saved_model
-
-    keras.mixed_precision.set_global_policy("float32")
-    export_saved_model(
-        model, out_dir / "saved_model",
-        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
-            tokenizer=tokenizer, sequence_length=sequence_length
-        ),
-        # Serve text tokenized exactly as in training ("[SEP]" in the text is
-        # not the separator).
-        special_tokens_in_strings=False,
-        overwrite=True,
+    # Serve text tokenized exactly as in training ("[SEP]" in the text is
+    # not the separator).
+    common.save_and_export(
+        model, out_dir, tokenizer, sequence_length, special_tokens_in_strings=False
     )
     metrics = {
         "objective": "cpc",

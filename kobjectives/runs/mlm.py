@@ -5,7 +5,6 @@ import time
 import warnings
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
@@ -121,17 +120,7 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     unigram_id = most_frequent_token(tokenizer, train_docs)
     unigram = unigram_masked_accuracy(unigram_id, val_ds)
 
-    model.save(out_dir / "model.keras")
-    from kobjectives.export import export_saved_model
-
-    keras.mixed_precision.set_global_policy("float32")
-    export_saved_model(
-        model, out_dir / "saved_model",
-        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(
-            tokenizer=tokenizer, sequence_length=sequence_length
-        ),
-        overwrite=True,
-    )
+    common.save_and_export(model, out_dir, tokenizer, sequence_length)
     metrics = {
         "objective": "mlm",
         "backbone": model_cfg["backbone"],

@@ -67,14 +67,11 @@ def _train_parser(subparsers):
 
 def _train(args):
     from kobjectives import recipe as recipe_lib
-    from kobjectives.runs import RUNNERS
+    from kobjectives.runs import runner_module
 
     recipe = recipe_lib.load_recipe(args.recipe)
     objective = recipe.get("objective")
-    if objective not in RUNNERS:
-        raise ValueError(
-            f"Recipe objective {objective!r} has no runner. Valid: {', '.join(sorted(RUNNERS))}."
-        )
+    runner = runner_module(objective)
     overrides = {
         "model.backbone": args.backbone,
         "model.sequence_length": args.sequence_length,
@@ -99,7 +96,7 @@ def _train(args):
             f"--supervised and --sts-dev apply to the simcse recipes (simcse, contrastive_aug), "
             f"not to objective {objective!r}."
         )
-    RUNNERS[objective](
+    runner.train(
         recipe, out, data=args.data, tfds=args.tfds, data_dir=args.data_dir,
         strategy=args.strategy, **extra,
     )

@@ -184,3 +184,20 @@ def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs)
         overwrite=True,
         **export_kwargs,
     )
+
+
+def training_datasets(runner, recipe, prepared, strategy):
+    """The run's `(train, validation)` datasets for `model.fit` under `strategy`.
+
+    Args:
+        runner: a run module with `make_dataset(recipe, prepared, split,
+            batch_size, input_context=None)` (see `kobjectives.runs`).
+        recipe: the run's recipe dict; `training.batch_size` is the global batch.
+        prepared: what the run module's `prepare` returned.
+        strategy: the `tf.distribute.Strategy` the model was built under.
+    """
+    batch_size = int(recipe["training"]["batch_size"])
+    return tuple(
+        runner.make_dataset(recipe, prepared, split, batch_size)
+        for split in ("train", "validation")
+    )

@@ -31,7 +31,7 @@ _check_backend()
 
 _SUBPACKAGES = (
     "ops", "layers", "losses", "metrics", "objectives", "data", "distribute",
-    "export",
+    "export", "tuning",
 )
 
 

@@ -20,24 +20,51 @@ examples:
   kobjectives train mlm --data 'corpus/*.txt' --format paragraphs
   kobjectives train mlm --tfds wikipedia/20230601.en --data-dir ~/tensorflow_datasets
   kobjectives train mlm --set masking.strategy=whole_word --set training.learning_rate=5e-4
+  kobjectives train mlm --config runs/tune-mlm/best_recipe.toml   # a tuned recipe
 
 The run folder (--out) receives vocab.txt, recipe.json, checkpoints/, logs/
-(TensorBoard), loss_curve.png, model.keras, saved_model/ and metrics.json.
+(TensorBoard), history.csv (one row per round), loss_curve.png, model.keras,
+saved_model/ and metrics.json, plus backup/ while training: rerunning the same
+command with the same --out resumes from the last completed round (--no-resume
+starts over). Without --out each run gets a new timestamped folder.
+Precedence: the named recipe < --config FILE < the flags and --set.
+"""
+
+TUNE_EPILOG = """\
+examples:
+  kobjectives tune mlm --tuner random --max-trials 8 --steps 300 --out runs/tune-mlm
+  kobjectives tune mlm --tuner bayesian --max-trials 12 --set training.epochs=3
+  kobjectives tune mlm --tuner hyperband --max-trials 10 --set training.epochs=4
+  kobjectives tune cpc --max-trials 4 --strategy mirrored
+
+Every trial trains the recipe (with the trial's hyperparameters) for --steps
+steps and is scored by its best validation loss (val_loss) over the rounds
+(training.epochs). The tuning folder (--out) receives trials.csv, trials.md,
+trials.json (best first), best_recipe.toml, best_hyperparameters.json,
+tuning.json, logs/ (TensorBoard) and tuner/ (KerasTuner state). Then:
+  kobjectives train mlm --config runs/tune-mlm/best_recipe.toml --steps 1500
+"""
+
+EXPORT_EPILOG = """\
+examples:
+  kobjectives export runs/mlm                     # rewrites runs/mlm/saved_model/
+  kobjectives export runs/mlm --out serving/mlm   # writes serving/mlm/saved_model/
+
+Reads RUN_DIR/recipe.json, RUN_DIR/model.keras and RUN_DIR/vocab.txt (what
+`kobjectives train` leaves) and writes the objective's inference SavedModel
+(raw strings in where a tokenizer is attached, any batch size). Load it with
+only tensorflow and tensorflow_text:
+  import tensorflow as tf, tensorflow_text
+  model = tf.saved_model.load("serving/mlm/saved_model")
+  model.signatures["serving_default"](text=tf.constant(["a [MASK] of text"]))
 """
 
 
-def _train_parser(subparsers):
+def _recipe_options(parser):
+    """The options `train` and `tune` share: the recipe, its data and overrides."""
     from kobjectives.backbones import BACKBONES
     from kobjectives.distribute import STRATEGIES
 
-    parser = subparsers.add_parser(
-        "train",
-        help="train, evaluate and export a model with an objective",
-        description="Train a model with a recipe's objective, evaluate it on held-out "
-        "data and export it. Flags override the recipe's values.",
-        epilog=TRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     parser.add_argument("recipe", help="a bundled recipe name (see `kobjectives recipes`) or a .toml file")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", nargs="+", metavar="PATH",
@@ -55,9 +82,28 @@ def _train_parser(subparsers):
     parser.add_argument("--seed", type=int, metavar="S", help="seed of data order, masks and weights")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default: auto)")
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/NAME-TIMESTAMP)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="run / tuning folder (default: runs/NAME-TIMESTAMP)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a recipe .toml whose values override the named recipe's "
+                        "(e.g. a tune run's best_recipe.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any recipe value, e.g. --set masking.strategy=span (repeatable)")
+
+
+def _train_parser(subparsers):
+    parser = subparsers.add_parser(
+        "train",
+        help="train, evaluate and export a model with an objective",
+        description="Train a model with a recipe's objective, evaluate it on held-out "
+        "data and export it. Flags override the recipe's values.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _recipe_options(parser)
+    parser.add_argument("--no-resume", action="store_true",
+                        help="delete the run folder's backup/ and history.csv first: start over "
+                        "instead of resuming an interrupted run")
     parser.add_argument("--supervised", action="store_true",
                         help="simcse: supervised SimCSE on NLI triples given with --data TRIPLES.tsv")
     parser.add_argument("--sts-dev", metavar="FILE",
@@ -65,13 +111,40 @@ def _train_parser(subparsers):
     parser.set_defaults(command=_train)
 
 
-def _train(args):
+def _config_overrides(recipe, config_path):
+    """`{"section.key": value}` of a `--config` recipe file (every value of
+    it; its `objective` must match the recipe's)."""
     from kobjectives import recipe as recipe_lib
-    from kobjectives.runs import runner_module
+
+    if not str(config_path).endswith(".toml"):
+        raise ValueError(f"--config expects a recipe .toml file; received {config_path!r}.")
+    config = recipe_lib.load_recipe(config_path)
+    objective = config.get("objective", recipe.get("objective"))
+    if objective != recipe.get("objective"):
+        raise ValueError(
+            f"--config {config_path} is a recipe for objective {objective!r}, not "
+            f"{recipe.get('objective')!r}: pass it with `kobjectives train` of a "
+            f"{objective!r} recipe."
+        )
+    overrides = {}
+    for section, table in config.items():
+        if isinstance(table, dict):
+            for key, value in table.items():
+                like = recipe.get(section, {}).get(key) if isinstance(recipe.get(section), dict) else None
+                if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                overrides[f"{section}.{key}"] = value
+    return overrides
+
+
+def _load_recipe(args):
+    """The recipe of `train` / `tune`: the named recipe, then `--config`,
+    then the flags and `--set` (later wins)."""
+    from kobjectives import recipe as recipe_lib
 
     recipe = recipe_lib.load_recipe(args.recipe)
-    objective = recipe.get("objective")
-    runner = runner_module(objective)
+    if args.config:
+        recipe = recipe_lib.override(recipe, _config_overrides(recipe, args.config))
     overrides = {
         "model.backbone": args.backbone,
         "model.sequence_length": args.sequence_length,
@@ -88,6 +161,15 @@ def _train(args):
     recipe = recipe_lib.override(recipe, overrides)
     if args.data_dir and not args.tfds:
         raise ValueError("--data-dir is the tfds data directory: use it with --tfds NAME.")
+    return recipe
+
+
+def _train(args):
+    from kobjectives.runs import runner_module
+
+    recipe = _load_recipe(args)
+    objective = recipe.get("objective")
+    runner = runner_module(objective)
     name = pathlib.Path(args.recipe).stem
     out = args.out or f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     extra = {k: v for k, v in (("supervised", args.supervised), ("sts_dev", args.sts_dev)) if v}
@@ -96,10 +178,77 @@ def _train(args):
             f"--supervised and --sts-dev apply to the simcse recipes (simcse, contrastive_aug), "
             f"not to objective {objective!r}."
         )
+    if args.strategy in ("auto", "multiworker", "tpu"):
+        # Multi-worker and TPU strategies must exist before TensorFlow runs any
+        # op (collective ops are configured at start-up); create it first.
+        from kobjectives.distribute import resolve_strategy
+
+        resolve_strategy(args.strategy)
+    if args.no_resume:
+        import shutil
+
+        shutil.rmtree(pathlib.Path(out) / "backup", ignore_errors=True)
+        (pathlib.Path(out) / "history.csv").unlink(missing_ok=True)
     runner.train(
         recipe, out, data=args.data, tfds=args.tfds, data_dir=args.data_dir,
         strategy=args.strategy, **extra,
     )
+
+
+def _tune_parser(subparsers):
+    from kobjectives.tuning.search import TUNERS
+
+    parser = subparsers.add_parser(
+        "tune",
+        help="search a recipe's hyperparameters with KerasTuner",
+        description="Search the objective's hyperparameters (its run module's "
+        "SEARCH_SPACE: learning rate, warm-up, weight decay, mask rate, temperature, "
+        "...) with KerasTuner against the validation loss; print and save the "
+        "trials table and the best recipe. Flags override the recipe's values for "
+        "every trial.",
+        epilog=TUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _recipe_options(parser)
+    parser.add_argument("--tuner", choices=TUNERS, default="random",
+                        help="KerasTuner algorithm (default: random)")
+    parser.add_argument("--max-trials", type=int, default=5, metavar="N",
+                        help="number of trials (default: 5)")
+    parser.set_defaults(command=_tune)
+
+
+def _tune(args):
+    from kobjectives.tuning import tune
+
+    recipe = _load_recipe(args)
+    name = pathlib.Path(args.recipe).stem
+    out = args.out or f"runs/tune-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    tune(
+        recipe, out, tuner=args.tuner, max_trials=args.max_trials, data=args.data,
+        tfds=args.tfds, data_dir=args.data_dir, strategy=args.strategy,
+    )
+
+
+def _export_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a training run's inference SavedModel",
+        description="Rebuild a run's objective from RUN_DIR/model.keras, its recipe and "
+        "vocabulary, and write its inference SavedModel.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `kobjectives train`")
+    parser.add_argument("--out", metavar="DIR",
+                        help="export folder: receives saved_model/ (default: RUN_DIR, "
+                        "whose saved_model/ is replaced)")
+    parser.set_defaults(command=_export)
+
+
+def _export(args):
+    from kobjectives.export.run_dir import export_run_dir
+
+    export_run_dir(args.run_dir, args.out)
 
 
 def _recipes_parser(subparsers):
@@ -126,6 +275,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _train_parser(subparsers)
+    _tune_parser(subparsers)
+    _export_parser(subparsers)
     _recipes_parser(subparsers)
     return parser
 
@@ -170,7 +321,7 @@ def main(argv=None):
         return 2
     try:
         args.command(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"kobjectives: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -25,12 +25,23 @@ def test_help_lists_commands_and_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    assert "train" in out and "recipes" in out
+    assert "train" in out and "recipes" in out and "tune" in out and "export" in out
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--data", "--tfds", "--backbone", "--steps", "--out", "--strategy", "--seed", "--set"):
+    for flag in ("--data", "--tfds", "--backbone", "--steps", "--out", "--strategy", "--seed", "--set",
+                 "--config"):
         assert flag in out
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--tuner", "--max-trials", "--steps", "--out", "--strategy", "--set", "--data",
+                 "random", "bayesian", "hyperband", "best_recipe.toml"):
+        assert flag in out
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    out = capsys.readouterr().out
+    assert "RUN_DIR" in out and "--out" in out and "tensorflow_text" in out
 
 
 def test_bad_names_list_the_valid_ones(capsys):
@@ -66,3 +77,32 @@ def test_train_mlm_writes_the_run_folder(tmp_path):
         "epoch_001.weights.h5", "epoch_002.weights.h5"]
     assert any((out / "logs").rglob("events.out.tfevents*"))
     assert "unigram baseline" in result.stdout
+
+
+def test_config_file_overrides_and_is_checked(tmp_path, capsys):
+    from kobjectives import recipe as recipe_lib
+
+    partial = tmp_path / "partial.toml"
+    partial.write_text('[training]\nlearning_rate = 1\nsteps = 7\n[masking]\nstrategy = "span"\n')
+    args = cli.build_parser().parse_args(
+        ["train", "mlm", "--config", str(partial), "--steps", "9"])
+    recipe = cli._load_recipe(args)
+    base = recipe_lib.load_recipe("mlm")
+    assert recipe["training"]["learning_rate"] == 1.0
+    assert isinstance(recipe["training"]["learning_rate"], float)
+    assert recipe["masking"]["strategy"] == "span"
+    assert recipe["training"]["steps"] == 9  # flags win over --config
+    assert recipe["training"]["batch_size"] == base["training"]["batch_size"]
+
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "mlm", "--config", str(recipe_lib.recipe_directories()[0] / "cpc.toml"),
+                     "--out", out]) == 2
+    assert "objective 'cpc'" in capsys.readouterr().err
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[training]\nlearning_rat = 0.1\n")
+    assert cli.main(["train", "mlm", "--config", str(typo), "--out", out]) == 2
+    assert "Valid keys" in capsys.readouterr().err
+    assert cli.main(["train", "mlm", "--config", str(tmp_path / "missing.toml"), "--out", out]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["train", "mlm", "--config", str(tmp_path / "x.json"), "--out", out]) == 2
+    assert "expects a recipe .toml" in capsys.readouterr().err

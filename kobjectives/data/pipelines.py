@@ -262,13 +262,73 @@ def contrastive_dataset(
     if shuffle:
         dataset = dataset.shuffle(count, seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(
-        lambda batch: {key: encode(value) for key, value in batch.items()},
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    def encode_columns(batch):
+        # The packer loses the static batch size the batching gave; restore it.
+        return tf.nest.map_structure(
+            lambda t: tf.ensure_shape(t, [batch_size, *t.shape[1:]]),
+            {key: encode(value) for key, value in batch.items()},
+        )
+
+    dataset = dataset.map(encode_columns, num_parallel_calls=tf.data.AUTOTUNE)
     if augmenter is not None:
         dataset = dataset.map(lambda x: x["anchor"])
         dataset = augmenter.map_over(dataset, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
         dataset = dataset.repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def causal_lm_dataset(
+    documents,
+    tokenizer,
+    packer,
+    batch_size,
+    shuffle=True,
+    repeat=False,
+    seed=0,
+    cache=False,
+    drop_remainder=True,
+):
+    """Documents to packed `x` batches for `kobjectives.objectives.CausalLanguageModel`.
+
+    Documents are tokenized in batches of 256, packed across documents into
+    windows by `packer` (a `kobjectives.layers.SequencePacker`: no padding
+    except the tail of each group of 256 documents), shuffled as windows
+    (seeded, a new order every epoch) and batched.
+
+    Args:
+        documents: list of str.
+        tokenizer: a keras-hub tokenizer mapping strings to ragged ids.
+        packer: a `SequencePacker`.
+        batch_size: int, windows per batch.
+        shuffle: shuffle documents and windows.
+        repeat: repeat forever.
+        seed: int seed of the shuffles.
+        cache: cache the batches after the first pass.
+        drop_remainder: drop the last, smaller batch (static shapes).
+
+    Returns:
+        A `tf.data.Dataset` of `{"token_ids", "padding_mask",
+        "segment_ids"}` `[batch_size, packer.sequence_length]` (no `y`: the
+        objective derives the next-token targets).
+
+    Raises:
+        ValueError: no documents, or no document with any text.
+    """
+    documents = list(documents)
+    if not any(text.strip() for text in documents):
+        raise ValueError(
+            "`documents` is empty (or every document is blank): there is no "
+            "text to pack. Give at least one non-empty document."
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(documents)
+    if shuffle:
+        dataset = dataset.shuffle(len(documents), seed=seed)
+    dataset = dataset.batch(256).map(
+        lambda texts: packer(tokenizer(texts)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    dataset = dataset.unbatch()
+    if shuffle:
+        dataset = dataset.shuffle(4096, seed=seed + 1)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return finish(dataset, cache=cache, repeat=repeat)

@@ -1,6 +1,8 @@
 """`Objective`: the base class of every kobjectives objective, and the
 plumbing objectives share to run a backbone."""
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -83,9 +85,22 @@ class Objective(keras.Model):
     not in the list of allowed values") and, under
     `MultiWorkerMirroredStrategy`, for any `PerReplica` value. The build only
     needs shapes and dtypes, so this class builds from one local replica's
-    batch instead. The override is scoped to kobjectives' objectives; Keras is
-    not patched. `tests/objectives/test_objective.py` fails when upstream
-    changes the method this relies on, so the workaround can be revisited.
+    batch instead.
+
+    **A second Keras 3.15 workaround.** Under a multi-worker
+    `MultiWorkerMirroredStrategy`, Keras' `reduce_per_replica` reduces every
+    log of a train/test step with `strategy.reduce("MEAN", value, axis=0)`,
+    which fails for the scalar logs every step returns ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). This class gives the step's
+    scalar logs a leading axis of 1 under that strategy only (`_make_function`),
+    so the reduction averages them over the replicas and returns scalars again;
+    other strategies are untouched.
+
+    Both overrides are scoped to kobjectives' objectives; Keras is not
+    patched. `tests/objectives/test_objective.py` fails when upstream changes
+    the methods they rely on, and `tests/distribute/test_multi_worker.py`
+    when upstream fixes either bug, so the workarounds can be revisited
+    (see `docs/distributed.md`).
     """
 
     serialized_models = ("backbone",)
@@ -124,3 +139,72 @@ class Objective(keras.Model):
                 data_batch = tf.nest.map_structure(local, next(distributed_iterator))
                 break
         return super()._maybe_symbolic_build(iterator=None, data_batch=data_batch)
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`; with a backup callback waiting to restore
+        (`kobjectives.distribute.RunBackup`, `keras.callbacks.BackupAndRestore`)
+        an unbuilt objective is first built from `x`'s first batch, since the
+        restore needs the variables to exist."""
+        callbacks = kwargs.get("callbacks")
+        if len(args) >= 5 and callbacks is None:
+            callbacks = args[4]  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+        if not self.built and _backup_waiting(callbacks):
+            self.build_from_dataset(x)
+        return super().fit(x, *args, **kwargs)
+
+    def build_from_dataset(self, dataset):
+        """Builds the objective (and its optimizer) from one batch of a
+        `tf.data.Dataset` or a distributed dataset, without training."""
+        strategy = self.distribute_strategy
+
+        def local(value):
+            if isinstance(value, tf.distribute.DistributedValues):
+                return strategy.experimental_local_results(value)[0]
+            return value
+
+        batch = tf.nest.map_structure(local, next(iter(dataset)))
+        with strategy.scope():
+            self._symbolic_build(data_batch=batch)
+
+    def _make_function(self, step_function):
+        if _is_multi_worker(self.distribute_strategy):
+            step_function = _scalar_logs_with_replica_axis(step_function)
+        return super()._make_function(step_function)
+
+
+def _backup_waiting(callbacks):
+    for callback in callbacks or ():
+        has_backup = getattr(callback, "has_backup", None)
+        if callable(has_backup):
+            if has_backup():
+                return True
+        elif isinstance(callback, keras.callbacks.BackupAndRestore):
+            return True
+    return False
+
+
+def _is_multi_worker(strategy):
+    """True under a `MultiWorkerMirroredStrategy` spanning several workers (the
+    case in which Keras 3.15 reduces step logs with `axis=0`)."""
+    extended = getattr(strategy, "extended", None)
+    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and callable(in_multi_worker_mode)
+        and bool(in_multi_worker_mode())
+    )
+
+
+def _scalar_logs_with_replica_axis(step_function):
+    """Wraps a train/test step so its scalar logs have shape `[1]`."""
+
+    def expand(value):
+        if isinstance(value, (tf.Tensor, tf.Variable)) and value.shape.rank == 0:
+            return tf.reshape(value, [1])
+        return value
+
+    @functools.wraps(step_function)
+    def step(data):
+        return tf.nest.map_structure(expand, step_function(data))
+
+    return step

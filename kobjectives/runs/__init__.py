@@ -43,3 +43,9 @@ def runner_module(objective):
 
 
 # One line per further objective (appended as objectives land):
+RUNNERS["clm"] = "clm"  # recipe objective -> module kobjectives.runs.clm
+RUNNERS["xlnet"] = "xlnet"  # recipe objective -> module kobjectives.runs.xlnet
+RUNNERS["t5"] = "denoising"  # recipe objective -> module kobjectives.runs.denoising
+RUNNERS["bart"] = "denoising"  # recipe objective -> module kobjectives.runs.denoising
+RUNNERS["sentence_pairs"] = "sentence_pairs"  # recipes bert (NSP), albert (SOP) -> module kobjectives.runs.sentence_pairs
+RUNNERS["electra"] = "electra"  # recipe objective -> module kobjectives.runs.electra

@@ -29,16 +29,47 @@ def optimizer(training_config, steps):
     )
 
 
-def run_callbacks(out_dir):
-    """Checkpoints each round and TensorBoard logs, in the run folder."""
+def run_callbacks(out_dir, resume=True):
+    """The run's callbacks, writing into the run folder `out_dir`:
+
+    - `kobjectives.distribute.RunBackup` in `backup/` (model and optimizer
+      state after every round; rerunning the same command resumes from the
+      last completed round) with the round log `history.csv` (one row per
+      round: `epoch`, `step`, the logs). Deleted when training ends.
+    - `ModelCheckpoint`: `checkpoints/epoch_NNN.weights.h5` every round.
+    - `TensorBoard` logs in `logs/`.
+    - `kobjectives.distribute.StopOnNonFiniteLoss`: the first NaN/inf loss
+      stops training with an error naming the step; the last good checkpoint
+      and the backup are kept.
+
+    In a multi-worker cluster only the chief writes `checkpoints/` and
+    `logs/`; the other workers write into `out_dir/.workers/`.
+
+    Args:
+        out_dir: the run folder.
+        resume: bool; False deletes an existing `backup/` (and round log)
+            first, so the run starts over.
+    """
+    from kobjectives.distribute import fault_tolerance
+
     out_dir = pathlib.Path(out_dir)
+    own_dir = fault_tolerance.worker_dir(out_dir)
+    backup_dir = out_dir / "backup"
+    if not resume and fault_tolerance.is_chief():
+        import shutil
+
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        (out_dir / "history.csv").unlink(missing_ok=True)
     return [
+        fault_tolerance.RunBackup(str(backup_dir), log_path=str(out_dir / "history.csv")),
         keras.callbacks.ModelCheckpoint(
-            str(out_dir / "checkpoints" / "epoch_{epoch:03d}.weights.h5"),
+            str(own_dir / "checkpoints" / "epoch_{epoch:03d}.weights.h5"),
             save_weights_only=True,
         ),
-        keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs")),
-        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.TensorBoard(log_dir=str(own_dir / "logs")),
+        fault_tolerance.StopOnNonFiniteLoss(
+            checkpoint_hint=f"{out_dir / 'checkpoints'} (last completed round) and {backup_dir}"
+        ),
     ]
 
 
@@ -144,7 +175,8 @@ def rounds(training_config):
 
 
 def training_strategy(training_config, strategy_name, log=print):
-    """Sets the dtype policy and returns `(strategy, jit_compile)`.
+    """Sets the dtype policy and returns `(strategy, jit_compile)`; `strategy_name`
+    is a name from `kobjectives.distribute.STRATEGIES` or a `tf.distribute.Strategy`.
 
     XLA cannot compile a step whose replicas are logical CPU devices ("Trying
     to access resource ... located in device CPU:1"), so `jit_compile` is
@@ -156,7 +188,16 @@ def training_strategy(training_config, strategy_name, log=print):
     from kobjectives.distribute import resolve_strategy
 
     keras.mixed_precision.set_global_policy(training_config["dtype_policy"])
-    strategy = resolve_strategy(strategy_name)
+    strategy = (
+        strategy_name if isinstance(strategy_name, tf.distribute.Strategy)
+        else resolve_strategy(strategy_name)
+    )
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        raise ValueError(
+            "strategy='parameter_server': Keras 3's model.fit cannot drive a "
+            "ParameterServerStrategy. Use --strategy multiworker (synchronous, same TF_CONFIG "
+            "without 'ps' jobs) for kobjectives train."
+        )
     jit_compile = bool(training_config["jit_compile"])
     if jit_compile and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
         log("note: jit_compile disabled for a multi-replica CPU strategy")
@@ -171,9 +212,11 @@ def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs)
     packer). The export computes in float32 whatever the training policy."""
     import keras_hub
 
+    from kobjectives.distribute.fault_tolerance import worker_dir
     from kobjectives.export import export_saved_model
 
-    out_dir = pathlib.Path(out_dir)
+    out_dir = worker_dir(out_dir)  # the chief's folder; other workers write aside
+    out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.keras")
     keras.mixed_precision.set_global_policy("float32")
     export_saved_model(
@@ -189,15 +232,57 @@ def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs)
 def training_datasets(runner, recipe, prepared, strategy):
     """The run's `(train, validation)` datasets for `model.fit` under `strategy`.
 
+    With one replica on one worker this is `runner.make_dataset(...)` at the
+    global batch size. With several replicas or workers the datasets go
+    through `kobjectives.distribute.distribute_datasets` (that is,
+    `strategy.distribute_datasets_from_function`): `make_dataset` is called
+    once per input pipeline with a `tf.distribute.InputContext`, a
+    per-replica batch size (global // replicas) and its shard of the data;
+    the validation shards are cut to a common length so every replica runs
+    the same number of steps with static shapes.
+
     Args:
         runner: a run module with `make_dataset(recipe, prepared, split,
             batch_size, input_context=None)` (see `kobjectives.runs`).
         recipe: the run's recipe dict; `training.batch_size` is the global batch.
         prepared: what the run module's `prepare` returned.
         strategy: the `tf.distribute.Strategy` the model was built under.
+
+    Raises:
+        ValueError: the global batch size is not divisible by the number of
+            replicas.
     """
+    from kobjectives.distribute import distribute_datasets
+
     batch_size = int(recipe["training"]["batch_size"])
-    return tuple(
-        runner.make_dataset(recipe, prepared, split, batch_size)
-        for split in ("train", "validation")
+
+    def make(split):
+        return lambda size, context=None: runner.make_dataset(
+            recipe, prepared, split, size, input_context=context
+        )
+
+    return (
+        distribute_datasets(strategy, make("train"), batch_size),
+        distribute_datasets(strategy, make("validation"), batch_size, finite=True),
     )
+
+
+def round_history(out_dir, history):
+    """The whole run's per-round logs `{key: [value per round]}`, across resumes.
+
+    After a resume, `model.fit(...).history` holds only the rounds trained
+    since; the `RunBackup` log `out_dir/history.csv` holds every round. Falls
+    back to `history` where there is no log. Raises `RuntimeError` if the last
+    training loss is not finite.
+    """
+    from kobjectives.distribute import read_run_log
+
+    path = pathlib.Path(out_dir) / "history.csv"
+    rows = read_run_log(path) if path.exists() else []
+    if rows:
+        keys = [k for k in rows[0] if k not in ("epoch", "step")]
+        history = {k: [row.get(k, float("nan")) for row in rows] for k in keys}
+    losses = history.get("loss") or []
+    if losses and not np.isfinite(losses[-1]):
+        raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
+    return history

@@ -1,6 +1,7 @@
 """The Contrastive Predictive Coding run behind `kobjectives train cpc`."""
 
 import pathlib
+import sys
 import time
 
 import keras
@@ -13,6 +14,15 @@ from kobjectives.data.pipelines import finish
 from kobjectives.data.pipelines import packed_windows_dataset
 from kobjectives.objectives import ContrastivePredictiveCoding
 from kobjectives.runs import common
+
+# The natural hyperparameters of CPC (see `kobjectives.runs`).
+SEARCH_SPACE = {
+    "training.learning_rate": ("float", 3e-4, 5e-3, "log"),
+    "cpc.temperature": ("float", 0.03, 0.5, "log"),
+    "cpc.max_offset": ("int", 1, 8),
+    "cpc.similarity": ("choice", ["cosine", "dot"]),
+}
+
 
 # CPC needs a causal context network: small keras-hub decoders built from
 # config (no download), by name. Vocabulary size and sequence length come
@@ -76,23 +86,9 @@ def held_out_statistics(model, dataset):
     }
 
 
-def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
-    """Trains, evaluates and exports a CPC model; returns the metrics dict.
-
-    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
-    `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
-    objective), `saved_model/` (raw strings in, context representations
-    out) and `metrics.json` (held-out `val_cpc_accuracy` next to the chance
-    baseline `chance_cpc_accuracy`).
-    """
-    started = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    data_cfg, tok_cfg = recipe["data"], recipe["tokenizer"]
-    model_cfg, cpc_cfg, train_cfg = recipe["model"], recipe["cpc"], recipe["training"]
-    seed = int(train_cfg["seed"])
-    keras.utils.set_random_seed(seed)
+def check_recipe(recipe):
+    """Checks the CPC recipe values; the error names the key and the fix."""
+    model_cfg, cpc_cfg = recipe["model"], recipe["cpc"]
     sequence_length = int(model_cfg["sequence_length"])
     max_offset = int(cpc_cfg["max_offset"])
     check_backbone(model_cfg["backbone"], causal=True)
@@ -110,56 +106,139 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
             f"cpc.similarity must be 'cosine' or 'dot'. Received: {cpc_cfg['similarity']!r}."
         )
 
-    train_docs, val_docs = common.load_split_documents(data_cfg, seed, data, tfds, data_dir, log)
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, tok_cfg, out_dir, log)
 
-    batch_size = int(train_cfg["batch_size"])
-    train_ds = cpc_dataset(
-        train_docs, tokenizer, sequence_length, batch_size, repeat=True, seed=seed
+def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
+    """Checks the recipe, loads and splits the documents, trains the
+    tokenizer (saved as `out_dir/vocab.txt`).
+
+    Returns:
+        dict with `train_documents`, `validation_documents`, `vocabulary`,
+        `tokenizer`.
+    """
+    check_recipe(recipe)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(recipe["training"]["seed"])
+    train_docs, val_docs = common.load_split_documents(
+        recipe["data"], seed, data, tfds, data_dir, log
     )
-    val_ds = cpc_dataset(
-        val_docs, tokenizer, sequence_length, batch_size, shuffle=False, cache=True,
-    ).take(int(train_cfg["validation_batches"]))
-    val_ds = common.finite_validation(val_ds, len(val_docs), batch_size)
+    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
+    return {
+        "train_documents": train_docs,
+        "validation_documents": val_docs,
+        "vocabulary": vocabulary,
+        "tokenizer": tokenizer,
+    }
 
+
+def make_dataset(recipe, prepared, split, batch_size, input_context=None):
+    """`{"token_ids", "padding_mask", "segment_ids"}` batches of `split`.
+
+    `"train"`: shuffled, repeated. `"validation"`: at most
+    `training.validation_batches` batches, cached, finite with a known
+    cardinality. With `input_context` the documents are sharded by input
+    pipeline and `batch_size` is per replica.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    seed = int(recipe["training"]["seed"])
+    sequence_length = int(recipe["model"]["sequence_length"])
+    documents = prepared[f"{split}_documents"]
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
+    tokenizer = prepared["tokenizer"]
+    if split == "train":
+        return cpc_dataset(documents, tokenizer, sequence_length, batch_size, repeat=True, seed=seed)
+    dataset = cpc_dataset(
+        documents, tokenizer, sequence_length, batch_size, shuffle=False, cache=True,
+    ).take(int(recipe["training"]["validation_batches"]))
+    return common.finite_validation(dataset, len(documents), batch_size)
+
+
+def jit_compile_for(recipe, strategy=None):
+    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
+    cannot compile a step whose replicas are logical CPU devices)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    jit = bool(recipe["training"]["jit_compile"])
+    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        return False
+    return jit
+
+
+def build_model(recipe, prepared):
+    """The compiled `ContrastivePredictiveCoding` (call inside the strategy's
+    scope): the recipe's causal backbone, AdamW with warm-up and cosine decay
+    over `training.steps`."""
+    check_recipe(recipe)
+    model_cfg, cpc_cfg, train_cfg = recipe["model"], recipe["cpc"], recipe["training"]
     epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, jit_compile = common.training_strategy(train_cfg, strategy, log)
+    backbone = build_backbone(
+        model_cfg["backbone"], len(prepared["vocabulary"]), int(model_cfg["sequence_length"]),
+        dropout=model_cfg["dropout"],
+    )
+    model = ContrastivePredictiveCoding(
+        backbone,
+        max_offset=int(cpc_cfg["max_offset"]),
+        similarity=cpc_cfg["similarity"],
+        temperature=cpc_cfg["temperature"],
+        exclude_same_token=cpc_cfg["exclude_same_token"],
+    )
+    model.compile(
+        optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
+        jit_compile=jit_compile_for(recipe),
+    )
+    return model
+
+
+def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
+    """Trains, evaluates and exports a CPC model; returns the metrics dict.
+
+    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
+    `logs/` (TensorBoard), `history.csv`, `loss_curve.png`, `model.keras`
+    (the training objective), `saved_model/` (raw strings in, context
+    representations out) and `metrics.json` (held-out `val_cpc_accuracy`
+    next to the chance baseline `chance_cpc_accuracy`). Rerunning the same
+    command after a kill resumes from `backup/`.
+    """
+    started = time.time()
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json(out_dir / "recipe.json", recipe)
+    model_cfg, train_cfg = recipe["model"], recipe["training"]
+    keras.utils.set_random_seed(int(train_cfg["seed"]))
+    check_recipe(recipe)
+    max_offset = int(recipe["cpc"]["max_offset"])
+
+    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
+    epochs, steps_per_epoch = common.rounds(train_cfg)
+    strategy, _ = common.training_strategy(train_cfg, strategy, log)
+    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
     with strategy.scope():
-        backbone = build_backbone(
-            model_cfg["backbone"], len(vocabulary), sequence_length, dropout=model_cfg["dropout"]
-        )
-        model = ContrastivePredictiveCoding(
-            backbone,
-            max_offset=max_offset,
-            similarity=cpc_cfg["similarity"],
-            temperature=cpc_cfg["temperature"],
-            exclude_same_token=cpc_cfg["exclude_same_token"],
-        )
-        model.compile(
-            optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-            jit_compile=jit_compile,
-        )
+        model = build_model(recipe, prepared)
     log(f"model: ContrastivePredictiveCoding (K={max_offset}) over {model_cfg['backbone']} "
         f"({model.count_params():,} parameters), strategy "
         f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
 
-    history = model.fit(
+    history = common.round_history(out_dir, model.fit(
         train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
         callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history
+    ).history)
     common.plot_history(history, out_dir / "loss_curve.png", "contrastive predictive coding",
                         steps_per_epoch)
-    if not np.isfinite(history["loss"][-1]):
-        raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
 
     evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
-    held_out = held_out_statistics(model, val_ds)
+    batch_size = int(train_cfg["batch_size"])
+    held_out = held_out_statistics(
+        model, make_dataset(recipe, prepared, "validation", batch_size)
+    )
 
     # Serve text tokenized exactly as in training ("[SEP]" in the text is
     # not the separator).
     common.save_and_export(
-        model, out_dir, tokenizer, sequence_length, special_tokens_in_strings=False
+        model, out_dir, prepared["tokenizer"], int(model_cfg["sequence_length"]),
+        special_tokens_in_strings=False,
     )
+    losses = history.get("loss") or [float("nan")]
     metrics = {
         "objective": "cpc",
         "backbone": model_cfg["backbone"],
@@ -170,9 +249,12 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         "val_cpc_accuracy_per_offset": held_out["accuracy_per_offset"],
         "chance_cpc_accuracy": held_out["chance_accuracy"],
         "chance_cpc_loss": held_out["chance_loss"],
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "documents": {"train": len(train_docs), "validation": len(val_docs)},
+        "train_loss_first_round": losses[0],
+        "train_loss_last_round": losses[-1],
+        "documents": {
+            "train": len(prepared["train_documents"]),
+            "validation": len(prepared["validation_documents"]),
+        },
         "wall_seconds": round(time.time() - started, 1),
     }
     common.write_json(out_dir / "metrics.json", metrics)

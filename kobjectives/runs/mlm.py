@@ -1,6 +1,11 @@
-"""The masked-LM run behind `kobjectives train mlm`."""
+"""The masked-LM run behind `kobjectives train mlm` (and `kobjectives tune mlm`).
+
+Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
+`prepare`, `make_dataset`, `build_model`, `train`.
+"""
 
 import pathlib
+import sys
 import time
 import warnings
 
@@ -15,6 +20,18 @@ from kobjectives.data.pipelines import masked_lm_dataset
 from kobjectives.layers import MaskedLMMasker
 from kobjectives.objectives import MaskedLanguageModel
 from kobjectives.runs import common
+
+# The natural hyperparameters of masked LM (KerasTuner specs, see
+# `kobjectives.runs`). `masking.*` belong to the data pipeline: a trial's
+# values change the training masks (the tuner scores every trial on the same
+# fixed validation masks of the base recipe).
+SEARCH_SPACE = {
+    "training.learning_rate": ("float", 1e-4, 3e-3, "log"),
+    "training.warmup_steps": ("int", 0, 300),
+    "training.weight_decay": ("float", 1e-3, 0.1, "log"),
+    "model.dropout": ("choice", [0.0, 0.1]),
+    "masking.mask_selection_rate": ("float", 0.1, 0.25, "linear"),
+}
 
 
 def most_frequent_token(tokenizer, documents):
@@ -45,30 +62,43 @@ def unigram_masked_accuracy(most_frequent, dataset):
     return hits / total if total else 0.0
 
 
-def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
-    """Trains, evaluates and exports a masked LM; returns the metrics dict.
-
-    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
-    `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
-    objective), `saved_model/` (inference, raw strings in) and `metrics.json`.
-    """
-    started = time.time()
+def _ignore_pooler_warning():
     # Masked LM does not use BERT's pooler; Keras warns that it gets no gradient.
-    warnings.filterwarnings("ignore", message=r"Gradients do not exist for variables \['pooled_dense")
+    warnings.filterwarnings(
+        "ignore", message=r"Gradients do not exist for variables \['pooled_dense"
+    )
+
+
+def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
+    """Checks the recipe, loads and splits the documents, trains the
+    tokenizer (saved as `out_dir/vocab.txt`).
+
+    Returns:
+        dict with `train_documents`, `validation_documents`, `vocabulary`,
+        `tokenizer`.
+    """
+    _ignore_pooler_warning()
+    check_backbone(recipe["model"]["backbone"], causal=False)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    data_cfg, tok_cfg = recipe["data"], recipe["tokenizer"]
-    model_cfg, mask_cfg, train_cfg = recipe["model"], recipe["masking"], recipe["training"]
-    seed = int(train_cfg["seed"])
-    keras.utils.set_random_seed(seed)
-    check_backbone(model_cfg["backbone"], causal=False)
+    seed = int(recipe["training"]["seed"])
+    train_docs, val_docs = common.load_split_documents(
+        recipe["data"], seed, data, tfds, data_dir, log
+    )
+    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
+    return {
+        "train_documents": train_docs,
+        "validation_documents": val_docs,
+        "vocabulary": vocabulary,
+        "tokenizer": tokenizer,
+    }
 
-    train_docs, val_docs = common.load_split_documents(data_cfg, seed, data, tfds, data_dir, log)
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, tok_cfg, out_dir, log)
 
-    sequence_length = int(model_cfg["sequence_length"])
-    masker = MaskedLMMasker(
+def make_masker(recipe, prepared):
+    """The run's `MaskedLMMasker`, configured by `recipe["masking"]`."""
+    mask_cfg = recipe["masking"]
+    tokenizer, vocabulary = prepared["tokenizer"], prepared["vocabulary"]
+    return MaskedLMMasker(
         vocabulary_size=len(vocabulary),
         mask_selection_rate=mask_cfg["mask_selection_rate"],
         mask_token_id=tokenizer.mask_token_id,
@@ -81,46 +111,108 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
             data_lib.continuation_token_ids(vocabulary)
             if mask_cfg["strategy"] == "whole_word" else None
         ),
-        seed=seed,
+        seed=int(recipe["training"]["seed"]),
     )
-    batch_size = int(train_cfg["batch_size"])
-    train_ds = masked_lm_dataset(
-        train_docs, tokenizer, masker, sequence_length, batch_size, repeat=True, seed=seed
-    )
-    val_ds = masked_lm_dataset(
-        val_docs, tokenizer, masker, sequence_length, batch_size, shuffle=False,
+
+
+def make_dataset(recipe, prepared, split, batch_size, input_context=None):
+    """Masked `(x, mask_ids, mask_weights)` batches of `split`.
+
+    `"train"`: shuffled, repeated, fresh masks every epoch. `"validation"`:
+    at most `training.validation_batches` batches with fixed masks (cached),
+    finite with a known cardinality. With `input_context` the documents are
+    sharded by input pipeline and `batch_size` is per replica.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    seed = int(recipe["training"]["seed"])
+    sequence_length = int(recipe["model"]["sequence_length"])
+    documents = prepared[f"{split}_documents"]
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
+    masker = make_masker(recipe, prepared)
+    tokenizer = prepared["tokenizer"]
+    if split == "train":
+        return masked_lm_dataset(
+            documents, tokenizer, masker, sequence_length, batch_size, repeat=True, seed=seed
+        )
+    dataset = masked_lm_dataset(
+        documents, tokenizer, masker, sequence_length, batch_size, shuffle=False,
         seed=seed + 1, cache=True,
-    ).take(int(train_cfg["validation_batches"]))
-    val_ds = common.finite_validation(val_ds, len(val_docs), batch_size)
+    ).take(int(recipe["training"]["validation_batches"]))
+    return common.finite_validation(dataset, len(documents), batch_size)
+
+
+def jit_compile_for(recipe, strategy=None):
+    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
+    cannot compile a step whose replicas are logical CPU devices)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    jit = bool(recipe["training"]["jit_compile"])
+    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        return False
+    return jit
+
+
+def build_model(recipe, prepared):
+    """The compiled `MaskedLanguageModel` (call inside the strategy's scope):
+    the recipe's backbone, AdamW with warm-up and cosine decay over
+    `training.steps`."""
+    _ignore_pooler_warning()
+    model_cfg, train_cfg = recipe["model"], recipe["training"]
+    epochs, steps_per_epoch = common.rounds(train_cfg)
+    backbone = build_backbone(
+        model_cfg["backbone"], len(prepared["vocabulary"]), int(model_cfg["sequence_length"]),
+        dropout=model_cfg["dropout"],
+    )
+    model = MaskedLanguageModel(backbone)
+    model.compile(
+        optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
+        jit_compile=jit_compile_for(recipe),
+    )
+    return model
+
+
+def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
+    """Trains, evaluates and exports a masked LM; returns the metrics dict.
+
+    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
+    `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
+    objective), `saved_model/` (inference, raw strings in) and `metrics.json`.
+    """
+    started = time.time()
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json(out_dir / "recipe.json", recipe)
+    model_cfg, train_cfg = recipe["model"], recipe["training"]
+    keras.utils.set_random_seed(int(train_cfg["seed"]))
+
+    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
+    vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
 
     epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, jit_compile = common.training_strategy(train_cfg, strategy, log)
+    strategy, _ = common.training_strategy(train_cfg, strategy, log)
+    train_ds, val_ds = common.training_datasets(
+        sys.modules[__name__], recipe, prepared, strategy
+    )
     with strategy.scope():
-        backbone = build_backbone(
-            model_cfg["backbone"], len(vocabulary), sequence_length, dropout=model_cfg["dropout"]
-        )
-        model = MaskedLanguageModel(backbone)
-        model.compile(
-            optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-            jit_compile=jit_compile,
-        )
+        model = build_model(recipe, prepared)
     log(f"model: MaskedLanguageModel over {model_cfg['backbone']} "
         f"({model.count_params():,} parameters), strategy "
         f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
 
-    history = model.fit(
+    history = common.round_history(out_dir, model.fit(
         train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
         callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history
+    ).history)
     common.plot_history(history, out_dir / "loss_curve.png", "masked LM", steps_per_epoch)
-    if not np.isfinite(history["loss"][-1]):
-        raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
 
     evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
-    unigram_id = most_frequent_token(tokenizer, train_docs)
-    unigram = unigram_masked_accuracy(unigram_id, val_ds)
+    unigram_id = most_frequent_token(tokenizer, prepared["train_documents"])
+    unigram = unigram_masked_accuracy(
+        unigram_id, make_dataset(recipe, prepared, "validation", int(train_cfg["batch_size"]))
+    )
 
-    common.save_and_export(model, out_dir, tokenizer, sequence_length)
+    common.save_and_export(model, out_dir, tokenizer, int(model_cfg["sequence_length"]))
     metrics = {
         "objective": "mlm",
         "backbone": model_cfg["backbone"],
@@ -132,7 +224,10 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         "unigram_token": vocabulary[unigram_id],
         "train_loss_first_round": history["loss"][0],
         "train_loss_last_round": history["loss"][-1],
-        "documents": {"train": len(train_docs), "validation": len(val_docs)},
+        "documents": {
+            "train": len(prepared["train_documents"]),
+            "validation": len(prepared["validation_documents"]),
+        },
         "wall_seconds": round(time.time() - started, 1),
     }
     common.write_json(out_dir / "metrics.json", metrics)

@@ -21,3 +21,39 @@ def test_missing_hardware_and_unknown_names_fail_clearly():
         resolve_strategy("gpu")
     with pytest.raises(ValueError, match="Valid strategies"):
         resolve_strategy("quantum")
+
+
+def test_parameter_server_needs_ps_and_worker_jobs(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    with pytest.raises(ValueError, match="'ps' and 'worker' jobs"):
+        resolve_strategy("parameter_server")
+
+
+def test_invalid_tf_config_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        resolve_strategy("auto")
+
+
+def test_training_strategy_refuses_parameter_server_and_accepts_objects(mirrored_strategy):
+    from kobjectives.runs import common
+
+    strategy, jit = common.training_strategy(
+        {"dtype_policy": "float32", "jit_compile": True}, mirrored_strategy, log=lambda *_: None
+    )
+    assert strategy is mirrored_strategy and jit is False  # logical CPU replicas: no XLA
+
+
+def test_chief_and_worker_dirs(monkeypatch, tmp_path):
+    from kobjectives.distribute import fault_tolerance
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert fault_tolerance.is_chief() and fault_tolerance.worker_dir(tmp_path) == tmp_path
+    cluster = '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": %d}}'
+    monkeypatch.setenv("TF_CONFIG", cluster % 0)
+    assert fault_tolerance.is_chief()
+    monkeypatch.setenv("TF_CONFIG", cluster % 1)
+    assert not fault_tolerance.is_chief()
+    assert fault_tolerance.worker_dir(tmp_path) == tmp_path / ".workers" / "worker-1"

@@ -61,3 +61,33 @@ def test_objective_trains_under_mirrored_with_bool_inputs(mirrored_strategy):
         model = BoolInputObjective()
     assert np.isfinite(_fit(model).history["loss"][0])
     assert keras.Model in Objective.__bases__  # still a plain subclassed base
+
+
+def test_upstream_reduce_per_replica_still_reduces_multi_worker_logs_on_axis_0():
+    # If this fails, Keras changed how multi-worker step logs are reduced:
+    # re-check `Objective._make_function` (docs/distributed.md, bug 2).
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    params = list(inspect.signature(TensorFlowTrainer._make_function).parameters)
+    assert params == ["self", "step_function"]
+    source = inspect.getsource(tf_trainer.reduce_per_replica)
+    assert 'strategy.reduce("MEAN", v, axis=0)' in source
+    assert "_collective_all_reduce_multi_worker(strategy)" in source
+
+
+def test_scalar_logs_get_a_replica_axis_only_for_multi_worker(mirrored_strategy):
+    from kobjectives.objectives import objective as objective_lib
+
+    step = objective_lib._scalar_logs_with_replica_axis(
+        lambda data: {"loss": tf.constant(2.0), "vector": tf.ones([3])}
+    )
+    logs = step(None)
+    assert logs["loss"].shape == (1,) and logs["vector"].shape == (3,)
+    # Reducing the [1]-shaped log over axis 0 gives back the scalar.
+    assert float(tf.reduce_mean(logs["loss"], axis=0)) == 2.0
+    assert not objective_lib._is_multi_worker(mirrored_strategy)
+    assert not objective_lib._is_multi_worker(tf.distribute.get_strategy())
+    # Under mirrored the step function is passed through untouched.
+    with mirrored_strategy.scope():
+        model = BoolInputObjective()
+    assert np.isfinite(_fit(model).history["loss"][0])

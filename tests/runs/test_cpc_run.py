@@ -1,4 +1,6 @@
 import json
+
+import numpy as np
 import subprocess
 import sys
 
@@ -38,6 +40,10 @@ def test_train_cpc_writes_the_run_folder(tmp_path):
         "epoch_001.weights.h5", "epoch_002.weights.h5"]
     assert any((out / "logs").rglob("events.out.tfevents*"))
     assert "chance baseline" in result.stdout
+    rounds = (out / "history.csv").read_text().splitlines()
+    assert rounds[0].startswith("epoch,step,") and "loss" in rounds[0].split(",") and [r.split(",")[:2] for r in rounds[1:]] == [
+        ["1", "2"], ["2", "4"]]
+    assert not (out / "backup").exists()  # deleted after a normal end
 
 
 def test_bad_settings_fail_before_any_work(tmp_path, capsys):
@@ -49,3 +55,41 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert "max_offset" in capsys.readouterr().err
     assert cli.main(["train", "cpc", "--set", "cpc.temperature=0", "--out", out]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_run_module_follows_the_contract(tmp_path, mirrored_strategy):
+    import tensorflow as tf
+
+    from kobjectives import recipe as recipe_lib
+    from kobjectives.runs import common
+    from kobjectives.runs import cpc
+
+    recipe = recipe_lib.override(recipe_lib.load_recipe("cpc"), {
+        "data.max_documents": 200, "tokenizer.vocabulary_size": 300,
+        "model.sequence_length": 16, "training.batch_size": 4, "training.steps": 2,
+        "training.validation_batches": 2, "data.validation_fraction": 0.2,
+    })
+    for key, spec in cpc.SEARCH_SPACE.items():
+        section, name = key.split(".")
+        assert name in recipe[section] and spec[0] in ("float", "int", "choice")
+    prepared = cpc.prepare(recipe, tmp_path, log=lambda *_: None)
+    train = cpc.make_dataset(recipe, prepared, "train", 4)
+    spec = train.element_spec
+    assert all(s.shape.as_list() == [4, 16] for s in spec.values())
+    validation = cpc.make_dataset(recipe, prepared, "validation", 4)
+    assert int(validation.cardinality()) == 2
+    # Per-replica batches, sharded by input context: two disjoint shards.
+    shards = [
+        cpc.make_dataset(recipe, prepared, "validation", 2, tf.distribute.InputContext(2, i, 2))
+        for i in range(2)
+    ]
+    first = [next(iter(s))["token_ids"].numpy() for s in shards]
+    assert first[0].shape == (2, 16) and not (first[0] == first[1]).all()
+    # Under a two-replica strategy the run's datasets are distributed.
+    train_ds, val_ds = common.training_datasets(cpc, recipe, prepared, mirrored_strategy)
+    assert isinstance(val_ds, tf.distribute.DistributedDataset)
+    with mirrored_strategy.scope():
+        model = cpc.build_model(recipe, prepared)
+    assert not model.jit_compile  # logical CPU replicas cannot share an XLA step
+    history = model.fit(train_ds, epochs=1, steps_per_epoch=2, validation_data=val_ds, verbose=0)
+    assert all(map(np.isfinite, history.history["val_loss"]))

@@ -1,0 +1,101 @@
+"""`kobjectives tune` from the command line, as a new user runs it, and its
+best recipe trained with `kobjectives train --config`."""
+
+import csv
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from kobjectives import cli
+
+# Tiny, so that three trials fit the default suite; XLA compilation is tested
+# in tests/objectives.
+TINY = [
+    "--steps", "2", "--batch-size", "4", "--sequence-length", "16",
+    "--set", "data.max_documents=200", "--set", "tokenizer.vocabulary_size=300",
+    "--set", "training.epochs=2", "--set", "training.validation_batches=2",
+    "--set", "masking.mask_selection_length=4", "--set", "training.jit_compile=false",
+]
+
+
+def test_tune_in_process_reports_the_best_trial(tmp_path, capsys):
+    """The default-suite version: `cli.main` in this process, one round."""
+    out = tmp_path / "tune"
+    args = ["tune", "mlm", "--max-trials", "3", *TINY, "--set", "training.epochs=1",
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert rows[0] == best
+    assert json.loads((out / "tuning.json").read_text())["best_trial"] == best["trial"]
+    assert f"best: trial {best['trial']}, val_loss {best['val_loss']:.4f}" in printed
+    # best_recipe.toml is accepted by `train --config` (recipe resolution only here;
+    # the slow test below trains it).
+    parsed = cli.build_parser().parse_args(
+        ["train", "mlm", "--config", str(out / "best_recipe.toml")])
+    recipe = cli._load_recipe(parsed)
+    assert recipe["training"]["learning_rate"] == best["training.learning_rate"]
+    assert recipe["masking"]["mask_selection_rate"] == best["masking.mask_selection_rate"]
+
+
+@pytest.mark.slow
+def test_tune_cli_reports_the_best_trial_and_its_recipe_trains(tmp_path, capsys):
+    out = tmp_path / "tune"
+    result = subprocess.run(
+        [sys.executable, "-m", "kobjectives.cli", "tune", "mlm", "--tuner", "random",
+         "--max-trials", "3", *TINY, "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "trials.json").read_text())
+    assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows)
+    for row in rows:
+        assert row["rounds"] == 2
+        assert row["val_loss"] == min(row["val_loss_per_round"])
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert rows[0] == best  # the table is sorted, best first
+    summary = json.loads((out / "tuning.json").read_text())
+    assert summary["best_trial"] == best["trial"]
+    assert summary["best_val_loss"] == best["val_loss"]
+    assert f"best: trial {best['trial']}, val_loss {best['val_loss']:.4f}" in result.stdout
+    with open(out / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["trial"] for r in table] == [r["trial"] for r in rows]
+    assert float(table[0]["val_loss"]) == best["val_loss"]
+
+    # best_recipe.toml: the full recipe with the best trial's values.
+    with open(out / "best_recipe.toml", "rb") as f:
+        best_recipe = tomllib.load(f)
+    assert best_recipe["objective"] == "mlm"
+    for key in summary["best_hyperparameters"]:
+        section, name = key.split(".")
+        assert best_recipe[section][name] == best[key]
+    assert best_recipe["training"]["steps"] == 2  # the flags of the search are kept
+    assert (out / "vocab.txt").is_file() and any((out / "logs").rglob("events.out.tfevents*"))
+
+    # kobjectives train NAME --config FILE accepts it; flags still win.
+    run = tmp_path / "run"
+    assert cli.main(["train", "mlm", "--config", str(out / "best_recipe.toml"),
+                     "--steps", "1", "--set", "training.epochs=1", "--out", str(run)]) == 0
+    trained = json.loads((run / "recipe.json").read_text())
+    for key in summary["best_hyperparameters"]:
+        section, name = key.split(".")
+        assert trained[section][name] == best[key]
+    assert trained["training"]["steps"] == 1
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 1
+    capsys.readouterr()
+
+
+def test_tune_bad_arguments_fail_before_any_work(tmp_path, capsys):
+    out = str(tmp_path / "t")
+    assert cli.main(["tune", "mlm", "--max-trials", "0", "--out", out]) == 2
+    assert "--max-trials must be >= 1" in capsys.readouterr().err
+    assert cli.main(["tune", "mlm", "--set", "training.stpes=3", "--out", out]) == 2
+    assert "Valid keys" in capsys.readouterr().err
+    assert cli.main(["tune", "nope", "--out", out]) == 2
+    assert "Valid recipes:" in capsys.readouterr().err

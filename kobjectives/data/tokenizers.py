@@ -556,3 +556,51 @@ def build_tokenizer(
     raise ValueError(
         f"`kind` must be one of {TOKENIZER_KINDS}. Received: kind={kind!r}"
     )
+
+
+# ---------------------------------------------------------------------------
+# Sentinel tokens (T5 span corruption).
+# ---------------------------------------------------------------------------
+
+SENTINEL_TOKEN_FORMAT = "<extra_id_{}>"
+"""How T5 spells its sentinel tokens: `<extra_id_0>`, `<extra_id_1>`, ..."""
+
+
+def add_sentinel_tokens(vocabulary, num_sentinels, token_format=SENTINEL_TOKEN_FORMAT):
+    """Appends T5 sentinel tokens at the top of a WordPiece vocabulary.
+
+    The result ends with `<extra_id_{n-1}>, ..., <extra_id_1>, <extra_id_0>`,
+    so `<extra_id_k>` has id `len(result) - 1 - k`: the default sentinels of
+    `kobjectives.layers.SpanCorruption` (`vocabulary_size - 1` counting
+    down), as in T5's vocabulary. WordPiece never produces them from text
+    (the pre-tokenizer splits `<`, `_` and `>`), so no real token collides
+    with a sentinel; pass them as the tokenizer's `special_tokens` (with
+    `special_tokens_in_strings=True`) to read them from text.
+
+    Args:
+        vocabulary: list of str, e.g. from `train_wordpiece`.
+        num_sentinels: positive int.
+        token_format: str with one `{}` for the sentinel's number.
+
+    Returns:
+        A new list of str: `vocabulary` followed by the sentinels.
+
+    Raises:
+        ValueError: `num_sentinels` is not a positive int, or a sentinel
+            token is already in the vocabulary.
+
+    Example:
+
+    >>> add_sentinel_tokens(["[PAD]", "[UNK]", "a"], 2)
+    ['[PAD]', '[UNK]', 'a', '<extra_id_1>', '<extra_id_0>']
+    """
+    _check_positive_int(num_sentinels, "num_sentinels")
+    sentinels = [token_format.format(k) for k in reversed(range(num_sentinels))]
+    present = sorted(set(sentinels) & set(vocabulary))
+    if present:
+        raise ValueError(
+            f"The vocabulary already holds sentinel tokens {present[:5]}: their "
+            "ids would collide with real tokens. Add sentinels to a vocabulary "
+            "without them, or use another `token_format`."
+        )
+    return list(vocabulary) + sentinels

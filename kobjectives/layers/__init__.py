@@ -2,3 +2,8 @@
 from kobjectives.layers.masked_lm_masker import MaskedLMMasker
 from kobjectives.layers.pooling import SequencePooling  # noqa: F401
 from kobjectives.layers.text_augmenter import TextAugmenter  # noqa: F401
+from kobjectives.layers.span_corruption import SpanCorruption  # noqa: F401
+from kobjectives.layers.sequence_packer import SequencePacker  # noqa: F401
+from kobjectives.layers.sentence_pair_generator import SentencePairGenerator  # noqa: F401
+from kobjectives.layers.permutation_lm_masker import PermutationLMMasker  # noqa: F401
+from kobjectives.layers.bart_noising import BartNoising  # noqa: F401

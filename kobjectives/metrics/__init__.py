@@ -5,3 +5,8 @@ from kobjectives.metrics.masked_lm_metrics import Perplexity
 from kobjectives.metrics.sts import STSEvaluator  # noqa: F401
 from kobjectives.metrics.sts import retrieval_recall  # noqa: F401
 from kobjectives.metrics.sts import text_embedder  # noqa: F401
+from kobjectives.metrics.causal_lm_metrics import TokenAccuracy  # noqa: F401
+from kobjectives.metrics.causal_lm_metrics import TokenPerplexity  # noqa: F401
+from kobjectives.metrics.replaced_token_metrics import RTDAccuracy  # noqa: F401
+from kobjectives.metrics.replaced_token_metrics import ReplacedPrecision  # noqa: F401
+from kobjectives.metrics.replaced_token_metrics import ReplacedRecall  # noqa: F401

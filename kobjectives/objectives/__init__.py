@@ -5,3 +5,9 @@ from kobjectives.objectives.contrastive_predictive_coding import CPCAccuracy  # 
 from kobjectives.objectives.contrastive_predictive_coding import ContrastivePredictiveCoding  # noqa: F401
 from kobjectives.objectives.contrastive_encoder import ContrastiveEncoder  # noqa: F401
 from kobjectives.objectives.grad_cache import CachedContrastiveEncoder  # noqa: F401
+from kobjectives.objectives.causal_language_model import CausalLanguageModel  # noqa: F401
+from kobjectives.objectives.electra_pretrainer import ElectraPretrainer  # noqa: F401
+from kobjectives.objectives.electra_pretrainer import ReplacedTokenDetectionHead  # noqa: F401
+from kobjectives.objectives.permutation_language_model import PermutationLanguageModel  # noqa: F401
+from kobjectives.objectives.sentence_pair_pretrainer import SentencePairPretrainer  # noqa: F401
+from kobjectives.objectives.denoising_seq2seq import DenoisingSeq2Seq  # noqa: F401

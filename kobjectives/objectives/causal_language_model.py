@@ -1,0 +1,333 @@
+"""`CausalLanguageModel`: next-token prediction over a keras-hub decoder backbone."""
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from kobjectives.metrics.causal_lm_metrics import TokenAccuracy
+from kobjectives.metrics.causal_lm_metrics import TokenPerplexity
+from kobjectives.objectives.objective import Objective
+from kobjectives.objectives.objective import run_backbone
+from kobjectives.ops.causal_lm import causal_lm_targets
+from kobjectives.ops.chunked_cross_entropy import DEFAULT_CHUNK_SIZE
+from kobjectives.ops.chunked_cross_entropy import _check_chunk_size
+from kobjectives.ops.chunked_cross_entropy import _check_label_smoothing
+from kobjectives.ops.chunked_cross_entropy import chunked_token_cross_entropy
+from kobjectives.ops.reduction import global_weighted_mean
+
+_REVERSIBLE_EMBEDDINGS = (
+    keras.layers.ReversibleEmbedding,
+    keras_hub.layers.ReversibleEmbedding,
+)
+
+
+@keras.saving.register_keras_serializable(package="kobjectives")
+class CausalLanguageModel(Objective):
+    """Causal (next-token) language modeling over a decoder backbone.
+
+    Runs the backbone and scores every position's prediction of the next
+    token with `kobjectives.ops.chunked_token_cross_entropy`: the logits
+    `hidden @ kernel` are computed `chunk_size` positions at a time in the
+    forward pass and recomputed in the backward pass, so the full
+    `[batch, length, vocabulary]` logits are never held. The loss is the
+    weighted mean over the targets, exact under `tf.distribute`
+    (`kobjectives.ops.global_weighted_mean`) and accumulated in float32
+    under `mixed_bfloat16`.
+
+    The output projection is the backbone's `ReversibleEmbedding`
+    (`backbone.token_embedding`): its transposed `embeddings` when tied
+    (GPT-2, Gemma, Llama by default), its `reverse_embeddings` when untied
+    (Llama's `tie_word_embeddings=False`). A backbone without one gets its
+    own `[hidden_dim, vocabulary_size]` kernel.
+
+    **Targets.** Feed `x` as `kobjectives.layers.SequencePacker` emits it:
+    `{"token_ids", "padding_mask", "segment_ids"}` (no `y`): position `t`
+    predicts token `t + 1` when both are real tokens of the same document
+    (`kobjectives.ops.causal_lm_targets`), so the loss is reset at document
+    boundaries inside a packed window. Or pass `y` (labels aligned with the
+    positions, ids in the vocabulary) and `sample_weight`.
+
+    **Attention across documents (a limitation).** keras-hub's decoder
+    backbones (`GPT2Backbone`, `LlamaBackbone`, `GemmaBackbone`) take only
+    `token_ids` and `padding_mask`: their causal self-attention cannot be
+    given a block-diagonal (per-document) mask, nor positions restarting at
+    each document, without rebuilding the transformer. So inside a packed
+    window a token may attend to the end of the previous document; only the
+    loss is reset (no target is predicted across a boundary). This matches
+    GPT-2/GPT-3-style pretraining, where documents joined by an end token
+    share the context window.
+
+    Args:
+        backbone: a causal keras-hub `Backbone` (`GPT2Backbone`,
+            `LlamaBackbone`, `GemmaBackbone`, ...) or any `keras.Model`
+            mapping `{"token_ids", "padding_mask"}` to `[batch, length,
+            hidden_dim]` states (or a dict with `"sequence_output"`).
+        chunk_size: int, positions whose logits exist at once. Defaults to
+            1024.
+        label_smoothing: float in `[0, 1)`. Defaults to 0.
+        vocabulary_size: int. Needed only for a backbone without a
+            `ReversibleEmbedding` `token_embedding`.
+        hidden_dim: int. Needed only for a backbone without a
+            `ReversibleEmbedding` `token_embedding`.
+        check_causal: bool. At construction, run the backbone once on a
+            short sequence and raise if a position's state depends on later
+            tokens (a bidirectional encoder would "predict" by copying).
+            Defaults to True.
+        **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
+
+    Inputs: a dict with `token_ids` int `[batch, length]`, `padding_mask`
+        bool/int `[batch, length]`, optionally `segment_ids` int
+        `[batch, length]` (document index; equal ids = same document).
+
+    Outputs: the hidden states `[batch, length, hidden_dim]` (in the compute
+        dtype). `logits(hidden)` projects them to the vocabulary;
+        `export_outputs` gives `logits` and `next_token_logits` for serving.
+
+    Raises:
+        TypeError: `backbone` is not a `keras.Model`.
+        ValueError: bad `chunk_size` or `label_smoothing`, unknown
+            vocabulary/hidden size, a soft-capped embedding, or (with
+            `check_causal`) a non-causal backbone.
+
+    Reference:
+        Radford et al., 2018, "Improving Language Understanding by
+        Generative Pre-Training"; Radford et al., 2019, "Language Models
+        are Unsupervised Multitask Learners". Chunked loss: Wijmans et al.,
+        2024, "Cut Your Losses in Large-Vocabulary Language Models",
+        https://arxiv.org/abs/2411.09009
+
+    Example:
+
+    ```python
+    import keras_hub, tensorflow as tf
+    import kobjectives
+
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
+        intermediate_dim=128, max_sequence_length=32)
+    packer = kobjectives.layers.SequencePacker(
+        sequence_length=32, end_token_id=2, start_token_id=1)
+    docs = tf.ragged.constant([[5 + i % 90] * (3 + i % 40) for i in range(200)])
+    ds = (tf.data.Dataset.from_tensor_slices(docs).batch(50).map(packer)
+          .unbatch().batch(8, drop_remainder=True))
+    model = kobjectives.objectives.CausalLanguageModel(backbone, chunk_size=64)
+    model.compile(jit_compile=True)
+    model.fit(ds, epochs=1)  # loss, perplexity, next_token_accuracy
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        label_smoothing=0.0,
+        vocabulary_size=None,
+        hidden_dim=None,
+        check_causal=True,
+        **kwargs,
+    ):
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(
+                "`backbone` must be a causal keras-hub Backbone (e.g. "
+                "GPT2Backbone, LlamaBackbone) or a keras.Model mapping token ids "
+                f"and a padding mask to hidden states. Received: {type(backbone).__name__}"
+            )
+        _check_chunk_size(chunk_size)
+        _check_label_smoothing(label_smoothing)
+        kwargs.setdefault("dtype", getattr(backbone, "dtype_policy", None))
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.chunk_size = int(chunk_size)
+        self.label_smoothing = float(label_smoothing)
+        self.check_causal = bool(check_causal)
+
+        embedding = getattr(backbone, "token_embedding", None)
+        if not isinstance(embedding, _REVERSIBLE_EMBEDDINGS):
+            embedding = None
+        if embedding is not None and getattr(embedding, "logit_soft_cap", None):
+            raise ValueError(
+                "The backbone's token embedding soft-caps its logits "
+                f"(logit_soft_cap={embedding.logit_soft_cap}), which the chunked "
+                "loss does not apply. Build the backbone without a final logit "
+                "soft cap."
+            )
+        vocabulary_size = vocabulary_size or getattr(backbone, "vocabulary_size", None)
+        if vocabulary_size is None and embedding is not None:
+            vocabulary_size = embedding.input_dim
+        hidden_dim = hidden_dim or getattr(backbone, "hidden_dim", None)
+        if hidden_dim is None and embedding is not None:
+            hidden_dim = embedding.output_dim
+        if vocabulary_size is None or hidden_dim is None:
+            raise ValueError(
+                "Cannot tell the backbone's vocabulary size and hidden size. "
+                "Pass `vocabulary_size=` and `hidden_dim=` to CausalLanguageModel."
+            )
+        self.vocabulary_size = int(vocabulary_size)
+        self.hidden_dim = int(hidden_dim)
+        self.lm_kernel = None
+        if embedding is None:
+            self.lm_kernel = self.add_weight(
+                shape=(self.hidden_dim, self.vocabulary_size),
+                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                name="lm_kernel",
+            )
+        self.perplexity = TokenPerplexity(name="perplexity")
+        self.next_token_accuracy = TokenAccuracy(name="next_token_accuracy")
+        self.built = backbone.built
+        if self.check_causal:
+            self._assert_causal()
+
+    # --- forward ---------------------------------------------------------
+
+    def kernel(self):
+        """The `[hidden_dim, vocabulary_size]` output projection."""
+        if self.lm_kernel is not None:
+            return self.lm_kernel
+        embedding = self.backbone.token_embedding
+        if getattr(embedding, "tie_weights", True):
+            return tf.transpose(tf.convert_to_tensor(embedding.embeddings))
+        return tf.convert_to_tensor(embedding.reverse_embeddings)
+
+    def encode(self, inputs, training=False):
+        """Runs the backbone: `[batch, length, hidden_dim]` hidden states."""
+        return run_backbone(self.backbone, inputs, training=training)
+
+    def call(self, inputs, training=False):
+        if not isinstance(inputs, dict) or "token_ids" not in inputs:
+            raise ValueError(
+                "CausalLanguageModel takes a dict with `token_ids` and "
+                "`padding_mask` (and optionally `segment_ids`), as "
+                "kobjectives.layers.SequencePacker emits. Received: "
+                f"{sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__}"
+            )
+        return self.encode(inputs, training=training)
+
+    def logits(self, hidden):
+        """Full logits `hidden @ kernel`, float32 `[..., vocabulary_size]`
+        (for inference; training never materializes them)."""
+        kernel = tf.cast(self.kernel(), hidden.dtype)
+        return tf.cast(tf.matmul(hidden, kernel), tf.float32)
+
+    def export_outputs(self, inputs):
+        """Inference outputs for `kobjectives.export.export_saved_model`:
+        `hidden_states` `[B, L, H]`, `logits` `[B, L, V]` (position `t`
+        predicts token `t + 1`) and `next_token_logits` `[B, V]`, the
+        prediction after each row's last real token."""
+        hidden = self.encode(inputs, training=False)
+        logits = self.logits(hidden)
+        mask = tf.cast(inputs["padding_mask"], tf.int32)
+        last = tf.maximum(tf.reduce_sum(mask, axis=-1) - 1, 0)
+        return {
+            "hidden_states": hidden,
+            "logits": logits,
+            "next_token_logits": tf.gather(logits, last, axis=1, batch_dims=1),
+        }
+
+    # --- loss --------------------------------------------------------------
+
+    def targets(self, x, y=None, sample_weight=None):
+        """`(labels, weights)`: next-token targets from `x` (reset at document
+        boundaries), or `y` / `sample_weight` when given."""
+        if y is None:
+            labels, weights = causal_lm_targets(
+                x["token_ids"], x.get("padding_mask"), x.get("segment_ids")
+            )
+            if sample_weight is not None:
+                weights = weights * _broadcast_weight(sample_weight, weights)
+            return labels, weights
+        labels = tf.cast(y, tf.int32)
+        if sample_weight is None:
+            weights = tf.ones_like(labels, tf.float32)
+            if "padding_mask" in x:
+                weights = weights * tf.cast(x["padding_mask"], tf.float32)
+        else:
+            weights = _broadcast_weight(sample_weight, labels)
+        return labels, weights
+
+    def token_losses(self, hidden, labels):
+        """`(losses, correct)` per position, float32, in chunks."""
+        return chunked_token_cross_entropy(
+            hidden,
+            self.kernel(),
+            labels,
+            chunk_size=self.chunk_size,
+            label_smoothing=self.label_smoothing,
+            return_correct=True,
+        )
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        labels, weights = self.targets(x, y, sample_weight)
+        losses, correct = self.token_losses(y_pred, labels)
+        loss = global_weighted_mean(losses, weights)
+        self.perplexity.update_state(losses, weights)
+        self.next_token_accuracy.update_state(correct, weights)
+        if self.losses:
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
+        return loss
+
+    def compile(self, optimizer="auto", **kwargs):
+        """Configures training; the chunked next-token loss, `perplexity`
+        and `next_token_accuracy` are built in.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate 1e-3, weight decay
+                0.01, clipnorm 1.0) or any `keras.Model.compile` optimizer.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
+                `loss` is not accepted: the objective owns its loss.
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "CausalLanguageModel computes its own loss "
+                "(kobjectives.ops.chunked_cross_entropy); do not pass `loss` to compile()."
+            )
+        kwargs.pop("loss", None)
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=0.01, clipnorm=1.0)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    # --- checks and config --------------------------------------------------
+
+    def _assert_causal(self):
+        """Raises when the backbone's state at t changes with tokens after t."""
+        length = min(8, getattr(self.backbone, "max_sequence_length", None) or 8)
+        half = length // 2
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, self.vocabulary_size, (1, length)).astype("int32")
+        changed = ids.copy()
+        changed[:, half:] = (changed[:, half:] + 1) % self.vocabulary_size
+        mask = np.ones((1, length), "int32")
+        with tf.init_scope():
+            a = tf.cast(self.encode({"token_ids": ids, "padding_mask": mask}), tf.float32)
+            b = tf.cast(self.encode({"token_ids": changed, "padding_mask": mask}), tf.float32)
+            a, b = np.asarray(a)[:, :half], np.asarray(b)[:, :half]
+        scale = max(float(np.abs(a).max()), 1e-6)
+        if float(np.abs(a - b).max()) > 1e-5 * scale:
+            raise ValueError(
+                f"The backbone ({type(self.backbone).__name__}) is not causal: its "
+                "state at a position changes when later tokens change, so it could "
+                "read the token it must predict. Use a decoder backbone such as "
+                "keras_hub.models.GPT2Backbone or LlamaBackbone (or pass "
+                "check_causal=False if you are sure)."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "chunk_size": self.chunk_size,
+                "label_smoothing": self.label_smoothing,
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "check_causal": self.check_causal,
+            }
+        )
+        return config
+
+
+def _broadcast_weight(sample_weight, like):
+    weight = tf.cast(sample_weight, tf.float32)
+    if weight.shape.rank == 1 and like.shape.rank == 2:
+        weight = weight[:, None]
+    return tf.broadcast_to(weight, tf.shape(like))

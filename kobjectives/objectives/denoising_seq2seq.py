@@ -1,0 +1,402 @@
+"""`DenoisingSeq2Seq`: denoising pretraining of encoder-decoder backbones (T5
+span corruption, BART noising) with teacher forcing."""
+
+import contextlib
+import os
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from kobjectives.losses import MaskedLMLoss
+from kobjectives.metrics import MaskedAccuracy
+from kobjectives.metrics import Perplexity
+from kobjectives.objectives.objective import Objective
+from kobjectives.objectives.objective import backbone_input_names
+
+_REVERSIBLE_EMBEDDINGS = (
+    keras.layers.ReversibleEmbedding,
+    keras_hub.layers.ReversibleEmbedding,
+)
+BACKBONE_INPUTS = (
+    "encoder_token_ids",
+    "encoder_padding_mask",
+    "decoder_token_ids",
+    "decoder_padding_mask",
+)
+
+
+class _VocabularyProjection(keras.layers.Layer):
+    """Decoder states -> vocabulary logits through the (tied) token embedding,
+    computed in float32 whatever the policy (the embedding's float32
+    variables are read unrounded)."""
+
+    def __init__(self, embedding, scale, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.embedding = embedding
+        self.scale = float(scale)
+        self.built = True
+
+    def call(self, hidden):
+        hidden = tf.cast(hidden, tf.float32) * self.scale
+        if getattr(self.embedding, "tie_weights", True):
+            kernel = tf.transpose(tf.cast(self.embedding.embeddings, tf.float32))
+        else:
+            kernel = tf.cast(self.embedding.reverse_embeddings, tf.float32)
+        logits = tf.matmul(hidden, kernel)
+        cap = getattr(self.embedding, "logit_soft_cap", None)
+        if cap is not None:
+            logits = tf.tanh(logits / cap) * cap
+        return logits
+
+
+@keras.saving.register_keras_serializable(package="kobjectives")
+class DenoisingSeq2Seq(Objective):
+    """Denoising sequence-to-sequence pretraining with teacher forcing.
+
+    The encoder reads the corrupted sequence; the decoder reads the target
+    shifted right by one (after `decoder_start_token_id`) and predicts every
+    target token, the logits coming from the backbone's token embedding
+    (tied, as keras-hub's `T5Seq2SeqLM` and `BartSeq2SeqLM`; T5's tied
+    projection scales the decoder states by `hidden_dim ** -0.5`). The loss
+    is the token cross-entropy averaged over the real target tokens (weighted
+    by `target_padding_mask`), exact under `tf.distribute`
+    (`kobjectives.losses.MaskedLMLoss`, i.e.
+    `kobjectives.ops.global_weighted_mean`); logits and loss are float32
+    under `mixed_bfloat16`.
+
+    Feed it what `kobjectives.layers.SpanCorruption` emits (T5) or a BART
+    noising of the sequence with the original as target:
+    `x = {"encoder_token_ids", "encoder_padding_mask", "target_ids",
+    "target_padding_mask"}`, `y = target_ids`,
+    `sample_weight = target_padding_mask`. Instead of `target_ids`, `x` may
+    carry the decoder inputs themselves (`decoder_token_ids`,
+    `decoder_padding_mask`, already shifted).
+
+    Args:
+        backbone: a keras-hub seq2seq backbone (`T5Backbone`,
+            `BartBackbone`) or any `keras.Model` taking `encoder_token_ids`,
+            `encoder_padding_mask`, `decoder_token_ids`,
+            `decoder_padding_mask` and returning a dict with
+            `decoder_sequence_output` `[batch, target_length, hidden]`, with a
+            `ReversibleEmbedding` as `token_embedding`.
+        decoder_start_token_id: int, the first decoder input (T5: the padding
+            id 0; BART: `</s>`). Defaults to 0.
+        logit_scale: `"auto"` (`hidden_dim ** -0.5` for a `T5Backbone` with
+            tied embeddings, else 1.0) or a float multiplying the decoder
+            states before the projection.
+        padding_token_id: int, the target padding id (used when
+            `target_padding_mask` is not given). Defaults to 0.
+        **kwargs: passed to `keras.Model`.
+
+    Inputs: a dict with `encoder_token_ids`, `encoder_padding_mask`
+        `[batch, source_length]` and either `target_ids` (+ optional
+        `target_padding_mask`) or `decoder_token_ids` and
+        `decoder_padding_mask` `[batch, target_length]`.
+
+    Outputs: logits `[batch, target_length, vocabulary_size]`, float32.
+
+    References:
+        Raffel et al., 2020, "Exploring the Limits of Transfer Learning with
+        a Unified Text-to-Text Transformer", https://arxiv.org/abs/1910.10683;
+        Lewis et al., 2020, "BART: Denoising Sequence-to-Sequence
+        Pre-training for Natural Language Generation, Translation, and
+        Comprehension", https://arxiv.org/abs/1910.13461
+
+    Example:
+
+    ```python
+    import keras_hub, tensorflow as tf
+    import kobjectives
+
+    backbone = keras_hub.models.T5Backbone(
+        vocabulary_size=1000, num_layers=1, num_heads=2, hidden_dim=32,
+        intermediate_dim=64)
+    corrupt = kobjectives.layers.SpanCorruption(
+        vocabulary_size=1000, sequence_length=32, eos_token_id=3, seed=0)
+    ids = tf.random.uniform((64, 32), 5, 900, dtype=tf.int32)
+    ds = corrupt.map_over(tf.data.Dataset.from_tensor_slices(ids).batch(16))
+    ds = ds.map(lambda f: (f, f["target_ids"], tf.cast(f["target_padding_mask"], "float32")))
+    model = kobjectives.objectives.DenoisingSeq2Seq(backbone)
+    model.compile()
+    model.fit(ds, epochs=1)
+    ```
+    """
+
+    def __init__(
+        self,
+        backbone,
+        decoder_start_token_id=0,
+        logit_scale="auto",
+        padding_token_id=0,
+        **kwargs,
+    ):
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(
+                "`backbone` must be a keras-hub seq2seq Backbone (T5Backbone, "
+                f"BartBackbone) or a keras.Model. Received: {type(backbone).__name__}"
+            )
+        names = backbone_input_names(backbone)
+        missing = [name for name in BACKBONE_INPUTS if name not in names]
+        if missing:
+            raise ValueError(
+                "DenoisingSeq2Seq needs an encoder-decoder backbone taking "
+                f"{list(BACKBONE_INPUTS)} (e.g. keras_hub.models.T5Backbone or "
+                f"BartBackbone); {type(backbone).__name__} lacks {missing}. "
+                "Use MaskedLanguageModel for encoders."
+            )
+        embedding = getattr(backbone, "token_embedding", None)
+        if not isinstance(embedding, _REVERSIBLE_EMBEDDINGS):
+            raise ValueError(
+                "DenoisingSeq2Seq projects decoder states with the backbone's "
+                "`token_embedding`, which must be a ReversibleEmbedding (as in "
+                f"keras-hub's T5 and BART backbones); {type(backbone).__name__} "
+                "has none."
+            )
+        for name, value in (("decoder_start_token_id", decoder_start_token_id),
+                            ("padding_token_id", padding_token_id)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < embedding.input_dim:
+                raise ValueError(
+                    f"`{name}` must be an id in [0, {embedding.input_dim}). "
+                    f"Received: {name}={value!r}"
+                )
+        if logit_scale == "auto":
+            tied_t5 = isinstance(backbone, keras_hub.models.T5Backbone) and getattr(
+                backbone, "tie_embedding_weights", True)
+            logit_scale = backbone.hidden_dim ** -0.5 if tied_t5 else 1.0
+        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
+            raise ValueError(
+                f"`logit_scale` must be 'auto' or a positive float. Received: {logit_scale!r}"
+            )
+        kwargs.setdefault("dtype", getattr(backbone, "dtype_policy", None))
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.decoder_start_token_id = int(decoder_start_token_id)
+        self.padding_token_id = int(padding_token_id)
+        self.logit_scale = float(logit_scale)
+        self.vocabulary_size = int(embedding.input_dim)
+        self.projection = _VocabularyProjection(embedding, self.logit_scale, name="lm_projection")
+        self.built = backbone.built
+
+    def decoder_inputs(self, inputs):
+        """`(decoder_token_ids, decoder_padding_mask)` int32: given, or the
+        targets shifted right after `decoder_start_token_id`."""
+        if "decoder_token_ids" in inputs:
+            ids = tf.cast(inputs["decoder_token_ids"], tf.int32)
+            if "decoder_padding_mask" not in inputs:
+                raise ValueError(
+                    "`decoder_token_ids` needs `decoder_padding_mask` beside it "
+                    "(or pass `target_ids` and let the objective shift them)."
+                )
+            return ids, tf.cast(inputs["decoder_padding_mask"], tf.int32)
+        if "target_ids" not in inputs:
+            raise ValueError(
+                "DenoisingSeq2Seq needs `target_ids` (or `decoder_token_ids` "
+                "and `decoder_padding_mask`) in its inputs. Received keys: "
+                f"{sorted(inputs)}"
+            )
+        targets = tf.cast(inputs["target_ids"], tf.int32)
+        if "target_padding_mask" in inputs:
+            mask = tf.cast(inputs["target_padding_mask"], tf.int32)
+        else:
+            mask = tf.cast(tf.not_equal(targets, self.padding_token_id), tf.int32)
+        start = tf.fill([tf.shape(targets)[0], 1], self.decoder_start_token_id)
+        ones = tf.ones_like(start)
+        return (
+            tf.concat([start, targets[:, :-1]], axis=1),
+            tf.concat([ones, mask[:, :-1]], axis=1),
+        )
+
+    def run(self, inputs, training=False):
+        """Runs the backbone: the backbone's output dict."""
+        for name in ("encoder_token_ids", "encoder_padding_mask"):
+            if name not in inputs:
+                raise ValueError(
+                    f"DenoisingSeq2Seq needs `{name}` in its inputs. Received "
+                    f"keys: {sorted(inputs)}"
+                )
+        decoder_ids, decoder_mask = self.decoder_inputs(inputs)
+        feed = {
+            "encoder_token_ids": tf.cast(inputs["encoder_token_ids"], tf.int32),
+            "encoder_padding_mask": tf.cast(inputs["encoder_padding_mask"], tf.int32),
+            "decoder_token_ids": decoder_ids,
+            "decoder_padding_mask": decoder_mask,
+        }
+        outputs = self.backbone(feed, training=training)
+        if not isinstance(outputs, dict) or "decoder_sequence_output" not in outputs:
+            raise ValueError(
+                "The backbone must return a dict with 'decoder_sequence_output'."
+            )
+        return outputs
+
+    def call(self, inputs, training=False):
+        outputs = self.run(inputs, training=training)
+        return self.projection(outputs["decoder_sequence_output"])
+
+    def export_outputs(self, inputs):
+        """Serving outputs: float32 `logits` `[batch, target_length, V]` and
+        `encoder_sequence_output` `[batch, source_length, hidden]`."""
+        outputs = self.run(inputs, training=False)
+        return {
+            "logits": tf.cast(self.projection(outputs["decoder_sequence_output"]), tf.float32),
+            "encoder_sequence_output": tf.cast(outputs["encoder_sequence_output"], tf.float32),
+        }
+
+    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
+        """Configures training, with seq2seq defaults.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate 5e-4, weight decay
+                0.01, clipnorm 1.0) or any `keras.Model.compile` optimizer.
+            loss: `"auto"` (`kobjectives.losses.MaskedLMLoss`: the mean
+                cross-entropy over real target tokens) or a loss.
+            weighted_metrics: `"auto"` (`MaskedAccuracy(name=
+                "token_accuracy")`, `Perplexity()`) or a list of metrics,
+                which receive `target_padding_mask` as weights.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=5e-4, weight_decay=0.01, clipnorm=1.0)
+        if loss == "auto":
+            loss = MaskedLMLoss(name="seq2seq_loss")
+        if weighted_metrics == "auto":
+            weighted_metrics = [MaskedAccuracy(name="token_accuracy"), Perplexity()]
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "decoder_start_token_id": self.decoder_start_token_id,
+                "logit_scale": self.logit_scale,
+                "padding_token_id": self.padding_token_id,
+            }
+        )
+        return config
+
+
+def export_seq2seq_saved_model(
+    objective,
+    export_dir,
+    tokenizer=None,
+    encoder_sequence_length=None,
+    eos_token_id=None,
+    overwrite=False,
+    compute_dtype="float32",
+):
+    """Exports a `DenoisingSeq2Seq` as an inference SavedModel.
+
+    Signatures (`S` the encoder length, `T` any decoder length, `V` the
+    vocabulary size, `H` the hidden size; any batch size):
+
+    - `serve_token_ids` (`serving_default` without a tokenizer):
+      `encoder_token_ids`, `encoder_padding_mask` int32 `[B, S]`,
+      `decoder_token_ids`, `decoder_padding_mask` int32 `[B, T]` ->
+      `logits` float32 `[B, T, V]`, `encoder_sequence_output` `[B, S, H]`.
+    - `serving_default` with a tokenizer: `text` string `[B]` (the
+      corrupted text; sentinels such as `<extra_id_0>` may be written in it
+      when the tokenizer knows them as special tokens) and
+      `decoder_token_ids` int32 `[B, T]` (start with the decoder start id;
+      padding ids after position 0 are masked) -> the same outputs plus the
+      `encoder_token_ids` and `encoder_padding_mask` used. The text is
+      tokenized, truncated to `encoder_sequence_length - 1`, ended with
+      `eos_token_id` and padded, as in training.
+
+    Loads with `tf.saved_model.load` and only TensorFlow (plus
+    `import tensorflow_text` for the text signature).
+
+    Args:
+        objective: a built `DenoisingSeq2Seq`.
+        export_dir: directory to write.
+        tokenizer: optional keras-hub tokenizer (e.g. `WordPieceTokenizer`)
+            mapping strings to ragged ids.
+        encoder_sequence_length: int, `S`; required with a tokenizer.
+        eos_token_id: optional int appended to the encoder text.
+        overwrite: replace a non-empty `export_dir`.
+        compute_dtype: `"float32"` (serve in float32 whatever the training
+            policy) or None (keep the objective's policy).
+
+    Returns:
+        The export directory (str).
+    """
+    from kobjectives.export.saved_model import _check_export_dir
+    from kobjectives.export.saved_model import _compute_dtype_scope
+    from kobjectives.export.saved_model import _write
+
+    if not isinstance(objective, DenoisingSeq2Seq):
+        raise TypeError(
+            "export_seq2seq_saved_model exports a DenoisingSeq2Seq. Received: "
+            f"{type(objective).__name__}"
+        )
+    if not objective.built:
+        raise ValueError("The objective is not built: fit it or call it on a batch first.")
+    export_dir = os.fspath(export_dir)
+    _check_export_dir(export_dir, overwrite)
+    if tokenizer is not None and (
+        isinstance(encoder_sequence_length, bool)
+        or not isinstance(encoder_sequence_length, int)
+        or encoder_sequence_length < 2
+    ):
+        raise ValueError(
+            "A text signature needs `encoder_sequence_length` (an int >= 2). "
+            f"Received: {encoder_sequence_length!r}"
+        )
+    pad = objective.padding_token_id
+
+    def forward(inputs):
+        return objective.export_outputs(inputs)
+
+    id_specs = {
+        "encoder_token_ids": tf.TensorSpec([None, encoder_sequence_length], tf.int32, name="encoder_token_ids"),
+        "encoder_padding_mask": tf.TensorSpec([None, encoder_sequence_length], tf.int32, name="encoder_padding_mask"),
+        "decoder_token_ids": tf.TensorSpec([None, None], tf.int32, name="decoder_token_ids"),
+        "decoder_padding_mask": tf.TensorSpec([None, None], tf.int32, name="decoder_padding_mask"),
+    }
+    archive = keras.export.ExportArchive()
+    archive.track(objective)
+    with contextlib.ExitStack() as stack:
+        if compute_dtype is not None:
+            stack.enter_context(_compute_dtype_scope(objective, compute_dtype))
+        if tokenizer is None:
+            archive.add_endpoint("serving_default", forward, input_signature=[id_specs])
+        else:
+            holder = tf.Module()
+            holder.tokenizer = tokenizer
+            archive.track(holder)
+            packer = keras_hub.layers.StartEndPacker(
+                sequence_length=encoder_sequence_length,
+                end_value=eos_token_id,
+                pad_value=pad,
+                return_padding_mask=True,
+            )
+
+            def serve_text(text, decoder_token_ids):
+                ids = tokenizer(text)
+                if not isinstance(ids, tf.RaggedTensor):
+                    ids = tf.RaggedTensor.from_tensor(ids, padding=pad)
+                encoder_ids, encoder_mask = packer(ids)
+                decoder_token_ids = tf.cast(decoder_token_ids, tf.int32)
+                first = tf.equal(tf.range(tf.shape(decoder_token_ids)[1]), 0)[None, :]
+                decoder_mask = tf.logical_or(tf.not_equal(decoder_token_ids, pad), first)
+                inputs = {
+                    "encoder_token_ids": tf.cast(encoder_ids, tf.int32),
+                    "encoder_padding_mask": tf.cast(encoder_mask, tf.int32),
+                    "decoder_token_ids": decoder_token_ids,
+                    "decoder_padding_mask": tf.cast(decoder_mask, tf.int32),
+                }
+                outputs = forward(inputs)
+                outputs["encoder_token_ids"] = inputs["encoder_token_ids"]
+                outputs["encoder_padding_mask"] = inputs["encoder_padding_mask"]
+                return outputs
+
+            archive.add_endpoint(
+                "serving_default",
+                serve_text,
+                input_signature=[
+                    tf.TensorSpec([None], tf.string, name="text"),
+                    tf.TensorSpec([None, None], tf.int32, name="decoder_token_ids"),
+                ],
+            )
+            archive.add_endpoint("serve_token_ids", forward, input_signature=[id_specs])
+        _write(archive, export_dir, False)
+    return export_dir

@@ -1,0 +1,181 @@
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives.layers import SequencePacker
+from kobjectives.objectives import CausalLanguageModel
+
+VOCAB, LENGTH = 64, 16
+
+
+def _gpt2(dtype=None):
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=LENGTH, dropout=0.0, dtype=dtype,
+    )
+
+
+def _llama(tie=True):
+    return keras_hub.models.LlamaBackbone(
+        vocabulary_size=VOCAB, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=16, intermediate_dim=32, dropout=0.0, tie_word_embeddings=tie,
+    )
+
+
+def _batches(count=16, batch_size=4, seed=0):
+    rng = np.random.default_rng(seed)
+    docs = [list(rng.integers(5, VOCAB, rng.integers(1, 12))) for _ in range(count * 6)]
+    packer = SequencePacker(LENGTH, end_token_id=2, start_token_id=1)
+    out = packer(tf.ragged.constant(docs))
+    return tf.data.Dataset.from_tensor_slices(out).batch(batch_size, drop_remainder=True).take(count)
+
+
+def _reference_loss(model, x):
+    """Independent numpy loss: full logits, targets by an explicit loop."""
+    hidden = model(x).numpy().astype(np.float64)
+    emb = model.backbone.token_embedding.embeddings.numpy().astype(np.float64)
+    logits = hidden @ emb.T
+    ids, mask, seg = (np.asarray(x[k]) for k in ("token_ids", "padding_mask", "segment_ids"))
+    total = count = 0.0
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if mask[b, t] and mask[b, t + 1] and seg[b, t] == seg[b, t + 1]:
+                row = logits[b, t]
+                lse = row.max() + np.log(np.exp(row - row.max()).sum())
+                total += lse - row[ids[b, t + 1]]
+                count += 1
+    return total / count
+
+
+def test_loss_is_next_token_cross_entropy_reset_at_boundaries():
+    keras.utils.set_random_seed(0)
+    model = CausalLanguageModel(_gpt2(), chunk_size=7)
+    model.compile()
+    x = next(iter(_batches()))
+    assert int(x["segment_ids"].numpy().max()) >= 1  # windows hold several documents
+    loss = model.compute_loss(x=x, y_pred=model(x))
+    np.testing.assert_allclose(float(loss), _reference_loss(model, x), rtol=1e-5)
+
+
+def test_kernel_is_tied_or_the_untied_reverse_embedding():
+    tied = CausalLanguageModel(_gpt2())
+    np.testing.assert_array_equal(
+        tied.kernel().numpy(), tied.backbone.token_embedding.embeddings.numpy().T
+    )
+    untied = CausalLanguageModel(_llama(tie=False))
+    embedding = untied.backbone.token_embedding
+    np.testing.assert_array_equal(untied.kernel().numpy(), embedding.reverse_embeddings.numpy())
+    x = next(iter(_batches()))
+    with tf.GradientTape() as tape:
+        loss = untied.compute_loss(x=x, y_pred=untied(x))
+    grad = tape.gradient(loss, embedding.reverse_embeddings)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
+
+
+def _fit(strategy=None, jit_compile=False, epochs=2, backbone=_gpt2):
+    keras.utils.set_random_seed(0)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = CausalLanguageModel(backbone(), chunk_size=24)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+    history = model.fit(_batches(count=4), epochs=epochs, verbose=0, shuffle=False).history
+    return model, history
+
+
+def test_jit_compile_matches_graph():
+    _, graph = _fit(epochs=1)
+    _, xla = _fit(jit_compile=True, epochs=1)
+    np.testing.assert_allclose(xla["loss"], graph["loss"], rtol=1e-5)
+    np.testing.assert_allclose(xla["perplexity"], graph["perplexity"], rtol=1e-5)
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+    # Replicas hold different numbers of targets (packing, padding), so only
+    # a global weighted mean gives one device's loss and updates.
+    single, h_single = _fit()
+    mirrored, h_mirrored = _fit(mirrored_strategy)
+    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
+    np.testing.assert_allclose(h_mirrored["perplexity"], h_single["perplexity"], rtol=1e-5)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mixed_bfloat16_trains_with_float32_loss():
+    keras.utils.set_random_seed(0)
+    reference = CausalLanguageModel(_gpt2())
+    x = next(iter(_batches()))
+    expected = float(reference.compute_loss(x=x, y_pred=reference(x)))
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    backbone = _gpt2()
+    backbone.set_weights(reference.backbone.get_weights())
+    model = CausalLanguageModel(backbone)
+    hidden = model(x)
+    assert hidden.dtype == tf.bfloat16
+    loss = model.compute_loss(x=x, y_pred=hidden)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-2)
+    model.compile(jit_compile=False)
+    history = model.fit(_batches(count=4), epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+
+
+def test_keras_round_trip_continues_with_optimizer_state(tmp_path):
+    model, _ = _fit(epochs=1)
+    path = tmp_path / "clm.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, CausalLanguageModel) and loaded.chunk_size == 24
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
+    x = next(iter(_batches(seed=3)))
+    a = model.train_on_batch(x, return_dict=True)
+    b = loaded.train_on_batch(x, return_dict=True)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+    a = model.train_on_batch(x, return_dict=True)
+    b = loaded.train_on_batch(x, return_dict=True)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
+
+
+def test_trains_over_llama_and_learns():
+    model, history = _fit(backbone=_llama, epochs=3)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_explicit_labels_and_export_outputs():
+    keras.utils.set_random_seed(0)
+    model = CausalLanguageModel(_gpt2())
+    x = next(iter(_batches()))
+    hidden = model(x)
+    labels = np.zeros((4, LENGTH), "int32") + 7
+    loss = model.compute_loss(x=x, y=labels, y_pred=hidden, sample_weight=np.ones((4, LENGTH)))
+    logits = hidden.numpy() @ model.kernel().numpy()
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    mask = np.ones((2, LENGTH), "int32")
+    mask[0, 5:] = 0
+    out = model.export_outputs({"token_ids": x["token_ids"][:2], "padding_mask": mask})
+    assert out["logits"].shape == (2, LENGTH, VOCAB)
+    np.testing.assert_allclose(out["next_token_logits"][0], out["logits"][0, 4], rtol=1e-6)
+    np.testing.assert_allclose(out["next_token_logits"][1], out["logits"][1, -1], rtol=1e-6)
+
+
+def test_bad_input_fails_loudly():
+    with pytest.raises(TypeError, match="backbone"):
+        CausalLanguageModel("gpt2")
+    encoder = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=LENGTH)
+    with pytest.raises(ValueError, match="not causal"):
+        CausalLanguageModel(encoder)
+    with pytest.raises(ValueError, match="chunk_size"):
+        CausalLanguageModel(_gpt2(), chunk_size=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        CausalLanguageModel(_gpt2(), label_smoothing=1.5)
+    model = CausalLanguageModel(_gpt2())
+    with pytest.raises(ValueError, match="own loss"):
+        model.compile(loss="mse")
+    with pytest.raises(ValueError, match="token_ids"):
+        model({"ids": np.zeros((1, 4), "int32")})
+    x = next(iter(_batches()))
+    with pytest.raises(ValueError, match=r"labels.*\[0, 64\)"):
+        model.compute_loss(x=x, y=np.full((4, LENGTH), VOCAB), y_pred=model(x))

@@ -1,0 +1,213 @@
+import numpy as np
+import pytest
+import keras
+import keras_hub
+import tensorflow as tf
+
+from kobjectives.objectives import DenoisingSeq2Seq
+from kobjectives.objectives.denoising_seq2seq import export_seq2seq_saved_model
+
+V, S, T, B = 200, 12, 7, 8
+
+
+def t5(**kwargs):
+    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
+                  intermediate_dim=32, dropout=0.0)
+    config.update(kwargs)
+    return keras_hub.models.T5Backbone(**config)
+
+
+def bart(**kwargs):
+    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
+                  intermediate_dim=32, max_sequence_length=16, dropout=0.0)
+    config.update(kwargs)
+    return keras_hub.models.BartBackbone(**config)
+
+
+def make_data(n=2 * B, seed=0):
+    rng = np.random.default_rng(seed)
+    enc = rng.integers(5, V, (n, S)).astype("int32")
+    tgt = rng.integers(5, V, (n, T)).astype("int32")
+    enc_len = rng.integers(3, S + 1, n)
+    tgt_len = rng.integers(1, T + 1, n)
+    for i in range(n):
+        enc[i, enc_len[i]:] = 0
+        tgt[i, tgt_len[i]:] = 0
+    x = {"encoder_token_ids": enc, "encoder_padding_mask": enc != 0,
+         "target_ids": tgt, "target_padding_mask": tgt != 0}
+    return x, tgt, (tgt != 0).astype("float32")
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_teacher_forcing_shifts_targets_right_after_the_start_token():
+    model = DenoisingSeq2Seq(t5(), decoder_start_token_id=1)
+    x, _, _ = make_data(n=4)
+    ids, mask = model.decoder_inputs(x)
+    np.testing.assert_array_equal(ids[:, 0], 1)
+    np.testing.assert_array_equal(ids[:, 1:], x["target_ids"][:, :-1])
+    np.testing.assert_array_equal(mask[:, 0], 1)
+    np.testing.assert_array_equal(mask[:, 1:], x["target_padding_mask"][:, :-1])
+    logits = model(x)
+    assert logits.shape == (4, T, V) and logits.dtype == tf.float32
+    given = {"encoder_token_ids": x["encoder_token_ids"], "encoder_padding_mask": x["encoder_padding_mask"],
+             "decoder_token_ids": ids, "decoder_padding_mask": mask}
+    np.testing.assert_allclose(model(given), logits, atol=1e-6)
+
+
+def test_logits_at_a_position_do_not_see_that_target_or_later_ones():
+    model = DenoisingSeq2Seq(t5())
+    x, _, _ = make_data(n=2)
+    x["target_padding_mask"] = np.ones_like(x["target_padding_mask"])
+    logits = model(x).numpy()
+    changed = dict(x, target_ids=x["target_ids"].copy())
+    changed["target_ids"][:, 3:] = 7
+    after = model(changed).numpy()
+    np.testing.assert_allclose(after[:, :4], logits[:, :4], atol=1e-5)  # positions 0..3 see targets < 3
+    assert np.abs(after[:, 4:] - logits[:, 4:]).max() > 1e-4
+
+
+@pytest.mark.parametrize("make_backbone,task", [
+    (t5, keras_hub.models.T5Seq2SeqLM), (bart, keras_hub.models.BartSeq2SeqLM)], ids=["t5", "bart"])
+def test_logits_equal_keras_hub_seq2seq_lm(make_backbone, task):
+    backbone = make_backbone()
+    model = DenoisingSeq2Seq(backbone)
+    reference = task(backbone=backbone)
+    x, _, _ = make_data(n=4)
+    ids, mask = model.decoder_inputs(x)
+    expected = reference({"encoder_token_ids": tf.constant(x["encoder_token_ids"]),
+                          "encoder_padding_mask": tf.cast(x["encoder_padding_mask"], "int32"),
+                          "decoder_token_ids": ids, "decoder_padding_mask": mask})
+    np.testing.assert_allclose(model(x), expected, atol=1e-4)
+    scale = 16 ** -0.5 if make_backbone is t5 else 1.0
+    assert model.logit_scale == pytest.approx(scale)
+
+
+def test_loss_is_the_mean_cross_entropy_over_real_target_tokens():
+    model = DenoisingSeq2Seq(t5())
+    model.compile()
+    x, y, w = make_data(n=B)
+    logits = model(x).numpy()
+    loss = model.compute_loss(x=x, y=y, y_pred=tf.constant(logits), sample_weight=w)
+    nll = -np.take_along_axis(log_softmax(logits.astype("float64")), y[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(loss), (nll * w).sum() / w.sum(), rtol=1e-5)
+    result = model.evaluate(x, y, sample_weight=w, batch_size=B, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["perplexity"], np.exp((nll * w).sum() / w.sum()), rtol=1e-4)
+    accuracy = ((logits.argmax(-1) == y) * w).sum() / w.sum()
+    np.testing.assert_allclose(result["token_accuracy"], accuracy, atol=1e-6)
+
+
+def _fit(strategy=None, jit_compile=False, epochs=2, make_backbone=t5):
+    x, y, w = make_data()
+    with (strategy or tf.distribute.get_strategy()).scope():
+        keras.utils.set_random_seed(3)
+        model = DenoisingSeq2Seq(make_backbone())
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+    history = model.fit(x, y, sample_weight=w, batch_size=B, epochs=epochs, shuffle=False,
+                        verbose=0).history
+    return model, history
+
+
+@pytest.fixture(scope="module")
+def one_device_fit():
+    """The plain single-device fit, shared by the jit and mirrored tests."""
+    keras.mixed_precision.set_global_policy("float32")
+    model, history = _fit()
+    return history, model.get_weights()
+
+
+def test_jit_compile_matches_graph(one_device_fit):
+    h_plain, _ = one_device_fit
+    _, h_jit = _fit(jit_compile=True)
+    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-5)
+    assert h_jit["loss"][-1] < h_jit["loss"][0]
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device_fit):
+    # The replicas hold different numbers of real target tokens: only the
+    # global weighted mean gives one device's loss and updates.
+    h_single, single_weights = one_device_fit
+    mirrored, h_mirrored = _fit(mirrored_strategy)
+    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
+    np.testing.assert_allclose(h_mirrored["token_accuracy"], h_single["token_accuracy"], atol=1e-5)
+    for a, b in zip(single_weights, mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_trains_with_float32_logits_and_loss():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = DenoisingSeq2Seq(t5())
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x, y, w = make_data()
+    assert model.run(x)["decoder_sequence_output"].dtype == tf.bfloat16
+    assert model(x).dtype == tf.float32
+    history = model.fit(x, y, sample_weight=w, batch_size=B, epochs=2, verbose=0).history
+    assert all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
+    # The bf16 model's float32 loss is close to the float32 evaluation of the same weights.
+    loss = model.evaluate(x, y, sample_weight=w, batch_size=B, verbose=0)
+    keras.mixed_precision.set_global_policy("float32")
+    full = DenoisingSeq2Seq(t5())
+    full.set_weights(model.get_weights())
+    full.compile()
+    np.testing.assert_allclose(full.evaluate(x, y, sample_weight=w, batch_size=B, verbose=0), loss, rtol=0.02)
+    assert model.backbone.token_embedding.embeddings.dtype == "float32"
+
+
+@pytest.mark.slow
+def test_bart_backbone_trains():
+    _, history = _fit(make_backbone=bart, epochs=3)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_keras_round_trip_continues_training_with_its_optimizer_state(tmp_path):
+    x, y, w = make_data(n=B)
+    model = DenoisingSeq2Seq(t5(), decoder_start_token_id=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, sample_weight=w, batch_size=B, epochs=2, verbose=0)
+    model.save(tmp_path / "seq2seq.keras")
+    restored = keras.saving.load_model(tmp_path / "seq2seq.keras")
+    assert isinstance(restored, DenoisingSeq2Seq) and restored.decoder_start_token_id == 2
+    assert restored.compiled and restored.optimizer.iterations.numpy() == 2
+    np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
+    next_loss = model.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    restored_loss = restored.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
+
+
+def test_export_serves_the_models_logits(tmp_path):
+    model = DenoisingSeq2Seq(t5())
+    x, _, _ = make_data(n=3)
+    expected = model(x).numpy()
+    export_seq2seq_saved_model(model, tmp_path / "export")
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
+    ids, mask = model.decoder_inputs(x)
+    out = served(encoder_token_ids=tf.constant(x["encoder_token_ids"]),
+                 encoder_padding_mask=tf.cast(x["encoder_padding_mask"], tf.int32),
+                 decoder_token_ids=ids, decoder_padding_mask=mask)
+    np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
+    assert out["encoder_sequence_output"].shape == (3, S, 16)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_seq2seq_saved_model(model, tmp_path / "export")
+
+
+def test_bad_backbones_and_inputs_fail_with_the_fix():
+    bert = keras_hub.models.BertBackbone(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
+                                         intermediate_dim=32, max_sequence_length=S)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        DenoisingSeq2Seq(bert)
+    with pytest.raises(TypeError, match="backbone"):
+        DenoisingSeq2Seq("t5")
+    with pytest.raises(ValueError, match="decoder_start_token_id"):
+        DenoisingSeq2Seq(t5(), decoder_start_token_id=V)
+    with pytest.raises(ValueError, match="logit_scale"):
+        DenoisingSeq2Seq(t5(), logit_scale=0.0)
+    model = DenoisingSeq2Seq(t5())
+    x, _, _ = make_data(n=2)
+    with pytest.raises(ValueError, match="target_ids"):
+        model({k: x[k] for k in ("encoder_token_ids", "encoder_padding_mask")})
+    with pytest.raises(ValueError, match="encoder_padding_mask"):
+        model({"encoder_token_ids": x["encoder_token_ids"], "target_ids": x["target_ids"]})

@@ -1,0 +1,185 @@
+"""`SentencePairPretrainer`: MLM + NSP/SOP loss, heads, strategies, saving."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives.objectives import MaskedLanguageModel
+from kobjectives.objectives import SentencePairPretrainer
+
+V, L, P, B = 200, 16, 4, 8
+
+
+def bert(**kwargs):
+    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=32,
+                  intermediate_dim=64, max_sequence_length=L, dropout=0.0)
+    config.update(kwargs)
+    return keras_hub.models.BertBackbone(**config)
+
+
+def make_data(n=4 * B, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, V, (n, L)).astype("int32")
+    segment_ids = np.zeros((n, L), "int32")
+    for i, (sep, end) in enumerate(zip(rng.integers(3, 7, n), rng.integers(9, L, n))):
+        segment_ids[i, sep + 1 : end] = 1
+        ids[i, end:] = 0
+    positions = np.sort(rng.integers(1, 8, (n, P)), axis=1).astype("int32")
+    x = {"token_ids": ids, "segment_ids": segment_ids, "padding_mask": ids != 0,
+         "mask_positions": positions}
+    y = {"mask_ids": np.take_along_axis(ids, positions, 1),
+         "mask_weights": (rng.random((n, P)) < 0.7).astype("float32"),
+         "pair_labels": rng.integers(0, 2, n).astype("int32")}
+    return x, y
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_loss_is_weighted_sum_of_masked_lm_and_pair_cross_entropy():
+    model = SentencePairPretrainer(bert(), task="sop", mlm_weight=0.7, pair_weight=1.9)
+    model.compile()
+    x, y = make_data(n=B)
+    outputs = model(x)
+    assert outputs["mlm_logits"].shape == (B, P, V) and outputs["pair_logits"].shape == (B, 2)
+    mlm_ce = -np.take_along_axis(
+        log_softmax(outputs["mlm_logits"].numpy()), y["mask_ids"][..., None], -1)[..., 0]
+    mlm = (mlm_ce * y["mask_weights"]).sum() / y["mask_weights"].sum()
+    pair = -log_softmax(outputs["pair_logits"].numpy())[np.arange(B), y["pair_labels"]].mean()
+    result = model.evaluate(x, y, batch_size=B, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["loss"], 0.7 * mlm + 1.9 * pair, rtol=1e-5)
+    np.testing.assert_allclose(result["mlm_loss"], mlm, rtol=1e-5)
+    np.testing.assert_allclose(result["pair_loss"], pair, rtol=1e-5)
+    predicted = outputs["pair_logits"].numpy().argmax(-1)
+    np.testing.assert_allclose(result["pair_accuracy"], (predicted == y["pair_labels"]).mean())
+    np.testing.assert_allclose(result["perplexity"], np.exp(mlm), rtol=1e-4)
+
+
+def test_reuses_the_masked_lm_head_and_the_backbone_pooler():
+    backbone = bert()
+    model = SentencePairPretrainer(backbone)
+    assert isinstance(model, MaskedLanguageModel)
+    assert model.head.token_embedding is backbone.token_embedding  # tied MLM head
+    assert model.pooler is None  # BERT's own pooler feeds the pair head
+    x, y = make_data(n=B)
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y, model(x, training=True))
+    pooler = backbone.get_layer("pooled_dense").kernel
+    gradient = tape.gradient(loss, [pooler, model.pair_head.kernel])
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradient)
+
+
+class TinyEncoder(keras.Model):
+    """A subclassed backbone without a pooled output."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = keras.layers.Embedding(V, 16)
+        self.dense = keras.layers.Dense(16, activation="tanh")
+
+    def call(self, inputs):
+        mask = keras.ops.cast(inputs["padding_mask"], "float32")[..., None]
+        return self.dense(self.embed(inputs["token_ids"])) * mask
+
+
+def test_backbone_without_pooler_gets_one_and_trains():
+    model = SentencePairPretrainer(TinyEncoder(), vocabulary_size=V, hidden_dim=16)
+    assert model.pooler is not None
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x, y = make_data()
+    history = model.fit(x, y, batch_size=B, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def _fit(strategy=None, jit_compile=False, epochs=2):
+    x, y = make_data()
+    with (strategy or tf.distribute.get_strategy()).scope():
+        keras.utils.set_random_seed(7)
+        model = SentencePairPretrainer(bert())
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+    history = model.fit(x, y, batch_size=B, epochs=epochs, shuffle=False, verbose=0).history
+    return model, history
+
+
+def test_jit_compile_matches_graph_and_learns():
+    _, h_plain = _fit()
+    _, h_jit = _fit(jit_compile=True)
+    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-5)
+    assert h_jit["loss"][-1] < h_jit["loss"][0]
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+    single, h_single = _fit()
+    mirrored, h_mirrored = _fit(mirrored_strategy)
+    for key in ("loss", "pair_accuracy", "masked_accuracy", "pair_loss"):
+        np.testing.assert_allclose(h_mirrored[key], h_single[key], atol=1e-5)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mixed_bfloat16_trains_with_float32_loss():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = SentencePairPretrainer(bert())
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x, y = make_data()
+    assert model.encode(x).dtype == tf.bfloat16
+    outputs = model(x)
+    assert outputs["pair_logits"].dtype == tf.float32
+    assert outputs["mlm_logits"].dtype == tf.float32
+    assert model.compute_loss(x, y, outputs).dtype == tf.float32
+    history = model.fit(x, y, batch_size=B, epochs=2, verbose=0).history
+    assert all(np.isfinite(history["loss"]))
+
+
+def test_keras_round_trip_continues_training_with_optimizer_state(tmp_path):
+    x, y = make_data(n=2 * B)
+    model = SentencePairPretrainer(bert(), task="sop", pair_weight=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, y, batch_size=B, epochs=2, verbose=0)
+    model.save(tmp_path / "pairs.keras")
+    restored = keras.saving.load_model(tmp_path / "pairs.keras")
+    assert isinstance(restored, SentencePairPretrainer)
+    assert restored.get_config()["task"] == "sop" and restored.pair_weight == 0.5
+    assert restored.compiled and restored.optimizer.iterations.numpy() == 4
+    for key in ("mlm_logits", "pair_logits"):
+        np.testing.assert_allclose(restored(x)[key], model(x)[key], atol=1e-5)
+    next_loss = model.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    restored_loss = restored.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(
+        restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
+
+
+def test_export_outputs_hold_encoder_and_pair_head():
+    model = SentencePairPretrainer(bert())
+    x, _ = make_data(n=2)
+    inputs = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    outputs = model.export_outputs(inputs)
+    assert outputs["sequence_output"].shape == (2, L, 32)
+    assert outputs["pooled_output"].shape == (2, 32)
+    assert outputs["mlm_logits"].shape == (2, L, V)
+    np.testing.assert_allclose(outputs["pair_probabilities"].numpy().sum(-1), 1.0, rtol=1e-6)
+    full = model({**inputs, "mask_positions": x["mask_positions"]})
+    np.testing.assert_allclose(outputs["pair_logits"], full["pair_logits"], atol=1e-5)
+
+
+def test_bad_arguments_and_inputs_are_named():
+    with pytest.raises(ValueError, match="task"):
+        SentencePairPretrainer(bert(), task="mlm")
+    with pytest.raises(ValueError, match="pair_weight"):
+        SentencePairPretrainer(bert(), pair_weight=-1.0)
+    with pytest.raises(ValueError, match="both 0"):
+        SentencePairPretrainer(bert(), mlm_weight=0.0, pair_weight=0)
+    model = SentencePairPretrainer(bert())
+    with pytest.raises(ValueError, match="loss"):
+        model.compile(loss="mse")
+    x, y = make_data(n=2)
+    with pytest.raises(ValueError, match="mask_positions"):
+        model({k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")})
+    with pytest.raises(ValueError, match="segment_ids"):
+        model({k: x[k] for k in ("token_ids", "padding_mask", "mask_positions")})
+    with pytest.raises(ValueError, match="pair_labels"):
+        model.compute_loss(x, {"mask_ids": y["mask_ids"]}, model(x))

@@ -1,13 +1,14 @@
 """`BartNoising`: BART's document noising for `tf.data`."""
 
 import math
-import numbers
 
 import numpy as np
 import keras
 import tensorflow as tf
 
 from kobjectives.ops import bart_noising
+from kobjectives.layers.arguments import is_real as _is_real
+from kobjectives.layers.arguments import check_int as _check_int
 
 _RATES = (
     "text_infilling_rate",
@@ -481,25 +482,6 @@ class BartNoising(keras.layers.Layer):
             }
         )
         return config
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _check_int(name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer. Received: {name}={value!r}."
-        )
-    if minimum is not None and value < minimum:
-        raise ValueError(
-            f"`{name}` must be >= {minimum}. Received: {name}={value!r}."
-        )
 
 
 def _check_ids(name, ids, vocabulary_size):

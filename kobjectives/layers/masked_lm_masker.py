@@ -1,12 +1,13 @@
 """`MaskedLMMasker`: fast, seeded masked-LM masking for `tf.data`."""
 
-import numbers
 
 import numpy as np
 import keras
 import tensorflow as tf
 
 from kobjectives.ops import masking
+from kobjectives.layers.arguments import is_real as _is_real
+from kobjectives.layers.arguments import check_int as _check_int
 
 STRATEGIES = ("token", "whole_word", "span")
 
@@ -528,25 +529,6 @@ class MaskedLMMasker(keras.layers.Layer):
             }
         )
         return config
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _check_int(name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer. Received: {name}={value!r}."
-        )
-    if minimum is not None and value < minimum:
-        raise ValueError(
-            f"`{name}` must be >= {minimum}. Received: {name}={value!r}."
-        )
 
 
 def _check_ids(name, ids, vocabulary_size):

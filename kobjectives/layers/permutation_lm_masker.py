@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops import permutation_lm
+from kobjectives.layers.arguments import check_int as _check_int
 
 _CONSUMED = ("token_ids", "padding_mask")
 
@@ -343,13 +344,6 @@ class PermutationLMMasker(keras.layers.Layer):
             }
         )
         return config
-
-
-def _check_int(name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}.")
 
 
 def _check_divides(length, permutation_size):

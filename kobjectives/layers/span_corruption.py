@@ -1,6 +1,5 @@
 """`SpanCorruption`: T5's span-corruption preprocessing layer for `tf.data`."""
 
-import numbers
 
 import keras
 import numpy as np
@@ -10,6 +9,8 @@ import tensorflow as tf
 # is the function of that name, exported by `kobjectives.ops`.
 from kobjectives.ops.span_corruption import span_corruption
 from kobjectives.ops.span_corruption import span_corruption_lengths
+from kobjectives.layers.arguments import is_real as _is_real
+from kobjectives.layers.arguments import check_int as _check_int
 
 OUTPUT_KEYS = (
     "encoder_token_ids",
@@ -472,17 +473,6 @@ class SpanCorruption(keras.layers.Layer):
             }
         )
         return config
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_int(name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}. Received: {name}={value!r}.")
 
 
 def _to_tensor(x):

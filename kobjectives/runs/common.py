@@ -1,5 +1,6 @@
 """What every training run shares: schedules, callbacks, run-folder outputs."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -205,6 +206,19 @@ def training_strategy(training_config, strategy_name, log=print):
     return strategy, jit_compile
 
 
+def save_objective(model, out_dir):
+    """Saves the training objective as `model.keras` in this worker's run
+    folder (`out_dir` on the chief, a folder aside on other workers under
+    multi-worker training) and returns that folder, where the run's
+    SavedModel goes too."""
+    from kobjectives.distribute.fault_tolerance import worker_dir
+
+    out_dir = worker_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "model.keras")
+    return out_dir
+
+
 def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs):
     """Saves the training objective (`model.keras`) and exports its inference
     SavedModel (`saved_model/`, raw strings in, through keras-hub's
@@ -212,12 +226,9 @@ def save_and_export(model, out_dir, tokenizer, sequence_length, **export_kwargs)
     packer). The export computes in float32 whatever the training policy."""
     import keras_hub
 
-    from kobjectives.distribute.fault_tolerance import worker_dir
     from kobjectives.export import export_saved_model
 
-    out_dir = worker_dir(out_dir)  # the chief's folder; other workers write aside
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "model.keras")
+    out_dir = save_objective(model, out_dir)
     keras.mixed_precision.set_global_policy("float32")
     export_saved_model(
         model, out_dir / "saved_model",
@@ -286,3 +297,164 @@ def round_history(out_dir, history):
     if losses and not np.isfinite(losses[-1]):
         raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
     return history
+
+
+def prepare_documents(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
+    """The `prepare` step most runs share: loads and splits the documents
+    (`load_split_documents`) and trains the tokenizer (`train_tokenizer`,
+    saved as `out_dir/vocab.txt`).
+
+    Returns:
+        dict with `train_documents`, `validation_documents`, `vocabulary`,
+        `tokenizer`.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_docs, val_docs = load_split_documents(
+        recipe["data"], int(recipe["training"]["seed"]), data, tfds, data_dir, log
+    )
+    vocabulary, tokenizer = train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
+    return {
+        "train_documents": train_docs,
+        "validation_documents": val_docs,
+        "vocabulary": vocabulary,
+        "tokenizer": tokenizer,
+    }
+
+
+def split_documents(prepared, split, input_context=None):
+    """`prepared[f"{split}_documents"]`, this input pipeline's shard of them
+    under a `tf.distribute.InputContext` with several pipelines.
+
+    Raises:
+        ValueError: `split` is not `"train"` or `"validation"`.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = prepared[f"{split}_documents"]
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
+    return documents
+
+
+def jit_compile_for(recipe, strategy=None):
+    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
+    cannot compile a step whose replicas are logical CPU devices); `strategy`
+    defaults to the one in scope."""
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    jit = bool(recipe["training"]["jit_compile"])
+    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+        return False
+    return jit
+
+
+def token_counts(tokenizer, documents):
+    """Counts of every token id in the tokenized `documents` (list of str),
+    special tokens zeroed: the unigram statistics of the baselines."""
+    import tensorflow as tf
+
+    counts = np.zeros(tokenizer.vocabulary_size(), np.int64)
+    batches = tf.data.Dataset.from_tensor_slices(list(documents)).batch(1024).map(tokenizer)
+    for ids in batches:
+        counts += np.bincount(ids.flat_values.numpy(), minlength=len(counts))
+    counts[list(tokenizer.special_token_ids)] = 0
+    return counts
+
+
+def constant_prediction_accuracy(token_id, targets):
+    """Accuracy of always predicting `token_id`: `targets` yields
+    `(target_ids, weights)` batches; the mean is over the weights."""
+    hits = total = 0.0
+    for ids, weights in targets:
+        weights = np.asarray(weights)
+        hits += float(((np.asarray(ids) == token_id) * weights).sum())
+        total += float(weights.sum())
+    return hits / total if total else 0.0
+
+
+@dataclasses.dataclass
+class FittedRun:
+    """What `fit_run` leaves for a run's evaluation: `history` holds the
+    per-round logs across resumes, `evaluation` is `model.evaluate` on the
+    validation data (a dict), `started` the `time.time()` of the start."""
+
+    prepared: dict
+    model: keras.Model
+    strategy: object
+    history: dict
+    evaluation: dict
+    validation_dataset: object
+    steps: int
+    out_dir: pathlib.Path
+    started: float
+
+
+def fit_run(runner, recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
+            log=print, *, title, describe):
+    """The training half every run shares, for a run module `runner` that
+    follows the contract of `kobjectives.runs`.
+
+    Writes `out_dir/recipe.json`, seeds Keras, `runner.prepare`s the data,
+    resolves the strategy (and dtype policy), builds the datasets
+    (`training_datasets`) and `runner.build_model` in the strategy's scope,
+    logs `"model: " + describe(model)`, fits over `rounds(...)` with
+    `run_callbacks` (checkpoints, TensorBoard, backup/resume, non-finite
+    stop), plots `loss_curve.png` titled `title`, and evaluates on the
+    validation data.
+
+    Returns:
+        `FittedRun`.
+    """
+    import time
+
+    started = time.time()
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "recipe.json", recipe)
+    train_cfg = recipe["training"]
+    keras.utils.set_random_seed(int(train_cfg["seed"]))
+
+    prepared = runner.prepare(recipe, out_dir, data, tfds, data_dir, log)
+    epochs, steps_per_epoch = rounds(train_cfg)
+    strategy, _ = training_strategy(train_cfg, strategy, log)
+    train_ds, val_ds = training_datasets(runner, recipe, prepared, strategy)
+    with strategy.scope():
+        model = runner.build_model(recipe, prepared)
+    log(f"model: {describe(model)}, strategy {type(strategy).__name__} "
+        f"x{strategy.num_replicas_in_sync}")
+
+    history = round_history(out_dir, model.fit(
+        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+        callbacks=run_callbacks(out_dir), verbose="auto", shuffle=False,
+    ).history)
+    plot_history(history, out_dir / "loss_curve.png", title, steps_per_epoch)
+    return FittedRun(
+        prepared=prepared, model=model, strategy=strategy, history=history,
+        evaluation=model.evaluate(val_ds, return_dict=True, verbose=0),
+        validation_dataset=val_ds, steps=epochs * steps_per_epoch, out_dir=out_dir,
+        started=started,
+    )
+
+
+def write_metrics(run, metrics):
+    """Adds what every run reports (`steps`, the first and last rounds'
+    training loss, the document counts, `wall_seconds`) to `metrics`, writes
+    `run.out_dir/metrics.json` and returns the dict."""
+    import time
+
+    losses = run.history.get("loss") or [float("nan")]
+    metrics = {
+        **metrics,
+        "steps": run.steps,
+        "train_loss_first_round": losses[0],
+        "train_loss_last_round": losses[-1],
+        "documents": {
+            "train": len(run.prepared["train_documents"]),
+            "validation": len(run.prepared["validation_documents"]),
+        },
+        "wall_seconds": round(time.time() - run.started, 1),
+    }
+    write_json(run.out_dir / "metrics.json", metrics)
+    return metrics

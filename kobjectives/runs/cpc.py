@@ -1,10 +1,7 @@
 """The Contrastive Predictive Coding run behind `kobjectives train cpc`."""
 
-import pathlib
 import sys
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -108,27 +105,10 @@ def check_recipe(recipe):
 
 
 def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, loads and splits the documents, trains the
-    tokenizer (saved as `out_dir/vocab.txt`).
-
-    Returns:
-        dict with `train_documents`, `validation_documents`, `vocabulary`,
-        `tokenizer`.
-    """
+    """Checks the recipe, then `common.prepare_documents`: documents split
+    into train/validation and the trained tokenizer (`out_dir/vocab.txt`)."""
     check_recipe(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(
-        recipe["data"], seed, data, tfds, data_dir, log
-    )
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
-    return {
-        "train_documents": train_docs,
-        "validation_documents": val_docs,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-    }
+    return common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
 
 
 def make_dataset(recipe, prepared, split, batch_size, input_context=None):
@@ -139,13 +119,9 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     cardinality. With `input_context` the documents are sharded by input
     pipeline and `batch_size` is per replica.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split, input_context)
     seed = int(recipe["training"]["seed"])
     sequence_length = int(recipe["model"]["sequence_length"])
-    documents = prepared[f"{split}_documents"]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
     tokenizer = prepared["tokenizer"]
     if split == "train":
         return cpc_dataset(documents, tokenizer, sequence_length, batch_size, repeat=True, seed=seed)
@@ -153,16 +129,6 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
         documents, tokenizer, sequence_length, batch_size, shuffle=False, cache=True,
     ).take(int(recipe["training"]["validation_batches"]))
     return common.finite_validation(dataset, len(documents), batch_size)
-
-
-def jit_compile_for(recipe, strategy=None):
-    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
-    cannot compile a step whose replicas are logical CPU devices)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    jit = bool(recipe["training"]["jit_compile"])
-    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        return False
-    return jit
 
 
 def build_model(recipe, prepared):
@@ -185,7 +151,7 @@ def build_model(recipe, prepared):
     )
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
 
@@ -200,64 +166,38 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     next to the chance baseline `chance_cpc_accuracy`). Rerunning the same
     command after a kill resumes from `backup/`.
     """
-    started = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
     check_recipe(recipe)
+    model_cfg = recipe["model"]
     max_offset = int(recipe["cpc"]["max_offset"])
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: ContrastivePredictiveCoding (K={max_offset}) over {model_cfg['backbone']} "
-        f"({model.count_params():,} parameters), strategy "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(history, out_dir / "loss_curve.png", "contrastive predictive coding",
-                        steps_per_epoch)
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
-    batch_size = int(train_cfg["batch_size"])
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title="contrastive predictive coding",
+        describe=lambda model: (
+            f"ContrastivePredictiveCoding (K={max_offset}) over {model_cfg['backbone']} "
+            f"({model.count_params():,} parameters)"
+        ),
+    )
+    prepared, evaluation = run.prepared, run.evaluation
     held_out = held_out_statistics(
-        model, make_dataset(recipe, prepared, "validation", batch_size)
+        run.model, make_dataset(recipe, prepared, "validation", int(recipe["training"]["batch_size"]))
     )
 
     # Serve text tokenized exactly as in training ("[SEP]" in the text is
     # not the separator).
     common.save_and_export(
-        model, out_dir, prepared["tokenizer"], int(model_cfg["sequence_length"]),
+        run.model, out_dir, prepared["tokenizer"], int(model_cfg["sequence_length"]),
         special_tokens_in_strings=False,
     )
-    losses = history.get("loss") or [float("nan")]
-    metrics = {
+    metrics = common.write_metrics(run, {
         "objective": "cpc",
         "backbone": model_cfg["backbone"],
         "max_offset": max_offset,
-        "steps": steps_per_epoch * epochs,
         "val_loss": evaluation["loss"],
         "val_cpc_accuracy": evaluation["cpc_accuracy"],
         "val_cpc_accuracy_per_offset": held_out["accuracy_per_offset"],
         "chance_cpc_accuracy": held_out["chance_accuracy"],
         "chance_cpc_loss": held_out["chance_loss"],
-        "train_loss_first_round": losses[0],
-        "train_loss_last_round": losses[-1],
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
-        },
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    common.write_json(out_dir / "metrics.json", metrics)
+    })
     per_offset = ", ".join(
         f"k={k + 1}: {a:.3f}" for k, a in enumerate(held_out["accuracy_per_offset"]) if a is not None
     )

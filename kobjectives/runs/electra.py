@@ -6,7 +6,6 @@ Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
 
 import pathlib
 import sys
-import time
 import warnings
 
 import keras
@@ -14,15 +13,15 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from kobjectives import data as data_lib
 from kobjectives.backbones import BACKBONES
 from kobjectives.backbones import build_backbone
 from kobjectives.backbones import check_backbone
 from kobjectives.data.pipelines import finish
 from kobjectives.data.pipelines import packed_windows_dataset
-from kobjectives.layers import MaskedLMMasker
 from kobjectives.objectives import ElectraPretrainer
 from kobjectives.runs import common
+from kobjectives.runs.mlm import make_masker
+from kobjectives.runs.mlm import most_frequent_token
 
 # The natural hyperparameters of ELECTRA (KerasTuner specs, see
 # `kobjectives.runs`). Trials are compared on `val_loss`, so only settings that
@@ -72,13 +71,8 @@ def check_generator_config(model_config):
 
 
 def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, loads and splits the documents, trains the
-    tokenizer (saved as `out_dir/vocab.txt`).
-
-    Returns:
-        dict with `train_documents`, `validation_documents`, `vocabulary`,
-        `tokenizer`.
-    """
+    """Checks the recipe, then `common.prepare_documents`: documents split
+    into train/validation and the trained tokenizer (`out_dir/vocab.txt`)."""
     _ignore_pooler_warning()
     check_generator_config(recipe["model"])
     electra_cfg = recipe["electra"]
@@ -89,40 +83,7 @@ def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
     for key in ("generator_weight", "discriminator_weight"):
         if not float(electra_cfg[key]) >= 0.0:
             raise ValueError(f"electra.{key} must be >= 0. Received: {electra_cfg[key]}.")
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(
-        recipe["data"], seed, data, tfds, data_dir, log
-    )
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
-    return {
-        "train_documents": train_docs,
-        "validation_documents": val_docs,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-    }
-
-
-def make_masker(recipe, prepared):
-    """The run's `MaskedLMMasker` (ELECTRA: 85% [MASK], 15% kept)."""
-    mask_cfg = recipe["masking"]
-    tokenizer, vocabulary = prepared["tokenizer"], prepared["vocabulary"]
-    return MaskedLMMasker(
-        vocabulary_size=len(vocabulary),
-        mask_selection_rate=mask_cfg["mask_selection_rate"],
-        mask_token_id=tokenizer.mask_token_id,
-        mask_selection_length=mask_cfg["mask_selection_length"],
-        unselectable_token_ids=sorted(set(tokenizer.special_token_ids)),
-        mask_token_rate=mask_cfg["mask_token_rate"],
-        random_token_rate=mask_cfg["random_token_rate"],
-        strategy=mask_cfg["strategy"],
-        continuation_token_ids=(
-            data_lib.continuation_token_ids(vocabulary)
-            if mask_cfg["strategy"] == "whole_word" else None
-        ),
-        seed=int(recipe["training"]["seed"]),
-    )
+    return common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
 
 
 def electra_dataset(documents, tokenizer, masker, sequence_length, batch_size,
@@ -150,13 +111,9 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     finite with a known cardinality. With `input_context` the documents are
     sharded by input pipeline and `batch_size` is per replica.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split, input_context)
     seed = int(recipe["training"]["seed"])
     sequence_length = int(recipe["model"]["sequence_length"])
-    documents = prepared[f"{split}_documents"]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
     masker = make_masker(recipe, prepared)
     tokenizer = prepared["tokenizer"]
     if split == "train":
@@ -168,16 +125,6 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
         seed=seed + 1, cache=True,
     ).take(int(recipe["training"]["validation_batches"]))
     return common.finite_validation(dataset, len(documents), batch_size)
-
-
-def jit_compile_for(recipe, strategy=None):
-    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
-    cannot compile a step whose replicas are logical CPU devices)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    jit = bool(recipe["training"]["jit_compile"])
-    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        return False
-    return jit
 
 
 def build_model(recipe, prepared):
@@ -211,20 +158,9 @@ def build_model(recipe, prepared):
     )
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
-
-
-def unigram_generator_accuracy(most_frequent, dataset):
-    """Accuracy of always predicting `most_frequent` at the masked positions
-    of the `x` batches of `dataset`."""
-    hits = total = 0.0
-    for x in dataset:
-        weights = x["mask_weights"].numpy()
-        hits += float(((x["mask_ids"].numpy() == most_frequent) * weights).sum())
-        total += float(weights.sum())
-    return hits / total if total else 0.0
 
 
 def held_out_statistics(model, dataset):
@@ -279,17 +215,6 @@ def rtd_counts(model):
     return [float(v) for v in np.asarray(model.rtd_accuracy.counts.numpy(), np.float64)]
 
 
-def save_and_export(model, out_dir, prepared, recipe):
-    """Saves the training objective (`model.keras`) and writes `saved_model/`
-    with `export` (in this worker's folder under multi-worker training)."""
-    from kobjectives.distribute import worker_dir
-
-    out_dir = worker_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "model.keras")
-    export(model, out_dir, prepared, recipe)
-
-
 def export(model, out_dir, prepared, recipe):
     """Exports the discriminator alone (`model.detector()`) as an inference
     SavedModel in `out_dir/saved_model/`: raw strings in (keras-hub's
@@ -322,52 +247,34 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     baseline, replaced precision/recall, generator accuracy next to the
     unigram baseline).
     """
-    started = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
-    vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
-
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(
-        sys.modules[__name__], recipe, prepared, strategy
+    model_cfg = recipe["model"]
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title="ELECTRA",
+        describe=lambda model: (
+            f"ElectraPretrainer, discriminator {model_cfg['backbone']} "
+            f"({model.discriminator.count_params():,} parameters), generator hidden "
+            f"{model_cfg['generator_hidden_dim']} ({model.generator.count_params():,}, "
+            f"token embeddings shared)"
+        ),
     )
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: ElectraPretrainer, discriminator {model_cfg['backbone']} "
-        f"({model.discriminator.count_params():,} parameters), generator hidden "
-        f"{model_cfg['generator_hidden_dim']} ({model.generator.count_params():,}, "
-        f"token embeddings shared), strategy {type(strategy).__name__} "
-        f"x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(history, out_dir / "loss_curve.png", "ELECTRA", steps_per_epoch)
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
+    model, prepared, evaluation = run.model, run.prepared, run.evaluation
+    vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
     tp, fp, fn, tn = rtd_counts(model)
     tokens = tp + fp + fn + tn
     replaced_fraction = (tp + fn) / tokens if tokens else 0.0
-    from kobjectives.runs.mlm import most_frequent_token
-
     unigram_id = most_frequent_token(tokenizer, prepared["train_documents"])
-    plain_val_ds = make_dataset(recipe, prepared, "validation", int(train_cfg["batch_size"]))
-    unigram = unigram_generator_accuracy(unigram_id, plain_val_ds)
+    plain_val_ds = make_dataset(recipe, prepared, "validation", int(recipe["training"]["batch_size"]))
+    unigram = common.constant_prediction_accuracy(
+        unigram_id, ((x["mask_ids"], x["mask_weights"]) for x in plain_val_ds)
+    )
     threshold_free = held_out_statistics(model, plain_val_ds)
 
-    save_and_export(model, out_dir, prepared, recipe)
-    metrics = {
+    export(model, common.save_objective(model, out_dir), prepared, recipe)
+    metrics = common.write_metrics(run, {
         "objective": "electra",
         "backbone": model_cfg["backbone"],
         "generator_hidden_dim": int(model_cfg["generator_hidden_dim"]),
-        "steps": steps_per_epoch * epochs,
         "val_loss": evaluation["loss"],
         "val_rtd_accuracy": evaluation["rtd_accuracy"],
         "all_original_rtd_accuracy": 1.0 - replaced_fraction,
@@ -383,15 +290,7 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         "val_generator_accuracy": evaluation["generator_accuracy"],
         "unigram_generator_accuracy": unigram,
         "unigram_token": vocabulary[unigram_id],
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
-        },
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    common.write_json(out_dir / "metrics.json", metrics)
+    })
     log(f"held-out RTD AUC {metrics['val_rtd_auc']:.4f} vs chance 0.5; discriminator loss "
         f"{threshold_free['rtd_loss']:.4f} vs constant-prior loss {threshold_free['prior_rtd_loss']:.4f}")
     log(f"held-out RTD accuracy {metrics['val_rtd_accuracy']:.4f} vs all-original baseline "

@@ -8,7 +8,6 @@ Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
 
 import pathlib
 import sys
-import time
 
 import keras
 import keras_hub
@@ -22,7 +21,6 @@ from kobjectives.data.sentences import sentence_pair_dataset
 from kobjectives.layers import SentencePairGenerator
 from kobjectives.objectives import SentencePairPretrainer
 from kobjectives.runs import common
-from kobjectives.runs.mlm import jit_compile_for
 from kobjectives.runs.mlm import make_masker
 from kobjectives.runs.mlm import most_frequent_token
 
@@ -76,25 +74,15 @@ def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
         sentence lists), `vocabulary`, `tokenizer`.
     """
     _check_recipe(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(
-        recipe["data"], seed, data, tfds, data_dir, log
-    )
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
+    prepared = common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
+    train_docs, val_docs = prepared["train_documents"], prepared["validation_documents"]
     min_sentences = int(recipe["pairs"]["min_sentences"])
     train_sentences = sentence_documents(train_docs, min_sentences)
     val_sentences = sentence_documents(val_docs, min_sentences)
     log(f"sentences: {len(train_sentences)} train and {len(val_sentences)} validation "
         f"documents with >= {min_sentences} sentences "
         f"({sum(map(len, train_sentences))} train sentences)")
-    return {
-        "train_documents": train_sentences,
-        "validation_documents": val_sentences,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-    }
+    return {**prepared, "train_documents": train_sentences, "validation_documents": val_sentences}
 
 
 def make_generator(recipe, prepared):
@@ -120,10 +108,8 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     passes over the validation documents as needed (each pass new pairs),
     then cached (fixed), finite with a known cardinality.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split)  # sharded by sentence_pair_dataset
     seed = int(recipe["training"]["seed"])
-    documents = prepared[f"{split}_documents"]
     generator = make_generator(recipe, prepared)
     masker = make_masker(recipe, prepared)
     tokenizer = prepared["tokenizer"]
@@ -166,7 +152,7 @@ def build_model(recipe, prepared):
     )
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
 
@@ -201,13 +187,6 @@ class PairTextPreprocessor(tf.Module):
         return self.preprocessor(
             x=(tf.strings.strip(parts[:, 0]), tf.strings.strip(parts[:, 1]))
         )
-
-
-def save_and_export(model, out_dir, prepared, recipe):
-    """Saves `model.keras` and writes `saved_model/` with `export`."""
-    out_dir = pathlib.Path(out_dir)
-    model.save(out_dir / "model.keras")
-    export(model, out_dir, prepared, recipe)
 
 
 def export(model, out_dir, prepared, recipe):
@@ -265,48 +244,31 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     the 0.5 chance / majority baseline, masked accuracy vs the unigram
     baseline).
     """
-    started = time.time()
-    out_dir = pathlib.Path(out_dir)
     _check_recipe(recipe)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg, task = recipe["model"], recipe["training"], recipe["pairs"]["task"]
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
-    vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
-
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: SentencePairPretrainer ({task.upper()}) over {model_cfg['backbone']} "
-        f"({model.count_params():,} parameters), strategy "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(
-        history, out_dir / "loss_curve.png", f"masked LM + {task.upper()}", steps_per_epoch
+    backbone, task = recipe["model"]["backbone"], recipe["pairs"]["task"]
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title=f"masked LM + {task.upper()}",
+        describe=lambda model: (
+            f"SentencePairPretrainer ({task.upper()}) over {backbone} "
+            f"({model.count_params():,} parameters)"
+        ),
     )
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
+    prepared, evaluation = run.prepared, run.evaluation
+    vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
     unigram_id = most_frequent_token(
         tokenizer, [" ".join(doc) for doc in prepared["train_documents"]]
     )
     baselines = held_out_baselines(
-        make_dataset(recipe, prepared, "validation", int(train_cfg["batch_size"])), unigram_id
+        make_dataset(recipe, prepared, "validation", int(recipe["training"]["batch_size"])),
+        unigram_id,
     )
 
-    save_and_export(model, out_dir, prepared, recipe)
-    metrics = {
+    export(run.model, common.save_objective(run.model, out_dir), prepared, recipe)
+    metrics = common.write_metrics(run, {
         "objective": "sentence_pairs",
         "task": task,
-        "backbone": model_cfg["backbone"],
-        "steps": steps_per_epoch * epochs,
+        "backbone": backbone,
         "val_loss": evaluation["loss"],
         "val_pair_accuracy": evaluation["pair_accuracy"],
         "chance_pair_accuracy": 0.5,
@@ -320,15 +282,7 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         "val_mlm_loss": evaluation["mlm_loss"],
         "validation_pairs": baselines["pairs"],
         "validation_negative_fraction": baselines["negative_fraction"],
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
-        },
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    common.write_json(out_dir / "metrics.json", metrics)
+    })
     log(f"held-out {task.upper()} accuracy {metrics['val_pair_accuracy']:.4f} vs chance "
         f"baseline 0.5 (majority {metrics['majority_pair_accuracy']:.4f}, "
         f"{metrics['validation_pairs']} pairs); masked accuracy "

@@ -4,11 +4,8 @@ Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
 `prepare`, `make_dataset`, `build_model`, `train`.
 """
 
-import pathlib
 import sys
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -64,27 +61,10 @@ def check_recipe(recipe):
 
 
 def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, loads and splits the documents, trains the
-    tokenizer (saved as `out_dir/vocab.txt`).
-
-    Returns:
-        dict with `train_documents`, `validation_documents`, `vocabulary`,
-        `tokenizer`.
-    """
+    """Checks the recipe, then `common.prepare_documents`: documents split
+    into train/validation and the trained tokenizer (`out_dir/vocab.txt`)."""
     check_recipe(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(
-        recipe["data"], seed, data, tfds, data_dir, log
-    )
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
-    return {
-        "train_documents": train_docs,
-        "validation_documents": val_docs,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-    }
+    return common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
 
 
 def make_masker(recipe, prepared):
@@ -116,13 +96,9 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     the documents are sharded by input pipeline and `batch_size` is per
     replica.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split, input_context)
     seed = int(recipe["training"]["seed"])
     sequence_length = int(recipe["model"]["sequence_length"])
-    documents = prepared[f"{split}_documents"]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
     masker = make_masker(recipe, prepared)
     training = split == "train"
     seed = seed if training else seed + 1
@@ -139,16 +115,6 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     return common.finite_validation(dataset, len(documents), batch_size)
 
 
-def jit_compile_for(recipe, strategy=None):
-    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
-    cannot compile a step whose replicas are logical CPU devices)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    jit = bool(recipe["training"]["jit_compile"])
-    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        return False
-    return jit
-
-
 def build_model(recipe, prepared):
     """The compiled `PermutationLanguageModel` (call inside the strategy's
     scope): the recipe's XLNet backbone, AdamW with warm-up and cosine decay
@@ -163,19 +129,9 @@ def build_model(recipe, prepared):
     model = PermutationLanguageModel(backbone, mask_token_id=prepared["tokenizer"].mask_token_id)
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
-
-
-def unigram_counts(tokenizer, documents):
-    """Token counts of the tokenized documents, special tokens zeroed."""
-    counts = np.zeros(tokenizer.vocabulary_size(), np.int64)
-    batches = tf.data.Dataset.from_tensor_slices(list(documents)).batch(1024).map(tokenizer)
-    for ids in batches:
-        counts += np.bincount(ids.flat_values.numpy(), minlength=len(counts))
-    counts[list(tokenizer.special_token_ids)] = 0
-    return counts
 
 
 def unigram_baseline(counts, dataset, special_ids=()):
@@ -210,61 +166,34 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     `plm_logits`, the prediction at each `[MASK]`) and `metrics.json`
     (held-out target accuracy and perplexity next to the unigram baseline).
     """
-    started = time.time()
     check_recipe(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
+    backbone = recipe["model"]["backbone"]
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title="permutation LM (XLNet)",
+        describe=lambda model: (
+            f"PermutationLanguageModel over {backbone} ({model.count_params():,} parameters)"
+        ),
+    )
+    prepared, evaluation = run.prepared, run.evaluation
     vocabulary, tokenizer = prepared["vocabulary"], prepared["tokenizer"]
-
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: PermutationLanguageModel over {model_cfg['backbone']} "
-        f"({model.count_params():,} parameters), strategy "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(history, out_dir / "loss_curve.png", "permutation LM (XLNet)",
-                        steps_per_epoch)
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
-    batch_size = int(train_cfg["batch_size"])
     unigram = unigram_baseline(
-        unigram_counts(tokenizer, prepared["train_documents"]),
-        make_dataset(recipe, prepared, "validation", batch_size),
+        common.token_counts(tokenizer, prepared["train_documents"]),
+        make_dataset(recipe, prepared, "validation", int(recipe["training"]["batch_size"])),
         special_ids=tokenizer.special_token_ids,
     )
 
-    common.save_and_export(model, out_dir, tokenizer, int(model_cfg["sequence_length"]))
-    metrics = {
+    common.save_and_export(run.model, out_dir, tokenizer, int(recipe["model"]["sequence_length"]))
+    metrics = common.write_metrics(run, {
         "objective": "xlnet",
-        "backbone": model_cfg["backbone"],
-        "steps": steps_per_epoch * epochs,
+        "backbone": backbone,
         "val_loss": evaluation["loss"],
         "val_perplexity": evaluation["perplexity"],
         "val_target_accuracy": evaluation["masked_accuracy"],
         "unigram_target_accuracy": unigram["accuracy"],
         "unigram_perplexity": unigram["perplexity"],
         "unigram_token": vocabulary[unigram["token_id"]],
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
-        },
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    common.write_json(out_dir / "metrics.json", metrics)
+    })
     log(f"held-out perplexity {metrics['val_perplexity']:.2f} vs unigram baseline "
         f"{metrics['unigram_perplexity']:.2f}; target accuracy "
         f"{metrics['val_target_accuracy']:.4f} vs unigram baseline "

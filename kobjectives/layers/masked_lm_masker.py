@@ -8,12 +8,13 @@ import tensorflow as tf
 from kobjectives.ops import masking
 from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
+from kobjectives.layers.seeded_layer import SeededLayer
 
 STRATEGIES = ("token", "whole_word", "span")
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class MaskedLMMasker(keras.layers.Layer):
+class MaskedLMMasker(SeededLayer):
     """Masked language model masking: BERT token, whole-word or span masking.
 
     Prepares masked-LM training inputs from token ids, as a drop-in for
@@ -262,7 +263,7 @@ class MaskedLMMasker(keras.layers.Layer):
         self.mask_token_rate = float(mask_token_rate)
         self.random_token_rate = float(random_token_rate)
         self.strategy = strategy
-        self.seed = seed
+        self._set_seed(seed)
         self.padding_token_id = int(padding_token_id)
         self.sequence_length = sequence_length
         self.continuation_token_ids = continuation_token_ids
@@ -279,7 +280,6 @@ class MaskedLMMasker(keras.layers.Layer):
                 ", mask or padding), so there is no id to draw random "
                 "replacements from. Set random_token_rate=0.0."
             )
-        self._seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
     def call(self, inputs, seed=None):
@@ -371,8 +371,7 @@ class MaskedLMMasker(keras.layers.Layer):
         padding_mask = tf.cast(padding_mask, "bool")
         token_ids = self._check_ids_in_vocabulary(token_ids)
 
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         outputs = masking.mask_tokens(
             token_ids,
             padding_mask,
@@ -421,43 +420,6 @@ class MaskedLMMasker(keras.layers.Layer):
         )
         with tf.control_dependencies([check]):
             return tf.identity(token_ids)
-
-    def map_over(
-        self, dataset, seed=None, num_parallel_calls=None, deterministic=None
-    ):
-        """Maps the masker over a `tf.data.Dataset` with one seed per element.
-
-        The dataset is zipped with `tf.data.Dataset.random(seed,
-        rerandomize_each_iteration=True)`; element `i` of an epoch is masked
-        with the stateless seed `[r_i, 0]` where `r_i` is that dataset's `i`-th
-        value. So the masks are a deterministic function of `seed`, the epoch
-        and the element's position: two pipelines built with the same `seed`
-        give identical masks (also with `num_parallel_calls`), and every new
-        iteration over the returned dataset (an epoch) gives new masks.
-
-        Args:
-            dataset: a `tf.data.Dataset` whose elements are valid layer inputs
-                (batched or not): token ids, ragged token ids or a dict.
-            seed: int. Defaults to the layer's `seed`; when both are `None`
-                the masks are not reproducible.
-            num_parallel_calls: passed to `Dataset.map`, e.g.
-                `tf.data.AUTOTUNE`.
-            deterministic: passed to `Dataset.map`.
-
-        Returns:
-            The masked `tf.data.Dataset`.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        )
-        zero = tf.constant(0, "int64")
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, r: self(x, seed=tf.stack([r, zero])),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
 
     def _output_shapes(self, token_shape):
         token_shape = tuple(token_shape)

@@ -8,12 +8,13 @@ import tensorflow as tf
 
 from kobjectives.ops import permutation_lm
 from kobjectives.layers.arguments import check_int as _check_int
+from kobjectives.layers.seeded_layer import SeededLayer
 
 _CONSUMED = ("token_ids", "padding_mask")
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class PermutationLMMasker(keras.layers.Layer):
+class PermutationLMMasker(SeededLayer):
     """Permutation language modeling inputs: permutation mask and targets.
 
     Prepares XLNet's training inputs from token ids, with the semantics of
@@ -164,8 +165,7 @@ class PermutationLMMasker(keras.layers.Layer):
         self.unselectable_token_ids = unselectable_token_ids
         self.padding_token_id = int(padding_token_id)
         self.sequence_length = sequence_length
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
         self.built = True
 
     def call(self, inputs, seed=None):
@@ -257,8 +257,7 @@ class PermutationLMMasker(keras.layers.Layer):
         )
         with tf.control_dependencies([check]):
             token_ids = tf.identity(token_ids)
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         outputs = permutation_lm.permutation_lm_inputs(
             token_ids,
             padding_mask,
@@ -274,33 +273,6 @@ class PermutationLMMasker(keras.layers.Layer):
         if unbatched:
             outputs = {k: tf.squeeze(v, axis=0) for k, v in outputs.items()}
         return {**extras, **outputs}
-
-    def map_over(self, dataset, seed=None, num_parallel_calls=None, deterministic=None):
-        """Maps the layer over a `tf.data.Dataset` with one seed per element.
-
-        Element `i` of an epoch uses the stateless seed `[r_i, 0]`, `r_i` the
-        `i`-th value of `tf.data.Dataset.random(seed,
-        rerandomize_each_iteration=True)`: reproducible for a given `seed`
-        (also with `num_parallel_calls`), new in every epoch.
-
-        Args:
-            dataset: a `tf.data.Dataset` of valid layer inputs.
-            seed: int; defaults to the layer's `seed`.
-            num_parallel_calls: passed to `Dataset.map`.
-            deterministic: passed to `Dataset.map`.
-
-        Returns:
-            The mapped `tf.data.Dataset`.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        zero = tf.constant(0, "int64")
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, r: self(x, seed=tf.stack([r, zero])),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
 
     def _shapes(self, token_shape):
         token_shape = tuple(token_shape)

@@ -8,12 +8,13 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops import sentence_pairs
+from kobjectives.layers.seeded_layer import SeededLayer
 
 TASKS = sentence_pairs.TASKS
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class SentencePairGenerator(keras.layers.Layer):
+class SentencePairGenerator(SeededLayer):
     """Builds BERT next-sentence (NSP) or ALBERT sentence-order (SOP) pairs.
 
     From a batch of documents given as token ids per sentence, draws one
@@ -108,6 +109,9 @@ class SentencePairGenerator(keras.layers.Layer):
     ```
     """
 
+    # Independent of the seeds `MaskedLMMasker.map_over` gives the same elements.
+    map_over_stream = 1
+
     def __init__(
         self,
         task,
@@ -158,7 +162,7 @@ class SentencePairGenerator(keras.layers.Layer):
         self.pad_value = int(pad_value)
         self.short_seq_prob = float(short_seq_prob)
         self.negative_rate = float(negative_rate)
-        self.seed = seed
+        self._set_seed(seed)
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=self.sequence_length,
             start_value=self.start_value,
@@ -167,7 +171,6 @@ class SentencePairGenerator(keras.layers.Layer):
             truncate="round_robin",
             dtype="int32",
         )
-        self._seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
     def call(self, inputs, seed=None):
@@ -221,8 +224,7 @@ class SentencePairGenerator(keras.layers.Layer):
         ids = sentences.flat_values
         if ids.dtype != tf.int32:
             sentences = sentences.with_flat_values(tf.cast(ids, tf.int32))
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         sample = sentence_pairs.sample_sentence_pairs(
             sentences,
             seed,
@@ -247,36 +249,6 @@ class SentencePairGenerator(keras.layers.Layer):
         if unbatched:
             outputs = {k: v[0] for k, v in outputs.items()}
         return outputs
-
-    def map_over(
-        self, dataset, seed=None, num_parallel_calls=None, deterministic=None
-    ):
-        """Maps the layer over a dataset with one stateless seed per element.
-
-        The dataset is zipped with `tf.data.Dataset.random(seed,
-        rerandomize_each_iteration=True)`, so the pairs are a deterministic
-        function of `seed`, the epoch and the element's position (also with
-        `num_parallel_calls`), and new in every epoch.
-
-        Args:
-            dataset: a `tf.data.Dataset` of ragged token ids (see the class
-                docstring), e.g. after `ragged_batch`.
-            seed: int. Defaults to the layer's `seed`.
-            num_parallel_calls: passed to `Dataset.map`.
-            deterministic: passed to `Dataset.map`.
-
-        Returns:
-            The `tf.data.Dataset` of packed pairs.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        one = tf.constant(1, "int64")
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, r: self(x, seed=tf.stack([r, one])),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
 
     def compute_output_shape(self, input_shape):
         batch = tuple(input_shape)[:-2]

@@ -5,12 +5,13 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops import augmentation
+from kobjectives.layers.seeded_layer import SeededLayer
 
 VIEW_NAMES = ("anchor", "positive")
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class TextAugmenter(keras.layers.Layer):
+class TextAugmenter(SeededLayer):
     """Makes two augmented views of each token sequence (EDA on token ids).
 
     Each view applies, in order, random deletion, insertion (a copy of a
@@ -131,8 +132,7 @@ class TextAugmenter(keras.layers.Layer):
                 "`replacement_rate` > 0 but every id is special, so there is no "
                 "id to draw replacements from. Set replacement_rate=0."
             )
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
         self.built = True
 
     def augment(self, token_ids, padding_mask, seed):
@@ -188,8 +188,7 @@ class TextAugmenter(keras.layers.Layer):
         padding_mask = tf.cast(padding_mask, tf.bool)
         if unbatched:
             token_ids, padding_mask = token_ids[None], padding_mask[None]
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), len(VIEW_NAMES), alg="philox")
         outputs = dict(extras)
         for index, name in enumerate(VIEW_NAMES):
@@ -201,33 +200,6 @@ class TextAugmenter(keras.layers.Layer):
                 view["segment_ids"] = tf.zeros_like(ids)
             outputs[name] = view
         return outputs
-
-    def map_over(self, dataset, seed=None, num_parallel_calls=None, deterministic=None):
-        """Maps the augmenter over a dataset, one fresh seed per element.
-
-        Same contract as `MaskedLMMasker.map_over`: the views are a function
-        of `seed`, the epoch and the element's position (reproducible with
-        `num_parallel_calls`), and every new iteration gives new views.
-
-        Args:
-            dataset: a `tf.data.Dataset` of valid inputs (batched or not).
-            seed: int, defaults to the layer's `seed`.
-            num_parallel_calls: passed to `Dataset.map`.
-            deterministic: passed to `Dataset.map`.
-
-        Returns:
-            The mapped `tf.data.Dataset`.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
-            2, drop_remainder=True
-        )
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, s: self(x, seed=s),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape["token_ids"] if isinstance(input_shape, dict) else input_shape)

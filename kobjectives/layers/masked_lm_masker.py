@@ -1,7 +1,6 @@
 """`MaskedLMMasker`: fast, seeded masked-LM masking for `tf.data`."""
 
 
-import numpy as np
 import keras
 import tensorflow as tf
 
@@ -9,6 +8,8 @@ from kobjectives.ops import masking
 from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_ids
+from kobjectives.layers.token_inputs import token_inputs
 
 STRATEGIES = ("token", "whole_word", "span")
 
@@ -245,11 +246,11 @@ class MaskedLMMasker(SeededLayer):
                 f"span_geometric_p={span_geometric_p!r}. SpanBERT uses 0.2."
             )
         _check_int("max_span_length", max_span_length, minimum=1)
-        unselectable_token_ids = _check_ids(
+        unselectable_token_ids = check_ids(
             "unselectable_token_ids", unselectable_token_ids, vocabulary_size
         )
         if continuation_token_ids is not None:
-            continuation_token_ids = _check_ids(
+            continuation_token_ids = check_ids(
                 "continuation_token_ids",
                 continuation_token_ids,
                 vocabulary_size,
@@ -292,72 +293,11 @@ class MaskedLMMasker(SeededLayer):
                 The same seed and input give the same masks. When `None`, the
                 layer's seed generator supplies the next seed.
         """
-        extras = {}
-        padding_mask = None
-        word_starts = None
-        if isinstance(inputs, dict):
-            if "token_ids" not in inputs:
-                raise ValueError(
-                    "Dict inputs to MaskedLMMasker need a 'token_ids' key. "
-                    f"Received keys: {sorted(inputs)}."
-                )
-            extras = dict(inputs)
-            token_ids = extras.pop("token_ids")
-            padding_mask = extras.pop("padding_mask", None)
-            word_starts = extras.pop("word_starts", None)
-            if any(
-                isinstance(x, tf.RaggedTensor)
-                for x in (token_ids, padding_mask, word_starts)
-            ):
-                raise ValueError(
-                    "Dict inputs to MaskedLMMasker must be dense; pass ragged "
-                    "token ids directly (not in a dict) with "
-                    "`sequence_length` set."
-                )
-        else:
-            token_ids = inputs
-        token_ids = _to_tensor(token_ids)
-        if not token_ids.dtype.is_integer:
-            raise ValueError(
-                "MaskedLMMasker expects integer token ids. Received dtype "
-                f"{token_ids.dtype.name}; tokenize the text first."
-            )
-        if token_ids.dtype not in (tf.int32, tf.int64):
-            token_ids = tf.cast(token_ids, "int32")
-
-        rank = token_ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(
-                "MaskedLMMasker expects token ids of shape [batch, length] or "
-                f"[length]. Received shape {token_ids.shape}."
-            )
-        unbatched = rank == 1
-        if isinstance(token_ids, tf.RaggedTensor):
-            if self.sequence_length is None:
-                raise ValueError(
-                    "Ragged token ids need a static length: pass "
-                    "`sequence_length` to MaskedLMMasker (rows are padded "
-                    "with `padding_token_id` or truncated to it)."
-                )
-            padding_mask = tf.sequence_mask(
-                tf.minimum(token_ids.row_lengths(), self.sequence_length),
-                self.sequence_length,
-            )
-            token_ids = token_ids.to_tensor(
-                default_value=tf.cast(self.padding_token_id, token_ids.dtype),
-                shape=[None, self.sequence_length],
-            )
-        else:
-            if unbatched:
-                token_ids = token_ids[None, :]
-                padding_mask = _expand(padding_mask)
-                word_starts = _expand(word_starts)
-            if self.sequence_length is not None:
-                token_ids = _fit_length(
-                    token_ids, self.sequence_length, self.padding_token_id
-                )
-                padding_mask = _fit_length(padding_mask, self.sequence_length)
-                word_starts = _fit_length(word_starts, self.sequence_length)
+        token_ids, given, extras, unbatched = token_inputs(
+            inputs, "MaskedLMMasker", self.sequence_length, self.padding_token_id,
+            companions=("padding_mask", "word_starts"),
+        )
+        padding_mask, word_starts = given["padding_mask"], given["word_starts"]
         unselectable_ids = self.unselectable_token_ids
         if padding_mask is None:
             padding_mask = tf.not_equal(
@@ -491,47 +431,3 @@ class MaskedLMMasker(SeededLayer):
             }
         )
         return config
-
-
-def _check_ids(name, ids, vocabulary_size):
-    if isinstance(ids, (int, np.integer)):
-        ids = [ids]
-    ids = tuple(int(i) for i in ids)
-    bad = [i for i in ids if not 0 <= i < vocabulary_size]
-    if bad:
-        raise ValueError(
-            f"`{name}` must hold ids in [0, vocabulary_size - 1] = "
-            f"[0, {vocabulary_size - 1}]. Received out-of-range ids {bad}. "
-            "Remove them or fix `vocabulary_size`."
-        )
-    return ids
-
-
-def _to_tensor(x):
-    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
-        return x
-    if isinstance(x, (list, tuple)):
-        try:
-            return tf.convert_to_tensor(x)
-        except (ValueError, TypeError):
-            return tf.ragged.constant(x)
-    return tf.convert_to_tensor(x)
-
-
-def _expand(x):
-    return None if x is None else tf.convert_to_tensor(x)[None, :]
-
-
-def _fit_length(x, length, pad_value=0):
-    """Pads (with `pad_value`) or truncates the last axis to `length`."""
-    if x is None:
-        return None
-    x = tf.convert_to_tensor(x)
-    if x.shape[-1] == length:
-        return x
-    x = x[:, :length]
-    pad = tf.maximum(length - tf.shape(x)[1], 0)
-    x = tf.pad(
-        x, [[0, 0], [0, pad]], constant_values=tf.cast(pad_value, x.dtype)
-    )
-    return tf.ensure_shape(x, [None, length])

@@ -9,6 +9,7 @@ import tensorflow as tf
 from kobjectives.ops import permutation_lm
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import token_inputs
 
 _CONSUMED = ("token_ids", "padding_mask")
 
@@ -176,62 +177,10 @@ class PermutationLMMasker(SeededLayer):
                 class docstring.
             seed: optional stateless seed, an integer tensor of shape `[2]`.
         """
-        extras = {}
-        padding_mask = None
-        if isinstance(inputs, dict):
-            if "token_ids" not in inputs:
-                raise ValueError(
-                    "Dict inputs to PermutationLMMasker need a 'token_ids' key. "
-                    f"Received keys: {sorted(inputs)}."
-                )
-            extras = dict(inputs)
-            token_ids = extras.pop("token_ids")
-            padding_mask = extras.pop("padding_mask", None)
-            if isinstance(token_ids, tf.RaggedTensor) or isinstance(padding_mask, tf.RaggedTensor):
-                raise ValueError(
-                    "Dict inputs to PermutationLMMasker must be dense; pass ragged "
-                    "token ids directly (not in a dict) with `sequence_length` set."
-                )
-        else:
-            token_ids = inputs
-        token_ids = _to_tensor(token_ids)
-        if not token_ids.dtype.is_integer:
-            raise ValueError(
-                "PermutationLMMasker expects integer token ids. Received dtype "
-                f"{token_ids.dtype.name}. Tokenize the text first."
-            )
-        if token_ids.dtype not in (tf.int32, tf.int64):
-            token_ids = tf.cast(token_ids, "int32")
-        rank = token_ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(
-                "PermutationLMMasker expects token ids of shape [batch, length] "
-                f"or [length]. Received shape {token_ids.shape}."
-            )
-        unbatched = rank == 1
-        if isinstance(token_ids, tf.RaggedTensor):
-            if self.sequence_length is None:
-                raise ValueError(
-                    "Ragged token ids need a static length: pass `sequence_length` "
-                    "to PermutationLMMasker (rows are padded or truncated to it)."
-                )
-            padding_mask = tf.sequence_mask(
-                tf.minimum(token_ids.row_lengths(), self.sequence_length),
-                self.sequence_length,
-            )
-            token_ids = token_ids.to_tensor(
-                default_value=tf.cast(self.padding_token_id, token_ids.dtype),
-                shape=[None, self.sequence_length],
-            )
-        else:
-            if unbatched:
-                token_ids = token_ids[None, :]
-                if padding_mask is not None:
-                    padding_mask = tf.convert_to_tensor(padding_mask)[None, :]
-            if self.sequence_length is not None:
-                token_ids = _fit_length(token_ids, self.sequence_length, self.padding_token_id)
-                if padding_mask is not None:
-                    padding_mask = _fit_length(padding_mask, self.sequence_length)
+        token_ids, given, extras, unbatched = token_inputs(
+            inputs, "PermutationLMMasker", self.sequence_length, self.padding_token_id
+        )
+        padding_mask = given["padding_mask"]
         length = token_ids.shape[-1]
         if length is None:
             raise ValueError(
@@ -328,25 +277,3 @@ def _check_divides(length, permutation_size):
             "to a multiple of it, or use permutation_size=None (one "
             "permutation of the whole sequence)."
         )
-
-
-def _to_tensor(x):
-    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
-        return x
-    if isinstance(x, (list, tuple)):
-        try:
-            return tf.convert_to_tensor(x)
-        except (ValueError, TypeError):
-            return tf.ragged.constant(x)
-    return tf.convert_to_tensor(x)
-
-
-def _fit_length(x, length, pad_value=0):
-    """Pads (with `pad_value`) or truncates the last axis to `length`."""
-    x = tf.convert_to_tensor(x)
-    if x.shape[-1] == length:
-        return x
-    x = x[:, :length]
-    pad = tf.maximum(length - tf.shape(x)[1], 0)
-    x = tf.pad(x, [[0, 0], [0, pad]], constant_values=tf.cast(pad_value, x.dtype))
-    return tf.ensure_shape(x, [None, length])

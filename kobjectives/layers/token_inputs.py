@@ -1,0 +1,137 @@
+"""Token-id inputs of the preprocessing layers: one normalization for all.
+
+A layer over token ids accepts dense `[batch, length]` or unbatched
+`[length]` ids, ragged ids (padded to the layer's `sequence_length`), nested
+Python lists, or a dict with `"token_ids"`, optional per-token companions
+(`"padding_mask"`, ...) and extra keys that pass through untouched.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def to_tensor(x):
+    """`x` as a `tf.Tensor`, or a `tf.RaggedTensor` for ragged nested lists."""
+    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
+        return x
+    if isinstance(x, (list, tuple)):
+        try:
+            return tf.convert_to_tensor(x)
+        except (ValueError, TypeError):
+            return tf.ragged.constant(x)
+    return tf.convert_to_tensor(x)
+
+
+def fit_length(x, length, pad_value=0):
+    """Pads (with `pad_value`) or truncates the last axis of a `[batch, n]`
+    tensor to `length`; `None` stays `None`."""
+    if x is None:
+        return None
+    x = tf.convert_to_tensor(x)
+    if x.shape[-1] == length:
+        return x
+    x = x[:, :length]
+    pad = tf.maximum(length - tf.shape(x)[1], 0)
+    x = tf.pad(x, [[0, 0], [0, pad]], constant_values=tf.cast(pad_value, x.dtype))
+    return tf.ensure_shape(x, [None, length])
+
+
+def check_ids(name, ids, vocabulary_size):
+    """`ids` (an int or ints) as a tuple of ints in `[0, vocabulary_size)`;
+    raises `ValueError` naming the argument otherwise."""
+    if isinstance(ids, (int, np.integer)):
+        ids = [ids]
+    ids = tuple(int(i) for i in ids)
+    bad = [i for i in ids if not 0 <= i < vocabulary_size]
+    if bad:
+        raise ValueError(
+            f"`{name}` must hold ids in [0, vocabulary_size - 1] = "
+            f"[0, {vocabulary_size - 1}]. Received out-of-range ids {bad}. "
+            "Remove them or fix `vocabulary_size`."
+        )
+    return ids
+
+
+def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
+                 companions=("padding_mask",)):
+    """Normalizes a layer's token-id input to a dense batch.
+
+    Args:
+        inputs: token ids (dense, ragged or nested lists; `[batch, length]`
+            or `[length]`) or a dict with `"token_ids"`, optional
+            `companions` (dense, like the ids) and other keys.
+        layer_name: str, for the error messages.
+        sequence_length: int or `None`. Ragged ids need it; dense ids and
+            their companions are padded or truncated to it when given.
+        padding_token_id: int, the id ragged rows are padded with.
+        companions: the optional per-token keys of a dict input.
+
+    Returns:
+        `(token_ids, companions, extras, unbatched)`: int32/int64 ids
+        `[batch, length]`; a dict `{key: tensor [batch, length] or None}`
+        (`"padding_mask"` computed from the row lengths of ragged ids); the
+        dict input's other keys; whether the input was unbatched.
+
+    Raises:
+        ValueError: no `"token_ids"` in a dict, ragged values in a dict,
+            non-integer ids, a rank other than 1 or 2, ragged ids without
+            `sequence_length`.
+    """
+    extras = {}
+    given = {key: None for key in companions}
+    if isinstance(inputs, dict):
+        if "token_ids" not in inputs:
+            raise ValueError(
+                f"Dict inputs to {layer_name} need a 'token_ids' key. "
+                f"Received keys: {sorted(inputs)}."
+            )
+        extras = dict(inputs)
+        token_ids = extras.pop("token_ids")
+        for key in companions:
+            given[key] = extras.pop(key, None)
+        if any(isinstance(x, tf.RaggedTensor) for x in (token_ids, *given.values())):
+            raise ValueError(
+                f"Dict inputs to {layer_name} must be dense; pass ragged token ids "
+                "directly (not in a dict) with `sequence_length` set."
+            )
+    else:
+        token_ids = inputs
+    token_ids = to_tensor(token_ids)
+    if not token_ids.dtype.is_integer:
+        raise ValueError(
+            f"{layer_name} expects integer token ids. Received dtype "
+            f"{token_ids.dtype.name}; tokenize the text first."
+        )
+    if token_ids.dtype not in (tf.int32, tf.int64):
+        token_ids = tf.cast(token_ids, "int32")
+    rank = token_ids.shape.rank
+    if rank not in (1, 2):
+        raise ValueError(
+            f"{layer_name} expects token ids of shape [batch, length] or "
+            f"[length]. Received shape {token_ids.shape}."
+        )
+    unbatched = rank == 1
+    if isinstance(token_ids, tf.RaggedTensor):
+        if sequence_length is None:
+            raise ValueError(
+                f"Ragged token ids need a static length: pass `sequence_length` to "
+                f"{layer_name} (rows are padded with `padding_token_id` or truncated "
+                "to it)."
+            )
+        given["padding_mask"] = tf.sequence_mask(
+            tf.minimum(token_ids.row_lengths(), sequence_length), sequence_length
+        )
+        token_ids = token_ids.to_tensor(
+            default_value=tf.cast(padding_token_id, token_ids.dtype),
+            shape=[None, sequence_length],
+        )
+        return token_ids, given, extras, unbatched
+    if unbatched:
+        token_ids = token_ids[None, :]
+        given = {
+            k: None if v is None else tf.convert_to_tensor(v)[None, :] for k, v in given.items()
+        }
+    if sequence_length is not None:
+        token_ids = fit_length(token_ids, sequence_length, padding_token_id)
+        given = {k: fit_length(v, sequence_length) for k, v in given.items()}
+    return token_ids, given, extras, unbatched

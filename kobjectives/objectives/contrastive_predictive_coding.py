@@ -182,6 +182,9 @@ class ContrastivePredictiveCoding(Objective):
     ```
     """
 
+    own_loss = "kobjectives.ops.cpc_loss"
+    default_learning_rate = 1e-3
+
     def __init__(
         self,
         backbone,
@@ -305,31 +308,7 @@ class ContrastivePredictiveCoding(Objective):
             weights = weights * tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1, 1])
         loss = cpc_ops.mean_over_offsets(terms.losses, weights)
         self.cpc_accuracy.update_state(terms.correct, weights)
-        if self.losses:
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
-        return loss
-
-    def compile(self, optimizer="auto", **kwargs):
-        """Configures training; the CPC loss and `cpc_accuracy` are built in.
-
-        Args:
-            optimizer: `"auto"` (AdamW, learning rate 1e-3, weight decay 0.01,
-                clipnorm 1.0) or any `keras.Model.compile` optimizer.
-            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
-                `loss` is not accepted: the objective owns its loss.
-        """
-        if kwargs.get("loss") is not None:
-            raise ValueError(
-                "ContrastivePredictiveCoding computes its own loss "
-                "(kobjectives.ops.cpc_loss); do not pass `loss` to compile()."
-            )
-        kwargs.pop("loss", None)
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=1e-3, weight_decay=0.01, clipnorm=1.0
-            )
-        super().compile(optimizer=optimizer, **kwargs)
+        return self.add_layer_losses(loss)
 
     # --- checks and config --------------------------------------------------
 

@@ -278,6 +278,8 @@ class ElectraPretrainer(Objective):
     ```
     """
 
+    own_loss = "generator_weight x masked LM + discriminator_weight x replaced-token detection"
+
     serialized_models = ("generator", "discriminator")
 
     def __init__(
@@ -466,32 +468,7 @@ class ElectraPretrainer(Objective):
         self.generator_accuracy.update_state(mask_ids, mlm_logits, mask_weights)
         for metric in (self.rtd_accuracy, self.replaced_precision, self.replaced_recall):
             metric.update_state(labels, rtd_logits, token_weights)
-        if self.losses:
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
-        return loss
-
-    def compile(self, optimizer="auto", **kwargs):
-        """Configures training; the ELECTRA loss and metrics are built in.
-
-        Args:
-            optimizer: `"auto"` (AdamW, learning rate 5e-4, weight decay 0.01,
-                clipnorm 1.0) or any `keras.Model.compile` optimizer.
-            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
-                `loss` is not accepted: the objective owns its loss.
-        """
-        if kwargs.get("loss") is not None:
-            raise ValueError(
-                "ElectraPretrainer computes its own loss (generator_weight x "
-                "masked LM + discriminator_weight x replaced-token detection); do "
-                "not pass `loss` to compile()."
-            )
-        kwargs.pop("loss", None)
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=5e-4, weight_decay=0.01, clipnorm=1.0
-            )
-        super().compile(optimizer=optimizer, **kwargs)
+        return self.add_layer_losses(loss)
 
     def get_config(self):
         config = super().get_config()

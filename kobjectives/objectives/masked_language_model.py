@@ -178,10 +178,6 @@ class MaskedLanguageModel(Objective):
                 list of metrics, which receive `mask_weights`.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
         """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=5e-4, weight_decay=0.01, clipnorm=1.0
-            )
         if loss == "auto":
             loss = MaskedLMLoss()
         if weighted_metrics == "auto":

@@ -105,6 +105,46 @@ class Objective(keras.Model):
 
     serialized_models = ("backbone",)
 
+    # `compile(optimizer="auto")`: AdamW at this learning rate, weight decay
+    # 0.01, clipnorm 1.0.
+    default_learning_rate = 5e-4
+    # Objectives whose `compute_loss` computes the loss itself describe it
+    # here; their `compile` then refuses a `loss`.
+    own_loss = None
+
+    def compile(self, optimizer="auto", **kwargs):
+        """Configures training, with the objective's defaults.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate `default_learning_rate`,
+                weight decay 0.01, clipnorm 1.0) or any `keras.Model.compile`
+                optimizer.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
+                Objectives that own their loss refuse `loss`.
+        """
+        if self.own_loss is not None:
+            if kwargs.get("loss") is not None:
+                raise ValueError(
+                    f"{type(self).__name__} computes its own loss ({self.own_loss}); "
+                    "do not pass `loss` to compile()."
+                )
+            kwargs.pop("loss", None)
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=self.default_learning_rate, weight_decay=0.01, clipnorm=1.0
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def add_layer_losses(self, loss):
+        """`loss` plus the layers' own losses (`self.losses`: weight
+        regularizers, activity losses), for a `compute_loss` override. Under a
+        strategy each replica's step adds its share, so the sum over replicas
+        adds them once."""
+        if not self.losses:
+            return loss
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
+
     def get_config(self):
         config = super().get_config()
         for name in self.serialized_models:

@@ -7,6 +7,7 @@ import tensorflow as tf
 from kobjectives.metrics import MaskedAccuracy
 from kobjectives.metrics import Perplexity
 from kobjectives.objectives.masked_language_model import MaskedLanguageModel
+from kobjectives.objectives.objective import Objective
 from kobjectives.objectives.objective import backbone_input_names
 from kobjectives.ops import sentence_pairs as pair_ops
 from kobjectives.ops.masked_lm import sparse_cross_entropy
@@ -96,6 +97,8 @@ class SentencePairPretrainer(MaskedLanguageModel):
     model.fit(ds, epochs=1)
     ```
     """
+
+    own_loss = "mlm_weight x masked LM + pair_weight x pair cross-entropy"
 
     def __init__(self, backbone, task="nsp", mlm_weight=1.0, pair_weight=1.0, **kwargs):
         if task not in TASKS:
@@ -234,29 +237,20 @@ class SentencePairPretrainer(MaskedLanguageModel):
         )
         mlm_losses = sparse_cross_entropy(y["mask_ids"], y_pred["mlm_logits"])
         self.mlm_loss_tracker.update_state(mlm_losses, sample_weight=y["mask_weights"])
-        if self.losses:
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            total = total + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
-        return total
+        return self.add_layer_losses(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return self.get_metrics_result()
 
-    def compile(self, optimizer="auto", loss=None, **kwargs):
+    def compile(self, optimizer="auto", **kwargs):
         """Configures training; the loss and metrics are built in.
 
         Args:
             optimizer: `"auto"` (AdamW, learning rate 5e-4, weight decay
                 0.01, clipnorm 1.0) or any `keras.Model.compile` optimizer.
-            loss: must stay None: the objective owns its loss.
-            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...);
+                `loss`, `metrics` and `weighted_metrics` are refused.
         """
-        if loss is not None:
-            raise ValueError(
-                "SentencePairPretrainer computes its own loss (mlm_weight * "
-                "masked LM + pair_weight * pair cross-entropy); do not pass "
-                "`loss` to compile()."
-            )
         for name in ("metrics", "weighted_metrics"):
             if kwargs.get(name) not in (None, "auto"):
                 raise ValueError(
@@ -264,11 +258,8 @@ class SentencePairPretrainer(MaskedLanguageModel):
                     f"`{name}` to compile()."
                 )
             kwargs.pop(name, None)
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=5e-4, weight_decay=0.01, clipnorm=1.0
-            )
-        keras.Model.compile(self, optimizer=optimizer, **kwargs)
+        # Skips MaskedLanguageModel.compile, which would add its loss.
+        Objective.compile(self, optimizer=optimizer, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -13,6 +13,27 @@ def _document_key(seed, document):
     return int.from_bytes(digest, "big")
 
 
+def check_documents(documents):
+    """`documents` as a list, after checking it is a sequence of `str`.
+
+    Raises:
+        TypeError: `documents` is a single string, or holds a non-string.
+    """
+    if isinstance(documents, (str, bytes)):
+        raise TypeError(
+            "`documents` must be a sequence of strings, not a single string. "
+            "Wrap it in a list, or split it into documents first."
+        )
+    documents = list(documents)
+    for index, document in enumerate(documents):
+        if not isinstance(document, str):
+            raise TypeError(
+                f"`documents` must hold strings; documents[{index}] is a "
+                f"{type(document).__name__}."
+            )
+    return documents
+
+
 def train_validation_split(documents, validation_fraction=0.05, seed=0):
     """Splits documents into train and validation sets, deterministically.
 
@@ -55,18 +76,7 @@ def train_validation_split(documents, validation_fraction=0.05, seed=0):
     >>> train_validation_split(documents, 0.1, seed=0) == (train, validation)
     True
     """
-    if isinstance(documents, (str, bytes)):
-        raise TypeError(
-            "`documents` must be a sequence of strings, not a single string. "
-            "Wrap it in a list, or split it into documents first."
-        )
-    documents = list(documents)
-    for index, document in enumerate(documents):
-        if not isinstance(document, str):
-            raise TypeError(
-                f"`documents` must hold strings; documents[{index}] is a "
-                f"{type(document).__name__}."
-            )
+    documents = check_documents(documents)
     if (
         isinstance(validation_fraction, bool)
         or not isinstance(validation_fraction, numbers.Real)

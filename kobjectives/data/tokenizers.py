@@ -21,6 +21,8 @@ Special-token conventions, relied on by the masking and packing layers:
 
 import os
 
+from kobjectives.data.split import check_documents
+
 WORDPIECE_RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 """Default WordPiece reserved tokens; they take ids 0..4 in this order."""
 
@@ -42,19 +44,7 @@ TOKENIZER_KINDS = ("wordpiece", "sentencepiece")
 
 
 def _check_documents(documents):
-    if isinstance(documents, (str, bytes)):
-        raise TypeError(
-            "`documents` must be a list of strings, not a single string. "
-            "Wrap it in a list."
-        )
-    documents = list(documents)
-    for index, document in enumerate(documents):
-        if not isinstance(document, str):
-            raise TypeError(
-                f"`documents` must hold strings; documents[{index}] is a "
-                f"{type(document).__name__}."
-            )
-    documents = [document for document in documents if document.strip()]
+    documents = [document for document in check_documents(documents) if document.strip()]
     if not documents:
         raise ValueError(
             "`documents` is empty (or holds only whitespace): a tokenizer "

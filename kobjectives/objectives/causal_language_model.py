@@ -10,6 +10,8 @@ from kobjectives.metrics.causal_lm_metrics import TokenPerplexity
 from kobjectives.objectives.objective import Objective
 from kobjectives.objectives.objective import run_backbone
 from kobjectives.ops.causal_lm import causal_lm_targets
+from kobjectives.ops.causal_lm import document_causal_mask
+from kobjectives.ops.causal_lm import document_positions
 from kobjectives.ops.chunked_cross_entropy import DEFAULT_CHUNK_SIZE
 from kobjectives.ops.chunked_cross_entropy import _check_chunk_size
 from kobjectives.ops.chunked_cross_entropy import _check_label_smoothing
@@ -48,15 +50,34 @@ class CausalLanguageModel(Objective):
     boundaries inside a packed window. Or pass `y` (labels aligned with the
     positions, ids in the vocabulary) and `sample_weight`.
 
-    **Attention across documents (a limitation).** keras-hub's decoder
-    backbones (`GPT2Backbone`, `LlamaBackbone`, `GemmaBackbone`) take only
-    `token_ids` and `padding_mask`: their causal self-attention cannot be
-    given a block-diagonal (per-document) mask, nor positions restarting at
-    each document, without rebuilding the transformer. So inside a packed
-    window a token may attend to the end of the previous document; only the
-    loss is reset (no target is predicted across a boundary). This matches
-    GPT-2/GPT-3-style pretraining, where documents joined by an end token
-    share the context window.
+    **Attention at document boundaries.** With
+    `reset_attention_at_boundaries=True` and `segment_ids` in the inputs,
+    attention is reset too: the objective runs the keras-hub backbone's own
+    sublayers (its token and position embeddings, its `transformer_layers`,
+    its final norm; no layer is re-implemented) and gives every decoder
+    block the block-diagonal causal mask of
+    `kobjectives.ops.document_causal_mask` as its `decoder_attention_mask`:
+    position `t` attends to `s` iff `s <= t`, both are real tokens and
+    `segment_ids[s] == segment_ids[t]`. With `restart_positions=True` (the
+    default) a backbone with learned absolute positions (GPT-2) also gets
+    positions restarting at 0 at each document
+    (`kobjectives.ops.document_positions`), so every document in a packed
+    window is encoded exactly as if it were alone, as serving sees it;
+    Llama's rotary positions are relative, so with the block mask nothing
+    needs restarting (the argument has no effect there). Supported:
+    `GPT2Backbone` and `LlamaBackbone` (their decoder blocks take a
+    `decoder_attention_mask`). `GemmaBackbone` is refused with the reason:
+    keras-hub's `GemmaDecoderBlock.call` takes only a `padding_mask` and
+    builds its causal mask inside, so a per-document mask cannot reach its
+    attention without re-implementing the block. Inputs without
+    `segment_ids` (serving, `export_outputs`) are one document per row and
+    run the stock backbone call, which the re-wired path equals exactly
+    for a single document (checked at construction).
+
+    The default, `reset_attention_at_boundaries=False`, keeps the stock
+    backbone call: inside a packed window a token may attend to the end of
+    the previous document (GPT-2/GPT-3-style pretraining, documents joined
+    by an end token sharing the context); only the loss is reset.
 
     Args:
         backbone: a causal keras-hub `Backbone` (`GPT2Backbone`,
@@ -74,6 +95,14 @@ class CausalLanguageModel(Objective):
             short sequence and raise if a position's state depends on later
             tokens (a bidirectional encoder would "predict" by copying).
             Defaults to True.
+        reset_attention_at_boundaries: bool. When the inputs carry
+            `segment_ids`, give the decoder a block-diagonal causal
+            attention mask so no token attends across a document boundary
+            (see above). Defaults to False (the stock backbone call; only
+            the loss is reset).
+        restart_positions: bool. With `reset_attention_at_boundaries`,
+            restart learned absolute positions (GPT-2) at 0 at each document.
+            Defaults to True. No effect for rotary positions (Llama).
         **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Inputs: a dict with `token_ids` int `[batch, length]`, `padding_mask`
@@ -88,14 +117,18 @@ class CausalLanguageModel(Objective):
         TypeError: `backbone` is not a `keras.Model`.
         ValueError: bad `chunk_size` or `label_smoothing`, unknown
             vocabulary/hidden size, a soft-capped embedding, or (with
-            `check_causal`) a non-causal backbone.
+            `check_causal`) a non-causal backbone; with
+            `reset_attention_at_boundaries`, a backbone other than
+            `GPT2Backbone` / `LlamaBackbone`.
 
     Reference:
         Radford et al., 2018, "Improving Language Understanding by
         Generative Pre-Training"; Radford et al., 2019, "Language Models
         are Unsupervised Multitask Learners". Chunked loss: Wijmans et al.,
         2024, "Cut Your Losses in Large-Vocabulary Language Models",
-        https://arxiv.org/abs/2411.09009
+        https://arxiv.org/abs/2411.09009. Per-document attention in packed
+        windows: Krell et al., 2021, "Efficient Sequence Packing without
+        Cross-contamination", https://arxiv.org/abs/2107.02027
 
     Example:
 
@@ -111,7 +144,8 @@ class CausalLanguageModel(Objective):
     docs = tf.ragged.constant([[5 + i % 90] * (3 + i % 40) for i in range(200)])
     ds = (tf.data.Dataset.from_tensor_slices(docs).batch(50).map(packer)
           .unbatch().batch(8, drop_remainder=True))
-    model = kobjectives.objectives.CausalLanguageModel(backbone, chunk_size=64)
+    model = kobjectives.objectives.CausalLanguageModel(
+        backbone, chunk_size=64, reset_attention_at_boundaries=True)
     model.compile(jit_compile=True)
     model.fit(ds, epochs=1)  # loss, perplexity, next_token_accuracy
     ```
@@ -125,6 +159,8 @@ class CausalLanguageModel(Objective):
         vocabulary_size=None,
         hidden_dim=None,
         check_causal=True,
+        reset_attention_at_boundaries=False,
+        restart_positions=True,
         **kwargs,
     ):
         if not isinstance(backbone, keras.Model):
@@ -141,6 +177,17 @@ class CausalLanguageModel(Objective):
         self.chunk_size = int(chunk_size)
         self.label_smoothing = float(label_smoothing)
         self.check_causal = bool(check_causal)
+        self.reset_attention_at_boundaries = bool(reset_attention_at_boundaries)
+        self.restart_positions = bool(restart_positions)
+        if self.reset_attention_at_boundaries:
+            reason = document_attention_unsupported(backbone)
+            if reason:
+                raise ValueError(
+                    "reset_attention_at_boundaries=True cannot be applied to "
+                    f"{type(backbone).__name__}: {reason} Use a GPT2Backbone or "
+                    "LlamaBackbone, or reset_attention_at_boundaries=False (the loss "
+                    "is still reset at document boundaries)."
+                )
 
         embedding = getattr(backbone, "token_embedding", None)
         if not isinstance(embedding, _REVERSIBLE_EMBEDDINGS):
@@ -177,6 +224,8 @@ class CausalLanguageModel(Objective):
         self.built = backbone.built
         if self.check_causal:
             self._assert_causal()
+        if self.reset_attention_at_boundaries:
+            self._assert_rewiring_matches_backbone()
 
     # --- forward ---------------------------------------------------------
 
@@ -190,8 +239,38 @@ class CausalLanguageModel(Objective):
         return tf.convert_to_tensor(embedding.reverse_embeddings)
 
     def encode(self, inputs, training=False):
-        """Runs the backbone: `[batch, length, hidden_dim]` hidden states."""
+        """Runs the backbone: `[batch, length, hidden_dim]` hidden states.
+
+        With `reset_attention_at_boundaries` and `segment_ids` in `inputs`,
+        attention (and, for GPT-2, positions) restart at each document;
+        otherwise the stock backbone call."""
+        if self.reset_attention_at_boundaries and inputs.get("segment_ids") is not None:
+            return self.encode_documents(inputs, training=training)
         return run_backbone(self.backbone, inputs, training=training)
+
+    def encode_documents(self, inputs, training=False):
+        """The backbone's own sublayers under the per-document causal mask
+        of `kobjectives.ops.document_causal_mask`: `[batch, length,
+        hidden_dim]` hidden states."""
+        token_ids = tf.convert_to_tensor(inputs["token_ids"])
+        padding_mask = inputs.get("padding_mask")
+        segment_ids = inputs.get("segment_ids")
+        if segment_ids is None:
+            segment_ids = tf.zeros_like(token_ids)
+        segment_ids = tf.convert_to_tensor(segment_ids)
+        if not segment_ids.shape.is_compatible_with(token_ids.shape):
+            raise ValueError(
+                f"`segment_ids` {segment_ids.shape} must have the shape of `token_ids` "
+                f"{token_ids.shape}: one document id per position (as "
+                "kobjectives.layers.SequencePacker emits)."
+            )
+        attention_mask = document_causal_mask(segment_ids, padding_mask)
+        positions = None
+        if self.restart_positions and isinstance(self.backbone, keras_hub.models.GPT2Backbone):
+            positions = document_positions(segment_ids, padding_mask)
+        return run_decoder_with_attention_mask(
+            self.backbone, token_ids, attention_mask, positions=positions, training=training
+        )
 
     def call(self, inputs, training=False):
         if not isinstance(inputs, dict) or "token_ids" not in inputs:
@@ -312,10 +391,36 @@ class CausalLanguageModel(Objective):
                 "check_causal=False if you are sure)."
             )
 
+    def _assert_rewiring_matches_backbone(self):
+        """Raises unless the re-wired decoder, given one document per row,
+        reproduces the stock backbone call (guards against a keras-hub
+        version whose backbone graph has steps the re-wiring lacks)."""
+        length = min(8, getattr(self.backbone, "max_sequence_length", None) or 8)
+        rng = np.random.default_rng(1)
+        ids = rng.integers(0, self.vocabulary_size, (2, length)).astype("int32")
+        mask = np.ones((2, length), "int32")
+        mask[1, length // 2:] = 0
+        inputs = {"token_ids": ids, "padding_mask": mask, "segment_ids": np.zeros_like(ids)}
+        with tf.init_scope():
+            stock = tf.cast(run_backbone(self.backbone, inputs), tf.float32).numpy()
+            rewired = tf.cast(self.encode_documents(inputs), tf.float32).numpy()
+        real = mask.astype(bool)
+        scale = max(float(np.abs(stock[real]).max()), 1e-6)
+        tolerance = 1e-5 if self.compute_dtype == "float32" else 2e-2
+        if float(np.abs(stock[real] - rewired[real]).max()) > tolerance * scale:
+            raise ValueError(
+                f"reset_attention_at_boundaries=True: re-wiring {type(self.backbone).__name__}'s "
+                "layers does not reproduce its own call on a single document (this "
+                "keras-hub version builds the backbone differently). Use "
+                "reset_attention_at_boundaries=False."
+            )
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
+                "reset_attention_at_boundaries": self.reset_attention_at_boundaries,
+                "restart_positions": self.restart_positions,
                 "chunk_size": self.chunk_size,
                 "label_smoothing": self.label_smoothing,
                 "vocabulary_size": self.vocabulary_size,
@@ -331,3 +436,76 @@ def _broadcast_weight(sample_weight, like):
     if weight.shape.rank == 1 and like.shape.rank == 2:
         weight = weight[:, None]
     return tf.broadcast_to(weight, tf.shape(like))
+
+
+_GEMMA_REASON = (
+    "keras-hub's GemmaDecoderBlock.call takes only a `padding_mask` and builds its "
+    "causal mask inside, so a per-document attention mask cannot reach its attention "
+    "without re-implementing the block."
+)
+
+
+def document_attention_unsupported(backbone):
+    """Why `backbone` cannot take a per-document attention mask, or None.
+
+    Supported: keras-hub's `GPT2Backbone` and `LlamaBackbone`, whose decoder
+    blocks (`TransformerDecoder`, `LlamaTransformerDecoder`) accept a
+    `decoder_attention_mask`.
+    """
+    if isinstance(backbone, keras_hub.models.GemmaBackbone):
+        return _GEMMA_REASON
+    if isinstance(backbone, (keras_hub.models.GPT2Backbone, keras_hub.models.LlamaBackbone)):
+        return None
+    return (
+        "only keras-hub's GPT2Backbone and LlamaBackbone are supported (their decoder "
+        "blocks accept a `decoder_attention_mask`; other models' graphs do not expose "
+        "one)."
+    )
+
+
+def run_decoder_with_attention_mask(backbone, token_ids, attention_mask, positions=None,
+                                    training=False):
+    """Runs a keras-hub decoder backbone's own layers with a custom
+    self-attention mask.
+
+    The same layers, in the same order, as the backbone's functional graph
+    (`GPT2Backbone`: token + position embedding, dropout, the
+    `transformer_layers`, `layer_norm`; `LlamaBackbone`: token embedding,
+    the `transformer_layers`, `layer_norm`), except that each decoder block
+    gets `decoder_attention_mask=attention_mask` instead of the padding
+    mask (the block still intersects it with its causal mask).
+
+    Args:
+        backbone: a `keras_hub.models.GPT2Backbone` or `LlamaBackbone`.
+        token_ids: int tensor `[batch, length]`.
+        attention_mask: bool tensor `[batch, length, length]`, `[b, t, s]`
+            true when query `t` may attend to key `s` (e.g.
+            `kobjectives.ops.document_causal_mask`). Every row must allow at
+            least one key.
+        positions: optional int tensor `[batch, length]` of position ids for
+            GPT-2's learned position embedding (e.g.
+            `kobjectives.ops.document_positions`); None means `0..length-1`.
+            Ignored by Llama (rotary, relative positions).
+        training: bool, dropout on or off.
+
+    Returns:
+        `[batch, length, hidden_dim]` hidden states (the backbone's
+        `sequence_output`).
+
+    Raises:
+        ValueError: an unsupported backbone (the reason is named).
+    """
+    reason = document_attention_unsupported(backbone)
+    if reason:
+        raise ValueError(f"Cannot pass an attention mask to {type(backbone).__name__}: {reason}")
+    x = backbone.token_embedding(token_ids)
+    if isinstance(backbone, keras_hub.models.GPT2Backbone):
+        if positions is None:
+            position_embeddings = backbone.position_embedding(x)
+        else:
+            position_embeddings = backbone.position_embedding(x, positions=positions)
+        x = backbone.embeddings_add((x, position_embeddings))
+        x = backbone.embeddings_dropout(x, training=training)
+    for layer in backbone.transformer_layers:
+        x = layer(x, decoder_attention_mask=attention_mask, training=training)
+    return backbone.layer_norm(x)

@@ -69,3 +69,5 @@ from kobjectives.ops import permutation_lm  # noqa: F401
 from kobjectives.ops.permutation_lm import permutation_lm_inputs  # noqa: F401
 from kobjectives.ops.permutation_lm import two_stream_attention_masks  # noqa: F401
 from kobjectives.ops.bart_noising import bart_noise  # noqa: F401
+from kobjectives.ops.causal_lm import document_causal_mask  # noqa: F401
+from kobjectives.ops.causal_lm import document_positions  # noqa: F401

@@ -7,7 +7,6 @@ Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
 import math
 import pathlib
 import sys
-import time
 
 import keras
 import keras_hub
@@ -34,6 +33,15 @@ SEARCH_SPACE = {
 }
 
 
+# Backbones whose attention cannot be reset at document boundaries, and why
+# (see `CausalLanguageModel(reset_attention_at_boundaries=...)`).
+RESET_UNSUPPORTED = {
+    "gemma_tiny": "keras-hub's GemmaDecoderBlock takes only a padding mask and builds "
+                  "its causal mask inside, so a per-document attention mask cannot "
+                  "reach its attention.",
+}
+
+
 def check_recipe(recipe):
     """Raises early, naming the recipe key, on settings that cannot work."""
     model_cfg, clm_cfg = recipe["model"], recipe["clm"]
@@ -49,6 +57,13 @@ def check_recipe(recipe):
         raise ValueError(
             f"clm.label_smoothing must be in [0, 1). Received: {clm_cfg['label_smoothing']}."
         )
+    if clm_cfg.get("reset_attention", False) and model_cfg["backbone"] in RESET_UNSUPPORTED:
+        raise ValueError(
+            f"clm.reset_attention = true cannot be used with model.backbone = "
+            f"{model_cfg['backbone']!r}: {RESET_UNSUPPORTED[model_cfg['backbone']]} Set "
+            "clm.reset_attention = false (the loss is still reset at document "
+            "boundaries) or use gpt2_tiny, gpt2_small or llama_tiny."
+        )
     test_data = recipe["evaluation"]["test_data"]
     if test_data and not pathlib.Path(test_data).is_file():
         raise ValueError(
@@ -58,27 +73,10 @@ def check_recipe(recipe):
 
 
 def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, loads and splits the documents, trains the
-    tokenizer (saved as `out_dir/vocab.txt`).
-
-    Returns:
-        dict with `train_documents`, `validation_documents`, `vocabulary`,
-        `tokenizer`.
-    """
+    """Checks the recipe, then `common.prepare_documents`: documents split
+    into train/validation and the trained tokenizer (`out_dir/vocab.txt`)."""
     check_recipe(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(
-        recipe["data"], seed, data, tfds, data_dir, log
-    )
-    vocabulary, tokenizer = common.train_tokenizer(train_docs, recipe["tokenizer"], out_dir, log)
-    return {
-        "train_documents": train_docs,
-        "validation_documents": val_docs,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-    }
+    return common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
 
 
 def make_packer(recipe, prepared, drop_remainder=False):
@@ -103,12 +101,8 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     cardinality. With `input_context` the documents are sharded by input
     pipeline and `batch_size` is per replica.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split, input_context)
     seed = int(recipe["training"]["seed"])
-    documents = prepared[f"{split}_documents"]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
     packer = make_packer(recipe, prepared)
     tokenizer = prepared["tokenizer"]
     if split == "train":
@@ -119,19 +113,22 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     return common.finite_validation(dataset, len(documents), batch_size)
 
 
-def jit_compile_for(recipe, strategy=None):
-    """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
-    cannot compile a step whose replicas are logical CPU devices)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    jit = bool(recipe["training"]["jit_compile"])
-    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        return False
-    return jit
+def documents_alone_dataset(recipe, prepared, documents, batch_size):
+    """Each document packed on its own (`[CLS] text [SEP]` from position 0,
+    cut into windows of `model.sequence_length`, the last one padded): no
+    window holds two documents, as serving sees a text. In order, finite."""
+    packer = make_packer(recipe, prepared)
+    tokenizer = prepared["tokenizer"]
+    dataset = tf.data.Dataset.from_tensor_slices(list(documents))
+    dataset = dataset.map(lambda text: packer(tokenizer(text)))
+    return dataset.unbatch().batch(batch_size)
 
 
 def build_model(recipe, prepared):
     """The compiled `CausalLanguageModel` (call inside the strategy's scope):
-    the recipe's decoder backbone, AdamW with warm-up and cosine decay over
+    the recipe's decoder backbone, attention reset at document boundaries
+    with `clm.reset_attention` (positions restarted with
+    `clm.restart_positions`), AdamW with warm-up and cosine decay over
     `training.steps`."""
     model_cfg, train_cfg, clm_cfg = recipe["model"], recipe["training"], recipe["clm"]
     epochs, steps_per_epoch = common.rounds(train_cfg)
@@ -143,10 +140,12 @@ def build_model(recipe, prepared):
         backbone,
         chunk_size=int(clm_cfg["chunk_size"]),
         label_smoothing=float(clm_cfg["label_smoothing"]),
+        reset_attention_at_boundaries=bool(clm_cfg.get("reset_attention", False)),
+        restart_positions=bool(clm_cfg.get("restart_positions", True)),
     )
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
 
@@ -249,43 +248,34 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
     objective), `saved_model/` (inference: raw strings in, `logits`,
     `next_token_logits`, `hidden_states` out) and `metrics.json` (held-out
-    token perplexity next to the unigram baseline; with
+    token perplexity next to the unigram baseline, on packed windows and on
+    the held-out documents one per window (`val_documents_alone`); with
     `evaluation.test_data`, the same on that file).
     """
-    started = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
     check_recipe(recipe)
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
     test_docs = test_documents(recipe, log)
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
+    model_cfg = recipe["model"]
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title="causal LM",
+        describe=lambda model: (
+            f"CausalLanguageModel over {model_cfg['backbone']} ({model.count_params():,} parameters)"
+        ),
+    )
+    model, prepared, evaluation = run.model, run.prepared, run.evaluation
     tokenizer = prepared["tokenizer"]
-    batch_size = int(train_cfg["batch_size"])
-    sequence_length = int(model_cfg["sequence_length"])
-
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: CausalLanguageModel over {model_cfg['backbone']} "
-        f"({model.count_params():,} parameters), strategy "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(history, out_dir / "loss_curve.png", "causal LM", steps_per_epoch)
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
+    batch_size = int(recipe["training"]["batch_size"])
     start_token = bool(recipe["clm"]["start_token"])
     unigram = unigram_log_probs(tokenizer, prepared["train_documents"], start_token)
     held_out = held_out_statistics(
         model, make_dataset(recipe, prepared, "validation", batch_size), unigram
+    )
+    # The same held-out documents one per window: no context from a
+    # neighbouring document (the serving regime).
+    alone = held_out_statistics(
+        model,
+        documents_alone_dataset(recipe, prepared, prepared["validation_documents"], batch_size),
+        unigram,
     )
     test = None
     if test_docs is not None:
@@ -295,35 +285,36 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
         )
         test = held_out_statistics(model, test_ds, unigram)
 
-    model.save(out_dir / "model.keras")
-    export(model, out_dir, prepared, recipe)
+    export(model, common.save_objective(model, out_dir), prepared, recipe)
     metrics = {
         "objective": "clm",
         "backbone": model_cfg["backbone"],
-        "steps": steps_per_epoch * epochs,
-        "sequence_length": sequence_length,
+        "sequence_length": int(model_cfg["sequence_length"]),
         "val_loss": evaluation["loss"],
         "val_perplexity": held_out["perplexity"],
         "val_next_token_accuracy": held_out["next_token_accuracy"],
         "unigram_perplexity": held_out["unigram_perplexity"],
         "unigram_accuracy": held_out["unigram_accuracy"],
         "val_tokens": held_out["tokens"],
-        "perplexity_unit": "per WordPiece token of the run's tokenizer (vocab.txt)",
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
+        "reset_attention": bool(recipe["clm"].get("reset_attention", False)),
+        "val_documents_alone": {
+            "perplexity": alone["perplexity"],
+            "next_token_accuracy": alone["next_token_accuracy"],
+            "unigram_perplexity": alone["unigram_perplexity"],
+            "unigram_accuracy": alone["unigram_accuracy"],
+            "tokens": alone["tokens"],
         },
+        "perplexity_unit": "per WordPiece token of the run's tokenizer (vocab.txt)",
     }
     if test is not None:
         metrics["test"] = dict(test, data=recipe["evaluation"]["test_data"])
-    metrics["wall_seconds"] = round(time.time() - started, 1)
-    common.write_json(out_dir / "metrics.json", metrics)
+    metrics = common.write_metrics(run, metrics)
     log(f"held-out perplexity {held_out['perplexity']:.2f} vs unigram baseline "
         f"{held_out['unigram_perplexity']:.2f}; next-token accuracy "
         f"{held_out['next_token_accuracy']:.4f} vs unigram baseline "
         f"{held_out['unigram_accuracy']:.4f} ({held_out['tokens']} tokens)")
+    log(f"held-out documents one per window: perplexity {alone['perplexity']:.2f} vs "
+        f"unigram baseline {alone['unigram_perplexity']:.2f} ({alone['tokens']} tokens)")
     if test is not None:
         log(f"test ({recipe['evaluation']['test_data']}): perplexity {test['perplexity']:.2f} "
             f"vs unigram baseline {test['unigram_perplexity']:.2f} ({test['tokens']} tokens)")

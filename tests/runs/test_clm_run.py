@@ -3,9 +3,12 @@ import subprocess
 import sys
 import textwrap
 
+import keras_hub
 import numpy as np
 
 from kobjectives import cli
+from kobjectives.recipe import load_recipe
+from kobjectives.runs import clm
 
 TINY = [
     "--steps", "4", "--batch-size", "4", "--sequence-length", "16",
@@ -53,6 +56,10 @@ def test_train_clm_writes_the_run_folder_and_a_standalone_saved_model(tmp_path):
     # (a mean over targets) agree closely on nearly full packed windows.
     np.testing.assert_allclose(np.exp(metrics["val_loss"]), metrics["val_perplexity"], rtol=0.05)
     assert metrics["val_tokens"] > 0
+    assert metrics["reset_attention"] is True  # the recipe's default
+    alone = metrics["val_documents_alone"]
+    assert alone["tokens"] > 0 and alone["unigram_perplexity"] > 1.0
+    assert np.isfinite(alone["perplexity"])
     assert metrics["test"]["tokens"] > 0 and metrics["test"]["unigram_perplexity"] > 1.0
     assert (out / "model.keras").is_file() and (out / "vocab.txt").is_file()
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -77,6 +84,25 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert cli.main(["train", "clm", "--set", "evaluation.test_data=/nonexistent.txt",
                      "--out", out]) == 2
     assert "test_data" in capsys.readouterr().err
+    # Gemma's decoder block cannot take a per-document attention mask.
+    assert cli.main(["train", "clm", "--set", "model.backbone=gemma_tiny", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "clm.reset_attention" in err and "GemmaDecoderBlock" in err
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert cli.main(["train", "clm", "--data", str(empty), "--out", out]) == 2
+
+
+def test_documents_alone_dataset_puts_one_document_per_window():
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    recipe = load_recipe("clm")
+    recipe["model"]["sequence_length"] = 4
+    x = next(iter(clm.documents_alone_dataset(
+        recipe, {"tokenizer": tokenizer}, ["a b c a b", "c", "a a"], batch_size=8)))
+    # [CLS] a b c a b [SEP] -> two windows; [CLS] c [SEP] and [CLS] a a [SEP] -> one each.
+    np.testing.assert_array_equal(x["token_ids"].numpy(), [
+        [2, 5, 6, 7], [5, 6, 3, 0], [2, 7, 3, 0], [2, 5, 5, 3]])
+    np.testing.assert_array_equal(x["padding_mask"].numpy(), [
+        [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    assert not x["segment_ids"].numpy().any()  # never two documents in a window

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives import ops
+from kobjectives.layers import SequencePacker
+
+
+def _numpy_mask(segment_ids, padding_mask):
+    """Reference by explicit loops over (t, s)."""
+    batch, length = segment_ids.shape
+    mask = np.zeros((batch, length, length), bool)
+    for b in range(batch):
+        for t in range(length):
+            if not padding_mask[b, t]:
+                mask[b, t, t] = True  # padded queries see only themselves
+                continue
+            for s in range(t + 1):
+                mask[b, t, s] = bool(padding_mask[b, s]) and segment_ids[b, s] == segment_ids[b, t]
+    return mask
+
+
+def _numpy_positions(segment_ids, padding_mask):
+    batch, length = segment_ids.shape
+    out = np.zeros((batch, length), int)
+    for b in range(batch):
+        seen = {}
+        for t in range(length):
+            if padding_mask[b, t]:
+                out[b, t] = seen.get(segment_ids[b, t], 0)
+                seen[segment_ids[b, t]] = out[b, t] + 1
+    return out
+
+
+def _packed(seed=0, count=40, length=12):
+    rng = np.random.default_rng(seed)
+    docs = [list(rng.integers(5, 50, rng.integers(1, 9))) for _ in range(count)]
+    return SequencePacker(length, end_token_id=2, start_token_id=1)(tf.ragged.constant(docs))
+
+
+def test_document_causal_mask_matches_numpy_reference_on_packed_windows():
+    x = _packed()
+    seg, pad = x["segment_ids"].numpy(), x["padding_mask"].numpy()
+    assert seg.max() >= 2 and not pad.all()  # several documents, a padded tail
+    mask = ops.document_causal_mask(x["segment_ids"], x["padding_mask"])
+    assert mask.dtype == tf.bool and mask.shape == (seg.shape[0], 12, 12)
+    np.testing.assert_array_equal(mask.numpy(), _numpy_mask(seg, pad))
+    # Every row allows at least one key (no empty softmax row).
+    assert mask.numpy().any(-1).all()
+
+
+def test_document_causal_mask_by_equality_of_ids_random_and_unbatched():
+    rng = np.random.default_rng(1)
+    seg = rng.integers(0, 3, (5, 9))  # ids need not be contiguous runs
+    pad = rng.random((5, 9)) > 0.2
+    np.testing.assert_array_equal(
+        ops.document_causal_mask(seg, pad).numpy(), _numpy_mask(seg, pad))
+    np.testing.assert_array_equal(
+        ops.document_causal_mask(seg[0], pad[0]).numpy(), _numpy_mask(seg[:1], pad[:1])[0])
+    # Without a padding mask: every position real; one segment = plain causal.
+    np.testing.assert_array_equal(
+        ops.document_causal_mask(np.zeros((2, 6), "int32")).numpy(),
+        np.broadcast_to(np.tril(np.ones((6, 6), bool)), (2, 6, 6)))
+
+
+def test_document_positions_restart_per_document():
+    x = _packed(seed=2)
+    seg, pad = x["segment_ids"].numpy(), x["padding_mask"].numpy()
+    positions = ops.document_positions(x["segment_ids"], x["padding_mask"])
+    assert positions.dtype == tf.int32
+    np.testing.assert_array_equal(positions.numpy(), _numpy_positions(seg, pad))
+    rng = np.random.default_rng(3)
+    seg, pad = rng.integers(0, 4, (6, 10)), rng.random((6, 10)) > 0.3
+    np.testing.assert_array_equal(
+        ops.document_positions(seg, pad).numpy(), _numpy_positions(seg, pad))
+
+
+def test_compiles_with_xla_and_in_tf_data():
+    x = _packed(seed=4)
+    compiled = tf.function(ops.document_causal_mask, jit_compile=True)
+    np.testing.assert_array_equal(
+        compiled(x["segment_ids"], x["padding_mask"]).numpy(),
+        ops.document_causal_mask(x["segment_ids"], x["padding_mask"]).numpy())
+    ds = tf.data.Dataset.from_tensor_slices(x).map(
+        lambda w: ops.document_positions(w["segment_ids"], w["padding_mask"]))
+    assert ds.element_spec.shape == (12,)
+
+
+def test_bad_input_fails_loudly():
+    with pytest.raises(TypeError, match="segment_ids.*int32"):
+        ops.document_causal_mask(np.zeros((2, 4), "float32"))
+    with pytest.raises(ValueError, match=r"segment_ids.*\[\.\.\., length\]"):
+        ops.document_causal_mask(tf.constant(3))
+    with pytest.raises(ValueError, match="padding_mask.*same shape"):
+        ops.document_positions(np.zeros((2, 4), "int32"), np.ones((2, 5), bool))

@@ -78,6 +78,13 @@ class ContrastiveEncoder(Objective):
             Defaults to False (SimCSE).
         hidden_dim: int, needed only when the backbone has neither
             `hidden_dim` nor a `token_embedding`.
+        freeze_token_embedding: bool, keep the backbone's `token_embedding`
+            fixed (not trainable) while the rest trains. Defaults to False.
+            From a randomly initialized backbone this keeps the random token
+            vectors (whose mean is a lexical-overlap sentence embedding) and
+            trains only how they are mixed and normalized; measurements in
+            `docs/contrastive.md`. Only backbones with a `token_embedding`
+            layer (keras-hub text backbones) take it.
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
 
     Inputs: see above. Outputs: a dict with `"anchor"` and `"positive"`
@@ -117,6 +124,7 @@ class ContrastiveEncoder(Objective):
         similarity="cosine",
         symmetric=False,
         hidden_dim=None,
+        freeze_token_embedding=False,
         **kwargs,
     ):
         if not isinstance(backbone, keras.Model):
@@ -138,8 +146,24 @@ class ContrastiveEncoder(Objective):
             )
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"`similarity` must be 'cosine' or 'dot'. Received: similarity={similarity!r}")
+        if not isinstance(freeze_token_embedding, bool):
+            raise ValueError(
+                "`freeze_token_embedding` must be True or False. "
+                f"Received: freeze_token_embedding={freeze_token_embedding!r}"
+            )
+        token_embedding = getattr(backbone, "token_embedding", None)
+        if freeze_token_embedding and not isinstance(token_embedding, keras.layers.Layer):
+            raise ValueError(
+                "`freeze_token_embedding=True` needs a backbone with a `token_embedding` "
+                f"layer (keras-hub text backbones have one); {type(backbone).__name__} has "
+                "none. Freeze the embedding layer yourself (`layer.trainable = False`) and "
+                "pass freeze_token_embedding=False."
+            )
         kwargs.setdefault("dtype", getattr(backbone, "dtype_policy", None))
         super().__init__(**kwargs)
+        self.freeze_token_embedding = freeze_token_embedding
+        if freeze_token_embedding:
+            token_embedding.trainable = False
         self.backbone = backbone
         self.pooling = pooling
         self.temperature = float(temperature)
@@ -357,6 +381,7 @@ class ContrastiveEncoder(Objective):
                 "similarity": self.similarity,
                 "symmetric": self.symmetric,
                 "hidden_dim": self.hidden_dim,
+                "freeze_token_embedding": self.freeze_token_embedding,
             }
         )
         return config

@@ -8,7 +8,9 @@ is fair:
    (`[mlm]` in the recipe), mean-pooled;
 3. the contrastive encoder: SimCSE (unsupervised dropout views, supervised
    NLI triples, or EDA views with `contrastive.augmentation = "text"`)
-   continued from the masked-LM weights, pooled as the recipe says.
+   trained from the untrained weights (from the masked-LM weights with
+   `mlm.warm_start`), pooled as the recipe says; with
+   `contrastive.freeze_token_embedding` its token vectors stay fixed.
 
 Each is scored on STS-B dev (Spearman of cosine vs gold, `--sts-dev`) where
 given, and always on held-out text: alignment and uniformity (Wang & Isola,
@@ -229,6 +231,7 @@ def build_model(recipe, prepared):
     model = ContrastiveEncoder(
         backbone, pooling=con_cfg["pooling"], projection=con_cfg["projection"],
         temperature=con_cfg["temperature"],
+        freeze_token_embedding=bool(con_cfg.get("freeze_token_embedding", False)),
     )
     epochs, steps_per_epoch = common.rounds(train_cfg)
     model.compile(
@@ -323,6 +326,8 @@ def train(
         "augmentation": "nli" if is_supervised else con_cfg["augmentation"],
         "backbone": model_cfg["backbone"],
         "pooling": con_cfg["pooling"],
+        "temperature": con_cfg["temperature"],
+        "freeze_token_embedding": bool(con_cfg.get("freeze_token_embedding", False)),
     }
     untrained = _evaluate("untrained (mean-pooled)", _mean_pooled(
         MaskedLanguageModel(model.backbone)), tokenizer, sequence_length, evaluator, heldout_views, log)

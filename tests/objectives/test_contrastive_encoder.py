@@ -140,3 +140,46 @@ def test_bad_inputs_fail_clearly():
         model({"anchor": texts(4), "labels": texts(4)})
     with pytest.raises(ValueError, match="loss"):
         model.compile(loss="mse")
+
+
+def test_freeze_token_embedding_trains_the_rest_and_round_trips(tmp_path):
+    data = tf.data.Dataset.from_tensor_slices({"anchor": texts(4 * B)}).batch(B, drop_remainder=True)
+    keras.utils.set_random_seed(4)
+    model = ContrastiveEncoder(bert(dropout=0.0), pooling="mean", freeze_token_embedding=True)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1), jit_compile=True)
+    frozen = model.backbone.token_embedding.embeddings
+    assert not any(v is frozen for v in model.trainable_variables)
+    before = {v.path: np.array(v) for v in model.variables}
+    model.fit(data, epochs=1, verbose=0)
+    # The token vectors stay exactly as initialized (weight decay included);
+    # position embeddings, attention and the projection move.
+    np.testing.assert_array_equal(np.array(frozen), before[frozen.path])
+    moved = [v.path for v in model.trainable_variables
+             if np.abs(np.array(v) - before[v.path]).max() > 1e-6]
+    assert any("position_embedding" in p for p in moved)
+    assert any("projection" in p for p in moved)
+    # .keras round trip: still frozen, same optimizer state, same next loss.
+    path = tmp_path / "frozen.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.freeze_token_embedding
+    assert not restored.backbone.token_embedding.trainable
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables)
+    batch = next(iter(data))
+    expected = model.train_on_batch(batch)
+    np.testing.assert_allclose(restored.train_on_batch(batch), expected, rtol=1e-5)
+    np.testing.assert_array_equal(np.array(restored.backbone.token_embedding.embeddings),
+                                  before[frozen.path])
+
+
+def test_freeze_token_embedding_needs_a_token_embedding():
+    inputs = {"token_ids": keras.Input((L,), dtype="int32"),
+              "padding_mask": keras.Input((L,), dtype="bool")}
+    hidden = keras.layers.Embedding(V, H)(inputs["token_ids"])
+    plain = keras.Model(inputs, hidden)
+    with pytest.raises(ValueError, match="freeze_token_embedding=True"):
+        ContrastiveEncoder(plain, hidden_dim=H, freeze_token_embedding=True)
+    with pytest.raises(ValueError, match="freeze_token_embedding"):
+        ContrastiveEncoder(bert(), freeze_token_embedding="yes")
+    # Without the flag such a backbone is fine.
+    assert not ContrastiveEncoder(plain, hidden_dim=H).freeze_token_embedding

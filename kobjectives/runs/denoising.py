@@ -110,6 +110,8 @@ def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
     objective = _objective(recipe)
     check_backbone(recipe["model"]["backbone"], kind="seq2seq")
     run_lengths = lengths(recipe)
+    log(f"lengths: {run_lengths['raw_length']} tokens read per sequence, encoder "
+        f"{run_lengths['encoder_length']}, target {run_lengths['target_length']}")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(recipe["training"]["seed"])
@@ -187,14 +189,35 @@ def make_corruption(recipe, prepared):
     )
 
 
-def _token_windows(documents, tokenizer, raw_length, shuffle, seed):
+def pack_token_ids(token_ids, window_length):
+    """Concatenates the rows of a ragged batch and cuts the stream into
+    windows of `window_length` tokens (the last may be shorter), as T5's
+    `reduce_concat_tokens` + `split_tokens`: short documents fill a window
+    together instead of leaving it half padding.
+
+    Example:
+
+    >>> pack_token_ids(tf.ragged.constant([[1, 2, 3], [4], [5, 6]]), 4).to_list()
+    [[1, 2, 3, 4], [5, 6]]
+    """
+    stream = token_ids.flat_values
+    return chunk_token_ids(
+        tf.RaggedTensor.from_row_lengths(stream, tf.shape(stream, out_type=tf.int64)),
+        window_length,
+    )
+
+
+def _token_windows(documents, tokenizer, raw_length, shuffle, seed, pack=False):
     """Documents -> 1-D token windows of 2..`raw_length` tokens (long
-    documents become several windows; one-token leftovers are dropped)."""
+    documents become several windows; one-token leftovers are dropped).
+    With `pack`, the documents of each group of 256 are concatenated first
+    (`pack_token_ids`), so windows are full."""
     dataset = tf.data.Dataset.from_tensor_slices(list(documents))
     if shuffle:
         dataset = dataset.shuffle(len(documents), seed=seed)
+    window = pack_token_ids if pack else chunk_token_ids
     dataset = dataset.batch(256).map(
-        lambda texts: chunk_token_ids(tokenizer(texts), raw_length),
+        lambda texts: window(tokenizer(texts), raw_length),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     dataset = dataset.unbatch().filter(lambda ids: tf.size(ids) >= 2)
@@ -217,7 +240,8 @@ def seq2seq_dataset(recipe, prepared, documents, batch_size, shuffle, repeat, se
     tokenizer = prepared["tokenizer"]
     run_lengths = prepared["lengths"]
     corruption = make_corruption(recipe, prepared)
-    windows = _token_windows(documents, tokenizer, run_lengths["raw_length"], shuffle, seed)
+    windows = _token_windows(documents, tokenizer, run_lengths["raw_length"], shuffle, seed,
+                             pack=bool(recipe["data"].get("pack_documents", False)))
     if _objective(recipe) == "t5":
         batches = windows.ragged_batch(batch_size, drop_remainder=True)
         dataset = corruption.map_over(batches, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
@@ -260,12 +284,8 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     `input_context` the documents are sharded by input pipeline and
     `batch_size` is per replica.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+    documents = common.split_documents(prepared, split, input_context)
     seed = int(recipe["training"]["seed"])
-    documents = prepared[f"{split}_documents"]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
     if split == "train":
         return seq2seq_dataset(recipe, prepared, documents, batch_size, True, True, seed)
     dataset = seq2seq_dataset(
@@ -274,13 +294,32 @@ def make_dataset(recipe, prepared, split, batch_size, input_context=None):
     return common.finite_validation(dataset, len(documents), batch_size)
 
 
-def jit_compile_for(recipe, strategy=None):
-    """`training.jit_compile`, off for a multi-replica CPU strategy."""
-    strategy = strategy or tf.distribute.get_strategy()
-    jit = bool(recipe["training"]["jit_compile"])
-    if jit and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        return False
-    return jit
+def reinitialize_t5_embedding(backbone):
+    """Re-draws a keras-hub `T5Backbone`'s tied token embedding as T5 means
+    it, in a form Adam can train; returns the `logit_scale` to give
+    `DenoisingSeq2Seq` (1.0; `"auto"` for other backbones, left as they are).
+
+    The bug it fixes: keras-hub's `T5Backbone` builds its embedding with
+    `keras.initializers.TruncatedNormal(1.0)`, whose first argument is the
+    *mean*, so every token starts as the all-ones vector plus noise of
+    standard deviation 0.05: all tokens look alike to the encoder, and the
+    tied projection gives all of them nearly the same logit. T5 draws the
+    embedding from N(0, 1) and scales the decoder states by
+    `hidden_dim ** -0.5` before the tied projection. Here the embedding is
+    drawn from N(0, 1 / hidden_dim) and projected with scale 1 (the same
+    logits as T5's for the same decoder states; the encoder and decoder read
+    embeddings `sqrt(hidden_dim)` times smaller), an embedding of the scale
+    of the other weights: Adam's steps are absolute (about the learning
+    rate), not relative as Adafactor's (T5's optimizer), so it moves it at
+    their pace. The recipe key
+    `model.reinitialize_t5_embedding` turns it on.
+    """
+    if not isinstance(backbone, keras_hub.models.T5Backbone) or not backbone.tie_embedding_weights:
+        return "auto"
+    embeddings = backbone.token_embedding.embeddings
+    draw = keras.initializers.RandomNormal(mean=0.0, stddev=backbone.hidden_dim ** -0.5)
+    embeddings.assign(tf.cast(draw(embeddings.shape, dtype="float32"), embeddings.dtype))
+    return 1.0
 
 
 def build_model(recipe, prepared):
@@ -294,12 +333,16 @@ def build_model(recipe, prepared):
         max(run_lengths["encoder_length"], run_lengths["target_length"]),
         dropout=model_cfg["dropout"],
     )
+    logit_scale = "auto"
+    if model_cfg.get("reinitialize_t5_embedding", False):
+        logit_scale = reinitialize_t5_embedding(backbone)
     # T5 starts decoding from the padding id, BART from </s> ([SEP] here).
     start = PAD_ID if _objective(recipe) == "t5" else SEP_ID
-    model = DenoisingSeq2Seq(backbone, decoder_start_token_id=start, padding_token_id=PAD_ID)
+    model = DenoisingSeq2Seq(backbone, decoder_start_token_id=start, padding_token_id=PAD_ID,
+                             logit_scale=logit_scale)
     model.compile(
         optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=jit_compile_for(recipe),
+        jit_compile=common.jit_compile_for(recipe),
     )
     return model
 
@@ -346,25 +389,92 @@ def unigram_baseline(train_dataset, validation_dataset, vocabulary_size, exclude
     }
 
 
+def copy_baselines(validation_dataset, excluded_ids=(), mask_token_id=MASK_ID):
+    """Held-out teacher-forced accuracy of two copying baselines for BART
+    (the target is the original sequence, the encoder reads its noised copy).
+
+    - `copy`: the output is the noised input itself, position by position.
+    - `pointer_copy`: a copying heuristic given the true previous target
+      token (as teacher forcing gives the model): predict the encoder token
+      after the one copied last, skipping `mask_token_id`; after each target
+      token, move the pointer to its next occurrence in the encoder input
+      (searching forward first, then from the start: a permuted sentence);
+      a token found nowhere (it was under a mask) leaves the pointer.
+
+    Both are counted over the real target tokens (`token_accuracy`) and over
+    those not in `excluded_ids` (`content_token_accuracy`).
+
+    Returns:
+        dict `{"copy": {...}, "pointer_copy": {...}}` of
+        `{"token_accuracy", "content_token_accuracy"}`.
+    """
+    excluded = np.asarray(sorted(excluded_ids) or [-1])
+    counts = {name: np.zeros(4) for name in ("copy", "pointer_copy")}
+    for x, targets, weights in validation_dataset:
+        encoder = x["encoder_token_ids"].numpy()
+        encoder_mask = x["encoder_padding_mask"].numpy().astype(bool)
+        targets, weights = targets.numpy(), weights.numpy()
+        for row in range(targets.shape[0]):
+            source = encoder[row][encoder_mask[row]]
+            target = targets[row][weights[row] > 0]
+            content = ~np.isin(target, excluded)
+            length = min(len(source), len(target))
+            aligned = np.zeros(len(target), bool)
+            aligned[:length] = source[:length] == target[:length]
+            pointed = np.zeros(len(target), bool)
+            pointer = -1
+            for i, token in enumerate(target):
+                guess = pointer + 1
+                while guess < len(source) and source[guess] == mask_token_id:
+                    guess += 1
+                pointed[i] = guess < len(source) and source[guess] == token
+                found = np.flatnonzero(source[pointer + 1:] == token)
+                if found.size:
+                    pointer = pointer + 1 + int(found[0])
+                else:
+                    found = np.flatnonzero(source == token)
+                    if found.size:
+                        pointer = int(found[0])
+            for name, hits in (("copy", aligned), ("pointer_copy", pointed)):
+                counts[name] += (hits.sum(), len(target), (hits & content).sum(), content.sum())
+    return {
+        name: {"token_accuracy": c[0] / max(c[1], 1.0),
+               "content_token_accuracy": c[2] / max(c[3], 1.0)}
+        for name, c in counts.items()
+    }
+
+
 def content_token_accuracy(model, validation_dataset, excluded_ids=()):
-    """The model's teacher-forced arg-max accuracy over the held-out target
-    tokens not in `excluded_ids` (the text, without sentinels and EOS)."""
+    """The model's teacher-forced accuracy over the held-out target tokens
+    not in `excluded_ids` (the text, without sentinels and EOS).
+
+    Returns `(text_argmax, any_argmax)`: the first predicts, at each text
+    position, the model's most probable *text* token (the excluded ids'
+    logits are ignored), so it is told, as the constant baseline
+    `unigram_baseline(...)["content_token_accuracy"]` is, that the position
+    holds text; the second takes the arg-max over the whole vocabulary, so a
+    position where the model rates "the span ends here" (the next sentinel)
+    above every single text token counts as a miss."""
     excluded = tf.constant(sorted(excluded_ids) or [-1], tf.int32)
 
     @tf.function
     def counts(x, targets, weights):
-        predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+        logits = tf.cast(model(x, training=False), tf.float32)
+        ids = tf.range(tf.shape(logits)[-1], dtype=tf.int32)
+        allowed = tf.logical_not(tf.reduce_any(tf.equal(ids[:, None], excluded[None, :]), axis=-1))
+        text_logits = tf.where(allowed, logits, tf.constant(-float("inf"), logits.dtype))
         targets = tf.cast(targets, tf.int32)
         content = tf.logical_not(tf.reduce_any(tf.equal(targets[..., None], excluded), axis=-1))
         w = tf.cast(weights, tf.float32) * tf.cast(content, tf.float32)
-        return tf.stack([tf.reduce_sum(w * tf.cast(tf.equal(predicted, targets), tf.float32)),
-                         tf.reduce_sum(w)])
+        hits = [tf.reduce_sum(w * tf.cast(tf.equal(
+            tf.argmax(z, axis=-1, output_type=tf.int32), targets), tf.float32))
+            for z in (text_logits, logits)]
+        return tf.stack([*hits, tf.reduce_sum(w)])
 
-    hits = total = 0.0
+    totals = np.zeros(3)
     for x, targets, weights in validation_dataset:
-        h, t = counts(x, targets, weights).numpy()
-        hits, total = hits + float(h), total + float(t)
-    return hits / max(total, 1.0)
+        totals += counts(x, targets, weights).numpy()
+    return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
 
 
 def _example(model, recipe, prepared, validation_dataset):
@@ -400,83 +510,65 @@ def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto",
     `metrics.json` (held-out token accuracy and perplexity of the targets
     next to a unigram baseline).
     """
-    started = time.time()
     objective = _objective(recipe)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    common.write_json(out_dir / "recipe.json", recipe)
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
-    keras.utils.set_random_seed(int(train_cfg["seed"]))
-
-    prepared = prepare(recipe, out_dir, data, tfds, data_dir, log)
-    run_lengths = prepared["lengths"]
-    log(f"lengths: {run_lengths['raw_length']} tokens read per sequence, encoder "
-        f"{run_lengths['encoder_length']}, target {run_lengths['target_length']}")
-
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    strategy, _ = common.training_strategy(train_cfg, strategy, log)
-    train_ds, val_ds = common.training_datasets(sys.modules[__name__], recipe, prepared, strategy)
-    with strategy.scope():
-        model = build_model(recipe, prepared)
-    log(f"model: DenoisingSeq2Seq ({objective}) over {model_cfg['backbone']} "
-        f"({model.count_params():,} parameters), strategy "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}")
-
-    history = common.round_history(out_dir, model.fit(
-        train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-        callbacks=common.run_callbacks(out_dir), verbose="auto", shuffle=False,
-    ).history)
-    common.plot_history(history, out_dir / "loss_curve.png", f"denoising seq2seq ({objective})",
-                        steps_per_epoch)
-
-    evaluation = model.evaluate(val_ds, return_dict=True, verbose=0)
-    batch_size = int(train_cfg["batch_size"])
+    model_cfg = recipe["model"]
+    run = common.fit_run(
+        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
+        title=f"denoising seq2seq ({objective})",
+        describe=lambda model: (
+            f"DenoisingSeq2Seq ({objective}) over {model_cfg['backbone']} "
+            f"({model.count_params():,} parameters)"
+        ),
+    )
+    model, prepared, evaluation = run.model, run.prepared, run.evaluation
+    batch_size = int(recipe["training"]["batch_size"])
     local_val = make_dataset(recipe, prepared, "validation", batch_size)
     excluded = (PAD_ID, CLS_ID, SEP_ID, *prepared["sentinel_ids"])
     baseline = unigram_baseline(
         make_dataset(recipe, prepared, "train", batch_size), local_val, len(prepared["vocabulary"]),
         excluded,
     )
-    content_accuracy = content_token_accuracy(model, local_val, excluded)
+    content_accuracy, content_accuracy_any = content_token_accuracy(model, local_val, excluded)
     example = _example(model, recipe, prepared, local_val)
+    copy_metrics = {}
+    if objective == "bart":
+        for name, values in copy_baselines(local_val, excluded).items():
+            copy_metrics[f"{name}_token_accuracy"] = values["token_accuracy"]
+            copy_metrics[f"{name}_content_token_accuracy"] = values["content_token_accuracy"]
 
-    from kobjectives.distribute.fault_tolerance import worker_dir
-
-    own_dir = worker_dir(out_dir)
-    own_dir.mkdir(parents=True, exist_ok=True)
-    model.save(own_dir / "model.keras")
-    export(model, own_dir, prepared, recipe)
+    export(model, common.save_objective(model, out_dir), prepared, recipe)
     vocabulary = prepared["vocabulary"]
-    metrics = {
+    metrics = common.write_metrics(run, {
         "objective": objective,
         "backbone": model_cfg["backbone"],
-        "steps": steps_per_epoch * epochs,
         "val_loss": evaluation["loss"],
         "val_perplexity": evaluation["perplexity"],
         "val_token_accuracy": evaluation["token_accuracy"],
         "unigram_perplexity": baseline["perplexity"],
         "unigram_token_accuracy": baseline["token_accuracy"],
         "unigram_token": vocabulary[baseline["token"]],
-        # The same accuracy over the text tokens alone (no sentinels, EOS, [CLS]).
+        # The same accuracy over the text tokens alone (no sentinels, EOS, [CLS]):
+        # arg-max among text tokens (told the position is text, as the constant
+        # baseline is), and arg-max over the whole vocabulary.
         "val_content_token_accuracy": content_accuracy,
+        "val_content_token_accuracy_any_token": content_accuracy_any,
         "unigram_content_token_accuracy": baseline["content_token_accuracy"],
         "unigram_content_token": vocabulary[baseline["content_token"]],
-        "train_loss_first_round": history["loss"][0],
-        "train_loss_last_round": history["loss"][-1],
-        "lengths": run_lengths,
-        "documents": {
-            "train": len(prepared["train_documents"]),
-            "validation": len(prepared["validation_documents"]),
-        },
+        **copy_metrics,
+        "lengths": prepared["lengths"],
         "example": example,
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    common.write_json(out_dir / "metrics.json", metrics)
+    })
     log(f"held-out target token accuracy {metrics['val_token_accuracy']:.4f}, perplexity "
         f"{metrics['val_perplexity']:.2f} vs unigram baseline accuracy "
         f"{baseline['token_accuracy']:.4f} (always {metrics['unigram_token']!r}), perplexity "
-        f"{baseline['perplexity']:.2f}; on the text tokens alone {content_accuracy:.4f} vs "
-        f"{baseline['content_token_accuracy']:.4f}")
+        f"{baseline['perplexity']:.2f}; on the text tokens alone {content_accuracy:.4f} "
+        f"(arg-max over all tokens {content_accuracy_any:.4f}) vs "
+        f"{baseline['content_token_accuracy']:.4f} (always {metrics['unigram_content_token']!r})")
+    if copy_metrics:
+        log(f"copying baselines: the noised input as output {copy_metrics['copy_token_accuracy']:.4f} "
+            f"(text {copy_metrics['copy_content_token_accuracy']:.4f}), pointer copy "
+            f"{copy_metrics['pointer_copy_token_accuracy']:.4f} "
+            f"(text {copy_metrics['pointer_copy_content_token_accuracy']:.4f})")
     log(f"run folder: {out_dir}")
     return metrics
 

@@ -2,13 +2,15 @@
 
 import math
 
-import numpy as np
 import keras
 import tensorflow as tf
 
 from kobjectives.ops import bart_noising
 from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
+from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_ids as _check_ids
+from kobjectives.layers.token_inputs import to_tensor as _to_tensor
 
 _RATES = (
     "text_infilling_rate",
@@ -20,7 +22,7 @@ _MAX_LAMBDA = 1000.0
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class BartNoising(keras.layers.Layer):
+class BartNoising(SeededLayer):
     """BART noising: text infilling, token deletion, sentence permutation and
     document rotation, each with its own rate.
 
@@ -225,8 +227,7 @@ class BartNoising(keras.layers.Layer):
         self.vocabulary_size = (
             None if vocabulary_size is None else int(vocabulary_size)
         )
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self._set_seed(seed)
         self.built = True
 
     def call(self, inputs, seed=None):
@@ -329,8 +330,7 @@ class BartNoising(keras.layers.Layer):
         token_ids = self._check_ids(token_ids)
 
         batch_size = tf.shape(token_ids)[0]
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         seed = tf.convert_to_tensor(seed)
         if seed.shape.rank == 2:
             if unbatched:
@@ -398,41 +398,6 @@ class BartNoising(keras.layers.Layer):
         with tf.control_dependencies([check]):
             return tf.cast(token_ids, "int32")
 
-    def map_over(
-        self, dataset, seed=None, num_parallel_calls=None, deterministic=None
-    ):
-        """Maps the layer over a `tf.data.Dataset` with one seed per element.
-
-        The dataset is zipped with `tf.data.Dataset.random(seed,
-        rerandomize_each_iteration=True)`; element `i` of an epoch is noised
-        with the stateless seed `[r_i, 0]`, `r_i` that dataset's `i`-th value.
-        The noise is thus a deterministic function of `seed`, the epoch and
-        the element's position (also with `num_parallel_calls`), and new in
-        every epoch.
-
-        Args:
-            dataset: a `tf.data.Dataset` of valid layer inputs (batched or
-                not).
-            seed: int. Defaults to the layer's `seed`; when both are `None`
-                the noise is not reproducible.
-            num_parallel_calls: passed to `Dataset.map`.
-            deterministic: passed to `Dataset.map`.
-
-        Returns:
-            The noised `tf.data.Dataset`.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        )
-        zero = tf.constant(0, "int64")
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, r: self(x, seed=tf.stack([r, zero])),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
-
     def _output_shape(self, token_shape):
         return tuple(token_shape)[:-1] + (self.sequence_length,)
 
@@ -482,37 +447,3 @@ class BartNoising(keras.layers.Layer):
             }
         )
         return config
-
-
-def _check_ids(name, ids, vocabulary_size):
-    if ids is None:
-        return ()
-    if isinstance(ids, (int, np.integer)):
-        ids = [ids]
-    try:
-        ids = tuple(int(i) for i in ids)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`{name}` must be a sequence of integer ids. Received: "
-            f"{name}={ids!r}."
-        ) from None
-    upper = vocabulary_size if vocabulary_size is not None else 2**31
-    bad = [i for i in ids if not 0 <= i < upper]
-    if bad:
-        raise ValueError(
-            f"`{name}` must hold ids in [0, vocabulary_size - 1] = "
-            f"[0, {upper - 1}]. Received out-of-range ids {bad}. Remove them "
-            "or fix `vocabulary_size`."
-        )
-    return ids
-
-
-def _to_tensor(x):
-    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
-        return x
-    if isinstance(x, (list, tuple)):
-        try:
-            return tf.convert_to_tensor(x)
-        except (ValueError, TypeError):
-            return tf.ragged.constant(x)
-    return tf.convert_to_tensor(x)

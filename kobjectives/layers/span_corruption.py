@@ -11,6 +11,9 @@ from kobjectives.ops.span_corruption import span_corruption
 from kobjectives.ops.span_corruption import span_corruption_lengths
 from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
+from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import fit_length as _fit_length
+from kobjectives.layers.token_inputs import to_tensor as _to_tensor
 
 OUTPUT_KEYS = (
     "encoder_token_ids",
@@ -21,7 +24,7 @@ OUTPUT_KEYS = (
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
-class SpanCorruption(keras.layers.Layer):
+class SpanCorruption(SeededLayer):
     """T5 span corruption: noise spans out of the encoder input, into the target.
 
     A fraction `noise_density` of each sequence's real tokens is split into
@@ -167,7 +170,7 @@ class SpanCorruption(keras.layers.Layer):
         self.targets_length = targets_length
         self.eos_token_id = eos_token_id
         self.padding_token_id = int(padding_token_id)
-        self.seed = seed
+        self._set_seed(seed)
         self.sentinel_ids = None
         if sentinel_ids is not None:
             if isinstance(sentinel_ids, (int, np.integer)):
@@ -176,7 +179,6 @@ class SpanCorruption(keras.layers.Layer):
             self._check_sentinels(self.sentinel_ids)
         if sequence_length is not None:
             self._resolve(sequence_length)
-        self._seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
     # -- static configuration -------------------------------------------------
@@ -329,8 +331,7 @@ class SpanCorruption(keras.layers.Layer):
             )
         sentinels, inputs_length, targets_length = self._resolve(int(length))
         token_ids = self._check_tokens(token_ids, tf.cast(lengths, tf.int32), sentinels)
-        if seed is None:
-            seed = self._seed_generator.next()
+        seed = self._next_seed(seed)
         outputs = span_corruption(
             token_ids,
             lengths,
@@ -398,30 +399,6 @@ class SpanCorruption(keras.layers.Layer):
         with tf.control_dependencies(checks):
             return tf.identity(token_ids)
 
-    def map_over(self, dataset, seed=None, num_parallel_calls=None, deterministic=None):
-        """Maps the layer over a `tf.data.Dataset` with one seed per element.
-
-        Element `i` of an epoch is corrupted with the stateless seed
-        `[r_i, 0]`, `r_i` the `i`-th value of
-        `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`: two
-        pipelines with the same `seed` give the same corruption, and every
-        epoch a new one.
-
-        Args:
-            dataset: a `tf.data.Dataset` of valid layer inputs.
-            seed: int; defaults to the layer's `seed`.
-            num_parallel_calls, deterministic: passed to `Dataset.map`.
-        """
-        if seed is None:
-            seed = self.seed
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        zero = tf.constant(0, "int64")
-        return tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda x, r: self(x, seed=tf.stack([r, zero])),
-            num_parallel_calls=num_parallel_calls,
-            deterministic=deterministic,
-        )
-
     def compute_output_shape(self, input_shape):
         extras = {}
         if isinstance(input_shape, dict):
@@ -473,25 +450,3 @@ class SpanCorruption(keras.layers.Layer):
             }
         )
         return config
-
-
-def _to_tensor(x):
-    if isinstance(x, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
-        return x
-    if isinstance(x, (list, tuple)):
-        try:
-            return tf.convert_to_tensor(x)
-        except (ValueError, TypeError):
-            return tf.ragged.constant(x)
-    return tf.convert_to_tensor(x)
-
-
-def _fit_length(x, length, pad_value):
-    """Pads (with `pad_value`) or truncates the last axis to `length`."""
-    x = tf.convert_to_tensor(x)
-    if x.shape[-1] == length:
-        return x
-    x = x[:, :length]
-    pad = tf.maximum(length - tf.shape(x)[1], 0)
-    x = tf.pad(x, [[0, 0], [0, pad]], constant_values=tf.cast(pad_value, x.dtype))
-    return tf.ensure_shape(x, [None, length])

@@ -36,17 +36,26 @@ def fit_length(x, length, pad_value=0):
     return tf.ensure_shape(x, [None, length])
 
 
-def check_ids(name, ids, vocabulary_size):
-    """`ids` (an int or ints) as a tuple of ints in `[0, vocabulary_size)`;
-    raises `ValueError` naming the argument otherwise."""
+def check_ids(name, ids, vocabulary_size=None):
+    """`ids` (an int, ints or `None`) as a tuple of ints in `[0,
+    vocabulary_size)` (`[0, 2**31)` without a vocabulary size); raises
+    `ValueError` naming the argument otherwise."""
+    if ids is None:
+        return ()
     if isinstance(ids, (int, np.integer)):
         ids = [ids]
-    ids = tuple(int(i) for i in ids)
-    bad = [i for i in ids if not 0 <= i < vocabulary_size]
+    try:
+        ids = tuple(int(i) for i in ids)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a sequence of integer ids. Received: {name}={ids!r}."
+        ) from None
+    upper = 2**31 if vocabulary_size is None else vocabulary_size
+    bad = [i for i in ids if not 0 <= i < upper]
     if bad:
         raise ValueError(
             f"`{name}` must hold ids in [0, vocabulary_size - 1] = "
-            f"[0, {vocabulary_size - 1}]. Received out-of-range ids {bad}. "
+            f"[0, {upper - 1}]. Received out-of-range ids {bad}. "
             "Remove them or fix `vocabulary_size`."
         )
     return ids

@@ -55,12 +55,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from subprocess_runs import cpu_model  # noqa: E402  (benchmarks/subprocess_runs.py)
+from subprocess_runs import run_child  # noqa: E402
 
 MINI_BATCH = 64
 SEQ_LEN = 32
@@ -182,32 +183,6 @@ def loops_child(batch, unroll, jit_compile):
           flush=True)
 
 
-def _run_child(args, timeout):
-    command = [sys.executable, os.path.abspath(__file__), *args]
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": (done.stderr or done.stdout)[-800:]}
-
-
-def _cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 512, 2048])
@@ -223,7 +198,7 @@ def main():
         return loops_child(int(b), unroll == "1", jit == "1")
 
     started = time.time()
-    print(f"date {datetime.date.today()}  machine {_cpu_model()}, {os.cpu_count()} cores  "
+    print(f"date {datetime.date.today()}  machine {cpu_model()}, {os.cpu_count()} cores  "
           f"python {platform.python_version()}")
     import keras
     import tensorflow as tf
@@ -234,7 +209,7 @@ def main():
     results = {}
     for batch in args.batches:
         for cached in (True, False):
-            result = _run_child(["--child", str(batch), "1" if cached else "0"], timeout=400)
+            result = run_child(__file__, ["--child", str(batch), "1" if cached else "0"], timeout=400)
             results[(batch, cached)] = result
             label = "cached  " if cached else "uncached"
             if "error" in result:
@@ -273,7 +248,7 @@ def main():
               "B=512 (8 chunks x 2 views)")
         for jit in (False, True):
             for unroll in (False, True):
-                r = _run_child(["--loops-child", "512", "1" if unroll else "0",
+                r = run_child(__file__, ["--loops-child", "512", "1" if unroll else "0",
                                 "1" if jit else "0"], timeout=300)
                 name = ("unrolled" if unroll else "while_loop") + (" jit" if jit else "")
                 if "error" in r:

@@ -40,12 +40,13 @@ import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from subprocess_runs import cpu_model  # noqa: E402  (benchmarks/subprocess_runs.py)
+from subprocess_runs import run_child  # noqa: E402
 
 VOCAB, LENGTH, BATCH, HIDDEN = 50257, 1024, 4, 768
 
@@ -140,32 +141,6 @@ def accuracy_child(chunk_sizes, jit):
     print(json.dumps(out), flush=True)
 
 
-def _run_child(args, timeout):
-    command = [sys.executable, os.path.abspath(__file__), *args]
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"error": (done.stderr or done.stdout)[-800:]}
-
-
-def _cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[128, 256],
@@ -181,7 +156,7 @@ def main():
         return accuracy_child([int(c) for c in args.accuracy_child[1:]], args.accuracy_child[0] == "1")
 
     started = time.time()
-    print(f"date {datetime.date.today()}  machine {_cpu_model()}, {os.cpu_count()} cores  "
+    print(f"date {datetime.date.today()}  machine {cpu_model()}, {os.cpu_count()} cores  "
           f"python {platform.python_version()}")
     import tensorflow as tf
 
@@ -190,7 +165,7 @@ def main():
     jit = "1" if args.jit else "0"
     results = {}
     for chunk in [0, *args.chunks]:
-        r = _run_child(["--child", str(chunk), jit], timeout=900)
+        r = run_child(__file__, ["--child", str(chunk), jit], timeout=900)
         results[chunk] = r
         name = "plain" if not chunk else f"chunked C={chunk}"
         if "error" in r:
@@ -199,7 +174,7 @@ def main():
         print(f"{name:18s} peak TF alloc +{r['peak_alloc_mib']:8.1f} MiB  peak RSS "
               f"+{r['peak_rss_mib']:8.1f} MiB  step {r['step_s']:.2f} s  loss {r['loss']:.6f}",
               flush=True)
-    accuracy = _run_child(["--accuracy-child", jit, *map(str, args.chunks)], timeout=1200)
+    accuracy = run_child(__file__, ["--accuracy-child", jit, *map(str, args.chunks)], timeout=1200)
 
     print()
     print("| loss | chunk | peak TF allocator (MiB) | vs plain | peak RSS (MiB) | step (s) |")

@@ -10,7 +10,7 @@ from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
 from kobjectives.layers.token_inputs import check_ids as _check_ids
-from kobjectives.layers.token_inputs import to_tensor as _to_tensor
+from kobjectives.layers.token_inputs import unpack_token_inputs
 
 _RATES = (
     "text_infilling_rate",
@@ -241,32 +241,9 @@ class BartNoising(SeededLayer):
                 output. When `None`, the layer's seed generator supplies the
                 next seed.
         """
-        extras = {}
-        padding_mask = None
-        if isinstance(inputs, dict):
-            if "token_ids" not in inputs:
-                raise ValueError(
-                    "Dict inputs to BartNoising need a 'token_ids' key. "
-                    f"Received keys: {sorted(inputs)}."
-                )
-            extras = dict(inputs)
-            token_ids = extras.pop("token_ids")
-            padding_mask = extras.pop("padding_mask", None)
-        else:
-            token_ids = inputs
-        token_ids = _to_tensor(token_ids)
-        if not token_ids.dtype.is_integer:
-            raise ValueError(
-                "BartNoising expects integer token ids. Received dtype "
-                f"{token_ids.dtype.name}; tokenize the text first."
-            )
-        rank = token_ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(
-                "BartNoising expects token ids of shape [batch, length] or "
-                f"[length]. Received shape {token_ids.shape}."
-            )
-        unbatched = rank == 1
+        token_ids, given, extras = unpack_token_inputs(inputs, "BartNoising")
+        padding_mask = given["padding_mask"]
+        unbatched = token_ids.shape.rank == 1
         length = self.sequence_length
         if isinstance(token_ids, tf.RaggedTensor):
             if padding_mask is not None:

@@ -13,7 +13,7 @@ from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
 from kobjectives.layers.token_inputs import fit_length as _fit_length
-from kobjectives.layers.token_inputs import to_tensor as _to_tensor
+from kobjectives.layers.token_inputs import unpack_token_inputs
 
 OUTPUT_KEYS = (
     "encoder_token_ids",
@@ -272,34 +272,9 @@ class SpanCorruption(SeededLayer):
     # -- call -----------------------------------------------------------------
 
     def call(self, inputs, seed=None):
-        extras = {}
-        padding_mask = None
-        if isinstance(inputs, dict):
-            if "token_ids" not in inputs:
-                raise ValueError(
-                    "Dict inputs to SpanCorruption need a 'token_ids' key. "
-                    f"Received keys: {sorted(inputs)}."
-                )
-            extras = dict(inputs)
-            token_ids = extras.pop("token_ids")
-            padding_mask = extras.pop("padding_mask", None)
-        else:
-            token_ids = inputs
-        token_ids = _to_tensor(token_ids)
-        if not token_ids.dtype.is_integer:
-            raise ValueError(
-                "SpanCorruption expects integer token ids. Received dtype "
-                f"{token_ids.dtype.name}; tokenize the text first."
-            )
-        if token_ids.dtype not in (tf.int32, tf.int64):
-            token_ids = tf.cast(token_ids, tf.int32)
-        rank = token_ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(
-                "SpanCorruption expects token ids of shape [batch, length] or "
-                f"[length]. Received shape {token_ids.shape}."
-            )
-        unbatched = rank == 1
+        token_ids, given, extras = unpack_token_inputs(inputs, "SpanCorruption")
+        padding_mask = given["padding_mask"]
+        unbatched = token_ids.shape.rank == 1
         pad = tf.cast(self.padding_token_id, token_ids.dtype)
         if isinstance(token_ids, tf.RaggedTensor):
             if self.sequence_length is None:

@@ -61,6 +61,55 @@ def check_ids(name, ids, vocabulary_size=None):
     return ids
 
 
+def unpack_token_inputs(inputs, layer_name, companions=("padding_mask",)):
+    """Splits a layer's input into checked token ids, companions and extras.
+
+    Args:
+        inputs: token ids (dense, ragged or nested lists; `[batch, length]`
+            or `[length]`) or a dict with `"token_ids"`, optional
+            `companions` and other keys.
+        layer_name: str, for the error messages.
+        companions: the optional per-token keys of a dict input.
+
+    Returns:
+        `(token_ids, companions, extras)`: int32/int64 ids of rank 1 or 2
+        (dense or ragged, as given); `{key: value or None}`; the dict
+        input's other keys.
+
+    Raises:
+        ValueError: no `"token_ids"` in a dict, non-integer ids, a rank other
+            than 1 or 2.
+    """
+    extras = {}
+    given = {key: None for key in companions}
+    if isinstance(inputs, dict):
+        if "token_ids" not in inputs:
+            raise ValueError(
+                f"Dict inputs to {layer_name} need a 'token_ids' key. "
+                f"Received keys: {sorted(inputs)}."
+            )
+        extras = dict(inputs)
+        token_ids = extras.pop("token_ids")
+        for key in companions:
+            given[key] = extras.pop(key, None)
+    else:
+        token_ids = inputs
+    token_ids = to_tensor(token_ids)
+    if not token_ids.dtype.is_integer:
+        raise ValueError(
+            f"{layer_name} expects integer token ids. Received dtype "
+            f"{token_ids.dtype.name}; tokenize the text first."
+        )
+    if token_ids.dtype not in (tf.int32, tf.int64):
+        token_ids = tf.cast(token_ids, "int32")
+    if token_ids.shape.rank not in (1, 2):
+        raise ValueError(
+            f"{layer_name} expects token ids of shape [batch, length] or "
+            f"[length]. Received shape {token_ids.shape}."
+        )
+    return token_ids, given, extras
+
+
 def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
                  companions=("padding_mask",)):
     """Normalizes a layer's token-id input to a dense batch.
@@ -86,40 +135,15 @@ def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
             non-integer ids, a rank other than 1 or 2, ragged ids without
             `sequence_length`.
     """
-    extras = {}
-    given = {key: None for key in companions}
-    if isinstance(inputs, dict):
-        if "token_ids" not in inputs:
-            raise ValueError(
-                f"Dict inputs to {layer_name} need a 'token_ids' key. "
-                f"Received keys: {sorted(inputs)}."
-            )
-        extras = dict(inputs)
-        token_ids = extras.pop("token_ids")
-        for key in companions:
-            given[key] = extras.pop(key, None)
-        if any(isinstance(x, tf.RaggedTensor) for x in (token_ids, *given.values())):
-            raise ValueError(
-                f"Dict inputs to {layer_name} must be dense; pass ragged token ids "
-                "directly (not in a dict) with `sequence_length` set."
-            )
-    else:
-        token_ids = inputs
-    token_ids = to_tensor(token_ids)
-    if not token_ids.dtype.is_integer:
+    token_ids, given, extras = unpack_token_inputs(inputs, layer_name, companions)
+    if isinstance(inputs, dict) and any(
+        isinstance(x, tf.RaggedTensor) for x in (token_ids, *given.values())
+    ):
         raise ValueError(
-            f"{layer_name} expects integer token ids. Received dtype "
-            f"{token_ids.dtype.name}; tokenize the text first."
+            f"Dict inputs to {layer_name} must be dense; pass ragged token ids "
+            "directly (not in a dict) with `sequence_length` set."
         )
-    if token_ids.dtype not in (tf.int32, tf.int64):
-        token_ids = tf.cast(token_ids, "int32")
-    rank = token_ids.shape.rank
-    if rank not in (1, 2):
-        raise ValueError(
-            f"{layer_name} expects token ids of shape [batch, length] or "
-            f"[length]. Received shape {token_ids.shape}."
-        )
-    unbatched = rank == 1
+    unbatched = token_ids.shape.rank == 1
     if isinstance(token_ids, tf.RaggedTensor):
         if sequence_length is None:
             raise ValueError(

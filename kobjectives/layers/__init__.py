@@ -7,3 +7,4 @@ from kobjectives.layers.sequence_packer import SequencePacker  # noqa: F401
 from kobjectives.layers.sentence_pair_generator import SentencePairGenerator  # noqa: F401
 from kobjectives.layers.permutation_lm_masker import PermutationLMMasker  # noqa: F401
 from kobjectives.layers.bart_noising import BartNoising  # noqa: F401
+from kobjectives.layers.token_weighted_pooling import TokenWeightedPooling  # noqa: F401

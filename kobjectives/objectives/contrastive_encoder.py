@@ -7,11 +7,13 @@ import tensorflow as tf
 
 from kobjectives import ops
 from kobjectives.layers.pooling import SequencePooling
+from kobjectives.layers.token_weighted_pooling import TokenWeightedPooling
 from kobjectives.objectives.objective import Objective
 from kobjectives.objectives.objective import run_backbone
 from kobjectives.ops.embedding_metrics import POOLING_MODES
 
 TEXT_KEYS = ("anchor", "positive", "negative")
+ENCODER_POOLING = POOLING_MODES + ("weighted_mean",)
 
 
 def _hidden_dim(backbone):
@@ -67,7 +69,10 @@ class ContrastiveEncoder(Objective):
         backbone: a keras-hub encoder `Backbone` or any `keras.Model` mapping
             `{"token_ids", "padding_mask"}` to `[batch, length, hidden]` (or
             a dict with `"sequence_output"`).
-        pooling: `"cls"` (SimCSE), `"mean"` or `"last"`. Defaults to `"cls"`.
+        pooling: `"cls"` (SimCSE), `"mean"`, `"last"` or `"weighted_mean"`:
+            a mean with one learned weight per vocabulary id
+            (`kobjectives.layers.TokenWeightedPooling`; mean pooling until
+            trained). Defaults to `"cls"`.
         projection: bool, use the SimCSE dense+tanh projection in training.
             Defaults to True.
         projection_dim: int, the projection's width. Defaults to the hidden
@@ -133,8 +138,8 @@ class ContrastiveEncoder(Objective):
                 "maps token ids and a padding mask to hidden states. "
                 f"Received: {type(backbone).__name__}"
             )
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"`pooling` must be one of {POOLING_MODES}. Received: pooling={pooling!r}")
+        if pooling not in ENCODER_POOLING:
+            raise ValueError(f"`pooling` must be one of {ENCODER_POOLING}. Received: pooling={pooling!r}")
         if (
             isinstance(temperature, bool)
             or not isinstance(temperature, numbers.Real)
@@ -177,7 +182,17 @@ class ContrastiveEncoder(Objective):
             )
         self.hidden_dim = int(hidden_dim)
         self.projection_dim = int(projection_dim or self.hidden_dim)
-        self.pooler = SequencePooling(pooling, dtype=self.dtype_policy, name="pooling")
+        if pooling == "weighted_mean":
+            vocabulary_size = getattr(token_embedding, "input_dim", None)
+            if vocabulary_size is None:
+                raise ValueError(
+                    "pooling='weighted_mean' learns a weight per vocabulary id and needs a "
+                    f"backbone with a `token_embedding` layer; {type(backbone).__name__} has "
+                    "none. Use pooling='mean'."
+                )
+            self.pooler = TokenWeightedPooling(vocabulary_size, dtype=self.dtype_policy, name="pooling")
+        else:
+            self.pooler = SequencePooling(pooling, dtype=self.dtype_policy, name="pooling")
         self.projection = None
         if self.use_projection:
             # SimCSE's MLPLayer: dense + tanh over the pooled embedding.
@@ -214,6 +229,8 @@ class ContrastiveEncoder(Objective):
             training: run the backbone with dropout.
         """
         hidden = self.encode(inputs, training=training)
+        if self.pooling == "weighted_mean":
+            return self.pooler(hidden, inputs["token_ids"], inputs["padding_mask"])
         return self.pooler(hidden, inputs["padding_mask"])
 
     def project(self, embeddings, training=False):

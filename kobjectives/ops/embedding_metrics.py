@@ -21,7 +21,7 @@ from kobjectives.ops.contrastive import l2_normalize
 POOLING_MODES = ("cls", "mean", "last")
 
 
-def pool_sequence(hidden, padding_mask, mode="mean"):
+def pool_sequence(hidden, padding_mask, mode="mean", weights=None):
     """Pools token states into one vector per sequence.
 
     Args:
@@ -32,6 +32,9 @@ def pool_sequence(hidden, padding_mask, mode="mean"):
             over real tokens; a row with no real token gives zeros, never
             NaN) or `"last"` (the last real token, for causal backbones; the
             first position for an empty row).
+        weights: optional non-negative float `[batch, length]` token weights
+            for `"mean"`: the weighted mean `sum_t w_t m_t h_t / sum_t w_t
+            m_t` (`m` the padding mask); `None` weighs every token 1.
 
     Returns:
         `[batch, hidden]`, in `hidden`'s dtype.
@@ -40,6 +43,8 @@ def pool_sequence(hidden, padding_mask, mode="mean"):
         raise ValueError(
             f"`pooling` must be one of {POOLING_MODES}. Received: pooling={mode!r}"
         )
+    if weights is not None and mode != "mean":
+        raise ValueError(f"Token `weights` apply to mode='mean' only. Received: mode={mode!r}")
     hidden = tf.convert_to_tensor(hidden)
     if hidden.shape.rank is not None and hidden.shape.rank != 3:
         raise ValueError(
@@ -51,8 +56,11 @@ def pool_sequence(hidden, padding_mask, mode="mean"):
     mask = tf.cast(padding_mask, hidden.dtype)
     if mode == "mean":
         # Sum in float32 so bfloat16 states keep their precision.
-        total = tf.reduce_sum(tf.cast(hidden, tf.float32) * tf.cast(mask, tf.float32)[..., None], axis=1)
-        count = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1, keepdims=True)
+        mask = tf.cast(mask, tf.float32)
+        if weights is not None:
+            mask = mask * tf.cast(weights, tf.float32)
+        total = tf.reduce_sum(tf.cast(hidden, tf.float32) * mask[..., None], axis=1)
+        count = tf.reduce_sum(mask, axis=1, keepdims=True)
         return tf.cast(tf.math.divide_no_nan(total, count), hidden.dtype)
     last = tf.maximum(tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1) - 1, 0)
     return tf.gather(hidden, last, batch_dims=1)

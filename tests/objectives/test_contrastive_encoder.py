@@ -61,11 +61,11 @@ def test_loss_equals_info_nce_on_embeddings(k):
     np.testing.assert_allclose(float(loss), float(tf.reduce_mean(expected)), rtol=1e-5)
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2):
+def _fit(strategy=None, jit_compile=False, epochs=2, pooling="mean"):
     data = tf.data.Dataset.from_tensor_slices(triples(4 * B)).batch(2 * B, drop_remainder=True)
     with (strategy or tf.distribute.get_strategy()).scope():
         keras.utils.set_random_seed(7)
-        model = ContrastiveEncoder(bert(dropout=0.0), pooling="mean")
+        model = ContrastiveEncoder(bert(dropout=0.0), pooling=pooling)
         model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
     history = model.fit(data, epochs=epochs, verbose=0).history
     return model, history
@@ -79,11 +79,12 @@ def test_jit_compile_trains_and_matches():
     assert h_jit["loss"][-1] < h_jit["loss"][0]
 
 
-def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, pooling):
     # Negatives are gathered across replicas, so the loss and the updates
     # equal one device on the global batch.
-    single, h_single = _fit()
-    mirrored, h_mirrored = _fit(mirrored_strategy)
+    single, h_single = _fit(pooling=pooling)
+    mirrored, h_mirrored = _fit(mirrored_strategy, pooling=pooling)
     np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], rtol=1e-5)
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -183,3 +184,43 @@ def test_freeze_token_embedding_needs_a_token_embedding():
         ContrastiveEncoder(bert(), freeze_token_embedding="yes")
     # Without the flag such a backbone is fine.
     assert not ContrastiveEncoder(plain, hidden_dim=H).freeze_token_embedding
+
+
+def test_weighted_mean_pooling_starts_as_mean_learns_token_weights_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(5)
+    backbone = bert(dropout=0.0)
+    model = ContrastiveEncoder(backbone, pooling="weighted_mean", freeze_token_embedding=True)
+    x = texts(4 * B)
+    # Untrained, it is exactly mean pooling of the same backbone.
+    mean = ops.pool_sequence(model.encode(x), x["padding_mask"], "mean")
+    np.testing.assert_allclose(model.embed(x), mean, atol=1e-6)
+    data = tf.data.Dataset.from_tensor_slices({"anchor": x}).batch(B, drop_remainder=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+    model.fit(data, epochs=2, verbose=0)
+    log_weights = np.array(model.pooler.log_weights)
+    seen = np.unique(x["token_ids"][x["padding_mask"]])
+    unseen = np.setdiff1d(np.arange(V), np.append(seen, 0))
+    assert np.abs(log_weights[seen]).min() > 0  # every id in the data got a gradient
+    np.testing.assert_array_equal(log_weights[unseen], 0.0)
+    # The embedding is the weighted mean with w = exp(scale * v).
+    hidden = model.encode(x).numpy()
+    w = np.exp(50.0 * log_weights[x["token_ids"]]) * x["padding_mask"]
+    expected = (hidden * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.embed(x), expected, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "weighted.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.pooling == "weighted_mean"
+    np.testing.assert_allclose(restored.embed(x), model.embed(x), atol=1e-5)
+    batch = next(iter(data))
+    np.testing.assert_allclose(restored.train_on_batch(batch), model.train_on_batch(batch), rtol=1e-5)
+
+
+def test_weighted_mean_pooling_needs_a_token_embedding():
+    inputs = {"token_ids": keras.Input((L,), dtype="int32"),
+              "padding_mask": keras.Input((L,), dtype="bool")}
+    plain = keras.Model(inputs, keras.layers.Embedding(V, H)(inputs["token_ids"]))
+    with pytest.raises(ValueError, match="weighted_mean"):
+        ContrastiveEncoder(plain, hidden_dim=H, pooling="weighted_mean")
+    with pytest.raises(ValueError, match="weighted_mean"):
+        ContrastiveEncoder(bert(), pooling="max")  # the message lists the modes

@@ -93,3 +93,15 @@ def test_pooling_modes():
         em.pool_sequence(hidden, mask, "max")
     jitted = tf.function(lambda h, m: em.pool_sequence(h, m, "last"), jit_compile=True)
     np.testing.assert_array_equal(jitted(hidden, mask), [hidden[0, 2], hidden[1, 0]])
+
+
+def test_weighted_mean_pooling():
+    hidden = np.arange(2 * 4 * 3, dtype="float32").reshape(2, 4, 3)
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
+    weights = np.array([[1.0, 3.0, 0.5, 9.0], [2.0, 1.0, 1.0, 1.0]], "float32")
+    expected = [(hidden[0, 0] + 3 * hidden[0, 1] + 0.5 * hidden[0, 2]) / 4.5, hidden[1, 0]]
+    np.testing.assert_allclose(em.pool_sequence(hidden, mask, "mean", weights=weights), expected, rtol=1e-6)
+    ones = em.pool_sequence(hidden, mask, "mean", weights=np.ones((2, 4), "float32"))
+    np.testing.assert_allclose(ones, em.pool_sequence(hidden, mask, "mean"), rtol=1e-6)
+    with pytest.raises(ValueError, match="mode='mean' only"):
+        em.pool_sequence(hidden, mask, "cls", weights=weights)

@@ -9,21 +9,26 @@ Conventions: `token_ids` is a dense integer tensor `[batch, length]` with ids
 integer tensor of shape `[2]`). All randomness comes from
 `tf.random.stateless_uniform` keyed by the seed: the same seed and input give
 the same result, and nothing holds state. No per-example Python, no
-`tf.map_fn`: a call is a fixed graph of about a hundred batched ops. On CPU
+`tf.map_fn`: a call is a fixed graph of about eighty batched ops. On CPU
 most of them cost about as much as their launch, so the formulas below are
-written to need few ops (e.g. running sums as a matrix product).
+written to need few ops (e.g. running sums as a matrix product), and no
+sort: on random keys a sort's branches are mispredicted about every
+other comparison.
 
-## Selection: one `top_k` for every strategy
+## Selection: one row-wise k-th largest for every strategy
 
 Every strategy is "take whole *chunks* of consecutive selectable tokens": a
 token is its own chunk (`"token"`), a word is a chunk (`"whole_word"`), a
 geometric-length tile is a chunk (`"span"`). Each chunk gets a uniformly
 random integer key shared by all of its tokens (`chunk_keys`), and every
 selectable token is scored `key * 2**p + (length - 1 - position)`
-(`2**p >= length`), every other position `-1` (`position_scores`). One
-`tf.math.top_k` over the scores lists the tokens chunk after chunk in a
+(`2**p >= length`), every other position `-1` (`position_scores`).
+Ordered by score, highest first, the tokens come chunk after chunk in a
 uniformly random chunk order, each chunk's tokens together and in position
-order: the chunks laid end to end on a random line. With `n` selectable
+order: the chunks laid end to end on a random line. A selection is a
+prefix of that line, so it is `scores >= the k-th largest score` for the
+right `k`, found per row in linear time (`kth_largest`, one
+`NthElement`), and never needs the line sorted. With `n` selectable
 tokens in a row and its target `t = rate * n`:
 
 - token and span: the first `k = floor(t + u)` tokens of the line are taken,
@@ -32,14 +37,17 @@ tokens in a row and its target `t = rate * n`:
 - whole-word: whole chunks only. The chunk at line places `[c, e)` holding
   the line position `floor(t)` is taken iff `c + v * (e - c) < t`,
   `v ~ U[0, 1)`, so with probability `(t - c) / (e - c)`: `E[taken] = t`
-  and no word is ever cut. (`whole_chunk_count`)
+  and no word is ever cut. (`whole_chunk_selection`: the
+  `floor(t) + 1`-th largest score names that chunk.)
 
 So the selected token fraction is unbiased whenever `max_selections` (the
 number of prediction slots) does not cap. When it does, at most
 `max_selections` tokens are taken; under whole-word masking the line stops
 before the first word that does not fit entirely. Keys that happen to
 collide merge two chunks into one (both or neither taken), which keeps the
-estimates unbiased and the words whole.
+estimates unbiased and the words whole. The selected positions are packed,
+ascending, into the slots by one `tf.where` and a segment sum
+(`compact_positions`).
 
 Chunk keys need a running sum: each key is the running sum, modulo
 `2**key_bits`, of uniform random increments placed at the chunk starts.
@@ -62,11 +70,10 @@ __all__ = [
     "geometric_tile_starts",
     "chunk_keys",
     "position_scores",
-    "top_slots",
+    "kth_largest",
     "stochastic_budget",
-    "whole_chunk_count",
-    "gather_selection",
-    "selected_mask",
+    "whole_chunk_selection",
+    "compact_positions",
     "sample_replacement_ids",
     "apply_replacements",
     "mask_tokens",
@@ -78,13 +85,18 @@ _SCORE_BITS = 30
 _MAX_RANGE_COMPARES = 8
 # Span tile lengths use the top bits of the key draw.
 _LENGTH_BITS = 15
-_INT32_MIN = np.iinfo(np.int32).min
+
+
+def _dim(x, axis):
+    """The static size of `x` along `axis` as an int, else a scalar tensor
+    (static sizes keep the shape arithmetic out of the graph)."""
+    static = x.shape[axis]
+    return int(static) if static is not None else tf.shape(x)[axis]
 
 
 def _length(x):
     """The static length (axis 1) of `x` as an int, else a scalar tensor."""
-    static = x.shape[1]
-    return int(static) if static is not None else tf.shape(x)[1]
+    return _dim(x, 1)
 
 
 def _position_bits(length):
@@ -115,6 +127,13 @@ def _reverse_positions(length):
     if isinstance(length, int):
         return tf.constant(np.arange(length - 1, -1, -1, dtype="int32")[None])
     return tf.range(length - 1, -1, -1, dtype="int32")[None, :]
+
+
+def _positions(length):
+    """`[[0, 1, ..., length - 1]]`, int32."""
+    if isinstance(length, int):
+        return tf.constant(np.arange(length, dtype="int32")[None])
+    return tf.range(length, dtype="int32")[None, :]
 
 
 def _slot_range(k):
@@ -252,15 +271,15 @@ def _tile_starts_from_lengths(lengths):
         tf.matmul(lengths, _triangular(length, "float32", strict=True)),
         "int32",
     )
-    # One segment sum marks the starts inside the row (the others add 0).
-    size = tf.shape(lengths)[0] * length
-    rows = tf.range(0, size, length)[:, None]
-    marks = tf.math.unsorted_segment_sum(
-        tf.cast(bounds < length, "int32"),
-        rows + tf.minimum(bounds, length - 1),
-        size,
+    # A per-row histogram of the starts marks them (those past the end of
+    # the row are dropped).
+    marks = tf.raw_ops.DenseBincount(
+        input=bounds,
+        size=length,
+        weights=tf.constant([], "int32"),
+        binary_output=True,
     )
-    return tf.reshape(marks, tf.shape(lengths)) > 0
+    return tf.cast(marks, "bool")
 
 
 def geometric_tile_starts(uniform, p, max_length):
@@ -358,15 +377,35 @@ def position_scores(keys, selectable, position_bits):
     return tf.where(selectable, scores, tf.constant(-1, scores.dtype))
 
 
-def top_slots(scores, k):
-    """`tf.math.top_k(scores, k)`, padding rows shorter than `k` with -1."""
-    length = _length(scores)
-    if not isinstance(length, int):
-        pad = tf.maximum(k - length, 0)
-        scores = tf.pad(scores, [[0, 0], [0, pad]], constant_values=-1)
-    elif length < k:
-        scores = tf.pad(scores, [[0, 0], [0, k - length]], constant_values=-1)
-    return tf.math.top_k(scores, k=k)
+def kth_largest(scores, k, max_k):
+    """The `k`-th largest score of each row, without a sort.
+
+    Args:
+        scores: int tensor `[batch, length]`.
+        k: float32 `[batch, 1]`, integers in `[0, max_k]`.
+        max_k: int, at least 1.
+
+    Returns:
+        tensor `[batch, 1]` like `scores`: the `k`-th largest value of the
+        row (counting repeats), `scores.dtype.max` where `k` is 0 and
+        `scores.dtype.min` where `k` exceeds `length`.
+
+    `max_k - k` copies of `scores.dtype.max` are put in front of each row
+    and one `NthElement` (a per-row `std::nth_element`, a selection in
+    linear time) takes the `max_k`-th largest. On CPU it costs about a third
+    of `tf.math.top_k(scores, max_k)`, whose per-row heap mispredicts its
+    branches on random scores.
+    """
+    dtype = scores.dtype
+    fillers = tf.where(
+        _slot_range(max_k) < float(max_k) - k,
+        tf.constant(dtype.max, dtype),
+        tf.constant(dtype.min, dtype),
+    )
+    value = tf.raw_ops.NthElement(
+        input=tf.concat([fillers, scores], axis=1), n=max_k - 1, reverse=True
+    )
+    return value[:, None]
 
 
 def stochastic_budget(target, u, max_selections):
@@ -378,75 +417,72 @@ def stochastic_budget(target, u, max_selections):
     return tf.minimum(tf.floor(target + u), float(max_selections))
 
 
-def whole_chunk_count(values, target, v, position_bits, max_selections):
-    """Number of line places taken under whole-chunk selection.
+def whole_chunk_selection(scores, target, v, position_bits, max_selections):
+    """The positions taken under whole-chunk selection, and their number.
 
     Args:
-        values: int32 `[batch, k]`, `k > max_selections`: the sorted top
-            scores (`top_slots`); the chunk of a place is `value >> p`.
+        scores: `position_scores` of the row (`-1` where not selectable);
+            the chunk of a position is `score >> position_bits`.
         target: float32 `[batch, 1]`, `t = rate * n`.
         v: float32 `[batch, 1]`, uniform on `[0, 1)`.
         position_bits: the `p` of the scores.
         max_selections: int, the cap.
 
     Returns:
-        float32 `[batch, 1]`: the end of the last chunk taken. The chunk
-        `[c, e)` holding place `floor(t)` (or place `max_selections` when
-        capping) is taken iff `c + v * (e - c) < t` and `e <=
-        max_selections`.
+        `(selected, count)`: bool `[batch, length]` and its float32 `[batch,
+        1]` row counts. With the line places `[c, e)` of the chunk holding
+        place `floor(t)` (place `max_selections` when capping), the chunks
+        before it are taken, and it too iff `c + v * (e - c) < t` and `e <=
+        max_selections`: `E[taken] = t` uncapped, and no chunk is cut.
     """
-    chunk = tf.bitwise.right_shift(values, position_bits)
     place = tf.minimum(tf.floor(target), float(max_selections))
-    here = tf.reduce_min(
-        tf.where(
-            tf.equal(_slot_range(values.shape[1]), place),
-            chunk,
-            chunk.dtype.max,
+    # The chunk at that place; -1 (none) when the row has no such place.
+    here = tf.maximum(
+        tf.bitwise.right_shift(
+            kth_largest(scores, place + 1.0, max_selections + 1),
+            position_bits,
         ),
-        axis=1,
-        keepdims=True,
+        tf.constant(-1, scores.dtype),
     )
-    first = tf.reduce_sum(tf.cast(chunk > here, "float32"), 1, keepdims=True)
-    end = tf.reduce_sum(tf.cast(chunk >= here, "float32"), 1, keepdims=True)
+    chunk = tf.bitwise.right_shift(scores, position_bits)
+    # Unselectable positions (score and chunk -1) never count.
+    before = chunk > here
+    through = tf.logical_and(chunk >= here, scores >= 0)
+    first = tf.reduce_sum(tf.cast(before, "float32"), 1, keepdims=True)
+    end = tf.reduce_sum(tf.cast(through, "float32"), 1, keepdims=True)
     take = tf.logical_and(
         first + v * (end - first) < target, end <= float(max_selections)
     )
-    return tf.where(take, end, first)
+    return tf.where(take, through, before), tf.where(take, end, first)
 
 
-def gather_selection(values, indices, count, max_selections):
-    """Slots of the first `count` places of the line, in position order.
+def compact_positions(selected, count, slots):
+    """The selected positions, ascending, packed into `slots` slots.
 
     Args:
-        values, indices: `top_slots` outputs, `[batch, k]`.
-        count: float32 `[batch, 1]`, at most `max_selections`.
-        max_selections: int, the number of slots.
+        selected: bool `[batch, length]`.
+        count: float32 `[batch, 1]`, the number of `True` in each row, at
+            most `slots`.
+        slots: int.
 
     Returns:
-        `(mask_positions, used, threshold)`: int32 `[batch,
-        max_selections]` positions in ascending order (0 in unused slots),
-        bool `used` slots, and the `[batch, 1]` lowest taken score.
+        `(mask_positions, used)`: int32 `[batch, slots]` positions in
+        ascending order (0 in unused slots) and bool `used` slots. One
+        `tf.where` lists the selected positions in row-major order; the
+        `i`-th of them goes to slot `i - (first index of its row)`, written
+        with one segment sum.
     """
-    taken = _slot_range(values.shape[1]) < count
-    threshold = tf.reduce_min(
-        tf.where(taken, values, values.dtype.max), axis=1, keepdims=True
+    found = tf.cast(tf.where(selected), "int32")
+    rows, positions = found[:, 0], found[:, 1]
+    size = _dim(selected, 0) * slots
+    # Flat slot of the i-th found position: i + row * slots - row start.
+    offsets = tf.range(0, size, slots) - tf.cumsum(
+        tf.cast(count[:, 0], "int32"), exclusive=True
     )
-    if values.shape[1] > max_selections:
-        taken = taken[:, :max_selections]
-        indices = indices[:, :max_selections]
-    ascending, _ = tf.math.top_k(
-        tf.where(taken, -indices, _INT32_MIN), k=max_selections
-    )
-    return tf.where(taken, -ascending, 0), taken, threshold
-
-
-def selected_mask(scores, threshold):
-    """The selected positions, bool `[batch, length]` (`scores >= threshold`).
-
-    `mask_tokens` does not need it (replacements are scattered from the
-    slots); it is the `[batch, length]` view of a selection.
-    """
-    return scores >= threshold
+    flat = tf.range(tf.shape(rows)[0]) + tf.gather(offsets, rows)
+    mask_positions = tf.math.unsorted_segment_sum(positions, flat, size)
+    used = _slot_range(slots) < count
+    return tf.reshape(mask_positions, [-1, slots]), used
 
 
 def sample_replacement_ids(
@@ -557,12 +593,11 @@ def apply_replacements(
         new_ids = tf.cast(mask_token_id, dtype)
     replaced = tf.logical_and(used, _below(random_bits, random_end - offset))
     delta = tf.where(replaced, new_ids - mask_ids, tf.constant(0, dtype))
-    shape = tf.shape(token_ids)
-    length = _length(token_ids)
-    size = shape[0] * length
+    batch, length = _dim(token_ids, 0), _length(token_ids)
+    size = batch * length
     rows = tf.range(0, size, length)[:, None]
     changes = tf.math.unsorted_segment_sum(delta, rows + mask_positions, size)
-    return token_ids + tf.reshape(changes, shape)
+    return token_ids + tf.reshape(changes, tf.stack([batch, length]))
 
 
 def _below(bits, threshold):
@@ -638,11 +673,9 @@ def mask_tokens(
             "`continuation_token_ids` or a `word_starts` input."
         )
     slots = int(mask_selection_length)
-    shape = tf.shape(token_ids)
     length = _length(token_ids)
-    width = (length if isinstance(length, int) else shape[1]) + slots + 2
     draw = tf.random.stateless_uniform(
-        tf.stack([shape[0], width]),
+        tf.stack([_dim(token_ids, 0), length + slots + 2]),
         tf.cast(seed, "int64"),
         minval=None,
         maxval=None,
@@ -715,19 +748,18 @@ def mask_tokens(
         keys = chunk_keys(starts, key_draw, key_bits, sum_dtype)
         scores = position_scores(keys, selectable, p)
 
-    # rate * n, the row's target number of selected tokens.
-    target = tf.reduce_sum(
-        tf.where(selectable, float(mask_selection_rate), 0.0),
-        axis=1,
-        keepdims=True,
-    )
+    # n selectable tokens; rate * n, the row's target number of selected.
+    size = tf.reduce_sum(tf.cast(selectable, "float32"), 1, keepdims=True)
+    target = size * float(mask_selection_rate)
     if strategy == "whole_word":
-        values, indices = top_slots(scores, slots + 1)
-        count = whole_chunk_count(values, target, uniform, p, slots)
+        selected, count = whole_chunk_selection(
+            scores, target, uniform, p, slots
+        )
     else:
-        values, indices = top_slots(scores, slots)
-        count = stochastic_budget(target, uniform, slots)
-    mask_positions, used, _ = gather_selection(values, indices, count, slots)
+        # Never more than the selectable tokens (rate <= 1 implies it).
+        count = tf.minimum(stochastic_budget(target, uniform, slots), size)
+        selected = scores >= kth_largest(scores, count, slots)
+    mask_positions, used = compact_positions(selected, count, slots)
     mask_ids = tf.where(
         used,
         tf.gather(token_ids, mask_positions, batch_dims=1),

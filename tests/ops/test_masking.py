@@ -119,27 +119,81 @@ def test_word_starts():
     )
 
 
-def test_top_slots_selection_and_gather():
+def test_kth_largest_per_row():
+    scores = tf.constant([[5, -1, 9, 7, 3], [2, 8, -1, -1, 4]])
+    k = tf.constant([[1.0], [3.0]])
+    np.testing.assert_array_equal(
+        masking.kth_largest(scores, k, 4), [[9], [2]]
+    )
+    # k = 0 gives the dtype's maximum (nothing is >= it); k beyond the
+    # row's length its minimum.
+    np.testing.assert_array_equal(
+        masking.kth_largest(scores, tf.constant([[0.0], [2.0]]), 2),
+        [[np.iinfo(np.int32).max], [4]],
+    )
+    np.testing.assert_array_equal(
+        masking.kth_largest(scores, tf.constant([[6.0], [5.0]]), 6),
+        [[np.iinfo(np.int32).min], [-1]],
+    )
+    # Same answer as a sort, on random rows and budgets.
+    rng = np.random.default_rng(0)
+    values = rng.permutation(64 * 30).reshape(64, 30).astype("int32")
+    ks = rng.integers(1, 9, size=(64, 1)).astype("float32")
+    ranks = ks[:, 0].astype(int) - 1
+    expected = -np.sort(-values, axis=1)[np.arange(64), ranks]
+    np.testing.assert_array_equal(
+        masking.kth_largest(tf.constant(values), tf.constant(ks), 8)[:, 0],
+        expected,
+    )
+
+
+def test_whole_chunk_selection_and_compaction():
     # Two chunks (keys 3 and 1, p=3) and an unselectable position.
     keys = tf.constant([[1, 1, 3, 3, 3, 0, 1, 1]])
     selectable = tf.constant(np.array([[1, 1, 1, 1, 1, 0, 1, 1]], bool))
     scores = masking.position_scores(keys, selectable, 3)
-    values, indices = masking.top_slots(scores, 5)
-    np.testing.assert_array_equal(indices, [[2, 3, 4, 0, 1]])
-    # Target 3: the key-3 chunk fills it exactly; the next chunk is dropped.
-    count = masking.whole_chunk_count(
-        tf.concat([values, [[-1]]], 1),
-        target=tf.constant([[3.0]]),
-        v=tf.constant([[0.0]]),
-        position_bits=3,
-        max_selections=5,
-    )
+
+    def select(target, v):
+        return masking.whole_chunk_selection(
+            scores,
+            target=tf.constant([[target]]),
+            v=tf.constant([[v]]),
+            position_bits=3,
+            max_selections=5,
+        )
+
+    # Target 3: the key-3 chunk (line places [0, 3)) fills it exactly; the
+    # next chunk (places [3, 7)) starts at place 3 and is dropped.
+    selected, count = select(3.0, 0.0)
+    np.testing.assert_array_equal(selected, [[0, 0, 1, 1, 1, 0, 0, 0]])
     assert float(count[0, 0]) == 3.0
-    positions, used, threshold = masking.gather_selection(
-        values, indices, tf.constant([[4.0]]), 4
+    # Target 4: place 4 is in the key-1 chunk [3, 7), taken iff
+    # 3 + v * 4 < 4 and 7 <= 5: never, it does not fit in 5 slots.
+    selected, count = select(4.0, 0.0)
+    np.testing.assert_array_equal(selected, [[0, 0, 1, 1, 1, 0, 0, 0]])
+    # With 8 slots it fits and is taken iff v < 1/4.
+    taken, _ = masking.whole_chunk_selection(
+        scores, tf.constant([[4.0]]), tf.constant([[0.2]]), 3, 8
     )
-    np.testing.assert_array_equal(positions, [[0, 2, 3, 4]])
-    np.testing.assert_array_equal(used, [[1, 1, 1, 1]])
-    np.testing.assert_array_equal(
-        masking.selected_mask(scores, threshold), [[1, 0, 1, 1, 1, 0, 0, 0]]
+    np.testing.assert_array_equal(taken, [[1, 1, 1, 1, 1, 0, 1, 1]])
+    dropped, _ = masking.whole_chunk_selection(
+        scores, tf.constant([[4.0]]), tf.constant([[0.3]]), 3, 8
     )
+    np.testing.assert_array_equal(dropped, [[0, 0, 1, 1, 1, 0, 0, 0]])
+
+    positions, used = masking.compact_positions(
+        taken, tf.constant([[7.0]]), 8
+    )
+    np.testing.assert_array_equal(positions, [[0, 1, 2, 3, 4, 6, 7, 0]])
+    np.testing.assert_array_equal(used, [[1, 1, 1, 1, 1, 1, 1, 0]])
+
+
+def test_compact_positions_rows_and_empty_rows():
+    selected = tf.constant(
+        np.array([[0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0]], bool)
+    )
+    positions, used = masking.compact_positions(
+        selected, tf.constant([[2.0], [0.0], [3.0]]), 3
+    )
+    np.testing.assert_array_equal(positions, [[1, 3, 0], [0, 0, 0], [0, 1, 2]])
+    np.testing.assert_array_equal(used, [[1, 1, 0], [0, 0, 0], [1, 1, 1]])

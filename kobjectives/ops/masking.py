@@ -129,13 +129,6 @@ def _reverse_positions(length):
     return tf.range(length - 1, -1, -1, dtype="int32")[None, :]
 
 
-def _positions(length):
-    """`[[0, 1, ..., length - 1]]`, int32."""
-    if isinstance(length, int):
-        return tf.constant(np.arange(length, dtype="int32")[None])
-    return tf.range(length, dtype="int32")[None, :]
-
-
 def _slot_range(k):
     """`[[0., 1., ..., k - 1.]]`, float32."""
     return tf.constant(np.arange(k, dtype="float32")[None])

@@ -9,11 +9,11 @@ Conventions: `token_ids` is a dense integer tensor `[batch, length]` with ids
 integer tensor of shape `[2]`). All randomness comes from
 `tf.random.stateless_uniform` keyed by the seed: the same seed and input give
 the same result, and nothing holds state. No per-example Python, no
-`tf.map_fn`: a call is a fixed graph of about eighty batched ops. On CPU
-most of them cost about as much as their launch, so the formulas below are
-written to need few ops (e.g. running sums as a matrix product), and no
-sort: on random keys a sort's branches are mispredicted about every
-other comparison.
+`tf.map_fn`: a call is a fixed graph of about sixty batched ops (token
+strategy, static length). On CPU most of them cost about as much as their
+launch, so the formulas below are written to need few ops (e.g. running
+sums as a matrix product), and no sort: on random keys a sort's branches
+are mispredicted about every other comparison.
 
 ## Selection: one row-wise k-th largest for every strategy
 
@@ -46,7 +46,7 @@ number of prediction slots) does not cap. When it does, at most
 before the first word that does not fit entirely. Keys that happen to
 collide merge two chunks into one (both or neither taken), which keeps the
 estimates unbiased and the words whole. The selected positions are packed,
-ascending, into the slots by one `tf.where` and a segment sum
+ascending, into the slots by one `tf.where` and one `RaggedTensorToTensor`
 (`compact_positions`).
 
 Chunk keys need a running sum: each key is the running sum, modulo
@@ -129,9 +129,19 @@ def _reverse_positions(length):
     return tf.range(length - 1, -1, -1, dtype="int32")[None, :]
 
 
-def _slot_range(k):
-    """`[[0., 1., ..., k - 1.]]`, float32."""
-    return tf.constant(np.arange(k, dtype="float32")[None])
+def _slot_range(k, reverse=False):
+    """`[[0., 1., ..., k - 1.]]` (reversed if `reverse`), float32."""
+    slots = np.arange(k, dtype="float32")
+    return tf.constant((slots[::-1] if reverse else slots)[None])
+
+
+def _row_offsets(batch, width):
+    """`[[0], [width], [2 * width], ...]`, int32 `[batch, 1]`: the flat
+    index of each row's first element."""
+    if isinstance(batch, int) and isinstance(width, int):
+        offsets = np.arange(0, batch * width, width, dtype="int32")
+        return tf.constant(offsets[:, None])
+    return tf.range(0, batch * width, width)[:, None]
 
 
 def id_ranges(ids):
@@ -280,7 +290,8 @@ def geometric_tile_starts(uniform, p, max_length):
 
     Tile `j` of a row has length `truncated_geometric_lengths(uniform[:, j])`
     and the tiles are laid from position 0 on (a row needs at most `length`
-    tiles); the tile starts are marked with one scatter (a segment sum).
+    tiles); the tile starts are marked with one per-row histogram
+    (`DenseBincount`).
 
     Args:
         uniform: float32 `[batch, length]` in `(0, 1)`.
@@ -390,8 +401,9 @@ def kth_largest(scores, k, max_k):
     branches on random scores.
     """
     dtype = scores.dtype
+    # Slot j holds the maximum iff j < max_k - k, i.e. max_k - 1 - j >= k.
     fillers = tf.where(
-        _slot_range(max_k) < float(max_k) - k,
+        _slot_range(max_k, reverse=True) >= k,
         tf.constant(dtype.max, dtype),
         tf.constant(dtype.min, dtype),
     )
@@ -461,21 +473,26 @@ def compact_positions(selected, count, slots):
     Returns:
         `(mask_positions, used)`: int32 `[batch, slots]` positions in
         ascending order (0 in unused slots) and bool `used` slots. One
-        `tf.where` lists the selected positions in row-major order; the
-        `i`-th of them goes to slot `i - (first index of its row)`, written
-        with one segment sum.
+        `tf.where` lists the selected positions in row-major order, i.e.
+        as the values of a ragged tensor with those row ids, which one
+        `RaggedTensorToTensor` pads into the slots.
     """
-    found = tf.cast(tf.where(selected), "int32")
-    rows, positions = found[:, 0], found[:, 1]
-    size = _dim(selected, 0) * slots
-    # Flat slot of the i-th found position: i + row * slots - row start.
-    offsets = tf.range(0, size, slots) - tf.cumsum(
-        tf.cast(count[:, 0], "int32"), exclusive=True
+    rows, positions = tf.unstack(tf.where(selected), axis=1)
+    batch = _dim(selected, 0)
+    num_rows = (
+        tf.constant(batch, "int64")
+        if isinstance(batch, int)
+        else tf.cast(batch, "int64")
     )
-    flat = tf.range(tf.shape(rows)[0]) + tf.gather(offsets, rows)
-    mask_positions = tf.math.unsorted_segment_sum(positions, flat, size)
+    mask_positions = tf.raw_ops.RaggedTensorToTensor(
+        shape=[-1, slots],
+        values=tf.cast(positions, "int32"),
+        default_value=tf.constant(0, "int32"),
+        row_partition_tensors=[num_rows, rows],
+        row_partition_types=["FIRST_DIM_SIZE", "VALUE_ROWIDS"],
+    )
     used = _slot_range(slots) < count
-    return tf.reshape(mask_positions, [-1, slots]), used
+    return mask_positions, used
 
 
 def sample_replacement_ids(
@@ -587,9 +604,9 @@ def apply_replacements(
     replaced = tf.logical_and(used, _below(random_bits, random_end - offset))
     delta = tf.where(replaced, new_ids - mask_ids, tf.constant(0, dtype))
     batch, length = _dim(token_ids, 0), _length(token_ids)
-    size = batch * length
-    rows = tf.range(0, size, length)[:, None]
-    changes = tf.math.unsorted_segment_sum(delta, rows + mask_positions, size)
+    changes = tf.math.unsorted_segment_sum(
+        delta, _row_offsets(batch, length) + mask_positions, batch * length
+    )
     return token_ids + tf.reshape(changes, tf.stack([batch, length]))
 
 
@@ -674,11 +691,10 @@ def mask_tokens(
         maxval=None,
         dtype="int32",
     )
-    key_draw = draw[:, :length]
-    slot_draw = draw[:, -(slots + 2) : -2]
+    key_draw, slot_draw, _, last = tf.split(draw, [-1, slots, 1, 1], axis=1)
     # A uniform on [0, 1) per row from the last column (24 of its bits).
     uniform = tf.cast(
-        tf.bitwise.right_shift(draw[:, -1:], 8), "float32"
+        tf.bitwise.right_shift(last, 8), "float32"
     ) * (1.0 / 2**24) + 0.5
 
     padding_mask = tf.cast(padding_mask, "bool")

@@ -479,13 +479,12 @@ def compact_positions(selected, count, slots):
     """
     rows, positions = tf.unstack(tf.where(selected), axis=1)
     batch = _dim(selected, 0)
+    static = isinstance(batch, int)
     num_rows = (
-        tf.constant(batch, "int64")
-        if isinstance(batch, int)
-        else tf.cast(batch, "int64")
+        tf.constant(batch, "int64") if static else tf.cast(batch, "int64")
     )
     mask_positions = tf.raw_ops.RaggedTensorToTensor(
-        shape=[-1, slots],
+        shape=[batch if static else -1, slots],
         values=tf.cast(positions, "int32"),
         default_value=tf.constant(0, "int32"),
         row_partition_tensors=[num_rows, rows],

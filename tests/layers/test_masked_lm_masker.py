@@ -424,6 +424,22 @@ def test_keras_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_batched_element_spec_is_static(strategy, drop_remainder):
+    # Static batches give fully static outputs (as TPU input needs); a
+    # partial last batch leaves only the batch axis unknown.
+    ds = tf.data.Dataset.from_tensor_slices(make_batch(10, 24))
+    ds = ds.batch(4, drop_remainder=drop_remainder)
+    masked = make_masker(strategy, mask_selection_length=5).map_over(ds)
+    batch = 4 if drop_remainder else None
+    for key, spec in masked.element_spec.items():
+        width = 5 if key.startswith("mask_") else 24
+        assert spec.shape.as_list() == [batch, width], key
+    for element in masked:
+        assert element["mask_positions"].shape[1] == 5
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_variable_length_examples_in_tf_data(strategy):
     # Unbatched examples of unknown length (no `sequence_length`).
     rows = [list(r[r != PAD]) for r in make_batch(6, 40, seed=9)]

@@ -67,9 +67,9 @@ class MaskedLMMasker(SeededLayer):
     are uniform over the vocabulary minus `unselectable_token_ids`,
     `mask_token_id` and `padding_token_id`.
 
-    **Randomness.** All random draws come from one
-    `tf.random.stateless_uniform` op keyed by one integer seed of shape `[2]`
-    per call (see `kobjectives.ops.masking`). Pass it as
+    **Randomness.** All random draws come from one stream of random words
+    keyed by one integer seed of shape `[2]` per call (a Philox draw expanded
+    by SplitMix64, see `kobjectives.ops.masking.random_words`). Pass it as
     `call(inputs, seed=...)` for full control: the same seed and input give
     the same masks. When omitted, the layer takes the next seed of its
     `keras.random.SeedGenerator(seed)` (stateful, like keras-hub: new masks on

@@ -6,11 +6,11 @@ which only adds input handling, seeds and validation around `mask_tokens`.
 
 Conventions: `token_ids` is a dense integer tensor `[batch, length]` with ids
 `>= 0`; boolean masks have the same shape; a `seed` is a stateless seed (an
-integer tensor of shape `[2]`). All randomness comes from
-`tf.random.stateless_uniform` keyed by the seed: the same seed and input give
-the same result, and nothing holds state. No per-example Python, no
-`tf.map_fn`: a call is a fixed graph of about sixty batched ops (token
-strategy, static length). On CPU most of them cost about as much as their
+integer tensor of shape `[2]`). All randomness comes from one stream of
+random words keyed by the seed (`random_words`: a Philox draw of 64 bits,
+expanded by SplitMix64): the same seed and input give the same result, and
+nothing holds state. No per-example Python, no `tf.map_fn`: a call is a
+fixed graph of about seventy batched ops (token strategy, static length). On CPU most of them cost about as much as their
 launch, so the formulas below are written to need few ops (e.g. running
 sums as a matrix product), and no sort: on random keys a sort's branches
 are mispredicted about every other comparison.
@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = [
+    "random_words",
     "id_ranges",
     "ids_in",
     "selectable_mask",
@@ -142,6 +143,69 @@ def _row_offsets(batch, width):
         offsets = np.arange(0, batch * width, width, dtype="int32")
         return tf.constant(offsets[:, None])
     return tf.range(0, batch * width, width)[:, None]
+
+
+# SplitMix64's increment: the odd integer nearest 2**64 / golden ratio.
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+# Up to this many stream steps are a graph constant, beyond it computed.
+_MAX_CONSTANT_STEPS = 2**16
+
+
+def _mix64(x):
+    """Stafford's "Mix13" finalizer, SplitMix64's output function: a
+    bijection of uint64 `x` in which every output bit depends on every
+    input bit."""
+
+    def xor_shift(x, bits):
+        return tf.bitwise.bitwise_xor(
+            x, tf.bitwise.right_shift(x, tf.constant(bits, "uint64"))
+        )
+
+    x = xor_shift(x, 30) * tf.constant(0xBF58476D1CE4E5B9, "uint64")
+    x = xor_shift(x, 27) * tf.constant(0x94D049BB133111EB, "uint64")
+    return xor_shift(x, 31)
+
+
+def random_words(batch, width, seed):
+    """Uniform random int32 words `[batch, width]` (width rounded up to even)
+    from a stateless seed: one Philox draw expanded by SplitMix64.
+
+    `tf.random.stateless_uniform` (Philox) turns `seed` into one 64-bit
+    stream start `s`; the `j`-th 64-bit output of the SplitMix64 stream
+    from `s`, `mix(s + (j + 1) * gamma)` (Steele, Lea and Flood, 2014:
+    "Fast splittable pseudorandom number generators"; `mix` is Stafford's
+    Mix13), gives words `2j` and `2j + 1` of the result in row-major order
+    (its low then high half; a big-endian host swaps the two). The expansion is nine elementwise integer ops;
+    on CPU in `tf.data` it costs about half of a Philox draw of the same
+    size (`benchmarks/RESULTS.md`).
+
+    Args:
+        batch: int or scalar int32 tensor.
+        width: int or scalar int32 tensor, at least 1.
+        seed: stateless seed, int tensor `[2]`.
+
+    Returns:
+        int32 tensor `[batch, 2 * ceil(width / 2)]`, uniform over all int32
+        values, a pure function of `seed` and the shape.
+    """
+    pairs = (width + 1) // 2
+    start = tf.random.stateless_uniform(
+        [], tf.cast(seed, "int64"), minval=None, maxval=None, dtype="int64"
+    )
+    static = isinstance(batch, int) and isinstance(pairs, int)
+    if static and batch * pairs <= _MAX_CONSTANT_STEPS:
+        index = np.arange(1, batch * pairs + 1, dtype="uint64")
+        steps = tf.constant(
+            (index * np.uint64(_GOLDEN_GAMMA)).reshape([batch, pairs])
+        )
+    else:
+        index = tf.range(1, tf.cast(batch * pairs, "int64") + 1)
+        steps = tf.reshape(
+            tf.bitcast(index, "uint64") * tf.constant(_GOLDEN_GAMMA, "uint64"),
+            tf.stack([batch, pairs]),
+        )
+    words = tf.bitcast(_mix64(tf.bitcast(start, "uint64") + steps), "int32")
+    return tf.reshape(words, tf.stack([batch, 2 * pairs]))
 
 
 def id_ranges(ids):
@@ -639,11 +703,11 @@ def mask_tokens(
 ):
     """Masked-LM masking of a dense batch: select, gather, replace.
 
-    All randomness is one `tf.random.stateless_uniform` int32 draw of shape
-    `[batch, length + mask_selection_length + 2]` keyed by `seed`: per
-    position the key bits (for spans also the tile lengths, from the top bits
-    of the same words), per slot the replacement bits, per row a rounding
-    uniform (one column is spare).
+    All randomness is one draw of `random_words` keyed by `seed`, of shape
+    `[batch, length + mask_selection_length + 1]` (or one more, to be even):
+    per position the key bits (for spans also the tile lengths, from the top
+    bits of the same words), per slot the replacement bits, per row a
+    rounding uniform.
 
     Args:
         token_ids: int tensor `[batch, length]`, ids in
@@ -683,14 +747,10 @@ def mask_tokens(
         )
     slots = int(mask_selection_length)
     length = _length(token_ids)
-    draw = tf.random.stateless_uniform(
-        tf.stack([_dim(token_ids, 0), length + slots + 2]),
-        tf.cast(seed, "int64"),
-        minval=None,
-        maxval=None,
-        dtype="int32",
+    draw = random_words(_dim(token_ids, 0), length + slots + 1, seed)
+    key_draw, slot_draw, last, _ = tf.split(
+        draw, [length, slots, 1, -1], axis=1
     )
-    key_draw, slot_draw, _, last = tf.split(draw, [-1, slots, 1, 1], axis=1)
     # A uniform on [0, 1) per row from the last column (24 of its bits).
     uniform = tf.cast(
         tf.bitwise.right_shift(last, 8), "float32"

@@ -24,6 +24,65 @@ def test_id_ranges_and_ids_in():
     )
 
 
+def _splitmix64_words(start, count):
+    """Reference: `count` SplitMix64 outputs from `start`, as int32 words
+    (low half, then high half), in plain Python integers."""
+    mask = 2**64 - 1
+    words = []
+    for j in range(1, count + 1):
+        x = (start + j * 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        x ^= x >> 31
+        words += [x & 0xFFFFFFFF, x >> 32]
+    return np.array(words, dtype="uint32").view("int32")
+
+
+def test_random_words_are_a_splitmix64_stream_from_a_philox_start():
+    seed = tf.constant([3, 14], "int64")
+    start = tf.random.stateless_uniform(
+        [], seed, minval=None, maxval=None, dtype="int64"
+    )
+    start = int(start.numpy()) % 2**64
+    for batch, width in [(3, 7), (2, 8), (1, 1)]:
+        pairs = (width + 1) // 2
+        expected = _splitmix64_words(start, batch * pairs)
+        expected = expected.reshape([batch, 2 * pairs])
+        words = masking.random_words(batch, width, seed)
+        np.testing.assert_array_equal(words.numpy(), expected)
+        # Unknown shapes take the computed path: the same words.
+        dynamic = tf.function(
+            lambda b, w: masking.random_words(b, w, seed),
+            input_signature=[tf.TensorSpec([], "int32")] * 2,
+        )
+        np.testing.assert_array_equal(dynamic(batch, width).numpy(), expected)
+    # Beyond the constant's size cap the steps are computed: same words.
+    big = masking.random_words(300, 500, seed).numpy()
+    np.testing.assert_array_equal(
+        big.ravel()[-6:], _splitmix64_words(start, 300 * 250)[-6:]
+    )
+
+
+def test_random_words_are_uniform_and_seed_dependent():
+    words = masking.random_words(256, 512, tf.constant([5, 0])).numpy()
+    bits = np.unpackbits(words.view("uint8")).reshape(-1, 32)
+    # Every bit position is a fair coin (5 sigma over 131072 words).
+    assert np.all(np.abs(bits.mean(0) - 0.5) < 5 * 0.5 / np.sqrt(len(bits)))
+    # Bytes are uniform (chi-square, 255 degrees of freedom, p ~ 1e-6).
+    counts = np.bincount(words.view("uint8").ravel(), minlength=256)
+    expected = words.size * 4 / 256
+    assert np.sum((counts - expected) ** 2 / expected) < 370
+    # Neighbouring words are uncorrelated.
+    u = words.astype("float64").ravel()
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
+    # Neighbouring seeds give unrelated streams, the same seed the same one.
+    again = masking.random_words(256, 512, tf.constant([5, 0])).numpy()
+    other = masking.random_words(256, 512, tf.constant([5, 1])).numpy()
+    np.testing.assert_array_equal(words, again)
+    assert np.mean(words == other) < 1e-3
+    assert len(np.intersect1d(words, other)) < 0.01 * words.size
+
+
 def test_truncated_geometric_lengths():
     u = tf.random.stateless_uniform([200_000], [1, 2])
     lengths = masking.truncated_geometric_lengths(u, 0.2, 10).numpy()

@@ -10,10 +10,11 @@ integer tensor of shape `[2]`). All randomness comes from one stream of
 random words keyed by the seed (`random_words`: a Philox draw of 64 bits,
 expanded by SplitMix64): the same seed and input give the same result, and
 nothing holds state. No per-example Python, no `tf.map_fn`: a call is a
-fixed graph of about seventy batched ops (token strategy, static length). On CPU most of them cost about as much as their
-launch, so the formulas below are written to need few ops (e.g. running
-sums as a matrix product), and no sort: on random keys a sort's branches
-are mispredicted about every other comparison.
+fixed graph of about seventy batched ops (token strategy, static length).
+On CPU most of them cost about as much as their launch, so the formulas
+below are written to need few ops (e.g. running sums as a matrix product),
+and no sort: on random keys a sort's branches are mispredicted about every
+other comparison.
 
 ## Selection: one row-wise k-th largest for every strategy
 
@@ -175,9 +176,9 @@ def random_words(batch, width, seed):
     from `s`, `mix(s + (j + 1) * gamma)` (Steele, Lea and Flood, 2014:
     "Fast splittable pseudorandom number generators"; `mix` is Stafford's
     Mix13), gives words `2j` and `2j + 1` of the result in row-major order
-    (its low then high half; a big-endian host swaps the two). The expansion is nine elementwise integer ops;
-    on CPU in `tf.data` it costs about half of a Philox draw of the same
-    size (`benchmarks/RESULTS.md`).
+    (its low then high half; a big-endian host swaps the two). The
+    expansion is nine elementwise integer ops; on CPU they cost about half
+    as much as a Philox draw of every word (`benchmarks/RESULTS.md`).
 
     Args:
         batch: int or scalar int32 tensor.

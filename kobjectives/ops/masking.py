@@ -179,6 +179,10 @@ def random_words(batch, width, seed):
     (its low then high half; a big-endian host swaps the two). The
     expansion is nine elementwise integer ops; on CPU they cost about half
     as much as a Philox draw of every word (`benchmarks/RESULTS.md`).
+    (`ops.replaced_token_detection.counter_uniform` is the other counter-
+    based generator of the package: it must be bit-identical under XLA, so
+    it keys its hash without Philox, at several times the ops per
+    element; masking runs only in `tf.data` and takes the cheaper route.)
 
     Args:
         batch: int or scalar int32 tensor.

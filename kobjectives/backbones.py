@@ -6,6 +6,9 @@ keras-hub's own backbone classes, small enough to pretrain on two CPU cores.
 """
 
 import inspect
+import json
+import os
+import pathlib
 
 import keras_hub
 
@@ -76,6 +79,26 @@ CAUSAL_BACKBONES = ("gemma_tiny", "gpt2_small", "gpt2_tiny", "llama_tiny")
 SEQ2SEQ_BACKBONES = ("bart_tiny", "t5_tiny")
 # Permutation-LM backbones (XLNet's two-stream attention).
 PERMUTATION_BACKBONES = ("xlnet_tiny",)
+
+
+_DEFAULT_BACKBONE_INPUTS = ("token_ids", "padding_mask")
+
+
+def backbone_input_names(backbone):
+    """The input keys a backbone takes: its functional inputs, or the default.
+
+    keras-hub backbones are functional models whose `input` is a dict
+    (`token_ids`, `padding_mask`, and `segment_ids` for BERT-style models). A
+    subclassed `keras.Model` is assumed to take `token_ids` and
+    `padding_mask`.
+    """
+    try:
+        inputs = backbone.input
+    except (AttributeError, ValueError):
+        return _DEFAULT_BACKBONE_INPUTS
+    if isinstance(inputs, dict):
+        return tuple(inputs)
+    return _DEFAULT_BACKBONE_INPUTS
 
 
 def backbone_kind(name):
@@ -157,3 +180,110 @@ def build_backbone(name, vocabulary_size, sequence_length, dropout=0.1, dtype=No
     # ELECTRA's keras-hub backbone spells the vocabulary argument differently.
     config["vocab_size" if "vocab_size" in accepted else "vocabulary_size"] = vocabulary_size
     return cls(**config, dtype=dtype)
+
+
+# keras-hub backbone classes by the kind of objective they serve (for a
+# backbone loaded from a preset, whose name is not in `BACKBONES`).
+_CLASS_KINDS = {
+    "causal": ("GPT2Backbone", "LlamaBackbone", "GemmaBackbone", "Gemma3Backbone",
+               "MistralBackbone", "Qwen3Backbone", "QwenBackbone", "OPTBackbone",
+               "GPTNeoXBackbone", "FalconBackbone", "BloomBackbone", "PhiBackbone"),
+    "seq2seq": ("T5Backbone", "BartBackbone"),
+    "permutation": ("XLNetBackbone",),
+}
+
+PRESET_FOLDER = "preset"
+"""The run folder's keras-hub preset: its trained backbone and tokenizer."""
+
+
+def class_kind(class_name):
+    """`"causal"`, `"seq2seq"`, `"permutation"` or `"encoder"` for a keras-hub
+    backbone class name."""
+    for kind, names in _CLASS_KINDS.items():
+        if class_name in names:
+            return kind
+    return "encoder"
+
+
+def preset_location(init):
+    """Where `model.init` points: a preset directory (a run folder's
+    `preset/`, or a directory written by `save_to_preset`) as a string, or
+    the name keras-hub resolves.
+
+    Raises:
+        FileNotFoundError: `init` is a path (it names a folder, or contains a
+            path separator) without a preset in it.
+    """
+    path = pathlib.Path(init).expanduser()
+    for candidate in (path / PRESET_FOLDER, path):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    if path.exists() or os.sep in init or init.startswith("."):
+        if (path / "recipe.json").is_file():
+            raise FileNotFoundError(
+                f"{init} is a run folder without a {PRESET_FOLDER}/ (the run did not finish, "
+                "or predates presets): start from a finished run's folder.")
+        raise FileNotFoundError(
+            f"{init} holds no keras-hub preset (no config.json): give a run folder written "
+            "by `kobjectives train`, a directory written by `save_to_preset`, or a preset name.")
+    return init
+
+
+def preset_config(init):
+    """The backbone config (`config.json`) of the preset at `init`, or None
+    for a preset name (read without downloading)."""
+    location = preset_location(init)
+    config = pathlib.Path(location) / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())
+
+
+def check_init(init, kind, sequence_length):
+    """Raises (`ValueError`, naming `model.init`) unless the preset at `init`
+    holds a backbone of `kind` that takes `sequence_length` tokens."""
+    config = preset_config(init)
+    if config is None:
+        return
+    class_name = config.get("class_name", "?")
+    found = class_kind(class_name)
+    if found != kind:
+        raise ValueError(
+            f"model.init = {init!r} holds a {class_name} ({_KIND_WORDS[found]} backbone), but "
+            f"this objective needs {_KIND_WORDS[kind]} backbone.")
+    longest = config.get("config", {}).get("max_sequence_length")
+    if longest is not None and sequence_length > longest:
+        raise ValueError(
+            f"model.sequence_length = {sequence_length}: the backbone of model.init = {init!r} "
+            f"takes at most {longest} tokens (its max_sequence_length).")
+
+
+def load_backbone(init, dropout=None, dtype=None):
+    """The backbone of the preset at `init` (see `preset_location`), with
+    `dropout` where the class takes one."""
+    location = preset_location(init)
+    config = preset_config(init) or {}
+    kwargs = {}
+    if dropout is not None and "dropout" in config.get("config", {}):
+        kwargs["dropout"] = dropout
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return keras_hub.models.Backbone.from_preset(location, **kwargs)
+
+
+def load_tokenizer(init):
+    """The tokenizer of the preset at `init`."""
+    return keras_hub.tokenizers.Tokenizer.from_preset(preset_location(init))
+
+
+def save_preset(backbone, tokenizer, directory):
+    """Writes `backbone` and `tokenizer` as one keras-hub preset (replacing
+    an older one in `directory`), loadable by `Backbone.from_preset` and
+    `Tokenizer.from_preset`."""
+    import shutil
+
+    directory = pathlib.Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    backbone.save_to_preset(str(directory))
+    tokenizer.save_to_preset(str(directory))
+    return directory

@@ -21,12 +21,19 @@ examples:
   kobjectives train mlm --tfds wikipedia/20230601.en --data-dir ~/tensorflow_datasets
   kobjectives train mlm --set masking.strategy=whole_word --set training.learning_rate=5e-4
   kobjectives train mlm --config runs/tune-mlm/best_recipe.toml   # a tuned recipe
+  kobjectives train mlm --init runs/earlier-mlm        # start from a run folder's backbone
+  kobjectives train mine.toml                          # a recipe file (recipe = "mlm" ...)
+
+Every flag is a recipe key (--data is data.files, --init is model.init, ...);
+`kobjectives recipes NAME` prints every key of a recipe with its default and
+meaning. The whole recipe is validated before any data is read.
 
 The run folder (--out) receives vocab.txt, recipe.json, checkpoints/, logs/
 (TensorBoard), history.csv (one row per round), loss_curve.png, model.keras,
-saved_model/ and metrics.json, plus backup/ while training: rerunning the same
-command with the same --out resumes from the last completed round (--no-resume
-starts over). Without --out each run gets a new timestamped folder.
+preset/ (the trained backbone and tokenizer, a keras-hub preset), saved_model/
+and metrics.json, plus backup/ while training: rerunning the same command with
+the same --out resumes from the last completed round (--no-resume starts
+over). Without --out each run gets a new timestamped folder.
 Precedence: the named recipe < --config FILE < the flags and --set.
 """
 
@@ -50,7 +57,7 @@ examples:
   kobjectives export runs/mlm                     # rewrites runs/mlm/saved_model/
   kobjectives export runs/mlm --out serving/mlm   # writes serving/mlm/saved_model/
 
-Reads RUN_DIR/recipe.json, RUN_DIR/model.keras and RUN_DIR/vocab.txt (what
+Reads RUN_DIR/recipe.json, RUN_DIR/model.keras and RUN_DIR/preset/ (what
 `kobjectives train` leaves) and writes the objective's inference SavedModel
 (raw strings in where a tokenizer is attached, any batch size). Load it with
 only tensorflow and tensorflow_text:
@@ -65,21 +72,26 @@ def _recipe_options(parser):
     from kobjectives.backbones import BACKBONES
     from kobjectives.distribute import STRATEGIES
 
-    parser.add_argument("recipe", help="a bundled recipe name (see `kobjectives recipes`) or a .toml file")
+    parser.add_argument("recipe", help="a registered recipe name (see `kobjectives recipes`) "
+                        "or a .toml recipe file")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", nargs="+", metavar="PATH",
-                        help="text files or globs (default: the embedded corpus)")
+                        help="data.files: text files or globs (default: the embedded corpus)")
     source.add_argument("--tfds", metavar="NAME",
-                        help="a tfds dataset already prepared in --data-dir (never downloaded)")
-    parser.add_argument("--data-dir", metavar="DIR", help="the local tfds data directory")
+                        help="data.tfds: a tfds dataset already prepared in --data-dir (never "
+                        "downloaded)")
+    parser.add_argument("--data-dir", metavar="DIR", help="data.data_dir: the local tfds directory")
     parser.add_argument("--format", choices=("lines", "paragraphs"),
-                        help="--data files: one document per line, or blank-line separated")
+                        help="data.format: one document per line, or blank-line separated")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), metavar="NAME",
-                        help=f"backbone built from config: {', '.join(sorted(BACKBONES))}")
-    parser.add_argument("--steps", type=int, metavar="N", help="training steps")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="global batch size")
-    parser.add_argument("--sequence-length", type=int, metavar="N", help="tokens per sequence")
-    parser.add_argument("--seed", type=int, metavar="S", help="seed of data order, masks and weights")
+                        help=f"model.backbone, built from config: {', '.join(sorted(BACKBONES))}")
+    parser.add_argument("--init", metavar="RUN_OR_PRESET",
+                        help="model.init: start from a run folder's backbone and tokenizer, a "
+                        "keras-hub preset directory, or a preset name")
+    parser.add_argument("--steps", metavar="N", help="training.steps")
+    parser.add_argument("--batch-size", metavar="N", help="training.batch_size (global)")
+    parser.add_argument("--sequence-length", metavar="N", help="model.sequence_length")
+    parser.add_argument("--seed", metavar="S", help="training.seed")
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
                         help="tf.distribute strategy (default: auto)")
     parser.add_argument("--out", metavar="DIR",
@@ -88,7 +100,8 @@ def _recipe_options(parser):
                         help="a recipe .toml whose values override the named recipe's "
                         "(e.g. a tune run's best_recipe.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any recipe value, e.g. --set masking.strategy=span (repeatable)")
+                        help="override any recipe value, e.g. --set masking.strategy=span "
+                        "(repeatable)")
 
 
 def _train_parser(subparsers):
@@ -104,80 +117,50 @@ def _train_parser(subparsers):
     parser.add_argument("--no-resume", action="store_true",
                         help="delete the run folder's backup/ and history.csv first: start over "
                         "instead of resuming an interrupted run")
-    parser.add_argument("--supervised", action="store_true",
-                        help="simcse: supervised SimCSE on NLI triples given with --data TRIPLES.tsv")
-    parser.add_argument("--sts-dev", metavar="FILE",
-                        help="simcse: evaluate on this STS-B file (e.g. sts-dev.csv) against two baselines")
     parser.set_defaults(command=_train)
-
-
-def _config_overrides(recipe, config_path):
-    """`{"section.key": value}` of a `--config` recipe file (every value of
-    it; its `objective` must match the recipe's)."""
-    from kobjectives import recipe as recipe_lib
-
-    if not str(config_path).endswith(".toml"):
-        raise ValueError(f"--config expects a recipe .toml file; received {config_path!r}.")
-    config = recipe_lib.load_recipe(config_path)
-    objective = config.get("objective", recipe.get("objective"))
-    if objective != recipe.get("objective"):
-        raise ValueError(
-            f"--config {config_path} is a recipe for objective {objective!r}, not "
-            f"{recipe.get('objective')!r}: pass it with `kobjectives train` of a "
-            f"{objective!r} recipe."
-        )
-    overrides = {}
-    for section, table in config.items():
-        if isinstance(table, dict):
-            for key, value in table.items():
-                like = recipe.get(section, {}).get(key) if isinstance(recipe.get(section), dict) else None
-                if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
-                    value = float(value)
-                overrides[f"{section}.{key}"] = value
-    return overrides
 
 
 def _load_recipe(args):
     """The recipe of `train` / `tune`: the named recipe, then `--config`,
-    then the flags and `--set` (later wins)."""
-    from kobjectives import recipe as recipe_lib
+    then the flags and `--set` (later wins); validated."""
+    from kobjectives.recipe import RecipeError
+    from kobjectives.runs import load_recipe
 
-    recipe = recipe_lib.load_recipe(args.recipe)
-    if args.config:
-        recipe = recipe_lib.override(recipe, _config_overrides(recipe, args.config))
     overrides = {
+        "data.files": args.data,
+        "data.tfds": args.tfds,
+        "data.data_dir": args.data_dir,
+        "data.format": args.format,
         "model.backbone": args.backbone,
+        "model.init": args.init,
         "model.sequence_length": args.sequence_length,
         "training.steps": args.steps,
         "training.batch_size": args.batch_size,
         "training.seed": args.seed,
-        "data.format": args.format,
     }
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects SECTION.KEY=VALUE; received {item!r}.")
+            raise RecipeError(f"--set expects SECTION.KEY=VALUE; received {item!r}.")
         overrides[key.strip()] = value.strip()
-    recipe = recipe_lib.override(recipe, overrides)
-    if args.data_dir and not args.tfds:
-        raise ValueError("--data-dir is the tfds data directory: use it with --tfds NAME.")
-    return recipe
+    return load_recipe(args.recipe, config=args.config, overrides=overrides)
+
+
+def _out_dir(args, prefix=""):
+    name = pathlib.Path(args.recipe).stem
+    out = pathlib.Path(args.out or f"runs/{prefix}{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder (new, or an earlier run's to resume).")
+    return out
 
 
 def _train(args):
-    from kobjectives.runs import runner_module
+    from kobjectives.runs import run_class
+    from kobjectives.runs.callbacks import clear_backup
 
     recipe = _load_recipe(args)
-    objective = recipe.get("objective")
-    runner = runner_module(objective)
-    name = pathlib.Path(args.recipe).stem
-    out = args.out or f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    extra = {k: v for k, v in (("supervised", args.supervised), ("sts_dev", args.sts_dev)) if v}
-    if extra and objective != "simcse":
-        raise ValueError(
-            f"--supervised and --sts-dev apply to the simcse recipes (simcse, contrastive_aug), "
-            f"not to objective {objective!r}."
-        )
+    out = _out_dir(args)
+    run = run_class(recipe.name)(recipe, out, strategy=args.strategy)
     if args.strategy in ("auto", "multiworker", "tpu"):
         # Multi-worker and TPU strategies must exist before TensorFlow runs any
         # op (collective ops are configured at start-up); create it first.
@@ -185,14 +168,8 @@ def _train(args):
 
         resolve_strategy(args.strategy)
     if args.no_resume:
-        import shutil
-
-        shutil.rmtree(pathlib.Path(out) / "backup", ignore_errors=True)
-        (pathlib.Path(out) / "history.csv").unlink(missing_ok=True)
-    runner.train(
-        recipe, out, data=args.data, tfds=args.tfds, data_dir=args.data_dir,
-        strategy=args.strategy, **extra,
-    )
+        clear_backup(out)
+    run.train()
 
 
 def _tune_parser(subparsers):
@@ -220,13 +197,8 @@ def _tune_parser(subparsers):
 def _tune(args):
     from kobjectives.tuning import tune
 
-    recipe = _load_recipe(args)
-    name = pathlib.Path(args.recipe).stem
-    out = args.out or f"runs/tune-{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    tune(
-        recipe, out, tuner=args.tuner, max_trials=args.max_trials, data=args.data,
-        tfds=args.tfds, data_dir=args.data_dir, strategy=args.strategy,
-    )
+    tune(_load_recipe(args), _out_dir(args, "tune-"), tuner=args.tuner,
+         max_trials=args.max_trials, strategy=args.strategy)
 
 
 def _export_parser(subparsers):
@@ -246,24 +218,34 @@ def _export_parser(subparsers):
 
 
 def _export(args):
-    from kobjectives.export.run_dir import export_run_dir
+    from kobjectives.runs import export_run_dir
 
     export_run_dir(args.run_dir, args.out)
 
 
 def _recipes_parser(subparsers):
     parser = subparsers.add_parser(
-        "recipes", help="list the bundled recipes and backbones",
-        description="List the bundled recipes and the backbones they can use.",
+        "recipes", help="list the recipes and backbones, or print one recipe",
+        description="List the registered recipes and the backbones they can use; with "
+        "NAME, print that recipe as TOML, every key with its default and meaning (a "
+        "template for `kobjectives train FILE.toml`).",
     )
+    parser.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print")
     parser.set_defaults(command=_recipes)
 
 
 def _recipes(args):
-    from kobjectives import recipe as recipe_lib
     from kobjectives.backbones import BACKBONES
+    from kobjectives.runs import available_runs
+    from kobjectives.runs import run_class
 
-    print("recipes:  ", ", ".join(recipe_lib.available_recipes()))
+    if args.name:
+        print(run_class(args.name).recipe_class().to_toml(), end="")
+        return
+    for name in available_runs():
+        cls = run_class(name)
+        doc = (cls.recipe_class.__doc__ or "").strip().splitlines()
+        print(f"{name:<16} {doc[0] if doc else ''}")
     print("backbones:", ", ".join(sorted(BACKBONES)))
 
 
@@ -312,8 +294,24 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
+def _split_logical_cpus():
+    """`KOBJECTIVES_LOGICAL_CPUS=N` splits the CPU into N logical devices
+    before TensorFlow starts, so `--strategy mirrored` runs N replicas on a
+    CPU-only machine (for trying data-parallel runs without accelerators)."""
+    import os
+
+    import tensorflow as tf
+
+    count = int(os.environ.get("KOBJECTIVES_LOGICAL_CPUS", "0") or 0)
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
 def main(argv=None):
     _import_tensorflow_quietly()
+    _split_logical_cpus()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "command"):

@@ -9,6 +9,9 @@ import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# CPU memory statistics (`tf.config.experimental.get_memory_info("CPU:0")`,
+# used by the memory tests) exist only with the BFC allocator.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -6,6 +6,7 @@ from kobjectives.distribute.datasets import distribute_datasets
 from kobjectives.distribute.datasets import input_options
 from kobjectives.distribute.datasets import is_distributed
 from kobjectives.distribute.datasets import per_replica_batch_size
+from kobjectives.distribute.fault_tolerance import CorruptedBackupError  # noqa: F401
 from kobjectives.distribute.fault_tolerance import NonFiniteLossError
 from kobjectives.distribute.fault_tolerance import RunBackup
 from kobjectives.distribute.fault_tolerance import StopOnNonFiniteLoss

@@ -51,6 +51,19 @@ def worker_dir(out_dir):
     return out_dir if chief else out_dir / ".workers" / f"{task_type}-{index}"
 
 
+class CorruptedBackupError(ValueError):
+    """A run folder's backup cannot be read, so the run cannot resume from it."""
+
+
+def _corrupted(path, error):
+    backup_dir = pathlib.Path(path).parent
+    return CorruptedBackupError(
+        f"The backup {path} cannot be read ({type(error).__name__}: {error}), so the run "
+        f"cannot resume from it. Start the run over with --no-resume (or delete the folder "
+        f"{backup_dir}); the checkpoints of completed rounds in the run folder are kept."
+    )
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training step's loss is NaN or infinite."""
 
@@ -171,8 +184,11 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         path = os.path.join(self._restore_dir(), "training_metadata.json")
         if not os.path.exists(path):
             return 0
-        with open(path) as f:
-            return int(json.load(f)["epoch"])
+        try:
+            with open(path) as f:
+                return int(json.load(f)["epoch"])
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            raise _corrupted(path, error) from None
 
     def on_train_begin(self, logs=None):
         if not self.has_backup():
@@ -184,6 +200,8 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         self._training_metadata_path = os.path.join(restore, "training_metadata.json")
         try:
             super().on_train_begin(logs)
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            raise _corrupted(self._weights_path, error) from None
         finally:
             self._weights_path, self._training_metadata_path = own
         self._current_epoch = self.restored_epoch()

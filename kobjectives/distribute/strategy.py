@@ -75,7 +75,7 @@ def resolve_strategy(name="auto"):
     `MultiWorkerMirroredStrategy` must be created at program start-up, before
     TensorFlow runs any op ("Collective ops must be configured at program
     startup"): call `resolve_strategy` first thing in a multi-worker program
-    (`python -m kobjectives.distribute.launch train ...` does). Multi-worker
+    (`kobjectives train ...` does). Multi-worker
     and TPU strategies are created once per process; resolving the same name
     again returns the same object.
 

@@ -10,12 +10,28 @@ client sends raw strings.
 Signatures (`L` the fixed sequence length, `H` the hidden size, `V` the
 vocabulary size; every batch size `B` is accepted):
 
-- `serving_default`, with a preprocessor: `text` string `[B]` ->
-  `sequence_output` float32 `[B, L, H]`, `mlm_logits` float32 `[B, L, V]`,
-  `token_ids` int32 `[B, L]`, `padding_mask` int32 `[B, L]`.
+- `serving_default`, with a preprocessor: `text` string `[B]` -> the
+  objective's `export_outputs` (float32, e.g. a masked LM's
+  `sequence_output` `[B, L, H]` and `mlm_logits` `[B, L, V]`), plus the
+  `token_ids` and `padding_mask` int32 `[B, L]` the text became.
 - `serve_token_ids` (`serving_default` without a preprocessor):
   `token_ids`, `padding_mask` (and `segment_ids` where the backbone takes
-  them) int32 `[B, L]` -> `sequence_output`, `mlm_logits`.
+  them) int32 `[B, L]` -> the `export_outputs`.
+
+**The interface export needs of an objective** (all of it; export imports
+nothing from `kobjectives.objectives`):
+
+- `serving_model()` (optional): the layer to serve, e.g. ELECTRA's
+  discriminator without its generator; the object itself without it. Only
+  that layer's variables are written.
+- `export_outputs(inputs)` on the served layer (required): a dict of int32
+  `[batch, length]` tensors (`token_ids`, `padding_mask`, and the backbone's
+  other inputs) -> a dict of named `[batch, ...]` tensors.
+- `backbone` on the served layer (optional, a `keras.Model`): its input
+  names are the token-id signature's inputs (default `token_ids` and
+  `padding_mask`), its `max_sequence_length` bounds the sequence length,
+  and its `vocabulary_size` (or the layer's own) is checked against the
+  preprocessor's tokenizer.
 
 See `docs/export.md`.
 """
@@ -26,7 +42,8 @@ import os
 import keras
 import tensorflow as tf
 
-from kobjectives.objectives.objective import backbone_input_names
+from kobjectives import compat
+from kobjectives.backbones import backbone_input_names
 
 SERVING_DEFAULT = "serving_default"
 """Signature key of the default endpoint (raw text when a preprocessor is
@@ -36,7 +53,6 @@ SERVE_TOKEN_IDS = "serve_token_ids"
 """Signature key of the token-id endpoint."""
 
 _TEXT_INPUT = "text"
-_REQUIRED_ATTRIBUTES = ("encode", "head")
 
 
 def export_saved_model(
@@ -52,22 +68,11 @@ def export_saved_model(
 ):
     """Exports an objective as an inference SavedModel.
 
-    The objective is duck-typed. It must have:
-
-    - `encode(inputs, training=False)`: maps a dict of `[batch, length]`
-      int tensors (`token_ids`, `padding_mask`, and the backbone's other
-      inputs, e.g. `segment_ids`) to hidden states `[batch, length, hidden]`;
-    - `head`: a masked-LM head called as `head(hidden, mask_positions=...)`
-      returning `[batch, positions, vocabulary]` logits (keras-hub's
-      `MaskedLMHead`, as `kobjectives.objectives.MaskedLanguageModel` has).
-      The export applies it at every position, so a client writes `[MASK]`
-      in its text and reads the predictions there (fill-mask).
-
-    Alternatively, an objective with `export_outputs(inputs)` (the same
-    input dict -> a dict of named `[batch, ...]` tensors, e.g.
-    `kobjectives.objectives.ContrastivePredictiveCoding`'s `context` and
-    `encoded`) is exported with those outputs (cast to float32) instead of
-    `sequence_output` and `mlm_logits`; it needs neither `encode` nor `head`.
+    The objective provides the interface described in this module's
+    docstring: `export_outputs(inputs)` (a masked LM's per-position
+    `sequence_output` and `mlm_logits`, so a client writes `[MASK]` in its
+    text and reads the prediction there; a sentence encoder's `embeddings`;
+    ...), optionally `serving_model()` and `backbone`.
 
     Where it has a `backbone`, the backbone's input names decide the
     token-id signature's inputs (`token_ids`, `padding_mask`, plus
@@ -114,13 +119,15 @@ def export_saved_model(
         The export directory, as a string.
 
     Raises:
-        TypeError: the objective lacks `encode` or `head`, or the
+        TypeError: the objective has no `export_outputs`, or the
             preprocessor is not callable.
         ValueError: the objective is not built, or the sequence length is
             unknown or too long for the backbone, or the preprocessor's
             vocabulary does not fit the model.
         FileExistsError: `export_dir` is non-empty and `overwrite` is False.
     """
+    serving_model = getattr(objective, "serving_model", None)
+    objective = serving_model() if callable(serving_model) else objective
     _check_objective(objective)
     export_dir = os.fspath(export_dir)
     _check_export_dir(export_dir, overwrite)
@@ -242,35 +249,19 @@ def _write(archive, export_dir, verbose):
 def _forward(objective, inputs, length):
     inputs = dict(inputs)
     inputs["padding_mask"] = tf.cast(inputs["padding_mask"], tf.int32)
-    if callable(getattr(objective, "export_outputs", None)):
-        outputs = objective.export_outputs(inputs)
-        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
-    hidden = objective.encode(inputs, training=False)
-    batch_size = tf.shape(inputs["token_ids"])[0]
-    positions = tf.broadcast_to(tf.range(length)[None, :], [batch_size, length])
-    logits = objective.head(hidden, mask_positions=positions)
+    outputs = objective.export_outputs(inputs)
     return {
-        "sequence_output": tf.cast(hidden, tf.float32),
-        "mlm_logits": tf.cast(logits, tf.float32),
+        name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+        for name, value in outputs.items()
     }
 
 
 def _check_objective(objective):
-    missing = [
-        name
-        for name in _REQUIRED_ATTRIBUTES
-        if not callable(getattr(objective, name, None))
-    ]
-    if callable(getattr(objective, "export_outputs", None)):
-        missing = []
-    if missing:
+    if not callable(getattr(objective, "export_outputs", None)):
         raise TypeError(
-            "export_saved_model needs an objective with `encode(inputs)` "
-            "(token ids -> hidden states [batch, length, hidden]) and a "
-            "masked-LM `head(hidden, mask_positions=...)`, such as "
-            "kobjectives.objectives.MaskedLanguageModel. "
-            f"{type(objective).__name__} lacks: "
-            f"{', '.join('`' + name + '`' for name in missing)}."
+            "export_saved_model needs an objective with `export_outputs(inputs)` (token "
+            "ids -> a dict of named outputs), such as every kobjectives objective. "
+            f"{type(objective).__name__} has none."
         )
     if isinstance(objective, keras.layers.Layer) and not objective.built:
         raise ValueError(
@@ -372,8 +363,7 @@ def _compute_dtype_scope(objective, dtype):
     policies are restored on exit; the traced graphs keep `dtype`.
     """
     swapped = []
-    # `_flatten_layers` is Keras 3's recursive layer walk (no public one).
-    layers = objective._flatten_layers(include_self=True, recursive=True)
+    layers = compat.flatten_layers(objective)
     try:
         for layer in layers:
             policy = layer.dtype_policy

@@ -10,3 +10,4 @@ from kobjectives.metrics.causal_lm_metrics import TokenPerplexity  # noqa: F401
 from kobjectives.metrics.replaced_token_metrics import RTDAccuracy  # noqa: F401
 from kobjectives.metrics.replaced_token_metrics import ReplacedPrecision  # noqa: F401
 from kobjectives.metrics.replaced_token_metrics import ReplacedRecall  # noqa: F401
+from kobjectives.metrics import baselines  # noqa: F401

@@ -11,3 +11,6 @@ from kobjectives.objectives.electra_pretrainer import ReplacedTokenDetectionHead
 from kobjectives.objectives.permutation_language_model import PermutationLanguageModel  # noqa: F401
 from kobjectives.objectives.sentence_pair_pretrainer import SentencePairPretrainer  # noqa: F401
 from kobjectives.objectives.denoising_seq2seq import DenoisingSeq2Seq  # noqa: F401
+from kobjectives.objectives.frozen import FrozenModel  # noqa: F401
+from kobjectives.objectives.frozen import precompute_frozen_outputs  # noqa: F401
+from kobjectives.objectives.objective import Objective  # noqa: F401

@@ -56,7 +56,7 @@ class ContrastiveEncoder(Objective):
 
     - `embed(inputs, training=False)`: the pooled backbone output `[batch,
       hidden_dim]`, *before* the projection. This is the sentence embedding
-      served by `kobjectives.export.export_embedding_model` and evaluated on
+      served by `kobjectives.export.export_saved_model` (`export_outputs`) and evaluated on
       STS.
     - `project(embeddings, training=False)`: the projection MLP (identity
       when `projection=False`).
@@ -232,6 +232,11 @@ class ContrastiveEncoder(Objective):
         if self.pooling == "weighted_mean":
             return self.pooler(hidden, inputs["token_ids"], inputs["padding_mask"])
         return self.pooler(hidden, inputs["padding_mask"])
+
+    def export_outputs(self, inputs):
+        """Inference outputs for `kobjectives.export.export_saved_model`: the
+        sentence `embeddings` `[batch, hidden_dim]` (`embed`, no projection)."""
+        return {"embeddings": self.embed(inputs, training=False)}
 
     def project(self, embeddings, training=False):
         """The training-time projection (dense + tanh); identity without one."""

@@ -12,7 +12,7 @@ from kobjectives.losses import MaskedLMLoss
 from kobjectives.metrics import MaskedAccuracy
 from kobjectives.metrics import Perplexity
 from kobjectives.objectives.objective import Objective
-from kobjectives.objectives.objective import backbone_input_names
+from kobjectives.backbones import backbone_input_names
 
 _REVERSIBLE_EMBEDDINGS = (
     keras.layers.ReversibleEmbedding,

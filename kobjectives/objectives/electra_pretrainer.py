@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kobjectives import compat
 from kobjectives.metrics.masked_lm_metrics import MaskedAccuracy
 from kobjectives.metrics.replaced_token_metrics import ReplacedPrecision
 from kobjectives.metrics.replaced_token_metrics import ReplacedRecall
@@ -100,54 +101,6 @@ def _token_embedding(backbone, role):
     return embedding
 
 
-def share_token_embedding(source, target):
-    """Makes the `target` embedding layer use `source`'s table variable.
-
-    Keras 3 has no public way to build a layer over an existing variable, so
-    the `target` layer's own table is untracked and replaced by the
-    `source`'s (`Embedding._embeddings`, which `Embedding.embeddings` and
-    `ReversibleEmbedding`'s reverse projection read). Afterwards both layers
-    hold one `keras.Variable`: every caller reads the same tensor and every
-    gradient accumulates on it, and Keras' weight lists (deduplicated by
-    identity) and optimizers see it once. Saving writes it under both layers
-    (same values) and loading assigns it twice, harmlessly.
-
-    Args:
-        source: a built `keras.layers.Embedding` whose table is kept.
-        target: a built `keras.layers.Embedding` with the same
-            `(input_dim, output_dim)` and variable dtype.
-
-    Raises:
-        ValueError: the shapes or dtypes differ, or a layer is quantized or
-            uses LoRA.
-    """
-    for layer in (source, target):
-        if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
-            raise ValueError(
-                f"Cannot share the table of a quantized or LoRA embedding ({layer.name})."
-            )
-    shared, own = source._embeddings, target._embeddings
-    if own is shared:
-        return
-    if tuple(own.shape) != tuple(shared.shape) or own.dtype != shared.dtype:
-        raise ValueError(
-            "The generator and the discriminator must have token embeddings of "
-            f"the same shape and dtype to share them. Received: generator "
-            f"{tuple(own.shape)} {own.dtype}, discriminator {tuple(shared.shape)} "
-            f"{shared.dtype}. Build the generator with the discriminator's "
-            "vocabulary size and `embedding_dim` (a smaller `hidden_dim` is fine: "
-            "ElectraBackbone projects the embeddings to it)."
-        )
-    target._untrack_variable(own)
-    locked = target._tracker.locked
-    target._tracker.unlock()
-    try:
-        target._embeddings = shared  # tracked by the layer's attribute tracker
-    finally:
-        if locked:
-            target._tracker.lock()
-
-
 class _ReplacedTokenDetector(keras.layers.Layer):
     """The discriminator and its head, for an inference export without the
     generator (see `ElectraPretrainer.detector`)."""
@@ -207,7 +160,7 @@ class ElectraPretrainer(Objective):
     batch (exact under `tf.distribute`), and the sampling noise of a mirrored
     step is the global batch's, so a `MirroredStrategy` step computes what
     one device computes. The generator's token embedding table is the
-    discriminator's (`share_token_embedding`): one variable that both losses
+    discriminator's (`kobjectives.compat.share_embedding_table`): one variable that both losses
     train. Only the discriminator is used after pretraining (`detector()`,
     `export_outputs`).
 
@@ -280,7 +233,7 @@ class ElectraPretrainer(Objective):
 
     own_loss = "generator_weight x masked LM + discriminator_weight x replaced-token detection"
 
-    serialized_models = ("generator", "discriminator")
+    trained_models = ("generator", "discriminator")
 
     def __init__(
         self,
@@ -339,7 +292,7 @@ class ElectraPretrainer(Objective):
             )
         kwargs.setdefault("dtype", getattr(discriminator, "dtype_policy", None))
         super().__init__(**kwargs)
-        share_token_embedding(source, target)
+        compat.share_embedding_table(source, target)
         self.generator = generator
         self.discriminator = discriminator
         self.generator_weight = float(generator_weight)

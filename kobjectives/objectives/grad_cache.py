@@ -47,6 +47,7 @@ import numbers
 import keras
 import tensorflow as tf
 
+from kobjectives import compat
 from kobjectives.ops.contrastive import info_nce
 from kobjectives.ops.reduction import global_weighted_mean
 from kobjectives.objectives.objective import Objective
@@ -168,8 +169,8 @@ def seed_generator_states(model):
         A list of variables (empty for a model without random layers).
     """
     states, seen = [], set()
-    for layer in model._flatten_layers(include_self=True):
-        for generator in getattr(layer, "_seed_generators", ()):
+    for layer in compat.flatten_layers(model):
+        for generator in compat.seed_generators(layer):
             if id(generator.state) not in seen:
                 seen.add(id(generator.state))
                 states.append(generator.state)
@@ -563,7 +564,7 @@ class CachedContrastiveEncoder(Objective):
     """
 
     # Sub-models `Objective.get_config` / `from_config` (de)serialize.
-    serialized_models = ("embedder",)
+    trained_models = ("embedder",)
 
     def __init__(
         self,
@@ -604,6 +605,11 @@ class CachedContrastiveEncoder(Objective):
     def embed(self, inputs, training=False):
         """One view's inputs -> embeddings `[batch, dim]`."""
         return self.embedder(inputs, training=training)
+
+    def export_outputs(self, inputs):
+        """Inference outputs for `kobjectives.export.export_saved_model`:
+        the `embeddings` `[batch, dim]`."""
+        return {"embeddings": self.embed(inputs, training=False)}
 
     def call(self, inputs, training=False):
         if isinstance(inputs, dict) and set(inputs) <= set(_VIEW_KEYS) and inputs:

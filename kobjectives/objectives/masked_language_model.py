@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import tensorflow as tf
 
 from kobjectives.losses import MaskedLMLoss
 from kobjectives.metrics import MaskedAccuracy
@@ -148,6 +149,18 @@ class MaskedLanguageModel(Objective):
     def encode(self, inputs, training=False):
         """Runs the backbone: `[batch, length, hidden_dim]` hidden states."""
         return run_backbone(self.backbone, inputs, training=training)
+
+    def export_outputs(self, inputs):
+        """Inference outputs for `kobjectives.export.export_saved_model`: the
+        `sequence_output` and the `mlm_logits` at every position (fill-mask:
+        a client writes `[MASK]` and reads the prediction there)."""
+        hidden = self.encode(inputs, training=False)
+        batch_size, length = tf.shape(inputs["token_ids"])[0], tf.shape(inputs["token_ids"])[1]
+        positions = tf.broadcast_to(tf.range(length)[None, :], [batch_size, length])
+        return {
+            "sequence_output": hidden,
+            "mlm_logits": self.head(hidden, mask_positions=positions),
+        }
 
     def call(self, inputs, training=False):
         if "mask_positions" not in inputs:

@@ -1,30 +1,13 @@
 """`Objective`: the base class of every kobjectives objective, and the
 plumbing objectives share to run a backbone."""
 
-import functools
-
 import keras
 import tensorflow as tf
 
-_DEFAULT_BACKBONE_INPUTS = ("token_ids", "padding_mask")
-
-
-def backbone_input_names(backbone):
-    """The input keys a backbone takes: its functional inputs, or the default.
-
-    keras-hub backbones are functional models whose `input` is a dict
-    (`token_ids`, `padding_mask`, and `segment_ids` for BERT-style models). A
-    subclassed `keras.Model` is assumed to take `token_ids` and
-    `padding_mask`.
-    """
-    try:
-        inputs = backbone.input
-    except (AttributeError, ValueError):
-        return _DEFAULT_BACKBONE_INPUTS
-    if isinstance(inputs, dict):
-        return tuple(inputs)
-    return _DEFAULT_BACKBONE_INPUTS
-
+from kobjectives import compat
+from kobjectives.backbones import backbone_input_names
+from kobjectives.objectives.frozen import FrozenModel
+from kobjectives.ops.reduction import global_weighted_mean
 
 def sequence_output(outputs):
     """The `[batch, length, hidden]` states from a backbone's outputs."""
@@ -64,46 +47,67 @@ def run_backbone(backbone, inputs, training=False):
     return sequence_output(backbone(feed, training=training))
 
 
-class Objective(keras.Model):
-    """Base `keras.Model` of the objectives.
+class Objective(compat.TrainerWorkarounds, keras.Model):
+    """Base `keras.Model` of the objectives: the roles of the models an
+    objective holds, named losses, and a training step open to gradient
+    surgery.
 
-    **Serialization.** The sub-models an objective wraps are named in the
-    class attribute `serialized_models` (default `("backbone",)`): the base
-    `get_config` serializes those attributes and `from_config` deserializes
-    them, so a subclass's `get_config` only adds its own plain arguments.
+    **Roles.** A subclass names its sub-models by role (attribute names):
+
+    - `trained_models` (default `("backbone",)`): trained, saved with the
+      objective (`get_config` serializes them, `from_config` rebuilds them).
+    - `frozen_models` (default none): used but never trained, each a
+      `kobjectives.objectives.FrozenModel` (a teacher, a reference policy):
+      not trainable, called with `training=False`, outside the objective's
+      weights, checkpoints and export; saving stores only where it was
+      loaded from. Its outputs may instead be precomputed into the data
+      (`frozen_outputs`, `precompute_frozen_outputs`); the objective then
+      needs no frozen model at all (pass None).
+    - `exported_model` (default `"backbone"`): the trained model the
+      objective exists to produce; a run saves it as its keras-hub preset
+      (what `--init` starts the next run from).
+    - `serving_model()`: what `kobjectives.export.export_saved_model`
+      serves (default the objective itself, through its `export_outputs`).
+
+    **Named losses.** An objective with several losses lists their names in
+    `loss_names` and implements `compute_losses`, returning `{name: term}`,
+    a term being `(per_example_values, weights)` (reduced here to the
+    global-batch weighted mean, exact under `tf.distribute`) or an
+    already-reduced scalar share. The base weights each term by
+    `loss_weights[name]` (default 1), sums them once, adds the layers' own
+    losses, and tracks every term, unweighted, as the metric `NAME_loss`.
+
+    **Gradient surgery.** With `per_loss_gradients = True` the training
+    step takes the gradient of every named loss separately
+    (`compute_gradients`) and hands them to `combine_gradients`, which by
+    default takes their weighted sum; override it to project, reweight or
+    otherwise combine conflicting gradients (PCGrad, MGDA, GradNorm, ...).
+    `compute_gradients` itself can be overridden to compute gradients
+    another way (GradCache does, `CachedContrastiveEncoder`). Otherwise the
+    step is Keras' own (one tape, one gradient of the total).
 
     **Loading.** Objectives override `compile()` to give defaults; Keras
     then skips re-compiling a loaded `.keras` file. `compile_from_config`
     re-compiles with the saved configuration (a loss the objective owns is
     dropped), so the optimizer and its state come back with the model.
 
-    **A Keras 3.15 workaround.** Under a `tf.distribute` strategy, Keras
-    3.15's TensorFlow trainer builds the model from the first distributed
-    batch by `strategy.reduce("MEAN", batch)`
-    (`TensorFlowTrainer._maybe_symbolic_build`). Reducing fails for
-    non-float inputs (a bool `padding_mask`: "Value for attr 'T' of bool is
-    not in the list of allowed values") and, under
-    `MultiWorkerMirroredStrategy`, for any `PerReplica` value. The build only
-    needs shapes and dtypes, so this class builds from one local replica's
-    batch instead.
+    Two Keras 3.15 `tf.distribute` bugs are worked around for every
+    objective (`kobjectives.compat.TrainerWorkarounds`).
 
-    **A second Keras 3.15 workaround.** Under a multi-worker
-    `MultiWorkerMirroredStrategy`, Keras' `reduce_per_replica` reduces every
-    log of a train/test step with `strategy.reduce("MEAN", value, axis=0)`,
-    which fails for the scalar logs every step returns ("Invalid reduction
-    dimension 0 for input with 0 dimensions"). This class gives the step's
-    scalar logs a leading axis of 1 under that strategy only (`_make_function`),
-    so the reduction averages them over the replicas and returns scalars again;
-    other strategies are untouched.
-
-    Both overrides are scoped to kobjectives' objectives; Keras is not
-    patched. `tests/objectives/test_objective.py` fails when upstream changes
-    the methods they rely on, and `tests/distribute/test_multi_worker.py`
-    when upstream fixes either bug, so the workarounds can be revisited
-    (see `docs/distributed.md`).
+    Args:
+        loss_weights: optional dict `{loss name: weight}` for the named
+            losses (`loss_names`); missing names weigh 1.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
     """
 
-    serialized_models = ("backbone",)
+    trained_models = ("backbone",)
+    frozen_models = ()
+    exported_model = "backbone"
+    # For each frozen model, the keys of its outputs that an input batch `x`
+    # may hold precomputed, e.g. {"teacher": ("teacher_logits",)}.
+    precomputed_outputs = {}
+    loss_names = ()
+    per_loss_gradients = False
 
     # `compile(optimizer="auto")`: AdamW at this learning rate, weight decay
     # 0.01, clipnorm 1.0.
@@ -111,6 +115,71 @@ class Objective(keras.Model):
     # Objectives whose `compute_loss` computes the loss itself describe it
     # here; their `compile` then refuses a `loss`.
     own_loss = None
+
+    def __init__(self, loss_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        loss_weights = dict(loss_weights or {})
+        unknown = sorted(set(loss_weights) - set(self.loss_names))
+        if unknown:
+            raise ValueError(
+                f"`loss_weights` names unknown losses {unknown}; {type(self).__name__}'s "
+                f"losses: {list(self.loss_names)}."
+            )
+        for name, weight in loss_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                    not 0.0 <= float(weight) < float("inf"):
+                raise ValueError(
+                    f"`loss_weights[{name!r}]` must be a finite number >= 0. Received: {weight!r}"
+                )
+        self.loss_weights = {name: float(loss_weights.get(name, 1.0)) for name in self.loss_names}
+        if self.loss_names and not any(self.loss_weights.values()):
+            raise ValueError(
+                f"Every loss weight of {type(self).__name__} is 0: nothing would be trained. "
+                f"Make at least one of {list(self.loss_names)} positive."
+            )
+        self.loss_trackers = {
+            name: keras.metrics.Mean(name=f"{name}_loss") for name in self.loss_names
+        }
+
+    # -- roles -----------------------------------------------------------------
+
+    def freeze(self, model):
+        """`model` as a `FrozenModel` (None stays None); for a subclass's
+        `__init__`: `self.teacher = self.freeze(teacher)`."""
+        return None if model is None else FrozenModel(model)
+
+    def serving_model(self):
+        """What the SavedModel serves: a layer with `export_outputs(inputs)`."""
+        return self
+
+    def compute_frozen_outputs(self, name, x):
+        """The outputs `{key: tensor}` of frozen model `name` for the batch
+        `x` (keys `precomputed_outputs[name]`); subclasses with frozen models
+        implement it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no frozen model {name!r} to compute outputs with."
+        )
+
+    def frozen_outputs(self, name, x):
+        """The outputs of frozen model `name` for `x`: taken from `x` where the
+        data holds them precomputed (`precompute_frozen_outputs`), else
+        computed by the frozen model, without gradient.
+
+        Raises:
+            ValueError: neither the data nor the objective provides them.
+        """
+        keys = tuple(self.precomputed_outputs.get(name, ()))
+        if keys and isinstance(x, dict) and all(k in x for k in keys):
+            return {k: tf.stop_gradient(x[k]) for k in keys}
+        if getattr(self, name, None) is None:
+            raise ValueError(
+                f"{type(self).__name__} has no {name} model and the data holds no precomputed "
+                f"{list(keys)}: pass a {name} model, or add its outputs to the data with "
+                "kobjectives.objectives.precompute_frozen_outputs."
+            )
+        return tf.nest.map_structure(tf.stop_gradient, self.compute_frozen_outputs(name, x))
+
+    # -- losses ----------------------------------------------------------------
 
     def compile(self, optimizer="auto", **kwargs):
         """Configures training, with the objective's defaults.
@@ -122,10 +191,11 @@ class Objective(keras.Model):
             **kwargs: passed to `keras.Model.compile` (`jit_compile`, ...).
                 Objectives that own their loss refuse `loss`.
         """
-        if self.own_loss is not None:
+        if self.own_loss is not None or self.loss_names:
             if kwargs.get("loss") is not None:
                 raise ValueError(
-                    f"{type(self).__name__} computes its own loss ({self.own_loss}); "
+                    f"{type(self).__name__} computes its own loss "
+                    f"({self.own_loss or ' + '.join(self.loss_names)}); "
                     "do not pass `loss` to compile()."
                 )
             kwargs.pop("loss", None)
@@ -134,6 +204,50 @@ class Objective(keras.Model):
                 learning_rate=self.default_learning_rate, weight_decay=0.01, clipnorm=1.0
             )
         super().compile(optimizer=optimizer, **kwargs)
+
+    def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
+        """The named losses `{name: term}` of a batch (see the class docstring);
+        objectives with `loss_names` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no named losses.")
+
+    def loss_terms(self, x, y, y_pred, sample_weight=None, training=True):
+        """`compute_losses` reduced: `{name: this replica's share of the
+        global-batch loss}`, float32 scalars, unweighted."""
+        terms = self.compute_losses(x, y, y_pred, sample_weight, training=training)
+        if set(terms) != set(self.loss_names):
+            raise ValueError(
+                f"{type(self).__name__}.compute_losses returned {sorted(terms)}, "
+                f"not its loss_names {list(self.loss_names)}."
+            )
+        shares = {}
+        for name in self.loss_names:
+            term = terms[name]
+            if isinstance(term, (tuple, list)):
+                values, weights = term
+                shares[name] = global_weighted_mean(values, weights)
+                self.loss_trackers[name].update_state(
+                    tf.cast(values, tf.float32),
+                    sample_weight=tf.broadcast_to(
+                        tf.cast(weights, tf.float32), tf.shape(values)),
+                )
+            else:
+                shares[name] = tf.cast(term, tf.float32)
+                self.loss_trackers[name].update_state(unscale_for_distribution(shares[name]))
+        return shares
+
+    def weighted_total(self, shares):
+        """`sum(loss_weights[name] * share)` over the named losses."""
+        total = None
+        for name in self.loss_names:
+            term = self.loss_weights[name] * shares[name]
+            total = term if total is None else total + term
+        return total
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if not self.loss_names:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        shares = self.loss_terms(x, y, y_pred, sample_weight, training=training)
+        return self.add_layer_losses(self.weighted_total(shares))
 
     def add_layer_losses(self, loss):
         """`loss` plus the layers' own losses (`self.losses`: weight
@@ -145,17 +259,86 @@ class Objective(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         return loss + tf.add_n([tf.cast(v, tf.float32) for v in self.losses]) / replicas
 
+    # -- the training step -------------------------------------------------------
+
+    def compute_gradients(self, x, y, sample_weight, variables):
+        """The per-loss path's gradients: `(shares, gradients, y_pred)` with
+        `shares` `{name: replica share}` and `gradients` `{name: [gradient
+        per variable]}` of each named loss (unweighted; loss-scaled under
+        float16), plus `"layer_losses"` when the layers add losses.
+
+        Override to compute gradients another way (GradCache)."""
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred = self(x, training=True)
+            shares = self.loss_terms(x, y, y_pred, sample_weight, training=True)
+            if self.losses:
+                shares["layer_losses"] = self.add_layer_losses(tf.constant(0.0))
+            scaled = {name: self.optimizer.scale_loss(share) for name, share in shares.items()}
+        gradients = {name: tape.gradient(value, variables) for name, value in scaled.items()}
+        del tape
+        return shares, gradients, y_pred
+
+    def combine_gradients(self, gradients, variables):
+        """One gradient per variable from the per-loss `gradients`
+        (`{name: [gradient or None per variable]}`): by default
+        `sum(loss_weights[name] * gradient)` (`layer_losses` weigh 1), the
+        gradient of the weighted total. Override for gradient surgery."""
+        combined = []
+        for index in range(len(variables)):
+            total = None
+            for name, grads in gradients.items():
+                grad = grads[index]
+                if grad is None:
+                    continue
+                grad = tf.convert_to_tensor(grad) * self.loss_weights.get(name, 1.0)
+                total = grad if total is None else total + grad
+            combined.append(total)
+        return combined
+
+    def train_step(self, data):
+        if not (self.per_loss_gradients or self._overrides("compute_gradients")):
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        shares, gradients, y_pred = self.compute_gradients(x, y, sample_weight, variables)
+        total = None
+        for name, share in shares.items():
+            term = self.loss_weights.get(name, 1.0) * share
+            total = term if total is None else total + term
+        first = next(t for t in tf.nest.flatten(x) if t is not None)
+        compat.loss_tracker(self).update_state(
+            unscale_for_distribution(total), sample_weight=tf.shape(first)[0]
+        )
+        combined = self.combine_gradients(gradients, variables)
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(combined, variables) if g is not None]
+        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _overrides(self, method):
+        return getattr(type(self), method) is not getattr(Objective, method)
+
+    # -- saving ------------------------------------------------------------------
+
     def get_config(self):
         config = super().get_config()
-        for name in self.serialized_models:
+        for name in self.trained_models:
             config[name] = keras.saving.serialize_keras_object(getattr(self, name))
+        for name in self.frozen_models:
+            frozen = getattr(self, name, None)
+            config[name] = None if frozen is None else frozen.get_config()
+        if self.loss_names:
+            config["loss_weights"] = dict(self.loss_weights)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for name in cls.serialized_models:
+        for name in cls.trained_models:
             config[name] = keras.saving.deserialize_keras_object(config[name])
+        for name in cls.frozen_models:
+            if config.get(name) is not None:
+                config[name] = FrozenModel.from_config(config[name])
         return cls(**config)
 
     def compile_from_config(self, config):
@@ -165,20 +348,6 @@ class Objective(keras.Model):
         self.compile(**config)
         if self.built and getattr(self, "optimizer", None) is not None:
             self.optimizer.build(self.trainable_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and self._distribute_strategy is not None:
-            strategy = self.distribute_strategy
-
-            def local(value):
-                if isinstance(value, tf.distribute.DistributedValues):
-                    return strategy.experimental_local_results(value)[0]
-                return value
-
-            for _, _, distributed_iterator in iterator:
-                data_batch = tf.nest.map_structure(local, next(distributed_iterator))
-                break
-        return super()._maybe_symbolic_build(iterator=None, data_batch=data_batch)
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`; with a backup callback waiting to restore
@@ -196,20 +365,16 @@ class Objective(keras.Model):
         """Builds the objective (and its optimizer) from one batch of a
         `tf.data.Dataset` or a distributed dataset, without training."""
         strategy = self.distribute_strategy
-
-        def local(value):
-            if isinstance(value, tf.distribute.DistributedValues):
-                return strategy.experimental_local_results(value)[0]
-            return value
-
-        batch = tf.nest.map_structure(local, next(iter(dataset)))
+        batch = compat.first_replica(strategy, next(iter(dataset)))
         with strategy.scope():
-            self._symbolic_build(data_batch=batch)
+            compat.symbolic_build(self, batch)
 
-    def _make_function(self, step_function):
-        if _is_multi_worker(self.distribute_strategy):
-            step_function = _scalar_logs_with_replica_axis(step_function)
-        return super()._make_function(step_function)
+
+def unscale_for_distribution(value):
+    """A replica's share of a global mean times the replicas: the global mean
+    (what Keras logs)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value * replicas if replicas > 1 else value
 
 
 def _backup_waiting(callbacks):
@@ -221,30 +386,3 @@ def _backup_waiting(callbacks):
         elif isinstance(callback, keras.callbacks.BackupAndRestore):
             return True
     return False
-
-
-def _is_multi_worker(strategy):
-    """True under a `MultiWorkerMirroredStrategy` spanning several workers (the
-    case in which Keras 3.15 reduces step logs with `axis=0`)."""
-    extended = getattr(strategy, "extended", None)
-    in_multi_worker_mode = getattr(extended, "_in_multi_worker_mode", None)
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and callable(in_multi_worker_mode)
-        and bool(in_multi_worker_mode())
-    )
-
-
-def _scalar_logs_with_replica_axis(step_function):
-    """Wraps a train/test step so its scalar logs have shape `[1]`."""
-
-    def expand(value):
-        if isinstance(value, (tf.Tensor, tf.Variable)) and value.shape.rank == 0:
-            return tf.reshape(value, [1])
-        return value
-
-    @functools.wraps(step_function)
-    def step(data):
-        return tf.nest.map_structure(expand, step_function(data))
-
-    return step

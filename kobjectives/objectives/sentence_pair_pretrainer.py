@@ -8,7 +8,7 @@ from kobjectives.metrics import MaskedAccuracy
 from kobjectives.metrics import Perplexity
 from kobjectives.objectives.masked_language_model import MaskedLanguageModel
 from kobjectives.objectives.objective import Objective
-from kobjectives.objectives.objective import backbone_input_names
+from kobjectives.backbones import backbone_input_names
 from kobjectives.ops import sentence_pairs as pair_ops
 from kobjectives.ops.masked_lm import sparse_cross_entropy
 

@@ -47,11 +47,11 @@ def environment(tf_config=None, logical_cpus=None):
 
 
 def launch(args, log_path, tf_config=None, logical_cpus=None):
-    """Starts `python -m kobjectives.distribute.launch ARGS`; stdout and
+    """Starts `python -m kobjectives.cli ARGS`; stdout and
     stderr go to `log_path`."""
     log = open(log_path, "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "kobjectives.distribute.launch", *args],
+        [sys.executable, "-m", "kobjectives.cli", *args],
         cwd=REPO, env=environment(tf_config, logical_cpus), stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True,
     )

@@ -24,7 +24,7 @@ from kobjectives.objectives.objective import Objective  # noqa: E402
 
 
 class Regressor(Objective):
-    serialized_models = ()
+    trained_models = ()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

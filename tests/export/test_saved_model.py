@@ -277,15 +277,15 @@ def test_mixed_bfloat16_exports_float32(tmp_path):
         out["mlm_logits"], model.head(hidden, mask_positions=all_positions(4)), atol=1e-5)
 
 
-def test_objective_without_encode_or_head_is_rejected(tmp_path):
-    with pytest.raises(TypeError, match=r"`encode`, `head`"):
+def test_objective_without_export_outputs_is_rejected(tmp_path):
+    with pytest.raises(TypeError, match=r"export_outputs"):
         export_saved_model(keras.layers.Dense(3), tmp_path / "a")
 
     class EncoderOnly:
         def encode(self, inputs):
             return inputs
 
-    with pytest.raises(TypeError, match=r"EncoderOnly lacks: `head`"):
+    with pytest.raises(TypeError, match=r"EncoderOnly has none"):
         export_saved_model(EncoderOnly(), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

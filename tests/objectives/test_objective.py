@@ -44,7 +44,7 @@ def test_upstream_bug_still_present(mirrored_strategy):
 class BoolInputObjective(Objective):
     # Subclassed, not functional: building a functional model from a class
     # makes Keras rewrite the `__bases__` of the class and its ancestors.
-    serialized_models = ()
+    trained_models = ()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -76,17 +76,17 @@ def test_upstream_reduce_per_replica_still_reduces_multi_worker_logs_on_axis_0()
 
 
 def test_scalar_logs_get_a_replica_axis_only_for_multi_worker(mirrored_strategy):
-    from kobjectives.objectives import objective as objective_lib
+    from kobjectives import compat
 
-    step = objective_lib._scalar_logs_with_replica_axis(
+    step = compat.scalar_logs_with_replica_axis(
         lambda data: {"loss": tf.constant(2.0), "vector": tf.ones([3])}
     )
     logs = step(None)
     assert logs["loss"].shape == (1,) and logs["vector"].shape == (3,)
     # Reducing the [1]-shaped log over axis 0 gives back the scalar.
     assert float(tf.reduce_mean(logs["loss"], axis=0)) == 2.0
-    assert not objective_lib._is_multi_worker(mirrored_strategy)
-    assert not objective_lib._is_multi_worker(tf.distribute.get_strategy())
+    assert not compat.is_multi_worker(mirrored_strategy)
+    assert not compat.is_multi_worker(tf.distribute.get_strategy())
     # Under mirrored the step function is passed through untouched.
     with mirrored_strategy.scope():
         model = BoolInputObjective()

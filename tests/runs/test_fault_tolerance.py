@@ -21,7 +21,7 @@ from tests.distribute import multi_worker_helpers as mw
 
 
 class Regressor(Objective):
-    serialized_models = ()
+    trained_models = ()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kobjectives.export import export_embedding_model
+from kobjectives.export import export_saved_model
 from kobjectives.objectives import ContrastiveEncoder
 
 L = 12
@@ -50,7 +50,7 @@ def _model_and_preprocessor():
 
 def test_fresh_process_matches_in_memory_model(tmp_path):
     model, pre = _model_and_preprocessor()
-    export_dir = export_embedding_model(model, tmp_path / "embedder", pre)
+    export_dir = export_saved_model(model, tmp_path / "embedder", pre, special_tokens_in_strings=False)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     out = tmp_path / "out.npz"
     process = subprocess.run(
@@ -69,13 +69,13 @@ def test_fresh_process_matches_in_memory_model(tmp_path):
 
 def test_token_id_signature_and_errors(tmp_path):
     model, pre = _model_and_preprocessor()
-    export_dir = export_embedding_model(model, tmp_path / "ids", sequence_length=L)
+    export_dir = export_saved_model(model, tmp_path / "ids", sequence_length=L)
     loaded = tf.saved_model.load(export_dir)
     features = pre(tf.constant(TEXTS))
     inputs = {k: tf.cast(features[k], tf.int32) for k in ("token_ids", "padding_mask", "segment_ids")}
     out = loaded.signatures["serving_default"](**inputs)["embeddings"]
     np.testing.assert_allclose(out, model.embed(features), atol=1e-5)
     with pytest.raises(FileExistsError, match="overwrite"):
-        export_embedding_model(model, export_dir, sequence_length=L)
-    with pytest.raises(TypeError, match="embed"):
-        export_embedding_model(object(), tmp_path / "x")
+        export_saved_model(model, export_dir, sequence_length=L)
+    with pytest.raises(TypeError, match="export_outputs"):
+        export_saved_model(object(), tmp_path / "x")

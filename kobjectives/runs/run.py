@@ -1,0 +1,551 @@
+"""`Run`: one training run of a recipe, with named hooks and the driver
+written once."""
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+import typing
+
+import keras
+import numpy as np
+
+from kobjectives import backbones
+from kobjectives import data as data_lib
+from kobjectives.recipe import Recipe
+from kobjectives.recipe import RecipeError
+
+# The optimizer's hyperparameters: every recipe's `[training]` has them.
+DEFAULT_SEARCH_SPACE = {
+    "training.learning_rate": ("float", 1e-4, 3e-3, "log"),
+    "training.warmup_steps": ("int", 0, 300),
+    "training.weight_decay": ("float", 1e-3, 0.1, "log"),
+}
+
+RECIPE_FILE = "recipe.json"
+MODEL_FILE = "model.keras"
+
+
+@dataclasses.dataclass
+class FittedRun:
+    """What `Run.fit` leaves for evaluation.
+
+    Attributes:
+        model: the trained objective.
+        history: per-round logs `{key: [value per round]}` across resumes.
+        evaluation: `model.evaluate` on the validation data (a dict).
+        validation: the validation dataset the run used.
+        steps: the optimizer steps of the whole run.
+    """
+
+    model: keras.Model
+    history: dict
+    evaluation: dict
+    validation: object
+    steps: int
+
+
+class Run:
+    """One training run of a recipe: the hooks an objective fills in and the
+    driver every objective shares.
+
+    A subclass is registered under its recipe's name (`kobjectives.runs.register`)
+    and sets `name`, `recipe_class` (a `kobjectives.recipe.Recipe` whose
+    defaults are that recipe's), `title` and `backbone_kind`. It implements
+    `make_dataset` and `build_objective`, and may override any other hook:
+
+    - data and tokenizer: `load_documents`, `split_documents`,
+      `train_tokenizer` (skipped when `model.init` brings a tokenizer),
+      `prepare` (all of it);
+    - `make_dataset(split, batch_size, input_context=None)`;
+    - model: `build_backbone`, `build_objective`, `optimizer`;
+    - `evaluate(fitted)`: the objective's metrics and baselines;
+    - `export(model, out_dir)`: the SavedModel (`serving_preprocessor`,
+      `export_options`);
+    - `fit(model, train, validation, callbacks)`: the loop itself (a
+      reinforcement-learning run owns it: rollouts between updates).
+
+    `train()` is the driver: recipe.json, seeding, `prepare`, the strategy
+    and dtype policy, resume (the data stream continues where the backup
+    stopped), the datasets, the objective in the strategy's scope, the loop
+    with checkpoints, TensorBoard, backup and a stop on a non-finite loss,
+    `loss_curve.png`, evaluation, `model.keras`, the keras-hub preset
+    (`preset/`, what `--init` starts from), the SavedModel and
+    `metrics.json`.
+
+    Args:
+        recipe: a `recipe_class` instance, or a nested dict of values over
+            its defaults; validated here, before any work.
+        out_dir: the run folder.
+        strategy: a name of `kobjectives.distribute.STRATEGIES` or a
+            `tf.distribute.Strategy`.
+        log: a print-like function.
+
+    Raises:
+        RecipeError: the recipe is invalid (every bad key named).
+
+    Example:
+
+    ```python
+    from kobjectives.runs import run_class
+
+    run = run_class("mlm")({"training": {"steps": 100}}, out_dir="runs/quick")
+    metrics = run.train()
+    ```
+    """
+
+    name: typing.ClassVar[str] = ""
+    recipe_class: typing.ClassVar[type] = Recipe
+    title: typing.ClassVar[str] = ""
+    backbone_kind: typing.ClassVar[str] = "encoder"
+    search_space: typing.ClassVar[dict] = DEFAULT_SEARCH_SPACE
+    # Keyword arguments of `kobjectives.export.export_saved_model`.
+    export_options: typing.ClassVar[dict] = {}
+    # Data hyperparameters change the validation data too; with True every
+    # tuning trial is scored on the base recipe's validation data.
+    tuning_fixed_validation: typing.ClassVar[bool] = True
+
+    def __init__(self, recipe=None, out_dir=None, strategy="auto", log=print):
+        if recipe is None:
+            recipe = self.recipe_class()
+        elif isinstance(recipe, dict):
+            recipe = self.recipe_class.from_dict(recipe)
+        if not isinstance(recipe, self.recipe_class):
+            raise TypeError(
+                f"The {self.name!r} run takes a {self.recipe_class.__name__}; received "
+                f"{type(recipe).__name__}.")
+        self.recipe = recipe.validate()
+        problems = list(self.check())
+        if problems:
+            raise RecipeError(f"Invalid {self.name!r} recipe:\n  " + "\n  ".join(problems))
+        self.out_dir = pathlib.Path(out_dir) if out_dir is not None else None
+        self.strategy_name = strategy
+        self.strategy = None
+        self.log = log
+        self.tokenizer = None
+        self.train_documents = None
+        self.validation_documents = None
+
+    # -- checks ------------------------------------------------------------------
+
+    def check(self):
+        """Checks that need the code (backbone kinds, the init preset); yields
+        problem lines naming the key. Runs before any data is read."""
+        model = self.recipe.model
+        if model.init:
+            try:
+                backbones.check_init(model.init, self.backbone_kind, model.sequence_length)
+            except (ValueError, FileNotFoundError) as error:
+                yield f"model.init = {model.init!r}: {error}"
+        else:
+            try:
+                backbones.check_backbone(model.backbone, kind=self.backbone_kind)
+            except ValueError as error:
+                yield f"model.backbone = {model.backbone!r}: {error}"
+
+    # -- data and tokenizer ------------------------------------------------------
+
+    def prepare(self):
+        """Loads and splits the documents and gets the tokenizer: the init's
+        (`model.init`), else one trained on the training documents."""
+        out_dir = self._out_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        documents = self.load_documents()
+        self.train_documents, self.validation_documents = self.split_documents(documents)
+        self.log(f"data: {len(documents)} documents ({len(self.train_documents)} train, "
+                 f"{len(self.validation_documents)} validation)")
+        if self.recipe.model.init:
+            self.tokenizer = backbones.load_tokenizer(self.recipe.model.init)
+            self.log(f"tokenizer: from {self.recipe.model.init} "
+                     f"({self.tokenizer.vocabulary_size()} tokens)")
+        else:
+            started = time.time()
+            self.tokenizer = self.train_tokenizer(self.train_documents)
+            self.log(f"tokenizer: WordPiece, {self.tokenizer.vocabulary_size()} pieces "
+                     f"({time.time() - started:.0f} s)")
+        data_lib.save_vocabulary(self.vocabulary, out_dir)
+
+    def load_documents(self):
+        """The documents of `[data]`: files, tfds, or the embedded corpus."""
+        data = self.recipe.data
+        return data_lib.load_texts(
+            data=list(data.files) or None, tfds=data.tfds or None, data_dir=data.data_dir or None,
+            format=data.format, max_documents=data.max_documents or None,
+        )
+
+    def split_documents(self, documents):
+        """`(train, validation)`: a stable hash of each document decides."""
+        return data_lib.train_validation_split(
+            documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
+
+    def train_tokenizer(self, documents):
+        """A WordPiece vocabulary trained on `documents`, as a keras-hub
+        `BertTokenizer`."""
+        import keras_hub
+
+        config = self.recipe.tokenizer
+        vocabulary = data_lib.train_wordpiece(
+            documents, config.vocabulary_size, lowercase=config.lowercase,
+            max_training_documents=config.max_training_documents or None,
+        )
+        return keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=config.lowercase)
+
+    @property
+    def vocabulary(self):
+        """The tokenizer's vocabulary (a list of str)."""
+        return self.tokenizer.get_vocabulary()
+
+    def documents(self, split, input_context=None):
+        """The documents of `split`, this input pipeline's shard of them under
+        a `tf.distribute.InputContext` with several pipelines.
+
+        Raises:
+            ValueError: `split` is not `"train"` or `"validation"`.
+        """
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+        documents = self.train_documents if split == "train" else self.validation_documents
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            documents = documents[input_context.input_pipeline_id::input_context.num_input_pipelines]
+        return documents
+
+    def document_counts(self):
+        """`{"train": n, "validation": m}` for metrics.json."""
+        return {"train": len(self.train_documents), "validation": len(self.validation_documents)}
+
+    def make_dataset(self, split, batch_size, input_context=None):
+        """The `tf.data.Dataset` of `split`: `"train"` shuffled and repeated,
+        `"validation"` finite and fixed (its random draws cached), with a
+        known cardinality; batches of `batch_size` (per replica under an
+        `input_context`, whose shard of the data it reads), static shapes."""
+        raise NotImplementedError
+
+    def finite_validation(self, dataset, count, batch_size):
+        """Fills a cached validation dataset once and tells Keras its length.
+
+        Raises:
+            ValueError: the validation split is smaller than one batch.
+        """
+        import tensorflow as tf
+
+        batches = sum(1 for _ in dataset)
+        if batches == 0:
+            raise ValueError(
+                f"The validation split ({count} documents) is smaller than one batch of "
+                f"{batch_size}. Give more data or raise data.validation_fraction.")
+        return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+    def datasets(self, strategy, skip_batches=0):
+        """`(train, validation)` for `model.fit` under `strategy`: with several
+        replicas or workers through `kobjectives.distribute.distribute_datasets`
+        (one `make_dataset` per input pipeline, a per-replica batch size);
+        the training stream starts after `skip_batches` batches (a resume).
+
+        Raises:
+            ValueError: the global batch is not divisible by the replicas.
+        """
+        from kobjectives.distribute import distribute_datasets
+
+        batch_size = self.recipe.training.batch_size
+
+        def train(size, context=None):
+            dataset = self.make_dataset("train", size, input_context=context)
+            return dataset.skip(skip_batches) if skip_batches else dataset
+
+        def validation(size, context=None):
+            return self.make_dataset("validation", size, input_context=context)
+
+        return (
+            distribute_datasets(strategy, train, batch_size),
+            distribute_datasets(strategy, validation, batch_size, finite=True),
+        )
+
+    # -- model -------------------------------------------------------------------
+
+    def build_backbone(self, **overrides):
+        """The recipe's backbone: loaded from `model.init`, or built from the
+        config `model.backbone` for the tokenizer's vocabulary."""
+        model = self.recipe.model
+        if model.init:
+            if overrides:
+                raise RecipeError(
+                    f"model.init = {model.init!r}: this backbone's sizes come from the preset; "
+                    f"{sorted(overrides)} cannot change them.")
+            return backbones.load_backbone(model.init, dropout=model.dropout)
+        return backbones.build_backbone(
+            model.backbone, self.tokenizer.vocabulary_size(), model.sequence_length,
+            dropout=model.dropout, **overrides)
+
+    def build_objective(self):
+        """The objective, uncompiled (called in the strategy's scope)."""
+        raise NotImplementedError
+
+    def rounds(self):
+        """`(epochs, steps_per_epoch)`: the steps split into evaluation rounds."""
+        training = self.recipe.training
+        epochs = max(1, min(training.epochs, training.steps))
+        return epochs, max(1, training.steps // epochs)
+
+    def optimizer(self):
+        """AdamW with linear warm-up and cosine decay to 0, clipnorm 1.0."""
+        training = self.recipe.training
+        epochs, steps_per_epoch = self.rounds()
+        steps = epochs * steps_per_epoch
+        warmup = min(training.warmup_steps, max(steps - 1, 0))
+        return keras.optimizers.AdamW(
+            learning_rate=keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=0.0, decay_steps=max(steps - warmup, 1),
+                warmup_target=training.learning_rate, warmup_steps=warmup),
+            weight_decay=training.weight_decay,
+            clipnorm=1.0,
+        )
+
+    def jit_compile(self, strategy=None):
+        """`training.jit_compile`, off for a multi-replica CPU strategy (XLA
+        cannot compile a step whose replicas are logical CPU devices)."""
+        import tensorflow as tf
+
+        strategy = strategy or self.strategy or tf.distribute.get_strategy()
+        if self.recipe.training.jit_compile and strategy.num_replicas_in_sync > 1 \
+                and not tf.config.list_logical_devices("GPU"):
+            return False
+        return self.recipe.training.jit_compile
+
+    def build_model(self):
+        """The compiled objective: `build_objective`, AdamW (`optimizer`) and
+        `jit_compile`. Call it in the strategy's scope."""
+        model = self.build_objective()
+        model.compile(optimizer=self.optimizer(), jit_compile=self.jit_compile())
+        return model
+
+    def describe(self, model):
+        """One line naming the objective and its size, for the log."""
+        return (f"{type(model).__name__} over "
+                f"{self.recipe.model.init or self.recipe.model.backbone} "
+                f"({model.count_params():,} parameters)")
+
+    # -- the driver --------------------------------------------------------------
+
+    def _out_dir(self):
+        if self.out_dir is None:
+            raise ValueError("This run has no out_dir: give the run folder.")
+        return self.out_dir
+
+    def resolve_strategy(self):
+        """Sets the dtype policy and returns the `tf.distribute.Strategy`."""
+        import tensorflow as tf
+
+        from kobjectives.distribute import resolve_strategy
+
+        keras.mixed_precision.set_global_policy(self.recipe.training.dtype_policy)
+        strategy = self.strategy_name
+        if not isinstance(strategy, tf.distribute.Strategy):
+            strategy = resolve_strategy(strategy)
+        if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+            raise ValueError(
+                "strategy='parameter_server': Keras 3's model.fit cannot drive a "
+                "ParameterServerStrategy. Use --strategy multiworker (synchronous, same "
+                "TF_CONFIG without 'ps' jobs).")
+        if self.recipe.training.jit_compile and not self.jit_compile(strategy):
+            self.log("note: jit_compile disabled for a multi-replica CPU strategy")
+        return strategy
+
+    def callbacks(self):
+        """The run's callbacks (`kobjectives.runs.callbacks.run_callbacks`)."""
+        from kobjectives.runs.callbacks import run_callbacks
+
+        return run_callbacks(self._out_dir(), self.rounds())
+
+    def train(self):
+        """Trains, evaluates, saves and exports; returns the metrics dict
+        (also written to `out_dir/metrics.json`)."""
+        from kobjectives.runs.callbacks import restored_round
+
+        started = time.time()
+        out_dir = self._out_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / RECIPE_FILE, self.recipe.to_dict())
+        keras.utils.set_random_seed(self.recipe.training.seed)
+        self.prepare()
+        self.strategy = self.resolve_strategy()
+        epochs, steps_per_epoch = self.rounds()
+        resumed = restored_round(out_dir)
+        if resumed:
+            self.log(f"resuming from {out_dir / 'backup'}: round {resumed} of {epochs} done "
+                     f"(step {resumed * steps_per_epoch}); the training data continues at "
+                     f"batch {resumed * steps_per_epoch + 1}")
+        train, validation = self.datasets(self.strategy, resumed * steps_per_epoch)
+        with self.strategy.scope():
+            model = self.build_model()
+        self.log(f"model: {self.describe(model)}, strategy {type(self.strategy).__name__} "
+                 f"x{self.strategy.num_replicas_in_sync}")
+        history = self.fit(model, train, validation, self.callbacks())
+        plot_history(history, out_dir / "loss_curve.png", self.title or self.name, steps_per_epoch)
+        fitted = FittedRun(
+            model=model, history=history,
+            evaluation=model.evaluate(validation, return_dict=True, verbose=0),
+            validation=validation, steps=epochs * steps_per_epoch,
+        )
+        metrics = self.evaluate(fitted)
+        folder = self.save(model)
+        self.export(model, folder)
+        losses = history.get("loss") or [float("nan")]
+        metrics = {
+            "recipe": self.name,
+            **metrics,
+            "steps": fitted.steps,
+            "train_loss_first_round": losses[0],
+            "train_loss_last_round": losses[-1],
+            "documents": self.document_counts(),
+            "wall_seconds": round(time.time() - started, 1),
+        }
+        write_json(out_dir / "metrics.json", metrics)
+        for line in self.summary(metrics):
+            self.log(line)
+        self.log(f"run folder: {out_dir}")
+        return metrics
+
+    def fit(self, model, train, validation, callbacks):
+        """The training loop: `model.fit` over `rounds()` with `callbacks`;
+        returns the per-round history across resumes (`round_history`)."""
+        from kobjectives.runs.callbacks import progress_callbacks
+
+        epochs, steps_per_epoch = self.rounds()
+        verbose, progress = progress_callbacks(epochs, steps_per_epoch, self.log)
+        result = model.fit(
+            train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
+            callbacks=[*callbacks, *progress], verbose=verbose, shuffle=False,
+        )
+        return round_history(self._out_dir(), result.history)
+
+    def evaluate(self, fitted):
+        """The objective's held-out metrics and baselines (a dict); the base
+        reports `val_loss`."""
+        return {"val_loss": fitted.evaluation["loss"]}
+
+    def summary(self, metrics):
+        """The log lines that close the run."""
+        return [f"held-out loss {metrics['val_loss']:.4f}"]
+
+    # -- saving and export ---------------------------------------------------------
+
+    def save(self, model):
+        """Saves `model.keras` (the training objective) and, on the chief, the
+        keras-hub preset `preset/` (the trained backbone and the tokenizer:
+        what `--init` starts from); returns this worker's folder."""
+        from kobjectives.distribute.fault_tolerance import is_chief
+        from kobjectives.distribute.fault_tolerance import worker_dir
+
+        folder = worker_dir(self._out_dir())
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save(folder / MODEL_FILE)
+        if is_chief():
+            backbones.save_preset(
+                getattr(model, model.exported_model), self.tokenizer,
+                folder / backbones.PRESET_FOLDER)
+        return folder
+
+    def serving_preprocessor(self):
+        """Raw strings -> the backbone's inputs, for the SavedModel:
+        keras-hub's `BertTextClassifierPreprocessor` (`[CLS] text [SEP]`, the
+        layout of training)."""
+        import keras_hub
+
+        return keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer=self.tokenizer, sequence_length=self.recipe.model.sequence_length)
+
+    def export(self, model, out_dir):
+        """Writes `out_dir/saved_model/`: raw strings in, the objective's
+        `export_outputs` out, in float32."""
+        from kobjectives.export import export_saved_model
+
+        keras.mixed_precision.set_global_policy("float32")
+        export_saved_model(
+            model, pathlib.Path(out_dir) / "saved_model",
+            preprocessor=self.serving_preprocessor(), overwrite=True, **self.export_options)
+
+    # -- reloading -----------------------------------------------------------------
+
+    def with_recipe(self, recipe):
+        """A copy of this run (sharing its prepared data and tokenizer) with
+        another recipe (a tuning trial's)."""
+        run = object.__new__(type(self))
+        run.__dict__.update(self.__dict__)
+        run.recipe = recipe.validate()
+        return run
+
+    def load_tokenizer(self):
+        """The run folder's tokenizer (from its `preset/`)."""
+        self.tokenizer = backbones.load_tokenizer(str(self._out_dir()))
+        return self.tokenizer
+
+
+def write_json(path, payload):
+    """Writes `payload` as JSON; numpy numbers become Python numbers and
+    non-finite floats `null` (JSON has no NaN or Infinity)."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (np.floating, np.integer)):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    pathlib.Path(path).write_text(json.dumps(clean(payload), indent=2, allow_nan=False) + "\n")
+
+
+def round_history(out_dir, history):
+    """The whole run's per-round logs `{key: [value per round]}`, across resumes.
+
+    After a resume, `model.fit(...).history` holds only the rounds trained
+    since; the `RunBackup` log `out_dir/history.csv` holds every round. Falls
+    back to `history` where there is no log.
+
+    Raises:
+        RuntimeError: the last training loss is not finite.
+    """
+    from kobjectives.distribute import read_run_log
+
+    path = pathlib.Path(out_dir) / "history.csv"
+    rows = read_run_log(path) if path.exists() else []
+    if rows:
+        keys = [k for k in rows[0] if k not in ("epoch", "step")]
+        history = {k: [row.get(k, float("nan")) for row in rows] for k in keys}
+    losses = history.get("loss") or []
+    if losses and not np.isfinite(losses[-1]):
+        raise RuntimeError("Training diverged (non-finite loss); see the checkpoints.")
+    return history
+
+
+def plot_history(history, path, title, steps_per_round=None):
+    """Writes a PNG of the training and validation loss after each round;
+    with `steps_per_round` the x axis counts training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        if key in history:
+            x = np.arange(1, len(history[key]) + 1) * (steps_per_round or 1)
+            ax.plot(x, history[key], marker="o", label=label)
+    ax.set_xlabel("training step (train: mean over the preceding round)"
+                  if steps_per_round else "round (epoch)")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def stdout_is_terminal():
+    return sys.stdout.isatty()

@@ -10,6 +10,7 @@ from kobjectives.layers.arguments import is_real as _is_real
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
 from kobjectives.layers.token_inputs import check_ids as _check_ids
+from kobjectives.layers.token_inputs import check_token_ids
 from kobjectives.layers.token_inputs import unpack_token_inputs
 
 _RATES = (
@@ -346,34 +347,8 @@ class BartNoising(SeededLayer):
     def _check_ids(self, token_ids):
         """int32 ids; fails naming the id when one is negative or (with
         `vocabulary_size`) outside the vocabulary."""
-        limit = self.vocabulary_size
-        if limit is None:
-            limit = 2**31 - 1
-        dtype = "int64" if token_ids.dtype == tf.int64 else "int32"
-        token_ids = tf.cast(token_ids, dtype)
-        unsigned = "uint64" if dtype == "int64" else "uint32"
-        # Reinterpreted as unsigned, negative ids become huge: one maximum
-        # finds the worst id of both kinds.
-        worst = tf.reduce_max(
-            tf.concat(
-                [tf.reshape(tf.bitcast(token_ids, unsigned), [-1]),
-                 tf.zeros([1], unsigned)],
-                0,
-            )
-        )
-        check = tf.debugging.Assert(
-            worst < tf.cast(limit, unsigned),
-            [
-                "BartNoising: token id",
-                tf.bitcast(worst, dtype),
-                "is outside the vocabulary [0, vocabulary_size) with "
-                f"vocabulary_size = {self.vocabulary_size}. Check the "
-                "tokenizer's vocabulary and the layer's `vocabulary_size` "
-                "(ids must be >= 0).",
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.cast(token_ids, "int32")
+        token_ids = check_token_ids(token_ids, "BartNoising", self.vocabulary_size)
+        return tf.cast(token_ids, "int32")
 
     def _output_shape(self, token_shape):
         return tuple(token_shape)[:-1] + (self.sequence_length,)

@@ -6,9 +6,13 @@ import tensorflow as tf
 
 from kobjectives.ops import masking
 from kobjectives.layers.arguments import is_real as _is_real
+from kobjectives.layers.arguments import check_distinct
+from kobjectives.layers.arguments import check_id
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
 from kobjectives.layers.token_inputs import check_ids
+from kobjectives.layers.token_inputs import check_token_ids
+from kobjectives.layers.token_inputs import to_tensor
 from kobjectives.layers.token_inputs import token_inputs
 
 STRATEGIES = ("token", "whole_word", "span")
@@ -94,10 +98,10 @@ class MaskedLMMasker(SeededLayer):
         mask_selection_rate: float in `[0, 1]`, the expected fraction of
             selectable tokens that are selected for prediction.
         mask_token_id: int, the id of the mask token, in
-            `[0, vocabulary_size)`.
-        mask_selection_length: int >= 1, the number of prediction slots (the
+            `[0, vocabulary_size)` and not `padding_token_id`.
+        mask_selection_length: int >= 0, the number of prediction slots (the
             width of `mask_positions`, `mask_ids` and `mask_weights`) and the
-            most tokens selected per sequence.
+            most tokens selected per sequence (0 selects nothing).
         unselectable_token_ids: sequence of ids never selected (and never
             drawn as random replacements), e.g. `[CLS]`, `[SEP]`, `[PAD]`.
             Defaults to `(0,)`.
@@ -110,12 +114,16 @@ class MaskedLMMasker(SeededLayer):
             `"token"`.
         seed: int or `None`, initial seed of the layer's seed generator (and
             the default seed of `map_over`).
-        padding_token_id: int, the id used for padding. Without an explicit
-            `padding_mask`, positions holding it are padding. Ragged inputs
-            are padded with it. Defaults to `0`.
-        sequence_length: int or `None`. Required for `tf.RaggedTensor`
-            inputs, which are padded (or truncated) to it; when set, dense
-            inputs are padded or truncated to it too.
+        padding_token_id: int in `[0, vocabulary_size)`, the id used for
+            padding. Without an explicit `padding_mask`, positions holding it
+            are padding. Ragged inputs are padded with it. Defaults to `0`.
+        sequence_length: int or `None`. When set, inputs are padded or
+            truncated to it: ragged ones (returned dense, the static-shape
+            path for `tf.data`), dense ones, and in a dict the per-token keys
+            (every value of exactly the token ids' static shape, e.g.
+            `"segment_ids"`, padded with 0). When `None`, ragged inputs are
+            masked as one batch padded to its longest row and `"token_ids"`
+            and `"padding_mask"` come back ragged, as from keras-hub.
         continuation_token_ids: sequence of ids that continue a word (for
             `"whole_word"`), e.g. all `"##..."` entries of a WordPiece
             vocabulary.
@@ -127,10 +135,11 @@ class MaskedLMMasker(SeededLayer):
 
     Input:
         Integer token ids `[batch, length]` or `[length]` (int32 or int64;
-        other integer types are cast to int32), a dense tensor or a
-        `tf.RaggedTensor` (with `sequence_length` set), or a dict of dense
-        tensors with `"token_ids"` and optionally `"padding_mask"` and
-        `"word_starts"` (consumed); other dict keys pass through unchanged.
+        other integer types are cast to int32), a dense tensor, a
+        `tf.RaggedTensor` or nested Python lists (ragged or not), or a dict
+        of dense tensors with `"token_ids"` and optionally `"padding_mask"`
+        and `"word_starts"` (consumed); other dict keys pass through (cut to
+        `sequence_length` where they are per-token, see `sequence_length`).
         Without a `"padding_mask"`, positions holding `padding_token_id` are
         padding. Every id must be in `[0, vocabulary_size)`, otherwise the
         call fails with an error naming the id and the vocabulary size.
@@ -139,7 +148,8 @@ class MaskedLMMasker(SeededLayer):
         A dict with
 
         - `"token_ids"`: the masked ids, same shape and dtype as the input
-          (`[batch, sequence_length]` for ragged input).
+          (`[batch, sequence_length]` for ragged input with
+          `sequence_length`; ragged, like the input, without it).
         - `"padding_mask"`: bool, same shape, `True` on real tokens.
         - `"mask_positions"`: int32 `[batch, mask_selection_length]`, the
           selected positions in ascending order, 0 in unused slots.
@@ -149,7 +159,15 @@ class MaskedLMMasker(SeededLayer):
           used slots and 0.0 otherwise.
 
         (No batch axis for unbatched input.) All shapes are static when the
-        input's length is.
+        input's length is. Rows of length 0 and empty batches give unused
+        slots (an empty batch gives an empty batch).
+
+    **keras-hub compatibility.** `keras_hub.layers.MaskedLMMaskGenerator`'s
+    own tests pass against this layer (`tests/layers/
+    test_masked_lm_masker.py`, `test_keras_hub_*`): the same arguments,
+    ragged or dense lists, unbatched input, `mask_selection_length=0`. The
+    masks differ (other random draws); `mask_selection_length=None`
+    (keras-hub's ragged slots) is not supported: the slots are static.
 
     References:
         - [Devlin et al., 2019](https://arxiv.org/abs/1810.04805) (BERT).
@@ -206,7 +224,7 @@ class MaskedLMMasker(SeededLayer):
         self._allow_non_tensor_positional_args = True
 
         _check_int("vocabulary_size", vocabulary_size, minimum=1)
-        _check_int("mask_selection_length", mask_selection_length, minimum=1)
+        _check_int("mask_selection_length", mask_selection_length, minimum=0)
         for name, value in (
             ("mask_selection_rate", mask_selection_rate),
             ("mask_token_rate", mask_token_rate),
@@ -229,15 +247,9 @@ class MaskedLMMasker(SeededLayer):
                 f"`strategy` must be one of {STRATEGIES}. Received: "
                 f"strategy={strategy!r}."
             )
-        _check_int("mask_token_id", mask_token_id, minimum=0)
-        if mask_token_id >= vocabulary_size:
-            raise ValueError(
-                "`mask_token_id` must be in [0, vocabulary_size - 1] = "
-                f"[0, {vocabulary_size - 1}]. Received: "
-                f"mask_token_id={mask_token_id}. Use the tokenizer's mask id "
-                "or enlarge `vocabulary_size`."
-            )
-        _check_int("padding_token_id", padding_token_id, minimum=0)
+        check_id("mask_token_id", mask_token_id, vocabulary_size)
+        check_id("padding_token_id", padding_token_id, vocabulary_size)
+        check_distinct(mask_token_id=mask_token_id, padding_token_id=padding_token_id)
         if sequence_length is not None:
             _check_int("sequence_length", sequence_length, minimum=1)
         if seed is not None:
@@ -273,9 +285,8 @@ class MaskedLMMasker(SeededLayer):
         self.span_geometric_p = float(span_geometric_p)
         self.max_span_length = int(max_span_length)
 
-        excluded = set(unselectable_token_ids) | {self.mask_token_id}
-        if self.padding_token_id < self.vocabulary_size:
-            excluded.add(self.padding_token_id)
+        excluded = set(unselectable_token_ids)
+        excluded |= {self.mask_token_id, self.padding_token_id}
         self._excluded_ids = sorted(excluded)
         if self.random_token_rate > 0 and len(excluded) >= vocabulary_size:
             raise ValueError(
@@ -295,6 +306,19 @@ class MaskedLMMasker(SeededLayer):
                 The same seed and input give the same masks. When `None`, the
                 layer's seed generator supplies the next seed.
         """
+        row_lengths = None
+        if self.sequence_length is None and not isinstance(inputs, dict):
+            inputs = to_tensor(inputs)
+            if isinstance(inputs, tf.RaggedTensor):
+                # keras-hub's layout: masked as a dense batch padded to its
+                # longest row, returned ragged.
+                row_lengths = inputs.row_lengths()
+                inputs = {
+                    "token_ids": inputs.to_tensor(
+                        default_value=tf.cast(self.padding_token_id, inputs.dtype)
+                    ),
+                    "padding_mask": tf.sequence_mask(row_lengths),
+                }
         token_ids, given, extras, unbatched = token_inputs(
             inputs, "MaskedLMMasker", self.sequence_length, self.padding_token_id,
             companions=("padding_mask", "word_starts"),
@@ -311,7 +335,7 @@ class MaskedLMMasker(SeededLayer):
                     i for i in unselectable_ids if i != self.padding_token_id
                 )
         padding_mask = tf.cast(padding_mask, "bool")
-        token_ids = self._check_ids_in_vocabulary(token_ids)
+        token_ids = check_token_ids(token_ids, "MaskedLMMasker", self.vocabulary_size)
 
         seed = self._next_seed(seed)
         outputs = masking.mask_tokens(
@@ -322,6 +346,9 @@ class MaskedLMMasker(SeededLayer):
             **self._masking_kwargs(unselectable_ids),
         )
         outputs["padding_mask"] = padding_mask
+        if row_lengths is not None:
+            for key in ("token_ids", "padding_mask"):
+                outputs[key] = tf.RaggedTensor.from_tensor(outputs[key], lengths=row_lengths)
         if unbatched:
             outputs = {k: tf.squeeze(v, axis=0) for k, v in outputs.items()}
         return {**extras, **outputs}
@@ -341,28 +368,6 @@ class MaskedLMMasker(SeededLayer):
             span_geometric_p=self.span_geometric_p,
             max_span_length=self.max_span_length,
         )
-
-    def _check_ids_in_vocabulary(self, token_ids):
-        """Fails with the offending id when an id is outside the vocabulary.
-
-        Reinterpreted as unsigned, negative ids become huge, so one maximum
-        finds the worst id of both kinds.
-        """
-        unsigned = "uint64" if token_ids.dtype == tf.int64 else "uint32"
-        worst = tf.reduce_max(tf.bitcast(token_ids, unsigned))
-        size = tf.constant(self.vocabulary_size, dtype=unsigned)
-        check = tf.debugging.Assert(
-            worst < size,
-            [
-                "MaskedLMMasker: token id",
-                tf.bitcast(worst, token_ids.dtype),
-                "is outside the vocabulary [0, vocabulary_size) with "
-                f"vocabulary_size = {self.vocabulary_size}. Check the "
-                "tokenizer's vocabulary and the layer's `vocabulary_size`.",
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(token_ids)
 
     def _output_shapes(self, token_shape):
         token_shape = tuple(token_shape)

@@ -9,6 +9,7 @@ import tensorflow as tf
 from kobjectives.ops import permutation_lm
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_token_ids
 from kobjectives.layers.token_inputs import token_inputs
 
 _CONSUMED = ("token_ids", "padding_mask")
@@ -200,12 +201,7 @@ class PermutationLMMasker(SeededLayer):
                 token_ids, tf.cast(self.padding_token_id, token_ids.dtype)
             )
         padding_mask = tf.cast(padding_mask, "bool")
-        check = tf.debugging.assert_non_negative(
-            token_ids,
-            message="PermutationLMMasker: token ids must be >= 0; check the tokenizer.",
-        )
-        with tf.control_dependencies([check]):
-            token_ids = tf.identity(token_ids)
+        token_ids = check_token_ids(token_ids, "PermutationLMMasker")
         seed = self._next_seed(seed)
         outputs = permutation_lm.permutation_lm_inputs(
             token_ids,

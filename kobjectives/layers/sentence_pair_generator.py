@@ -8,7 +8,11 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops import sentence_pairs
+from kobjectives.layers.arguments import check_distinct
+from kobjectives.layers.arguments import check_id
+from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_token_ids
 
 TASKS = sentence_pairs.TASKS
 
@@ -57,13 +61,17 @@ class SentencePairGenerator(SeededLayer):
             two `[SEP]`).
         start_value: int, the `[CLS]` id.
         end_value: int, the `[SEP]` id.
-        pad_value: int, the `[PAD]` id. Defaults to 0.
+        pad_value: int, the `[PAD]` id. Defaults to 0. The three ids must
+            differ (the packed pair could not be read back otherwise).
         short_seq_prob: float in `[0, 1]`, the probability of a shorter
             target length. Defaults to 0.1 (BERT).
         negative_rate: float in `[0, 1]`, the probability of label 1.
             Defaults to 0.5.
         seed: int or None, the seed of the layer's seed generator and the
             default seed of `map_over`.
+        vocabulary_size: optional int. When given, the ids above and every
+            input token id must be in `[0, vocabulary_size)`; without it
+            they must be `>= 0`. A bad input id fails the call naming it.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Input:
@@ -73,7 +81,7 @@ class SentencePairGenerator(SeededLayer):
         random segment from the other documents of the batch). Every
         sentence needs at least one token, every document at least one
         sentence (two for SOP) and two tokens; otherwise the call fails
-        naming the problem.
+        naming the problem. An empty batch gives an empty batch.
 
     Output:
         A dict with `"token_ids"` int32 `[documents, sequence_length]`,
@@ -122,6 +130,7 @@ class SentencePairGenerator(SeededLayer):
         short_seq_prob=0.1,
         negative_rate=0.5,
         seed=None,
+        vocabulary_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -132,13 +141,23 @@ class SentencePairGenerator(SeededLayer):
                 f"`task` must be one of {TASKS} (next-sentence or "
                 f"sentence-order prediction). Received: task={task!r}."
             )
-        _check_int("sequence_length", sequence_length, minimum=5)
+        _check_int("sequence_length", sequence_length)
+        if sequence_length < 5:
+            raise ValueError(
+                "`sequence_length` must be >= 5: the packed pair needs [CLS], "
+                "[SEP], [SEP] and a token per segment. Received: "
+                f"sequence_length={sequence_length!r}."
+            )
+        if vocabulary_size is not None:
+            _check_int("vocabulary_size", vocabulary_size, minimum=1)
+            vocabulary_size = int(vocabulary_size)
         for name, value in (
             ("start_value", start_value),
             ("end_value", end_value),
             ("pad_value", pad_value),
         ):
-            _check_int(name, value, minimum=0)
+            check_id(name, value, vocabulary_size)
+        check_distinct(start_value=start_value, end_value=end_value, pad_value=pad_value)
         for name, value in (
             ("short_seq_prob", short_seq_prob),
             ("negative_rate", negative_rate),
@@ -162,6 +181,7 @@ class SentencePairGenerator(SeededLayer):
         self.pad_value = int(pad_value)
         self.short_seq_prob = float(short_seq_prob)
         self.negative_rate = float(negative_rate)
+        self.vocabulary_size = vocabulary_size
         self._set_seed(seed)
         self.packer = keras_hub.layers.MultiSegmentPacker(
             sequence_length=self.sequence_length,
@@ -221,9 +241,8 @@ class SentencePairGenerator(SeededLayer):
             sentences = sentences.with_values(
                 tf.RaggedTensor.from_tensor(sentences.values)
             )
-        ids = sentences.flat_values
-        if ids.dtype != tf.int32:
-            sentences = sentences.with_flat_values(tf.cast(ids, tf.int32))
+        ids = check_token_ids(sentences.flat_values, "SentencePairGenerator", self.vocabulary_size)
+        sentences = sentences.with_flat_values(tf.cast(ids, tf.int32))
         seed = self._next_seed(seed)
         sample = sentence_pairs.sample_sentence_pairs(
             sentences,
@@ -240,6 +259,9 @@ class SentencePairGenerator(SeededLayer):
         padding_mask = tf.sequence_mask(lengths, self.sequence_length)
         batch = sentences.shape[0]  # static where the batch was (drop_remainder)
         shape = [batch, self.sequence_length]
+        # The packer flattens an empty batch to [0]: give it its row length.
+        token_ids = tf.reshape(token_ids, [-1, self.sequence_length])
+        segment_ids = tf.reshape(segment_ids, [-1, self.sequence_length])
         outputs = {
             "token_ids": tf.ensure_shape(tf.cast(token_ids, tf.int32), shape),
             "segment_ids": tf.ensure_shape(tf.cast(segment_ids, tf.int32), shape),
@@ -280,23 +302,8 @@ class SentencePairGenerator(SeededLayer):
                 "short_seq_prob": self.short_seq_prob,
                 "negative_rate": self.negative_rate,
                 "seed": self.seed,
+                "vocabulary_size": self.vocabulary_size,
             }
         )
         return config
 
-
-def _check_int(name, value, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        raise ValueError(f"`{name}` must be an integer. Received: {name}={value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(
-            f"`{name}` must be >= {minimum}. Received: {name}={value!r}."
-            + (
-                " The packed pair needs [CLS], [SEP], [SEP] and a token per "
-                "segment."
-                if name == "sequence_length"
-                else ""
-            )
-        )

@@ -3,13 +3,9 @@
 import keras
 import tensorflow as tf
 
-
-def _check_id(name, value, required=True):
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative int token id. Received: {name}={value!r}")
-    return int(value)
+from kobjectives.layers.arguments import check_id
+from kobjectives.layers.arguments import check_int
+from kobjectives.layers.token_inputs import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
@@ -42,8 +38,13 @@ class SequencePacker(keras.layers.Layer):
             first token of a document is a target too (predicted from the
             start token, inside the same document).
         pad_token_id: int, fills the last window's tail. Defaults to 0.
+            The three ids may be equal (GPT-2 uses `<|endoftext|>` for all):
+            `padding_mask` and `segment_ids` tell them apart.
         drop_remainder: bool, drop the last, partly filled window instead
             of padding it. Defaults to False.
+        vocabulary_size: optional int. When given, the ids above and every
+            input token id must be in `[0, vocabulary_size)`; without it
+            they must be `>= 0`. A bad input id fails the call naming it.
         **kwargs: passed to `keras.layers.Layer`.
 
     Inputs: token ids of documents: a `tf.RaggedTensor` `[batch, None]`
@@ -84,23 +85,33 @@ class SequencePacker(keras.layers.Layer):
         start_token_id=None,
         pad_token_id=0,
         drop_remainder=False,
+        vocabulary_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if vocabulary_size is not None:
+            check_int("vocabulary_size", vocabulary_size, minimum=1)
+            vocabulary_size = int(vocabulary_size)
+        self.vocabulary_size = vocabulary_size
         if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 2:
             raise ValueError(
                 "`sequence_length` must be an int >= 2 (a window holds at least "
                 f"one token and its next token). Received: sequence_length={sequence_length!r}"
             )
         self.sequence_length = int(sequence_length)
-        self.end_token_id = _check_id("end_token_id", end_token_id)
-        self.start_token_id = _check_id("start_token_id", start_token_id, required=False)
-        self.pad_token_id = _check_id("pad_token_id", pad_token_id)
+        self.end_token_id = check_id("end_token_id", end_token_id, vocabulary_size)
+        self.start_token_id = check_id(
+            "start_token_id", start_token_id, vocabulary_size, optional=True
+        )
+        self.pad_token_id = check_id("pad_token_id", pad_token_id, vocabulary_size)
         self.drop_remainder = bool(drop_remainder)
         self.built = True
 
     def call(self, inputs):
         documents = self._as_ragged(inputs)
+        documents = documents.with_flat_values(
+            check_token_ids(documents.flat_values, "SequencePacker", self.vocabulary_size)
+        )
         documents = tf.ragged.boolean_mask(documents, documents.row_lengths() > 0)
         rows = documents.nrows()
         pieces = []
@@ -180,6 +191,7 @@ class SequencePacker(keras.layers.Layer):
                 "start_token_id": self.start_token_id,
                 "pad_token_id": self.pad_token_id,
                 "drop_remainder": self.drop_remainder,
+                "vocabulary_size": self.vocabulary_size,
             }
         )
         return config

@@ -10,8 +10,10 @@ import tensorflow as tf
 from kobjectives.ops.span_corruption import span_corruption
 from kobjectives.ops.span_corruption import span_corruption_lengths
 from kobjectives.layers.arguments import is_real as _is_real
+from kobjectives.layers.arguments import check_id
 from kobjectives.layers.arguments import check_int as _check_int
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_token_ids
 from kobjectives.layers.token_inputs import fit_length as _fit_length
 from kobjectives.layers.token_inputs import unpack_token_inputs
 
@@ -51,7 +53,9 @@ class SpanCorruption(SeededLayer):
     input's static length) needs, as T5's `compute_input_and_target_lengths`;
     shorter sequences are padded. Randomness is stateless and seeded: the same
     seed and input give the same corruption; `map_over` draws a fresh seed per
-    element and epoch.
+    element and epoch. A sequence with a single noise span (30 tokens or
+    fewer with T5's rates) gets it at a seeded random place, where T5 would
+    always put it at the end (see `kobjectives.ops.span_corruption`).
 
     Args:
         noise_density: float in (0, 1), the fraction of real tokens
@@ -74,9 +78,10 @@ class SpanCorruption(SeededLayer):
         targets_length: optional int, the target length (EOS included).
             Defaults to the length the longest sequence needs.
         eos_token_id: optional int appended to both inputs and targets
-            (T5's `</s>`). None appends nothing.
-        padding_token_id: int, the id of padding in the inputs and outputs.
-            Defaults to 0.
+            (T5's `</s>`), in `[0, vocabulary_size)` and not a sentinel id.
+            None appends nothing.
+        padding_token_id: int, the id of padding in the inputs and outputs,
+            in `[0, vocabulary_size)` and not a sentinel id. Defaults to 0.
         seed: optional int, the seed of `map_over` and of calls without
             `seed`.
         **kwargs: passed to `keras.layers.Layer`.
@@ -150,12 +155,12 @@ class SpanCorruption(SeededLayer):
             ("sequence_length", sequence_length, 2),
             ("inputs_length", inputs_length, 1),
             ("targets_length", targets_length, 1),
-            ("eos_token_id", eos_token_id, 0),
             ("seed", seed, None),
         ):
             if value is not None:
                 _check_int(name, value, minimum)
-        _check_int("padding_token_id", padding_token_id, 0)
+        check_id("eos_token_id", eos_token_id, vocabulary_size, optional=True)
+        check_id("padding_token_id", padding_token_id, vocabulary_size)
         if sentinel_ids is None and vocabulary_size is None:
             raise ValueError(
                 "SpanCorruption needs `vocabulary_size` (sentinels default to "
@@ -198,8 +203,11 @@ class SpanCorruption(SeededLayer):
         special = {self.padding_token_id, self.eos_token_id} & set(ids)
         if special:
             raise ValueError(
-                f"`sentinel_ids` contain the padding or EOS id {sorted(special)}; "
-                "sentinels must be ids of their own."
+                f"`sentinel_ids` contain the padding or EOS id {sorted(special)} "
+                f"(padding_token_id={self.padding_token_id}, "
+                f"eos_token_id={self.eos_token_id}); sentinels must be ids of "
+                "their own. Sentinels default to the top ids of the vocabulary "
+                "counting down: give the EOS and padding other ids."
             )
 
     def _resolve(self, length):
@@ -359,20 +367,8 @@ class SpanCorruption(SeededLayer):
                 ],
             )
         )
-        if self.vocabulary_size is not None:
-            in_range = tf.logical_and(token_ids >= 0, token_ids < self.vocabulary_size)
-            checks.append(
-                tf.debugging.Assert(
-                    tf.reduce_all(tf.logical_or(in_range, tf.logical_not(real))),
-                    [
-                        "SpanCorruption: a token id is outside the vocabulary "
-                        f"[0, {self.vocabulary_size}). Check the tokenizer and "
-                        "`vocabulary_size`.",
-                    ],
-                )
-            )
         with tf.control_dependencies(checks):
-            return tf.identity(token_ids)
+            return check_token_ids(token_ids, "SpanCorruption", self.vocabulary_size, real)
 
     def compute_output_shape(self, input_shape):
         extras = {}

@@ -5,7 +5,9 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops import augmentation
+from kobjectives.layers.arguments import check_id
 from kobjectives.layers.seeded_layer import SeededLayer
+from kobjectives.layers.token_inputs import check_token_ids
 
 VIEW_NAMES = ("anchor", "positive")
 
@@ -52,7 +54,8 @@ class TextAugmenter(SeededLayer):
             to 0.
         unselectable_token_ids: ids never altered (`[CLS]`, `[SEP]`, `[PAD]`,
             ...). Defaults to `(0,)`.
-        padding_token_id: int, the padding id. Defaults to 0.
+        padding_token_id: int in `[0, vocabulary_size)`, the padding id.
+            Defaults to 0.
         seed: int or None, the seed of the layer's seed generator and the
             default seed of `map_over`.
         **kwargs: `keras.layers.Layer` arguments.
@@ -61,7 +64,9 @@ class TextAugmenter(SeededLayer):
         int token ids `[batch, length]` or `[length]` (padding where
         `token_ids == padding_token_id`), or a dict with `"token_ids"` and
         optionally `"padding_mask"` and `"segment_ids"` of the same shape
-        (single-segment text). Other keys pass through unchanged.
+        (single-segment text). Other keys pass through unchanged. Every real
+        token id must be in `[0, vocabulary_size)`, otherwise the call fails
+        naming the id.
 
     Output:
         `{"anchor": view, "positive": view}`, each view a dict with
@@ -125,7 +130,7 @@ class TextAugmenter(SeededLayer):
                 f"`unselectable_token_ids` must be in [0, {self.vocabulary_size - 1}]. "
                 f"Received out-of-range ids {bad}."
             )
-        self.padding_token_id = int(padding_token_id)
+        self.padding_token_id = check_id("padding_token_id", padding_token_id, self.vocabulary_size)
         excluded = set(self.unselectable_token_ids) | {self.padding_token_id}
         if self.replacement_rate > 0 and len(excluded) >= self.vocabulary_size:
             raise ValueError(
@@ -188,6 +193,7 @@ class TextAugmenter(SeededLayer):
         padding_mask = tf.cast(padding_mask, tf.bool)
         if unbatched:
             token_ids, padding_mask = token_ids[None], padding_mask[None]
+        token_ids = check_token_ids(token_ids, "TextAugmenter", self.vocabulary_size, padding_mask)
         seed = self._next_seed(seed)
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), len(VIEW_NAMES), alg="philox")
         outputs = dict(extras)

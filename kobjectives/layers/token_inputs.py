@@ -61,6 +61,51 @@ def check_ids(name, ids, vocabulary_size=None):
     return ids
 
 
+def check_token_ids(token_ids, layer_name, vocabulary_size=None, real=None):
+    """`token_ids` with a run-time check that every id is in the vocabulary.
+
+    Every id (at the `real` positions, when given) must be in `[0,
+    vocabulary_size)`, or `>= 0` without a vocabulary size; otherwise the
+    graph fails with an `InvalidArgumentError` naming the layer and the
+    worst id. Preprocessing runs in `tf.data` (never under XLA), so the
+    check always runs. Reinterpreted as unsigned, negative ids become huge,
+    so one maximum finds the worst id of both kinds.
+
+    Args:
+        token_ids: int tensor of any shape.
+        layer_name: str, for the error message.
+        vocabulary_size: int or `None`.
+        real: optional bool tensor like `token_ids`; other positions are
+            not checked.
+
+    Returns:
+        `token_ids`, unchanged, after the check.
+    """
+    ids = token_ids
+    if ids.dtype not in (tf.int32, tf.int64):
+        ids = tf.cast(ids, "int64")
+    if real is not None:
+        ids = tf.where(real, ids, tf.zeros_like(ids))
+    unsigned = "uint64" if ids.dtype == tf.int64 else "uint32"
+    worst = tf.reduce_max(tf.bitcast(ids, unsigned))
+    if vocabulary_size is None:
+        limit = 2 ** (63 if ids.dtype == tf.int64 else 31)
+        problem = "is negative: token ids must be >= 0. Check the tokenizer."
+    else:
+        limit = vocabulary_size
+        problem = (
+            "is outside the vocabulary [0, vocabulary_size) with "
+            f"vocabulary_size = {vocabulary_size}. Check the tokenizer's "
+            "vocabulary and the layer's `vocabulary_size` (ids must be >= 0)."
+        )
+    check = tf.debugging.Assert(
+        worst < tf.constant(limit, dtype=unsigned),
+        [f"{layer_name}: token id", tf.bitcast(worst, ids.dtype), problem],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(token_ids)
+
+
 def unpack_token_inputs(inputs, layer_name, companions=("padding_mask",)):
     """Splits a layer's input into checked token ids, companions and extras.
 
@@ -119,8 +164,10 @@ def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
             or `[length]`) or a dict with `"token_ids"`, optional
             `companions` (dense, like the ids) and other keys.
         layer_name: str, for the error messages.
-        sequence_length: int or `None`. Ragged ids need it; dense ids and
-            their companions are padded or truncated to it when given.
+        sequence_length: int or `None`. Ragged ids need it; dense ids, their
+            companions and the per-token extras (dict values of exactly the
+            ids' static shape, e.g. `"segment_ids"`; padded with 0) are padded
+            or truncated to it when given.
         padding_token_id: int, the id ragged rows are padded with.
         companions: the optional per-token keys of a dict input.
 
@@ -136,6 +183,7 @@ def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
             `sequence_length`.
     """
     token_ids, given, extras = unpack_token_inputs(inputs, layer_name, companions)
+    per_token = [key for key, value in extras.items() if _like(value, token_ids)]
     if isinstance(inputs, dict) and any(
         isinstance(x, tf.RaggedTensor) for x in (token_ids, *given.values())
     ):
@@ -167,4 +215,22 @@ def token_inputs(inputs, layer_name, sequence_length=None, padding_token_id=0,
     if sequence_length is not None:
         token_ids = fit_length(token_ids, sequence_length, padding_token_id)
         given = {k: fit_length(v, sequence_length) for k, v in given.items()}
+        for key in per_token:  # e.g. "segment_ids": cut like the ids
+            value = tf.convert_to_tensor(extras[key])
+            value = fit_length(value[None, :] if unbatched else value, sequence_length)
+            extras[key] = value[0] if unbatched else value
     return token_ids, given, extras, unbatched
+
+
+def _like(value, token_ids):
+    """Whether a pass-through `value` is per-token: a dense tensor (or
+    array) of exactly the token ids' static shape."""
+    if isinstance(value, tf.RaggedTensor) or not isinstance(
+        value, (tf.Tensor, tf.Variable, np.ndarray, list, tuple)
+    ):
+        return False
+    try:
+        shape = value.shape if isinstance(value, (tf.Tensor, tf.Variable)) else np.shape(value)
+    except ValueError:  # a ragged nested list
+        return False
+    return tf.TensorShape(shape).as_list() == token_ids.shape.as_list()

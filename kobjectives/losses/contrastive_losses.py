@@ -4,7 +4,10 @@ Like `MaskedLMLoss`, these losses bypass the reduction of
 `keras.losses.Loss.__call__` (which divides by the number of replicas): under
 `tf.distribute` they return this replica's *share* of the global-batch loss,
 so Keras' summed gradients and loss metric equal one device's on the global
-batch. All return float32, whatever the dtype of the embeddings.
+batch. All return float32, whatever the dtype of the embeddings. A NaN
+embedding or score makes the loss NaN (never 0, never dropped); an example of
+`sample_weight` 0 never counts, whatever its value; negative or mis-shaped
+weights raise a `ValueError` where they are known.
 
 Input convention: the model's output `y_pred` stacks the embeddings of the
 texts of one example along axis 1, `[batch, n, dim]`, as sentence-transformers'
@@ -15,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from kobjectives.ops import contrastive as contrastive_ops
+from kobjectives.ops.reduction import apply_weights
 from kobjectives.ops.reduction import global_weighted_mean
 
 _REDUCTIONS = ("mean", "none")
@@ -53,7 +57,7 @@ def _stacked(y_pred, loss_name, min_texts, max_texts=None):
 def _reduce(losses, sample_weight, reduction):
     if reduction == "none":
         if sample_weight is not None:
-            losses = losses * tf.cast(sample_weight, tf.float32)
+            losses, _ = apply_weights(losses, sample_weight)
         return losses
     if sample_weight is None:
         sample_weight = tf.ones_like(losses)

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from kobjectives.ops import masked_lm as masked_lm_ops
+from kobjectives.ops.reduction import apply_weights
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
@@ -18,7 +19,16 @@ class MaskedLMLoss(keras.losses.Loss):
     all replicas, so a mirrored run has the same loss and gradients as one
     device with the global batch. Logits are cast to float32 before the
     log-softmax (safe under `mixed_bfloat16`). A batch with no masked position
-    has loss 0, never NaN.
+    has loss 0, never NaN, and a slot of weight 0 never counts, even when its
+    logits are NaN or infinite.
+
+    Invalid labels (ids outside `[0, vocabulary_size)`, float labels that are
+    not whole numbers) and negative or mis-shaped weights raise a
+    `ValueError` where their values are known (eager calls). In a traced step
+    they cannot always be checked: under `jit_compile=True` an invalid label
+    makes the loss NaN (never a finite wrong value; see
+    `kobjectives.ops.labels`). Check ids in the input pipeline
+    (`kobjectives.layers.MaskedLMMasker` does) for a clear error.
 
     Args:
         reduction: `"masked_mean"` (the default, described above) or `"none"`
@@ -65,7 +75,7 @@ class MaskedLMLoss(keras.losses.Loss):
             if self.masked_reduction == "none":
                 losses = self.call(y_true, y_pred)
                 if sample_weight is not None:
-                    losses = losses * tf.cast(sample_weight, losses.dtype)
+                    losses, _ = apply_weights(losses, sample_weight)
                 return losses
             return masked_lm_ops.masked_lm_loss(y_true, y_pred, sample_weight)
 

@@ -3,8 +3,11 @@
 from kobjectives.ops.masked_lm import correct_predictions
 from kobjectives.ops.masked_lm import masked_lm_loss
 from kobjectives.ops.masked_lm import sparse_cross_entropy
+from kobjectives.ops.reduction import apply_weights  # noqa: F401
 from kobjectives.ops.reduction import cross_replica_sum
 from kobjectives.ops.reduction import global_weighted_mean
+from kobjectives.ops.labels import check_labels  # noqa: F401
+from kobjectives.ops.labels import poison_invalid_labels  # noqa: F401
 from kobjectives.ops.contrastive import contrastive_margin_loss  # noqa: F401
 from kobjectives.ops.contrastive import cosent_loss  # noqa: F401
 from kobjectives.ops.contrastive import cross_replica_concat  # noqa: F401
@@ -55,7 +58,6 @@ from kobjectives.ops.chunked_cross_entropy import chunked_token_cross_entropy  #
 from kobjectives.ops.sentence_pairs import sample_sentence_pairs  # noqa: F401
 from kobjectives.ops.sentence_pairs import truncated_pair_lengths  # noqa: F401
 from kobjectives.ops.sentence_pairs import pair_classification_loss  # noqa: F401
-from kobjectives.ops.sentence_pairs import sentence_pair_pretraining_loss  # noqa: F401
 from kobjectives.ops.replaced_token_detection import corrupt_tokens  # noqa: F401
 from kobjectives.ops.replaced_token_detection import gumbel_max_sample  # noqa: F401
 from kobjectives.ops.replaced_token_detection import gumbel_noise  # noqa: F401

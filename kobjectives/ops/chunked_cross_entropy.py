@@ -16,6 +16,8 @@ executor running chunks side by side.
 import numpy as np
 import tensorflow as tf
 
+from kobjectives.ops.labels import check_labels
+from kobjectives.ops.labels import poison_invalid_labels
 from kobjectives.ops.reduction import global_weighted_mean
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -36,34 +38,6 @@ def _check_label_smoothing(label_smoothing):
             "`label_smoothing` must be in [0, 1) (the probability mass spread "
             f"uniformly over the vocabulary). Received: label_smoothing={label_smoothing!r}"
         )
-
-
-def _check_labels(labels, vocabulary_size):
-    """Fails loudly on labels outside `[0, vocabulary_size)`.
-
-    Checked in Python when the labels are eager, else with graph asserts
-    (which XLA compiles away; the eager and non-XLA paths still check).
-    """
-    if isinstance(labels, (tf.Tensor, np.ndarray)) and tf.executing_eagerly():
-        values = np.asarray(labels)
-        if values.size and (values.min() < 0 or values.max() >= vocabulary_size):
-            raise ValueError(
-                f"`labels` must be token ids in [0, {vocabulary_size}) (the "
-                f"kernel's vocabulary). Received ids from {int(values.min())} "
-                f"to {int(values.max())}. Give out-of-vocabulary or ignored "
-                "positions a valid id (e.g. 0) and `sample_weight` 0."
-            )
-        return labels
-    message = (
-        f"`labels` must be token ids in [0, {vocabulary_size}) (the kernel's "
-        "vocabulary). Give ignored positions a valid id and sample_weight 0."
-    )
-    checks = [
-        tf.debugging.assert_non_negative(labels, message=message),
-        tf.debugging.assert_less(labels, tf.cast(vocabulary_size, labels.dtype), message=message),
-    ]
-    with tf.control_dependencies(checks):
-        return tf.identity(labels)
 
 
 def chunked_token_cross_entropy(
@@ -101,10 +75,16 @@ def chunked_token_cross_entropy(
     Returns:
         float32 tensor `labels.shape` of losses; with `return_correct`, a
         tuple `(losses, correct)`, `correct` float32 1.0/0.0 (no gradient).
+        The loss of a label outside the vocabulary is NaN (see Raises).
 
     Raises:
         ValueError: bad `chunk_size` or `label_smoothing`, mismatched shapes,
-            or labels outside the vocabulary.
+            or known labels outside the vocabulary. Traced labels are checked
+            by graph asserts, which XLA drops: under `jit_compile=True` an
+            out-of-range label is not an error, and its gather would be
+            clamped to the nearest id, so its loss is set to NaN instead
+            (`kobjectives.ops.labels.poison_invalid_labels`): never a finite
+            wrong value.
     """
     _check_chunk_size(chunk_size)
     _check_label_smoothing(label_smoothing)
@@ -138,7 +118,8 @@ def chunked_token_cross_entropy(
     vocabulary_size = kernel.shape[1]
     if vocabulary_size is None:
         raise ValueError("`kernel`'s vocabulary dimension must be static.")
-    labels = _check_labels(tf.cast(labels, tf.int32), vocabulary_size)
+    given_labels = labels
+    labels = check_labels(labels, vocabulary_size)
 
     out_shape = tf.shape(labels)
     hidden_dim = tf.shape(hidden)[-1]
@@ -147,7 +128,7 @@ def chunked_token_cross_entropy(
     losses, correct = _chunked_losses(
         flat_hidden, kernel, flat_labels, int(chunk_size), float(label_smoothing)
     )
-    losses = tf.reshape(losses, out_shape)
+    losses = poison_invalid_labels(tf.reshape(losses, out_shape), given_labels, vocabulary_size)
     if return_correct:
         return losses, tf.reshape(tf.stop_gradient(correct), out_shape)
     return losses
@@ -169,7 +150,10 @@ def chunked_cross_entropy(
     losses, `sum(w * loss) / sum(w)`, with the weights summed over all
     replicas under `tf.distribute` (`kobjectives.ops.global_weighted_mean`:
     summing the replicas' values gives the exact global mean). Zero total
-    weight gives 0, not NaN. Usable by any objective with a large
+    weight gives 0, not NaN; a position of weight 0 never counts, even when
+    its logits are NaN or infinite; an out-of-range label at a position of
+    positive weight makes the loss NaN (under XLA too, see
+    `chunked_token_cross_entropy`). Usable by any objective with a large
     vocabulary projection; it is XLA-compilable.
 
     Args:
@@ -177,8 +161,8 @@ def chunked_cross_entropy(
         kernel: float tensor `[hidden_dim, vocabulary_size]`; the logits are
             `hidden @ kernel`.
         labels: int tensor `hidden.shape[:-1]`, ids in `[0, vocabulary_size)`.
-        sample_weight: optional float tensor broadcastable to `labels`
-            (0 for positions that are not targets). None means all 1.
+        sample_weight: optional non-negative float tensor broadcastable to
+            `labels` (0 for positions that are not targets). None means all 1.
         chunk_size: int, positions whose logits are computed at once.
         label_smoothing: float in `[0, 1)`.
 

@@ -217,9 +217,10 @@ def _prepare(x, similarity):
 
 
 def _safe_sqrt(x):
-    """sqrt with value 0 and gradient 0 at 0 (no inf/NaN gradient)."""
-    positive = x > 0.0
-    return tf.where(positive, tf.sqrt(tf.where(positive, x, tf.ones_like(x))), tf.zeros_like(x))
+    """sqrt with value 0 and gradient 0 at 0 (no inf/NaN gradient); NaN
+    stays NaN (a NaN distance must not pass for 0)."""
+    zero = x <= 0.0  # False for NaN
+    return tf.where(zero, tf.zeros_like(x), tf.sqrt(tf.where(zero, tf.ones_like(x), x)))
 
 
 def pair_distance(x, y, distance="cosine"):
@@ -320,7 +321,7 @@ def info_nce(
 
     Returns:
         float32 tensor `[batch]` (the local batch under a strategy): the loss
-        of each anchor.
+        of each anchor (an empty batch gives an empty tensor).
 
     Raises:
         ValueError: for a non-positive `temperature`/`scale`, an unknown
@@ -375,6 +376,8 @@ def info_nce(
             "`negatives`."
         )
 
+    if anchors.shape[0] == 0 and _num_replicas() == 1:
+        return tf.zeros([0], tf.float32)  # an empty batch: no anchor, no loss
     with tf.control_dependencies(_assert_same_batch(batch_tensors)):
         anchors = _prepare(anchors, similarity)
     positives = _prepare(positives, similarity)
@@ -415,7 +418,8 @@ def cosent_loss(scores, embeddings_a, embeddings_b, scale=20.0):
     over all ordered pairs of pairs in the batch: every pair scored higher
     than another should have the larger cosine. Computed as a log-sum-exp
     (stable for any `scale`); pairs with equal scores contribute nothing, and
-    a batch where all scores are equal has loss `log(1) = 0`.
+    a batch where all scores are equal has loss `log(1) = 0`. A NaN score or
+    embedding anywhere in the (global) batch makes the loss NaN.
 
     This is a batch-level loss, not a mean of per-example terms. Under
     `tf.distribute` the cosines and scores of all replicas are gathered (with
@@ -459,7 +463,10 @@ def cosent_loss(scores, embeddings_a, embeddings_b, scale=20.0):
     ordered = scores[:, None] > scores[None, :]
     terms = tf.where(ordered, differences, tf.fill(tf.shape(differences), -float("inf")))
     terms = tf.concat([tf.zeros([1]), tf.reshape(terms, [-1])], axis=0)
-    return tf.reduce_logsumexp(terms) / float(_num_replicas())
+    loss = tf.reduce_logsumexp(terms) / float(_num_replicas())
+    # A NaN score compares false with every other, so its pairs would drop
+    # out silently: it makes the loss NaN instead.
+    return tf.where(tf.reduce_any(tf.math.is_nan(scores)), float("nan"), loss)
 
 
 def contrastive_margin_loss(labels, embeddings_a, embeddings_b, margin=0.5, distance="cosine"):
@@ -521,7 +528,7 @@ def triplet_margin_loss(anchors, positives, negatives, margin=1.0, distance="euc
             (`1 - cos`).
 
     Returns:
-        float32 `[batch]`.
+        float32 `[batch]`; NaN where an embedding holds a NaN (never 0).
 
     Reference:
         Schroff, Kalenichenko and Philbin, 2015, "FaceNet: A Unified Embedding

@@ -31,7 +31,8 @@ def pool_sequence(hidden, padding_mask, mode="mean", weights=None):
         mode: `"cls"` (the first position, BERT's `[CLS]`), `"mean"` (mean
             over real tokens; a row with no real token gives zeros, never
             NaN) or `"last"` (the last real token, for causal backbones; the
-            first position for an empty row).
+            first position for an empty row). Sequences of length 0 give
+            zeros in every mode.
         weights: optional non-negative float `[batch, length]` token weights
             for `"mean"`: the weighted mean `sum_t w_t m_t h_t / sum_t w_t
             m_t` (`m` the padding mask); `None` weighs every token 1.
@@ -51,6 +52,9 @@ def pool_sequence(hidden, padding_mask, mode="mean", weights=None):
             "Pooling expects token states of shape [batch, length, hidden]. "
             f"Received shape {hidden.shape}."
         )
+    if mode != "mean" and hidden.shape.rank == 3 and hidden.shape[1] == 0:
+        # No position at all: zeros, as "mean" gives for a row without tokens.
+        return tf.reduce_sum(hidden, axis=1)
     if mode == "cls":
         return hidden[:, 0, :]
     mask = tf.cast(padding_mask, hidden.dtype)

@@ -2,24 +2,42 @@
 
 import tensorflow as tf
 
+from kobjectives.ops.labels import check_labels
+from kobjectives.ops.labels import poison_invalid_labels
 from kobjectives.ops.reduction import global_weighted_mean
 
 
 def sparse_cross_entropy(labels, logits):
     """Per-position softmax cross-entropy, accumulated in float32.
 
+    Invalid labels (outside `[0, vocabulary_size)`, or floats that are not
+    whole numbers) raise where their values are known (eagerly) and in
+    graphs run without XLA; under `jit_compile=True` their loss is NaN,
+    never the finite loss of another id (`kobjectives.ops.labels`).
+
     Args:
-        labels: int tensor `[...]` of target ids in `[0, vocabulary_size)`.
+        labels: int tensor `[...]` of target ids in `[0, vocabulary_size)`
+            (float tensors must hold whole numbers).
         logits: float tensor `[..., vocabulary_size]` in any float dtype; cast
             to float32 before the log-softmax so bfloat16/float16 logits under
             mixed precision lose nothing in the normalizer.
 
     Returns:
         float32 tensor `[...]`: `-log softmax(logits)[label]`.
+
+    Raises:
+        ValueError: known labels outside the vocabulary or not whole numbers.
     """
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
-    )
+    logits = tf.cast(logits, tf.float32)
+    vocabulary_size = logits.shape[-1]
+    labels = tf.convert_to_tensor(labels)
+    if vocabulary_size is None:
+        vocabulary_size = tf.shape(logits)[-1]
+        ids = tf.cast(labels, tf.int32)
+    else:
+        ids = check_labels(labels, vocabulary_size)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=logits)
+    return poison_invalid_labels(losses, labels, vocabulary_size)
 
 
 def masked_lm_loss(labels, logits, sample_weight=None):
@@ -31,16 +49,23 @@ def masked_lm_loss(labels, logits, sample_weight=None):
     `tf.distribute` strategy the weights are summed over all replicas and the
     value returned is this replica's share of the global mean (see
     `kobjectives.ops.reduction.global_weighted_mean`). A batch with no real
-    masked position gives 0, not NaN.
+    masked position gives 0, not NaN. A slot of weight 0 never counts, even
+    when its logits are NaN or infinite; an invalid label in a slot of
+    positive weight makes the loss NaN (see `sparse_cross_entropy`).
 
     Args:
         labels: int tensor `[batch, mask_selection_length]`, the original ids.
         logits: float tensor `[batch, mask_selection_length, vocabulary_size]`.
         sample_weight: float tensor `[batch, mask_selection_length]`, 1 for a
-            real masked position and 0 for an unused slot. None means all 1.
+            real masked position and 0 for an unused slot, never negative.
+            None means all 1.
 
     Returns:
         A float32 scalar.
+
+    Raises:
+        ValueError: known labels outside the vocabulary or not whole
+            numbers, known negative weights, or weights of another shape.
     """
     losses = sparse_cross_entropy(labels, logits)
     if sample_weight is None:

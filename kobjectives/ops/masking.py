@@ -687,6 +687,20 @@ def _below(bits, threshold):
     return bits < threshold
 
 
+def _nothing_selected(token_ids, slots):
+    """`mask_tokens`' outputs when nothing can be selected (no slot or no
+    position): the ids unchanged and `slots` unused slots per row."""
+    slot_shape = tf.stack([tf.shape(token_ids)[0], slots])
+    static = token_ids.shape[:1].concatenate([slots])
+    zeros = tf.ensure_shape(tf.zeros(slot_shape, token_ids.dtype), static)
+    return {
+        "token_ids": token_ids,
+        "mask_positions": tf.cast(zeros, "int32"),
+        "mask_ids": zeros,
+        "mask_weights": tf.cast(zeros, "float32"),
+    }
+
+
 def mask_tokens(
     token_ids,
     padding_mask,
@@ -723,7 +737,9 @@ def mask_tokens(
         mask_selection_rate: float, expected fraction of selectable tokens
             selected.
         mask_token_id: int.
-        mask_selection_length: int, number of prediction slots (and cap).
+        mask_selection_length: int >= 0, number of prediction slots (and
+            cap). With 0 slots, or rows of static length 0, nothing is
+            selected and no random number is drawn.
         unselectable_ids: ids never selected (besides padding).
         excluded_ids: ids never drawn as random replacements.
         mask_token_rate, random_token_rate: the replacement split.
@@ -752,6 +768,19 @@ def mask_tokens(
         )
     slots = int(mask_selection_length)
     length = _length(token_ids)
+    if slots == 0 or (isinstance(length, int) and length == 0):
+        return _nothing_selected(token_ids, slots)
+    given_length = length
+    if not isinstance(length, int):
+        # A dynamic length can be 0 at run time: then one padding column
+        # (nothing selectable) is masked instead and dropped at the end.
+        # Longer rows are unchanged.
+        empty = tf.cast(tf.equal(length, 0), "int32")
+        token_ids = tf.pad(token_ids, [[0, 0], [0, empty]])
+        padding_mask = tf.pad(tf.cast(padding_mask, "bool"), [[0, 0], [0, empty]])
+        if word_starts_mask is not None:
+            word_starts_mask = tf.pad(tf.cast(word_starts_mask, "bool"), [[0, 0], [0, empty]])
+        length = tf.shape(token_ids)[1]
     draw = random_words(_dim(token_ids, 0), length + slots + 1, seed)
     key_draw, slot_draw, last, _ = tf.split(
         draw, [length, slots, 1, -1], axis=1
@@ -851,7 +880,7 @@ def mask_tokens(
         excluded_ids,
     )
     return {
-        "token_ids": masked,
+        "token_ids": masked if isinstance(length, int) else masked[:, :given_length],
         "mask_positions": mask_positions,
         "mask_ids": mask_ids,
         "mask_weights": tf.cast(used, "float32"),

@@ -33,7 +33,6 @@ import collections
 
 import tensorflow as tf
 
-from kobjectives.ops.masked_lm import masked_lm_loss
 from kobjectives.ops.masked_lm import sparse_cross_entropy
 from kobjectives.ops.reduction import global_weighted_mean
 
@@ -127,7 +126,8 @@ def sample_sentence_pairs(
         max_num_tokens: int >= 2, the most tokens of A and B together
             (BERT: `max_seq_length - 3` for `[CLS]` and two `[SEP]`).
         task: `"nsp"` (next-sentence prediction; needs at least two
-            documents) or `"sop"` (sentence-order prediction).
+            documents, or none: an empty batch gives an empty sample) or
+            `"sop"` (sentence-order prediction).
         short_seq_prob: float in `[0, 1]`, the probability of a shorter,
             uniform target length.
         negative_rate: float in `[0, 1]`, the probability of label 1.
@@ -192,9 +192,9 @@ def sample_sentence_pairs(
     ]
     if task == "nsp":
         checks.append(
-            tf.debugging.assert_greater_equal(
+            tf.debugging.assert_none_equal(
                 documents,
-                tf.constant(2, tf.int64),
+                tf.constant(1, tf.int64),
                 message=(
                     "SentencePairGenerator(task='nsp') needs at least 2 "
                     "documents per call (the random next segment comes from "
@@ -312,35 +312,3 @@ def pair_classification_loss(labels, logits, sample_weight=None):
         sample_weight = tf.ones_like(losses)
     return global_weighted_mean(losses, sample_weight)
 
-
-def sentence_pair_pretraining_loss(
-    mask_ids,
-    mlm_logits,
-    mask_weights,
-    pair_labels,
-    pair_logits,
-    mlm_weight=1.0,
-    pair_weight=1.0,
-):
-    """BERT / ALBERT pretraining loss: `mlm_weight * MLM + pair_weight * pair`.
-
-    The masked-LM term is the mean cross-entropy over the real masked
-    positions (`kobjectives.ops.masked_lm_loss`), the pair term the mean
-    cross-entropy of the NSP / SOP head (`pair_classification_loss`); both
-    in float32 and exact under `tf.distribute`.
-
-    Args:
-        mask_ids: int `[batch, mask_selection_length]`.
-        mlm_logits: float `[batch, mask_selection_length, vocabulary_size]`.
-        mask_weights: float `[batch, mask_selection_length]`.
-        pair_labels: int `[batch]`.
-        pair_logits: float `[batch, 2]`.
-        mlm_weight: float >= 0.
-        pair_weight: float >= 0.
-
-    Returns:
-        `(total, mlm_loss, pair_loss)`, float32 scalars (replica shares).
-    """
-    mlm = masked_lm_loss(mask_ids, mlm_logits, mask_weights)
-    pair = pair_classification_loss(pair_labels, pair_logits)
-    return mlm_weight * mlm + pair_weight * pair, mlm, pair

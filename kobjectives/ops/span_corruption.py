@@ -10,7 +10,14 @@ The definitions follow T5's `random_spans_noise_mask` (Raffel et al., 2020,
 - the noise tokens and the kept tokens are each split into `num_noise_spans`
   non-empty spans by a uniformly random segmentation, and the spans are
   interleaved kept / noise / kept / noise ..., so a sequence always starts
-  with kept tokens and ends with noise.
+  with kept tokens and ends with noise;
+- except (unlike T5) a row with a single noise span (with T5's defaults,
+  every row of 30 tokens or fewer): T5 puts that span at the very end of the
+  row whatever the seed, so such a row would be corrupted the same way in
+  every epoch. Here it follows a uniformly random number `k` in `[1, kept]`
+  of kept tokens (the other kept tokens come after it). T5's own remedy,
+  `random_roll=True`, rotates every row's mask; rows with several spans are
+  left exactly as T5 (without roll) draws them.
 
 The encoder input keeps the kept tokens and replaces each noise span by one
 sentinel id; the target is each noise span after its sentinel (T5's
@@ -183,11 +190,16 @@ def random_spans_noise_mask(
         mean_noise_span_length: float >= 1, the mean length of a noise span.
         seed: int tensor `[2]`, a stateless seed.
 
+    A row with one noise span places it after a uniformly random number
+    (at least 1) of kept tokens instead of at the end (see the module
+    docstring); its remaining kept tokens then get span index 1.
+
     Returns:
         `(noise_mask, span_index)`: bool `[batch, max_length]`, True at noise
         tokens (never at padding), and int32 `[batch, max_length]`, the
         0-based index of the kept/noise span pair a position belongs to (the
-        `k`-th kept span and the `k`-th noise span both have index `k`).
+        `k`-th kept span and the `k`-th noise span both have index `k`; kept
+        tokens after the last noise span have index `num_noise_spans`).
 
     Example:
 
@@ -200,14 +212,26 @@ def random_spans_noise_mask(
     num_noise, num_spans = noise_span_counts_tensor(
         lengths, noise_density, mean_noise_span_length
     )
-    noise_seed, keep_seed = tf.unstack(
-        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    # The first two seeds are those of a split in 2 (Philox counters), so
+    # rows with several spans are drawn as before the third was added.
+    noise_seed, keep_seed, place_seed = tf.unstack(
+        tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     )
     noise_lengths = random_segmentation(num_noise, num_spans, max_length, noise_seed)
-    keep_lengths = random_segmentation(
-        lengths - num_noise, num_spans, max_length, keep_seed
-    )
+    num_kept = lengths - num_noise
+    keep_lengths = random_segmentation(num_kept, num_spans, max_length, keep_seed)
     batch = tf.shape(lengths)[0]
+    # One noise span: `first` kept tokens in [1, num_kept] before it, the
+    # rest after it (as kept span 1), instead of always at the end.
+    u = tf.random.stateless_uniform([batch], place_seed, dtype=tf.float32)
+    first = 1 + tf.minimum(
+        tf.cast(u * tf.cast(num_kept, tf.float32), tf.int32), tf.maximum(num_kept - 1, 0)
+    )
+    placed = tf.concat(
+        [tf.stack([first, num_kept - first], axis=1), tf.zeros([batch, max_length - 2], tf.int32)],
+        axis=1,
+    )
+    keep_lengths = tf.where(tf.equal(num_spans, 1)[:, None], placed, keep_lengths)
     interleaved = tf.reshape(
         tf.stack([keep_lengths, noise_lengths], axis=2), [batch, 2 * max_length]
     )
@@ -293,10 +317,14 @@ def span_corruption(
     first_noise = tf.logical_and(noise_mask, tf.logical_not(previous_noise))
     inputs = tf.where(first_noise, span_sentinel, token_ids)
     keep_inputs = tf.logical_and(real, tf.logical_or(tf.logical_not(noise_mask), first_noise))
-    # Targets: noise tokens, and the first token of each kept span -> sentinel.
+    # Targets: noise tokens, and the first token of each kept span followed
+    # by a noise span -> sentinel.
     kept = tf.logical_and(real, tf.logical_not(noise_mask))
     previous_kept = tf.pad(kept[:, :-1], [[0, 0], [1, 0]])
-    first_kept = tf.logical_and(kept, tf.logical_not(previous_kept))
+    num_spans = tf.reduce_sum(tf.cast(first_noise, tf.int32), axis=1, keepdims=True)
+    first_kept = tf.logical_and(
+        tf.logical_and(kept, tf.logical_not(previous_kept)), span < num_spans
+    )
     targets = tf.where(first_kept, span_sentinel, token_ids)
     keep_targets = tf.logical_or(noise_mask, first_kept)
 

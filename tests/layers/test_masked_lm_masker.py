@@ -257,8 +257,11 @@ def test_ragged_input():
     # In tf.data too, with a static length.
     ds = tf.data.Dataset.from_tensor_slices(ragged).batch(2).map(masker)
     assert ds.element_spec["token_ids"].shape.as_list() == [None, 16]
-    with pytest.raises(ValueError, match="sequence_length"):
-        make_masker()(ragged)
+    # Without `sequence_length`, ragged in gives ragged ids out (keras-hub's
+    # layout; see test_keras_hub_* below).
+    out = make_masker(mask_selection_rate=0.5)(ragged)
+    assert isinstance(out["token_ids"], tf.RaggedTensor)
+    np.testing.assert_array_equal(out["token_ids"].row_lengths(), [5, 3, 31])
 
 
 def test_dict_input_padding_mask_and_passthrough():
@@ -358,7 +361,7 @@ def test_map_over_deterministic_and_new_each_epoch():
         (dict(mask_token_rate=1.2), "mask_token_rate"),
         (dict(random_token_rate=-0.5), "random_token_rate"),
         (dict(mask_token_rate=0.8, random_token_rate=0.3), "mask_token_rate"),
-        (dict(mask_selection_length=0), "mask_selection_length"),
+        (dict(mask_selection_length=-1), "mask_selection_length"),
         (dict(strategy="random"), "strategy"),
         (dict(mask_token_id=VOCAB), "mask_token_id"),
         (dict(unselectable_token_ids=[VOCAB + 3]), "unselectable_token_ids"),
@@ -453,3 +456,191 @@ def test_variable_length_examples_in_tf_data(strategy):
         element = {k: np.asarray(v)[None] for k, v in element.items()}
         check_consistency(np.asarray(row, "int32")[None], element, 32)
         assert element["mask_weights"].sum() > 0
+
+
+# ---------------------------------------------------------------------------
+# keras-hub's own tests of `MaskedLMMaskGenerator` (keras-hub 0.32,
+# keras_hub/src/layers/preprocessing/masked_lm_mask_generator_test.py),
+# restated against MaskedLMMasker, which claims to be its drop-in: the same
+# arguments and inputs must give keras-hub's results wherever they are
+# determined (all tokens selected, or none).
+# ---------------------------------------------------------------------------
+
+KH_VOCAB = ["[UNK]", "[MASK]", "[RANDOM]", "[CLS]", "[SEP]", "do", "you", "like",
+            "machine", "learning", "welcome", "to", "keras"]
+KH_MASK = KH_VOCAB.index("[MASK]")
+
+
+def keras_hub_masker(**kwargs):
+    """keras-hub's test setup: every selectable token becomes [MASK]."""
+    config = dict(
+        vocabulary_size=len(KH_VOCAB), mask_selection_rate=1, mask_selection_length=4,
+        mask_token_id=KH_MASK, mask_token_rate=1, random_token_rate=0,
+    )
+    config.update(kwargs)
+    return MaskedLMMasker(**config)
+
+
+def as_lists(x):
+    return x.to_list() if isinstance(x, tf.RaggedTensor) else np.asarray(x).tolist()
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_keras_hub_mask_ragged(ragged):
+    inputs = [[5, 3, 2], [1, 2, 3, 4]]
+    if ragged:
+        inputs = tf.ragged.constant(inputs)
+    out = keras_hub_masker()(inputs)
+    # Ragged in, ragged out (no `sequence_length` needed); slots dense.
+    assert isinstance(out["token_ids"], tf.RaggedTensor)
+    assert as_lists(out["token_ids"]) == [[1, 1, 1], [1, 1, 1, 1]]
+    assert as_lists(out["mask_positions"]) == [[0, 1, 2, 0], [0, 1, 2, 3]]
+    assert as_lists(out["mask_ids"]) == [[5, 3, 2, 0], [1, 2, 3, 4]]
+    assert as_lists(out["mask_weights"]) == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert as_lists(out["padding_mask"]) == [[True] * 3, [True] * 4]
+
+
+def test_keras_hub_mask_dense():
+    out = keras_hub_masker()([[5, 3, 2, 4], [1, 2, 3, 4]])
+    assert as_lists(out["token_ids"]) == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    assert as_lists(out["mask_positions"]) == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert as_lists(out["mask_ids"]) == [[5, 3, 2, 4], [1, 2, 3, 4]]
+
+
+def test_keras_hub_unbatched():
+    out = keras_hub_masker()([5, 3, 2, 4])
+    assert as_lists(out["token_ids"]) == [1, 1, 1, 1]
+    assert as_lists(out["mask_positions"]) == [0, 1, 2, 3]
+    assert as_lists(out["mask_ids"]) == [5, 3, 2, 4]
+
+
+def test_keras_hub_random_replacement():
+    out = keras_hub_masker(vocabulary_size=10_000, mask_token_rate=0, random_token_rate=1)(
+        [5, 3, 2, 4]
+    )
+    assert as_lists(out["token_ids"]) != [1, 1, 1, 1]
+    assert as_lists(out["mask_positions"]) == [0, 1, 2, 3]
+    assert as_lists(out["mask_ids"]) == [5, 3, 2, 4]
+
+
+def test_keras_hub_mask_selection_length_zero_selects_nothing():
+    inputs = [[0, 1, 2], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4]]
+    masker = keras_hub_masker(
+        mask_selection_rate=0.5, mask_selection_length=0, mask_token_rate=0.8,
+        random_token_rate=0.1,
+    )
+    out = masker(inputs)
+    assert out["mask_positions"].shape == (3, 0)
+    assert int(tf.reduce_sum(out["mask_positions"])) == 0
+    assert as_lists(out["token_ids"]) == inputs
+    # Dense and in tf.data too, with static shapes.
+    ds = tf.data.Dataset.from_tensor_slices(np.ones((6, 5), "int32") * 7).batch(3).map(masker)
+    assert ds.element_spec["mask_weights"].shape.as_list() == [None, 0]
+    for element in ds:
+        np.testing.assert_array_equal(element["token_ids"], np.full((3, 5), 7))
+
+
+def test_keras_hub_invalid_mask_token():
+    with pytest.raises(ValueError, match="mask_token_id"):
+        keras_hub_masker(mask_selection_rate=0.5, mask_token_id=len(KH_VOCAB), mask_selection_length=5)
+
+
+def test_keras_hub_unselectable_tokens():
+    unselectable = [len(KH_VOCAB) - 1, len(KH_VOCAB) - 2]
+    masker = keras_hub_masker(mask_selection_length=5, unselectable_token_ids=unselectable)
+    out = masker([unselectable])
+    assert float(tf.reduce_sum(out["mask_weights"])) == 0.0
+
+
+def test_keras_hub_config():
+    unselectable = [len(KH_VOCAB) - 1, len(KH_VOCAB) - 2]
+    masker = MaskedLMMasker(
+        vocabulary_size=len(KH_VOCAB), mask_selection_rate=0.5, mask_token_id=KH_MASK,
+        mask_selection_length=5, unselectable_token_ids=unselectable,
+    )
+    config = masker.get_config()
+    assert config["vocabulary_size"] == len(KH_VOCAB)
+    assert config["unselectable_token_ids"] == unselectable
+    out = MaskedLMMasker.from_config(config)([[5, 3, 2], [1, 2, 3, 4]])
+    assert out["token_ids"].row_lengths().numpy().tolist() == [3, 4]
+
+
+def test_keras_hub_with_tf_data():
+    ds = tf.data.Dataset.from_tensor_slices(tf.ones((100, 10), dtype="int32"))
+    masker = MaskedLMMasker(
+        vocabulary_size=len(KH_VOCAB), mask_selection_rate=0.5, mask_token_id=KH_MASK,
+        mask_selection_length=5,
+    )
+    batch_first = ds.batch(8).map(masker).take(1).get_single_element()
+    batch_second = ds.map(masker).batch(8).take(1).get_single_element()
+    assert batch_first["token_ids"].shape == batch_second["token_ids"].shape == (8, 10)
+
+
+def test_ragged_batches_in_tf_data_without_sequence_length():
+    rows = tf.ragged.constant([[5, 6, 7], [8], [9, 10, 11, 12]])
+    masker = keras_hub_masker()
+    ds = tf.data.Dataset.from_tensor_slices(rows).ragged_batch(2).map(masker)
+    assert isinstance(ds.element_spec["token_ids"], tf.RaggedTensorSpec)
+    assert ds.element_spec["mask_positions"].shape.as_list() == [None, 4]
+    assert [as_lists(e["token_ids"]) for e in ds] == [[[1, 1, 1], [1]], [[1, 1, 1, 1]]]
+
+
+# ---------------------------------------------------------------------------
+# Edge inputs and argument checks.
+# ---------------------------------------------------------------------------
+
+
+def test_sequence_length_cuts_per_token_pass_through_keys_too():
+    ids = make_batch(4, 20, seed=10)
+    segment_ids = np.repeat(np.arange(20)[None] // 10, 4, axis=0).astype("int32")
+    labels = np.arange(4, dtype="int32")
+    for length in (12, 24):
+        out = make_masker(sequence_length=length)(
+            {"token_ids": tf.constant(ids), "segment_ids": tf.constant(segment_ids),
+             "labels": tf.constant(labels)}
+        )
+        assert out["token_ids"].shape == out["segment_ids"].shape == (4, length)
+        kept = min(length, 20)
+        np.testing.assert_array_equal(out["segment_ids"][:, :kept], segment_ids[:, :kept])
+        assert np.all(np.asarray(out["segment_ids"])[:, kept:] == 0)
+        np.testing.assert_array_equal(out["labels"], labels)  # not per-token
+    # Unbatched, and in tf.data with the static length.
+    out = make_masker(sequence_length=12)(
+        {"token_ids": tf.constant(ids[0]), "segment_ids": tf.constant(segment_ids[0])}
+    )
+    assert out["segment_ids"].shape == (12,)
+    ds = tf.data.Dataset.from_tensor_slices({"token_ids": ids, "segment_ids": segment_ids})
+    ds = ds.batch(2).map(make_masker(sequence_length=12))
+    assert ds.element_spec["segment_ids"].shape.as_list() == [None, 12]
+
+
+def test_zero_length_rows_and_empty_batches_give_unused_slots():
+    masker = make_masker(mask_selection_length=3)
+    out = masker(tf.zeros([2, 0], tf.int32))
+    assert out["token_ids"].shape == (2, 0) and out["mask_weights"].shape == (2, 3)
+    assert float(tf.reduce_sum(out["mask_weights"])) == 0.0
+    out = masker(tf.zeros([0, 8], tf.int32))
+    assert out["token_ids"].shape == (0, 8) and out["mask_positions"].shape == (0, 3)
+    out = masker(tf.ragged.constant([[], [CLS, 9, 10]], dtype="int32"))
+    assert out["token_ids"].row_lengths().numpy().tolist() == [0, 3]
+    # A row of length 0 at run time (dynamic length in tf.data).
+    rows = [[CLS, 9, 10, SEP], [], [CLS, 11, SEP]]
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(rows), output_signature=tf.TensorSpec([None], tf.int32)
+    )
+    lengths = [int(e["token_ids"].shape[0]) for e in masker.map_over(ds, seed=3)]
+    assert lengths == [4, 0, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(padding_token_id=VOCAB), "padding_token_id"),
+        (dict(padding_token_id=-1), "padding_token_id"),
+        (dict(mask_token_id=PAD), "mask_token_id"),
+        (dict(mask_token_id=-2), "mask_token_id"),
+    ],
+)
+def test_id_arguments_are_checked(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        make_masker(**kwargs)

@@ -170,3 +170,43 @@ def test_bad_inputs_fail_with_a_message():
         generator("sop")(tf.ragged.constant([[[5, 6]], [[7], [8]]]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="empty document"):
         generator("nsp")(tf.ragged.constant([[[5, 6]], []], ragged_rank=2))
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (dict(start_value=SEP), "`start_value` and `end_value` are both 3"),
+        (dict(pad_value=CLS), "`start_value` and `pad_value` are both 2"),
+        (dict(end_value=PAD), "`end_value` and `pad_value` are both 0"),
+        (dict(end_value=-1), "end_value"),
+        (dict(start_value=np.int64(2)), None),  # NumPy ints are ids
+        (dict(vocabulary_size=3), "end_value"),  # [SEP] = 3 is outside
+        (dict(pad_value=7, vocabulary_size=5), "pad_value"),
+    ],
+)
+def test_id_arguments_are_checked(ids, message):
+    config = dict(task="nsp", sequence_length=24, start_value=CLS, end_value=SEP, pad_value=PAD)
+    config.update(ids)
+    if message is None:
+        SentencePairGenerator(**config)
+        return
+    with pytest.raises(ValueError, match=message):
+        SentencePairGenerator(**config)
+
+
+@pytest.mark.parametrize("bad_id, vocabulary_size", [(-5, None), (-5, 100), (100, 100)])
+def test_input_ids_outside_the_vocabulary_fail_naming_the_id(bad_id, vocabulary_size):
+    layer = generator("sop", vocabulary_size=vocabulary_size)
+    documents = tf.ragged.constant([[[15, 16], [17, bad_id]], [[20, 21], [22]]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"token id\W+{bad_id}\W"):
+        layer(documents, seed=tf.constant([1, 2]))
+
+
+@pytest.mark.parametrize("task", ["nsp", "sop"])
+def test_an_empty_batch_gives_an_empty_batch(task):
+    empty = tf.ragged.constant([[[5]]], ragged_rank=2)[:0]
+    out = generator(task)(empty, seed=tf.constant([1, 2]))
+    assert out["token_ids"].shape == out["padding_mask"].shape == (0, 24)
+    assert out["pair_labels"].shape == (0,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 2"):
+        generator("nsp")(tf.ragged.constant([[[5, 6], [7]]]), seed=tf.constant([1, 2]))

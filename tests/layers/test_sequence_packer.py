@@ -124,3 +124,35 @@ def test_causal_lm_dataset_pipeline():
     assert len(real) == 70 and len(batches) == 6
     with pytest.raises(ValueError, match="empty"):
         causal_lm_dataset(["", "  "], tokenizer, packer, batch_size=2)
+
+
+def test_id_arguments_are_checked_against_the_vocabulary():
+    assert SequencePacker(8, np.int64(END)).end_token_id == END  # NumPy ints are ids
+    with pytest.raises(ValueError, match="end_token_id"):
+        SequencePacker(8, 50, vocabulary_size=50)
+    with pytest.raises(ValueError, match="start_token_id"):
+        SequencePacker(8, END, start_token_id=-2, vocabulary_size=50)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        SequencePacker(8, END, pad_token_id=60, vocabulary_size=50)
+    with pytest.raises(ValueError, match="vocabulary_size"):
+        SequencePacker(8, END, vocabulary_size=0)
+    # GPT-2 style: one id for start, end and padding is allowed.
+    SequencePacker(8, 7, start_token_id=7, pad_token_id=7, vocabulary_size=50)
+
+
+@pytest.mark.parametrize("bad_id, vocabulary_size", [(-4, None), (-4, 50), (50, 50), (99, 50)])
+def test_input_ids_outside_the_vocabulary_fail_naming_the_id(bad_id, vocabulary_size):
+    packer = SequencePacker(4, END, vocabulary_size=vocabulary_size)
+    docs = tf.ragged.constant([[5, 6, 7], [8, bad_id]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"token id\W+{bad_id}\W"):
+        packer(docs)
+    ds = tf.data.Dataset.from_tensors(docs).map(packer)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"token id\W+{bad_id}\W"):
+        next(iter(ds))
+    assert packer(tf.ragged.constant([[5, 6, 7], [8, 9]]))["token_ids"].shape == (2, 4)
+
+
+def test_empty_inputs_give_no_windows():
+    packer = SequencePacker(4, END)
+    assert packer(tf.zeros([0, 3], tf.int32))["token_ids"].shape == (0, 4)
+    assert packer(tf.zeros([2, 0], tf.int32))["token_ids"].shape == (0, 4)

@@ -120,7 +120,7 @@ def test_given_sentinels_and_lengths():
         (dict(sequence_length=100, sentinel_ids=[999, 998]), "noise spans"),
         (dict(sequence_length=100, inputs_length=80), "inputs_length=91"),
         (dict(sequence_length=100, targets_length=10), "targets_length=21"),
-        (dict(vocabulary_size=3, sequence_length=100), "sentinels do not fit"),
+        (dict(vocabulary_size=3, sequence_length=100, eos_token_id=None), "sentinels do not fit"),
     ],
 )
 def test_bad_configuration_fails_early(kwargs, match):
@@ -180,3 +180,38 @@ def test_config_and_keras_round_trip(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "span.keras")
     assert loaded.layers[-1].get_config() == layer.get_config()
     assert model.output["target_ids"].shape == (None, span_corruption_lengths(L, 0.2, 2.5)[1])
+
+
+def test_short_rows_are_corrupted_by_the_seed():
+    # 20 tokens get one noise span, which T5 always puts at the end: the same
+    # corruption every epoch. Each seed places it anew; a seed is repeatable.
+    layer = SpanCorruption(vocabulary_size=V, sequence_length=20, eos_token_id=EOS)
+    ids = np.arange(5, 25, dtype=np.int32)[None].repeat(8, 0)
+    corrupt = lambda seed: layer(ids, seed=tf.constant(seed))["encoder_token_ids"].numpy()
+    np.testing.assert_array_equal(corrupt([1, 2]), corrupt([1, 2]))
+    assert not np.array_equal(corrupt([1, 2]), corrupt([7, 2]))
+    assert len({tuple(row) for row in corrupt([1, 2])}) > 1  # rows differ too
+    epochs = layer.map_over(tf.data.Dataset.from_tensors(ids), seed=3)
+    first, second = [next(iter(epochs))["target_ids"].numpy() for _ in range(2)]
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(eos_token_id=V), "eos_token_id"),
+        (dict(eos_token_id=-1), "eos_token_id"),
+        (dict(padding_token_id=V + 2), "padding_token_id"),
+        (dict(padding_token_id=-1), "padding_token_id"),
+        (dict(eos_token_id=V - 1, sequence_length=L), "eos_token_id=999"),
+    ],
+)
+def test_bad_special_ids_fail_naming_the_argument(kwargs, match):
+    config = dict(vocabulary_size=V, eos_token_id=EOS)
+    config.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        SpanCorruption(**config)
+    # Without `sequence_length` the default sentinels are known at the call.
+    layer = SpanCorruption(vocabulary_size=V, eos_token_id=V - 1)
+    with pytest.raises(ValueError, match="eos_token_id=999"):
+        layer(batch(rows=2)[0])

@@ -134,3 +134,27 @@ def test_config_round_trip_and_errors():
         aug(tf.constant([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="ragged"):
         aug(tf.ragged.constant([[1, 2], [3]]))
+
+
+@pytest.mark.parametrize("padding_token_id", [-1, V, True])
+def test_bad_padding_token_id_names_the_argument(padding_token_id):
+    with pytest.raises(ValueError, match="padding_token_id"):
+        TextAugmenter(V, padding_token_id=padding_token_id)
+
+
+@pytest.mark.parametrize("bad_id", [V, V + 50, -3])
+def test_token_ids_outside_the_vocabulary_fail_naming_the_id(bad_id):
+    aug = TextAugmenter(V, replacement_rate=0.5, unselectable_token_ids=SPECIAL, seed=0)
+    ids = np.array([[1, 10, 11, 12, 2, 0]], "int32")
+    aug(ids, seed=tf.constant([1, 2]))
+    ids[0, 2] = bad_id
+    pattern = rf"token id\W+{bad_id}\W(.|\n)*vocabulary_size = {V}"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        aug(ids, seed=tf.constant([1, 2]))
+    ds = tf.data.Dataset.from_tensors(ids).map(lambda x: aug(x, seed=tf.constant([1, 2])))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        next(iter(ds))
+    # Padding positions (per the padding mask) are not token ids to check.
+    ids[0, 2] = 11
+    ids[0, 5] = bad_id
+    aug({"token_ids": ids, "padding_mask": ids != bad_id}, seed=tf.constant([1, 2]))

@@ -343,3 +343,52 @@ def test_model_fit_under_mirrored_strategy_matches_one_device(mirrored_strategy)
     np.testing.assert_allclose(loss_mirrored, loss_one, atol=1e-5)
     np.testing.assert_allclose(kernel_mirrored, kernel_one, atol=1e-5)
     assert np.abs(kernel_one - kernel).max() > 1e-2  # the step did move the weights
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "squared_euclidean", "cosine"])
+def test_triplet_nan_distance_stays_nan(distance):
+    triplet = np.array([[[0.0, 0.0], [3.0, 4.0], [np.nan, 8.0]]], "float32")
+    loss = TripletMarginLoss(margin=1.0, distance=distance, reduction="none")
+    assert np.isnan(loss(None, triplet).numpy()).all()
+    assert np.isnan(float(TripletMarginLoss(distance=distance)(None, triplet)))
+
+
+def test_cosent_nan_score_is_not_dropped():
+    pairs = np.array(
+        [[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]]], "float32"
+    )
+    assert np.isfinite(float(CoSENTLoss()(np.array([5.0, 2.0, 1.0]), pairs)))
+    assert np.isnan(float(CoSENTLoss()(np.array([5.0, np.nan, 1.0]), pairs)))
+
+
+def test_weight_zero_examples_never_count_and_negative_weights_fail():
+    (y_pred,) = _random((4, 3, 5), seed=9)
+    weights = np.array([1.0, 0.0, 1.0, 0.0], "float32")
+    poisoned = y_pred.copy()
+    poisoned[weights == 0] = np.nan
+    loss = TripletMarginLoss(margin=2.0)
+    np.testing.assert_allclose(
+        float(loss(None, poisoned, sample_weight=weights)),
+        float(loss(None, y_pred, sample_weight=weights)),
+    )
+    per_example = TripletMarginLoss(margin=2.0, reduction="none")(None, poisoned, sample_weight=weights)
+    np.testing.assert_array_equal(per_example.numpy()[weights == 0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="sample_weight.*non-negative"):
+        loss(None, y_pred, sample_weight=-weights)
+    with pytest.raises(ValueError, match="sample_weight"):
+        loss(None, y_pred, sample_weight=np.ones((3,), "float32"))
+
+
+@pytest.mark.parametrize(
+    "loss, y_true, y_pred",
+    [
+        (InfoNCELoss(), None, np.zeros((0, 2, 4), "float32")),
+        (InfoNCELoss(reduction="none"), None, np.zeros((0, 3, 4), "float32")),
+        (CoSENTLoss(), np.zeros((0,), "float32"), np.zeros((0, 2, 4), "float32")),
+        (ContrastiveMarginLoss(), np.zeros((0,), "float32"), np.zeros((0, 2, 4), "float32")),
+        (TripletMarginLoss(), None, np.zeros((0, 3, 4), "float32")),
+    ],
+)
+def test_an_empty_batch_gives_zero_or_an_empty_result(loss, y_true, y_pred):
+    value = loss(y_true, y_pred).numpy()
+    assert value.shape in ((), (0,)) and np.all(value == 0.0)

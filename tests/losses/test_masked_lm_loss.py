@@ -34,3 +34,26 @@ def test_config_round_trip():
 def test_bad_reduction_is_rejected():
     with pytest.raises(ValueError, match="reduction"):
         MaskedLMLoss(reduction="sum")
+
+
+def test_nan_logits_in_unused_slots_do_not_poison_the_loss():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 11)).astype("float32")
+    labels = rng.integers(0, 11, (2, 4))
+    weights = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], "float32")
+    poisoned = logits.copy()
+    poisoned[weights == 0] = np.nan
+    clean = float(MaskedLMLoss()(labels, logits, sample_weight=weights))
+    np.testing.assert_allclose(float(MaskedLMLoss()(labels, poisoned, sample_weight=weights)), clean)
+    losses = MaskedLMLoss(reduction="none")(labels, poisoned, sample_weight=weights).numpy()
+    assert np.all(losses[weights == 0] == 0.0) and np.all(np.isfinite(losses))
+
+
+def test_float_labels_and_negative_weights_are_rejected():
+    logits = np.zeros((1, 2, 5), "float32")
+    with pytest.raises(ValueError, match="labels"):
+        MaskedLMLoss()(np.array([[1.0, 2.7]]), logits)
+    with pytest.raises(ValueError, match="sample_weight"):
+        MaskedLMLoss()([[1, 2]], logits, sample_weight=[[1.0, -0.5]])
+    with pytest.raises(ValueError, match="sample_weight"):
+        MaskedLMLoss(reduction="none")([[1, 2]], logits, sample_weight=[[1.0, -0.5]])

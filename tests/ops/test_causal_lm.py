@@ -93,3 +93,21 @@ def test_bad_input_fails_loudly():
         ops.document_causal_mask(tf.constant(3))
     with pytest.raises(ValueError, match="padding_mask.*same shape"):
         ops.document_positions(np.zeros((2, 4), "int32"), np.ones((2, 5), bool))
+
+
+def test_causal_lm_loss_with_an_out_of_vocabulary_token_is_nan_under_xla():
+    # The causal-LM loss path (targets -> chunked cross-entropy -> weighted
+    # mean) compiled by XLA: a token id outside the vocabulary becomes a
+    # label, and its loss must not be a clamped, finite value.
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(1, 6, 8)).astype("float32")
+    kernel = rng.normal(size=(8, 20)).astype("float32")
+
+    @tf.function(jit_compile=True)
+    def loss(token_ids):
+        labels, weights = ops.causal_lm_targets(token_ids)
+        return ops.chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size=4)
+
+    assert np.isfinite(float(loss(tf.constant([[3, 4, 5, 6, 7, 8]]))))
+    assert np.isnan(float(loss(tf.constant([[3, 4, 25, 6, 7, 8]]))))
+    assert np.isnan(float(loss(tf.constant([[3, 4, -2, 6, 7, 8]]))))

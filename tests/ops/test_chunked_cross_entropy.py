@@ -210,3 +210,37 @@ def test_causal_lm_targets_reset_at_document_boundaries():
     # Without segment ids only padding and the last position are excluded.
     _, weights = ops.causal_lm_targets(token_ids, padding)
     assert weights.numpy()[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+
+
+def test_out_of_range_label_under_xla_is_nan_not_a_clamped_loss():
+    # XLA drops the asserts and clamps the gather: without the poison the
+    # label 50 would score as id 49, a finite wrong loss.
+    h, k, y, w = _data(batch=2, length=5)
+    step = tf.function(
+        lambda labels: ops.chunked_cross_entropy(h, k, labels, w, chunk_size=4), jit_compile=True
+    )
+    assert np.isfinite(float(step(tf.constant(y))))
+    for bad in (50, -1):
+        labels = y.copy()
+        labels[np.nonzero(w)[0][0], np.nonzero(w)[1][0]] = bad
+        assert np.isnan(float(step(tf.constant(labels))))
+    # At a position of weight 0 an invalid label does not count.
+    labels = y.copy()
+    labels[w == 0] = 50
+    np.testing.assert_allclose(float(step(tf.constant(labels))), float(step(tf.constant(y))))
+
+
+def test_nan_hidden_at_a_weight_zero_position_is_ignored():
+    h, k, y, w = _data()
+    poisoned = h.copy()
+    poisoned[w == 0] = np.nan
+    loss = ops.chunked_cross_entropy(poisoned, k, y, w, chunk_size=4)
+    np.testing.assert_allclose(float(loss), _numpy_loss(h, k, y, w), rtol=1e-5)
+
+
+def test_negative_and_mis_shaped_weights_are_rejected():
+    h, k, y, w = _data()
+    with pytest.raises(ValueError, match="sample_weight.*non-negative"):
+        ops.chunked_cross_entropy(h, k, y, -w)
+    with pytest.raises(ValueError, match=r"sample_weight.*\(3, 2\).*\(3, 7\)"):
+        ops.chunked_cross_entropy(h, k, y, w[:, :2])

@@ -105,3 +105,9 @@ def test_weighted_mean_pooling():
     np.testing.assert_allclose(ones, em.pool_sequence(hidden, mask, "mean"), rtol=1e-6)
     with pytest.raises(ValueError, match="mode='mean' only"):
         em.pool_sequence(hidden, mask, "cls", weights=weights)
+
+
+@pytest.mark.parametrize("mode", ["cls", "mean", "last"])
+def test_pooling_sequences_of_length_zero_gives_zeros(mode):
+    pooled = em.pool_sequence(tf.zeros([2, 0, 4]), tf.zeros([2, 0], tf.bool), mode)
+    np.testing.assert_array_equal(pooled.numpy(), np.zeros((2, 4)))

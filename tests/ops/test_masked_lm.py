@@ -67,7 +67,7 @@ def test_large_logits_are_stable():
 
 
 def test_label_out_of_vocabulary_names_the_id():
-    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 12"):
+    with pytest.raises(ValueError, match=r"\[0, 10\)(.|\n)*Received 12"):
         ops.masked_lm_loss([[12]], tf.zeros((1, 1, 10)))
 
 
@@ -83,3 +83,42 @@ def test_global_weighted_mean_under_mirrored_strategy_matches_one_device(mirrore
     total = strategy.reduce("SUM", per_replica, axis=None)
     expected = (values * weights).sum() / weights.sum()
     np.testing.assert_allclose(float(total), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad_logit", [np.nan, -np.inf, np.inf])
+def test_non_finite_logits_in_weight_zero_slots_are_ignored(bad_logit):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 4, 9)).astype("float32")
+    labels = rng.integers(0, 9, (2, 4))
+    weights = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], "float32")
+    poisoned = logits.copy()
+    poisoned[weights == 0] = bad_logit
+    expected = _reference_loss(labels, logits, weights)
+    np.testing.assert_allclose(float(ops.masked_lm_loss(labels, poisoned, weights)), expected, rtol=1e-5)
+    # An ignored slot whose label logit is -inf (an infinite loss) too.
+    poisoned = logits.copy()
+    poisoned[0, 3, labels[0, 3]] = -np.inf
+    np.testing.assert_allclose(float(ops.masked_lm_loss(labels, poisoned, weights)), expected, rtol=1e-5)
+
+
+def test_invalid_labels_fail_eagerly_and_are_nan_under_xla():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 3, 7)).astype("float32")
+    labels = np.array([[1, 2, 3], [4, 5, 6]], "float32")
+    ops.masked_lm_loss(labels, logits)  # whole-number floats are labels
+    for bad in (2.7, 7.0, -1.0):
+        wrong = labels.copy()
+        wrong[0, 1] = bad
+        with pytest.raises(ValueError, match=r"labels.*\[0, 7\)"):
+            ops.masked_lm_loss(wrong, logits)
+        xla = tf.function(ops.masked_lm_loss, jit_compile=True)
+        assert np.isnan(float(xla(tf.constant(wrong), tf.constant(logits))))
+
+
+def test_negative_and_mis_shaped_weights_are_rejected():
+    logits = np.zeros((2, 3, 5), "float32")
+    labels = np.zeros((2, 3), "int32")
+    with pytest.raises(ValueError, match="sample_weight.*non-negative"):
+        ops.masked_lm_loss(labels, logits, [[1.0, -1.0, 1.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"sample_weight.*\(2, 2\)"):
+        ops.masked_lm_loss(labels, logits, np.ones((2, 2), "float32"))

@@ -109,7 +109,9 @@ def test_noise_statistics_with_mixed_lengths_and_other_rates():
     for row, n in zip(mask[:50], lengths[:50]):
         noise, count = noise_span_counts(int(n), 0.3, 5.0)
         assert row.sum() == noise and len(spans_of(row)) == count
-        assert row[n - 1] and not row[0]
+        assert not row[0]
+        if count > 1:  # several spans: T5's layout, ending with noise
+            assert row[n - 1]
 
 
 def test_noise_span_lengths_follow_the_random_segmentation_law():
@@ -170,7 +172,8 @@ def test_inputs_and_targets_layout():
         np.testing.assert_array_equal(enc[np.isin(enc, SENTINELS)], SENTINELS[:spans])
         np.testing.assert_array_equal(tgt[np.isin(tgt, SENTINELS)], SENTINELS[:spans])
         assert tgt[0] == SENTINELS[0]  # a sequence starts with kept tokens
-        assert enc[enc_len - 2] == SENTINELS[spans - 1]  # ... and ends with noise
+        if spans > 1:  # ... and ends with noise (one span: anywhere after)
+            assert enc[enc_len - 2] == SENTINELS[spans - 1]
         # The noise mask marks exactly the tokens the targets hold.
         noise_tokens = ids[i][out["noise_mask"][i]]
         np.testing.assert_array_equal(noise_tokens, tgt[:tgt_len - 1][~np.isin(tgt[:tgt_len - 1], SENTINELS)])
@@ -189,3 +192,40 @@ def test_merge_span_corruption():
     assert merge_span_corruption([5, 99, 8, 98, 1], [99, 6, 7, 98, 9, 1], [99, 98], 1) == [5, 6, 7, 8, 9]
     # Padding ends a sequence; a sentinel without a span is dropped.
     assert merge_span_corruption([5, 99, 8, 98, 0, 0], [99, 6, 0], [99, 98]) == [5, 6, 8]
+
+
+def test_a_single_noise_span_is_placed_by_the_seed():
+    # 20 tokens: 3 noise tokens in one span. T5 always puts it at the end,
+    # so the seed would not matter; here each seed places it anywhere after
+    # the first token, the same seed in the same place.
+    lengths = tf.fill([400], 20)
+
+    def starts(seed):
+        mask, _ = random_spans_noise_mask(lengths, 20, 0.15, 3.0, tf.constant(seed))
+        mask = mask.numpy()
+        assert (mask.sum(1) == 3).all()
+        assert all(len(spans_of(row)) == 1 for row in mask)
+        return mask.argmax(1)
+
+    first, again, other = starts([1, 2]), starts([1, 2]), starts([3, 4])
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    # Uniform over the 17 possible starts 1 .. 17 (never 0: a kept token first).
+    counts = np.bincount(np.concatenate([first, other]), minlength=18)
+    assert counts[0] == 0 and (counts[1:] > 0).all()
+    chi2 = (((counts[1:] - 800 / 17) ** 2) / (800 / 17)).sum()
+    assert chi2 < 39.3  # p = 0.001 with 16 degrees of freedom
+
+
+def test_short_rows_merge_back_wherever_their_span_is():
+    ids = np.arange(5, 25, dtype=np.int32)[None].repeat(64, 0)
+    inputs_length, targets_length, _ = span_corruption_lengths(20)
+    out = span_corruption(ids, tf.fill([64], 20), tf.constant([5, 5]), SENTINELS, inputs_length,
+                          targets_length, eos_token_id=1)
+    encoder, target = out["encoder_token_ids"].numpy(), out["target_ids"].numpy()
+    assert (out["encoder_padding_mask"].numpy().sum(1) == inputs_length).all()
+    assert (out["target_padding_mask"].numpy().sum(1) == targets_length).all()
+    for i in range(64):
+        assert merge_span_corruption(encoder[i], target[i], SENTINELS, eos_token_id=1) == ids[i].tolist()
+        assert target[i].tolist()[0] == SENTINELS[0] and target[i].tolist().count(SENTINELS[1]) == 0
+    assert len({tuple(row) for row in encoder}) > 1  # not always the same corruption

@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 
+import keras
 import keras_hub
 
 # name -> (keras-hub class, config). Vocabulary size and sequence length come
@@ -272,8 +273,19 @@ def load_backbone(init, dropout=None, dtype=None):
 
 
 def load_tokenizer(init):
-    """The tokenizer of the preset at `init`."""
-    return keras_hub.tokenizers.Tokenizer.from_preset(preset_location(init))
+    """The tokenizer of the preset at `init`.
+
+    A local preset's `tokenizer.json` is read as written, whatever the
+    backbone: `Tokenizer.from_preset` insists on a keras-hub tokenizer class
+    made for the preset's backbone class, and there is none for
+    `XLNetBackbone` (whose runs save a `BertTokenizer`)."""
+    location = preset_location(init)
+    config = pathlib.Path(location) / "tokenizer.json"
+    if not config.is_file():
+        return keras_hub.tokenizers.Tokenizer.from_preset(location)
+    tokenizer = keras.saving.deserialize_keras_object(json.loads(config.read_text()))
+    tokenizer.load_preset_assets(location)
+    return tokenizer
 
 
 def save_preset(backbone, tokenizer, directory):
@@ -287,3 +299,59 @@ def save_preset(backbone, tokenizer, directory):
     backbone.save_to_preset(str(directory))
     tokenizer.save_to_preset(str(directory))
     return directory
+
+
+def reinitialize_t5_embedding(backbone, redraw=True):
+    """Re-draws a keras-hub `T5Backbone`'s tied token embedding as T5 means
+    it, in a form Adam can train; returns the `logit_scale` to give
+    `kobjectives.objectives.DenoisingSeq2Seq` (1.0; `"auto"` for other
+    backbones, left as they are).
+
+    The bug it fixes: keras-hub's `T5Backbone` builds its embedding with
+    `keras.initializers.TruncatedNormal(1.0)`, whose first argument is the
+    *mean*, so every token starts as the all-ones vector plus noise of
+    standard deviation 0.05: all tokens look alike to the encoder, and the
+    tied projection gives all of them nearly the same logit. T5 draws the
+    embedding from N(0, 1) and scales the decoder states by
+    `hidden_dim ** -0.5` before the tied projection. Here the embedding is
+    drawn from N(0, 1 / hidden_dim) and projected with scale 1 (the same
+    logits as T5's for the same decoder states; the encoder and decoder read
+    embeddings `sqrt(hidden_dim)` times smaller), an embedding of the scale
+    of the other weights: Adam's steps are absolute (about the learning
+    rate), not relative as Adafactor's (T5's optimizer), so it moves it at
+    their pace. The draw uses Keras' global random state
+    (`keras.utils.set_random_seed`).
+
+    Args:
+        backbone: a keras-hub backbone; only a `T5Backbone` with tied
+            embeddings is changed.
+        redraw: False leaves the weights (a backbone trained after a
+            redraw, e.g. loaded from that run's preset) and only returns
+            the logit scale it was trained with.
+
+    Returns:
+        `1.0` for a tied `T5Backbone`, else `"auto"`.
+
+    Reference:
+        Raffel et al., 2020, https://arxiv.org/abs/1910.10683 (T5's
+        embedding initialization and scaled tied projection).
+
+    Example:
+
+    >>> import keras_hub
+    >>> backbone = keras_hub.models.T5Backbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32)
+    >>> reinitialize_t5_embedding(backbone)
+    1.0
+    >>> abs(float(backbone.token_embedding.embeddings.numpy().mean())) < 0.1
+    True
+    """
+    import keras
+
+    if not isinstance(backbone, keras_hub.models.T5Backbone) or not backbone.tie_embedding_weights:
+        return "auto"
+    if redraw:
+        embeddings = backbone.token_embedding.embeddings
+        draw = keras.initializers.RandomNormal(mean=0.0, stddev=backbone.hidden_dim ** -0.5)
+        embeddings.assign(keras.ops.cast(draw(embeddings.shape, dtype="float32"), embeddings.dtype))
+    return 1.0

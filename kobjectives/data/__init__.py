@@ -75,6 +75,7 @@ from kobjectives.data.sts import read_nli_triples  # noqa: F401
 from kobjectives.data.sts import read_sick  # noqa: F401
 from kobjectives.data.sts import read_stsb  # noqa: F401
 from kobjectives.data.sts import split_sentences  # noqa: F401
+from kobjectives.data.sts import split_nli_triples  # noqa: F401
 from kobjectives.data.tokenizers import add_sentinel_tokens  # noqa: F401
 from kobjectives.data.sentences import split_document_sentences  # noqa: F401
 from kobjectives.data.sentences import sentence_documents  # noqa: F401

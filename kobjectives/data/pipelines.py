@@ -103,6 +103,18 @@ def finish(dataset, cache=False, repeat=False):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+MASKED_LM_X_KEYS = ("token_ids", "padding_mask", "segment_ids", "mask_positions")
+"""The inputs of a masked LM (`kobjectives.objectives.MaskedLanguageModel`)."""
+
+ELECTRA_X_KEYS = MASKED_LM_X_KEYS + ("mask_ids", "mask_weights")
+"""The inputs of ELECTRA (`kobjectives.objectives.ElectraPretrainer`): the
+masked LM's and its targets."""
+
+PERMUTATION_LM_X_KEYS = ("token_ids", "padding_mask", "segment_ids", "perm_mask",
+                         "target_mapping")
+"""The inputs of a permutation LM (`kobjectives.objectives.PermutationLanguageModel`)."""
+
+
 def masked_lm_dataset(
     documents,
     tokenizer,
@@ -113,17 +125,27 @@ def masked_lm_dataset(
     repeat=False,
     seed=0,
     cache=False,
+    x_keys=MASKED_LM_X_KEYS,
+    target_keys=("mask_ids", "mask_weights"),
 ):
-    """Documents to `(x, mask_ids, mask_weights)` batches for masked LM.
+    """Documents to `(x, mask_ids, mask_weights)` batches for masked LM
+    (or any masker's `(x, targets, weights)`).
 
     The packed windows of `packed_windows_dataset`, masked by `masker` with a
     fresh seeded mask per element and epoch (`MaskedLMMasker.map_over`).
+    `x_keys` and `target_keys` name the masker's outputs that become `x`
+    and `(y, sample_weight)`: a `kobjectives.layers.PermutationLMMasker`
+    gives XLNet's batches with `x_keys=PERMUTATION_LM_X_KEYS` and
+    `target_keys=("target_ids", "target_weights")`; with `target_keys=None`
+    the batches are `x` alone (ELECTRA: `ElectraPretrainer` reads its
+    targets from `x`, `x_keys=ELECTRA_X_KEYS`).
 
     Args:
         documents: list of str.
         tokenizer: a `keras_hub.models.BertTokenizer` (or any WordPiece
             tokenizer with `start_token_id`, `end_token_id`, `pad_token_id`).
-        masker: a `kobjectives.layers.MaskedLMMasker`.
+        masker: a `kobjectives.layers.MaskedLMMasker` (or any layer with
+            `map_over(dataset, seed=..., num_parallel_calls=...)`).
         sequence_length: int, the packed length including [CLS] and [SEP].
         batch_size: int, the global batch size.
         shuffle: shuffle documents and windows (seeded, new order each epoch).
@@ -131,19 +153,23 @@ def masked_lm_dataset(
         seed: int seed of the shuffles and the masks.
         cache: cache the masked batches after the first pass, so every pass
             sees the same masks (use for validation).
+        x_keys: the masker's outputs that make `x`.
+        target_keys: the masker's outputs that are `(y, sample_weight)`, or
+            None (batches of `x` alone).
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)` with
         `x = {"token_ids", "padding_mask", "segment_ids", "mask_positions"}`,
-        `y = mask_ids`, `sample_weight = mask_weights`, all of static shape.
+        `y = mask_ids`, `sample_weight = mask_weights` (by default), all of
+        static shape; of `x` alone with `target_keys=None`.
     """
 
     def split(features):
-        x = {
-            name: features[name]
-            for name in ("token_ids", "padding_mask", "segment_ids", "mask_positions")
-        }
-        return x, features["mask_ids"], features["mask_weights"]
+        x = {name: features[name] for name in x_keys}
+        if target_keys is None:
+            return x
+        target_key, weight_key = target_keys
+        return x, features[target_key], features[weight_key]
 
     dataset = packed_windows_dataset(
         documents, tokenizer, sequence_length, batch_size, shuffle=shuffle, seed=seed
@@ -183,6 +209,48 @@ def tokenized_texts(texts, tokenizer, sequence_length, batch_size=256):
     encode = _text_packer(tokenizer, sequence_length)
     dataset = tf.data.Dataset.from_tensor_slices(list(texts)).batch(batch_size)
     return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def augmented_views(texts, tokenizer, sequence_length, augmenter, batch_size=250, seed=7):
+    """Texts and one fixed augmented view of each, for evaluation.
+
+    The texts are packed as `tokenized_texts` does and batch `i` goes
+    through `augmenter` with the stateless seed `[i, seed]`, so the views
+    are the same in every call (and every run).
+
+    Args:
+        texts: list of str.
+        tokenizer: a keras-hub WordPiece tokenizer (`BertTokenizer`).
+        sequence_length: int, the packed length.
+        augmenter: a `kobjectives.layers.TextAugmenter`.
+        batch_size: int, the texts per batch.
+        seed: int, the second word of every batch's seed.
+
+    Returns:
+        A list of `(anchor, positive)` pairs of packed batches (dicts of int
+        `[batch, sequence_length]` `token_ids`, `padding_mask`, ...): the
+        augmenter's two independent views of each text.
+
+    Example:
+
+    >>> import keras_hub
+    >>> from kobjectives.layers import TextAugmenter
+    >>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
+    >>> tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    >>> augmenter = TextAugmenter(len(vocabulary), deletion_rate=0.5,
+    ...                           unselectable_token_ids=(0, 1, 2, 3, 4))
+    >>> views = augmented_views(["a b c", "c b a", "b"], tokenizer, 6, augmenter, batch_size=2)
+    >>> [tuple(anchor["token_ids"].shape) for anchor, _ in views]
+    [(2, 6), (1, 6)]
+    >>> again = augmented_views(["a b c", "c b a", "b"], tokenizer, 6, augmenter, batch_size=2)
+    >>> bool((again[0][1]["token_ids"] == views[0][1]["token_ids"]).numpy().all())
+    True
+    """
+    views = []
+    for index, batch in enumerate(tokenized_texts(texts, tokenizer, sequence_length, batch_size)):
+        out = augmenter(batch, seed=tf.constant([index, seed]))
+        views.append((out["anchor"], out["positive"]))
+    return views
 
 
 def contrastive_dataset(
@@ -288,13 +356,17 @@ def causal_lm_dataset(
     seed=0,
     cache=False,
     drop_remainder=True,
+    documents_per_group=256,
 ):
     """Documents to packed `x` batches for `kobjectives.objectives.CausalLanguageModel`.
 
-    Documents are tokenized in batches of 256, packed across documents into
-    windows by `packer` (a `kobjectives.layers.SequencePacker`: no padding
-    except the tail of each group of 256 documents), shuffled as windows
-    (seeded, a new order every epoch) and batched.
+    Documents are tokenized in groups of `documents_per_group`, packed
+    across the documents of a group into windows by `packer` (a
+    `kobjectives.layers.SequencePacker`: no padding except the tail of each
+    group's last window), shuffled as windows (seeded, a new order every
+    epoch) and batched. With `documents_per_group=1` every document is
+    packed alone (its windows start at its first token, the last one
+    padded): no window holds two documents, as serving sees a text.
 
     Args:
         documents: list of str.
@@ -306,6 +378,8 @@ def causal_lm_dataset(
         seed: int seed of the shuffles.
         cache: cache the batches after the first pass.
         drop_remainder: drop the last, smaller batch (static shapes).
+        documents_per_group: int >= 1, documents packed together (1: each
+            document alone).
 
     Returns:
         A `tf.data.Dataset` of `{"token_ids", "padding_mask",
@@ -313,7 +387,20 @@ def causal_lm_dataset(
         objective derives the next-token targets).
 
     Raises:
-        ValueError: no documents, or no document with any text.
+        ValueError: no documents, no document with any text, or
+            `documents_per_group < 1`.
+
+    Example:
+
+    >>> import keras_hub
+    >>> from kobjectives.layers import SequencePacker
+    >>> tokenizer = keras_hub.models.BertTokenizer(
+    ...     vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"])
+    >>> packer = SequencePacker(sequence_length=4, end_token_id=3, start_token_id=2)
+    >>> alone = causal_lm_dataset(["a b c a b", "c", "a a"], tokenizer, packer, batch_size=8,
+    ...                           shuffle=False, drop_remainder=False, documents_per_group=1)
+    >>> next(iter(alone))["token_ids"].numpy().tolist()
+    [[2, 5, 6, 7], [5, 6, 3, 0], [2, 7, 3, 0], [2, 5, 5, 3]]
     """
     documents = list(documents)
     if not any(text.strip() for text in documents):
@@ -321,10 +408,15 @@ def causal_lm_dataset(
             "`documents` is empty (or every document is blank): there is no "
             "text to pack. Give at least one non-empty document."
         )
+    if isinstance(documents_per_group, bool) or not isinstance(documents_per_group, int) \
+            or documents_per_group < 1:
+        raise ValueError(
+            f"`documents_per_group` must be an int >= 1. Received: {documents_per_group!r}."
+        )
     dataset = tf.data.Dataset.from_tensor_slices(documents)
     if shuffle:
         dataset = dataset.shuffle(len(documents), seed=seed)
-    dataset = dataset.batch(256).map(
+    dataset = dataset.batch(documents_per_group).map(
         lambda texts: packer(tokenizer(texts)), num_parallel_calls=tf.data.AUTOTUNE
     )
     dataset = dataset.unbatch()

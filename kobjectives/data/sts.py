@@ -14,6 +14,8 @@ import re
 
 import numpy as np
 
+from kobjectives.data.split import train_validation_split
+
 RESERVED_STSB_FILES = ("sts-test.csv",)
 SICK_SPLITS = ("TRAIN", "TRIAL", "TEST")
 RESERVED_SICK_SPLITS = ("TEST",)
@@ -174,7 +176,8 @@ def read_nli_triples(path, max_rows=None):
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
-def split_sentences(documents, min_characters=20, max_characters=300):
+def split_sentences(documents, min_characters=20, max_characters=300, max_sentences=None,
+                    seed=0):
     """Splits documents into sentences (and lines), for unsupervised SimCSE.
 
     A light rule-based splitter: paragraphs (blank-line separated, their
@@ -188,9 +191,20 @@ def split_sentences(documents, min_characters=20, max_characters=300):
         documents: iterable of str.
         min_characters: int.
         max_characters: int.
+        max_sentences: optional int: keep a random subset of this many
+            sentences (drawn with `numpy.random.default_rng(seed)`), in
+            their order. None or 0 keeps all.
+        seed: int, the seed of that subset.
 
     Returns:
         list of str.
+
+    Example:
+
+    >>> split_sentences(["One sentence here. Another one there.", "tiny"], 5)
+    ['One sentence here.', 'Another one there.']
+    >>> split_sentences(["One sentence here. Another one there."], 5, max_sentences=1)
+    ['One sentence here.']
     """
     seen = set()
     sentences = []
@@ -206,7 +220,60 @@ def split_sentences(documents, min_characters=20, max_characters=300):
                 if sentence not in seen:
                     seen.add(sentence)
                     sentences.append(sentence)
+    if max_sentences:
+        order = np.random.default_rng(seed).permutation(len(sentences))[:max_sentences]
+        sentences = [sentences[i] for i in sorted(order)]
     return sentences
+
+
+def split_nli_triples(triples, validation_fraction=0.05, seed=0):
+    """Splits NLI triples into train and validation, whole triples, deterministically.
+
+    A triple's side is decided by a stable hash of its three texts
+    (`kobjectives.data.train_validation_split` over the joined triple), so
+    it does not depend on the file's order; each side keeps that order.
+
+    Args:
+        triples: dict of equal-length lists `{"anchor", "positive",
+            "negative"}`, as `read_nli_triples` returns.
+        validation_fraction: float in `(0, 1)`.
+        seed: int.
+
+    Returns:
+        `(train, validation)`: two dicts of the same three columns.
+
+    Raises:
+        ValueError: a column is missing or the columns differ in length, or
+            as `train_validation_split`.
+
+    Example:
+
+    >>> triples = {"anchor": [f"a{i}" for i in range(10)],
+    ...            "positive": [f"p{i}" for i in range(10)],
+    ...            "negative": [f"n{i}" for i in range(10)]}
+    >>> train, validation = split_nli_triples(triples, 0.2)
+    >>> len(train["anchor"]), len(validation["negative"])
+    (8, 2)
+    >>> [a[1:] == p[1:] for a, p in zip(train["anchor"], train["positive"])] == [True] * 8
+    True
+    """
+    columns = ("anchor", "positive", "negative")
+    missing = [c for c in columns if c not in triples]
+    if missing:
+        raise ValueError(
+            f"`triples` needs the columns {list(columns)} (read_nli_triples' dict); "
+            f"missing {missing}.")
+    rows = list(zip(*(triples[c] for c in columns)))
+    if any(len(triples[c]) != len(rows) for c in columns):
+        raise ValueError(
+            "The triple columns must have equal lengths. Received "
+            f"{ {c: len(triples[c]) for c in columns} }.")
+    keys = [" ".join(row) for row in rows]
+    train_keys, _ = train_validation_split(keys, validation_fraction, seed=seed)
+    train_keys = set(train_keys)
+    sides = ([r for r, k in zip(rows, keys) if k in train_keys],
+             [r for r, k in zip(rows, keys) if k not in train_keys])
+    return tuple({c: [row[i] for row in side] for i, c in enumerate(columns)} for side in sides)
 
 
 __all__ = [
@@ -214,5 +281,6 @@ __all__ = [
     "read_nli_triples",
     "read_sick",
     "read_stsb",
+    "split_nli_triples",
     "split_sentences",
 ]

@@ -6,6 +6,7 @@ from kobjectives.data import contrastive_dataset
 from kobjectives.data import read_nli_triples
 from kobjectives.data import read_sick
 from kobjectives.data import read_stsb
+from kobjectives.data import split_nli_triples
 from kobjectives.data import split_sentences
 
 
@@ -83,3 +84,35 @@ def test_contrastive_dataset_forms():
         contrastive_dataset(texts, _Tokenizer(), 6, 1)
     with pytest.raises(ValueError, match="equal lengths"):
         contrastive_dataset({"anchor": texts, "positive": texts[:3]}, _Tokenizer(), 6, 2)
+
+
+def test_split_sentences_keeps_a_seeded_subset_in_order():
+    docs = [f"Sentence number {i} is here." for i in range(50)]
+    every = split_sentences(docs, min_characters=5)
+    subset = split_sentences(docs, min_characters=5, max_sentences=10, seed=3)
+    assert len(subset) == 10 and subset == [s for s in every if s in subset]
+    assert subset == split_sentences(docs, min_characters=5, max_sentences=10, seed=3)
+    assert subset != split_sentences(docs, min_characters=5, max_sentences=10, seed=4)
+    assert split_sentences(docs, min_characters=5, max_sentences=0) == every
+
+
+def test_split_nli_triples_keeps_triples_whole():
+    triples = {"anchor": [f"a{i}" for i in range(40)], "positive": [f"p{i}" for i in range(40)],
+               "negative": [f"n{i}" for i in range(40)]}
+    train, validation = split_nli_triples(triples, 0.25, seed=0)
+    assert len(train["anchor"]) == 30 and len(validation["anchor"]) == 10
+    for side in (train, validation):
+        assert [(a[1:], p[1:], n[1:]) for a, p, n in zip(*side.values())] == [
+            (a[1:],) * 3 for a in side["anchor"]]
+        # Each side keeps the file's order.
+        assert side["anchor"] == sorted(side["anchor"], key=lambda a: int(a[1:]))
+    assert sorted(train["anchor"] + validation["anchor"]) == sorted(triples["anchor"])
+    # The split depends on a triple's content, not its position.
+    reversed_triples = {k: v[::-1] for k, v in triples.items()}
+    assert set(split_nli_triples(reversed_triples, 0.25, seed=0)[1]["anchor"]) == set(
+        validation["anchor"])
+    assert split_nli_triples(triples, 0.25, seed=1)[1] != validation
+    with pytest.raises(ValueError, match="missing"):
+        split_nli_triples({"anchor": ["a"], "positive": ["b"]})
+    with pytest.raises(ValueError, match="equal lengths"):
+        split_nli_triples({**triples, "negative": triples["negative"][:5]})

@@ -178,8 +178,8 @@ def _tune_parser(subparsers):
     parser = subparsers.add_parser(
         "tune",
         help="search a recipe's hyperparameters with KerasTuner",
-        description="Search the objective's hyperparameters (its run module's "
-        "SEARCH_SPACE: learning rate, warm-up, weight decay, mask rate, temperature, "
+        description="Search the objective's hyperparameters (its Run class's "
+        "search_space: learning rate, warm-up, weight decay, mask rate, temperature, "
         "...) with KerasTuner against the validation loss; print and save the "
         "trials table and the best recipe. Flags override the recipe's values for "
         "every trial.",

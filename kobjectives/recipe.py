@@ -19,7 +19,7 @@ Example:
 >>> from kobjectives.recipe import DataConfig
 >>> DataConfig().validation_fraction
 0.05
->>> DataConfig(validation_fraction=1.5).problems()[0]
+>>> DataConfig(validation_fraction=1.5).problems("data")[0]
 'data.validation_fraction = 1.5: must be in (0, 1)'
 """
 
@@ -472,11 +472,20 @@ class Recipe:
         return self
 
 
+def machine_memory():
+    """This machine's physical memory in bytes (None where unknown): the
+    bound of `model.sequence_length` x `training.batch_size` (one attention
+    head's float32 scores may take a quarter of it)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _attention_memory_problems(sequence_length, batch_size):
     """A sequence length whose attention scores alone would not fit in memory."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
+    memory = machine_memory()
+    if not memory:
         return
     scores = 4 * batch_size * sequence_length ** 2  # one head, one layer, float32
     if scores > _ATTENTION_MEMORY_SHARE * memory:

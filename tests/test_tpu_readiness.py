@@ -1,6 +1,6 @@
-"""TPU readiness of every registered objective (`kobjectives.runs.RUNNERS`).
+"""TPU readiness of every registered objective (`kobjectives.runs.available_runs()`).
 
-For each runner, on a tiny recipe: its data pipeline's element spec is fully
+For each run, on a tiny recipe: its data pipeline's element spec is fully
 defined with a static batch dimension; its training step lowers to XLA HLO
 under `jit_compile=True` (static shapes, no host calls: a step with a
 `py_function` or a dynamic shape cannot be lowered); (slow) with
@@ -9,7 +9,6 @@ identical losses; (slow) a step under the `mixed_bfloat16` policy computes
 in bfloat16 (`compute_dtype`) and returns a float32 loss.
 """
 
-import importlib
 import json
 import subprocess
 import sys
@@ -19,12 +18,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kobjectives.runs import RUNNERS
+from kobjectives.runs import available_runs
 from tests.distribute import runner_probe
 
-OBJECTIVES = sorted(RUNNERS)
+OBJECTIVES = available_runs()
 # The default (fast) suite lowers one representative step to XLA; every
-# runner's step is lowered under `-m slow`.
+# run's step is lowered under `-m slow`.
 FAST_XLA = {"mlm"}
 XLA_PARAMS = [
     objective if objective in FAST_XLA else pytest.param(objective, marks=pytest.mark.slow)
@@ -34,50 +33,33 @@ HOST_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "Print", "PrintV2"}
 _PREPARED = {}
 
 
-def _runner(objective):
-    module = f"kobjectives.runs.{RUNNERS[objective]}"
-    try:
-        runner = importlib.import_module(module)
-    except ImportError as error:  # a runner still being written
-        pytest.skip(f"{module} does not import yet (mid-development): {error}")
-    missing = [n for n in ("prepare", "make_dataset", "build_model") if not hasattr(runner, n)]
-    if missing:
-        pytest.skip(f"{module} does not follow the run-module contract yet: no {missing}")
-    return runner
-
-
-def _prepared(objective, runner, tmp_path_factory):
+def _run(objective, tmp_path_factory):
     if objective not in _PREPARED:
-        recipe = runner_probe.tiny_recipe(objective)
-        out = tmp_path_factory.mktemp(f"ready_{objective}")
-        _PREPARED[objective] = recipe, runner.prepare(recipe, out, log=lambda *_: None)
+        _PREPARED[objective] = runner_probe.tiny_run(
+            objective, tmp_path_factory.mktemp(f"ready_{objective}"))
     return _PREPARED[objective]
-
-
-def _batch_size(recipe):
-    return int(recipe["training"]["batch_size"])
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_element_spec_is_fully_defined(objective, tmp_path_factory):
-    runner = _runner(objective)
-    recipe, prepared = _prepared(objective, runner, tmp_path_factory)
+    run = _run(objective, tmp_path_factory)
+    batch_size = run.recipe.training.batch_size
     for split in ("train", "validation"):
-        dataset = runner.make_dataset(recipe, prepared, split, _batch_size(recipe))
+        dataset = run.make_dataset(split, batch_size)
         for spec in tf.nest.flatten(dataset.element_spec):
             assert spec.shape.is_fully_defined(), (split, dataset.element_spec)
-            assert spec.shape.rank == 0 or spec.shape[0] == _batch_size(recipe), (split, spec)
+            assert spec.shape.rank == 0 or spec.shape[0] == batch_size, (split, spec)
 
 
 @pytest.mark.parametrize("objective", XLA_PARAMS)
 def test_training_step_lowers_to_xla_with_static_shapes_and_no_host_calls(
     objective, tmp_path_factory
 ):
-    runner = _runner(objective)
-    recipe, prepared = _prepared(objective, runner, tmp_path_factory)
+    run = _run(objective, tmp_path_factory)
+    batch_size = run.recipe.training.batch_size
     keras.utils.set_random_seed(0)
-    dataset = runner.make_dataset(recipe, prepared, "train", _batch_size(recipe))
-    model = runner.build_model(recipe, prepared)
+    dataset = run.make_dataset("train", batch_size)
+    model = run.build_model()
     model.build_from_dataset(dataset)
     batch = next(iter(dataset))
     step = tf.function(model.train_step, jit_compile=True)
@@ -93,7 +75,6 @@ def test_training_step_lowers_to_xla_with_static_shapes_and_no_host_calls(
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_two_seeded_runs_are_identical_under_op_determinism(objective, tmp_path):
-    _runner(objective)
     script = runner_probe.__file__
     result = subprocess.run(
         [sys.executable, script, objective, str(tmp_path)], capture_output=True, text=True,
@@ -111,12 +92,12 @@ def test_two_seeded_runs_are_identical_under_op_determinism(objective, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_mixed_bfloat16_step_has_a_float32_loss(objective, tmp_path_factory):
-    runner = _runner(objective)
-    recipe, prepared = _prepared(objective, runner, tmp_path_factory)
+    run = _run(objective, tmp_path_factory)
+    batch_size = run.recipe.training.batch_size
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
-    dataset = runner.make_dataset(recipe, prepared, "train", _batch_size(recipe))
-    model = runner.build_model(recipe, prepared)
+    dataset = run.make_dataset("train", batch_size)
+    model = run.build_model()
     assert model.compute_dtype == "bfloat16"
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(next(iter(dataset)))
     y_pred = model(x, training=False)  # outputs may be cast to float32 for the loss

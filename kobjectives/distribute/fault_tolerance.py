@@ -1,7 +1,7 @@
 """Fault tolerance for training runs: backup-and-resume, a run log that never
 loses or repeats an epoch, and a stop on the first non-finite loss.
 
-`kobjectives train` wires these through `kobjectives.runs.common.run_callbacks`:
+`kobjectives train` wires these through `kobjectives.runs.callbacks.run_callbacks`:
 a run killed at any point (SIGKILL, preemption, a lost worker) and started
 again with the same command resumes from the last completed epoch (round).
 See `docs/distributed.md`.
@@ -15,6 +15,11 @@ import pathlib
 import shutil
 
 import keras
+import numpy as np
+
+from kobjectives import compat
+
+RANDOM_STATE_FILE = "random_state.npz"
 
 
 def task():
@@ -205,10 +210,39 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         finally:
             self._weights_path, self._training_metadata_path = own
         self._current_epoch = self.restored_epoch()
+        self._restore_random_state(os.path.join(restore, RANDOM_STATE_FILE))
         self._truncate_log(self._current_epoch)
+
+    def _random_states(self):
+        return [generator.state for layer in compat.flatten_layers(self.model)
+                for generator in compat.seed_generators(layer)]
+
+    def _restore_random_state(self, path):
+        """Restores the dropout (seed generator) states saved with the backup:
+        Keras checkpoints leave them out, and without them a resumed run would
+        draw the first rounds' dropout masks again."""
+        if not os.path.exists(path):
+            return
+        try:
+            with np.load(path) as saved:
+                values = [saved[f"state_{i}"] for i in range(len(saved.files))]
+        except (ValueError, OSError, KeyError) as error:
+            raise _corrupted(path, error) from None
+        states = self._random_states()
+        if len(values) != len(states):
+            raise _corrupted(path, ValueError(
+                f"{len(values)} random states saved, the model has {len(states)}"))
+        for state, value in zip(states, values):
+            state.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
+        if self.save_freq == "epoch":
+            states = {f"state_{i}": np.asarray(state) for i, state in enumerate(self._random_states())}
+            path = os.path.join(self.backup_dir, RANDOM_STATE_FILE)
+            temporary = path + ".tmp.npz"
+            np.savez(temporary, **states)
+            os.replace(temporary, path)
         if self._chief and self.log_path:
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
             self._append_log({"epoch": epoch + 1, "step": step, **{

@@ -446,15 +446,17 @@ _GEMMA_REASON = (
 
 
 def document_attention_unsupported(backbone):
-    """Why `backbone` cannot take a per-document attention mask, or None.
+    """Why `backbone` (a backbone or a backbone class) cannot take a
+    per-document attention mask, or None.
 
     Supported: keras-hub's `GPT2Backbone` and `LlamaBackbone`, whose decoder
     blocks (`TransformerDecoder`, `LlamaTransformerDecoder`) accept a
     `decoder_attention_mask`.
     """
-    if isinstance(backbone, keras_hub.models.GemmaBackbone):
+    cls = backbone if isinstance(backbone, type) else type(backbone)
+    if issubclass(cls, keras_hub.models.GemmaBackbone):
         return _GEMMA_REASON
-    if isinstance(backbone, (keras_hub.models.GPT2Backbone, keras_hub.models.LlamaBackbone)):
+    if issubclass(cls, (keras_hub.models.GPT2Backbone, keras_hub.models.LlamaBackbone)):
         return None
     return (
         "only keras-hub's GPT2Backbone and LlamaBackbone are supported (their decoder "

@@ -1,9 +1,6 @@
 """`DenoisingSeq2Seq`: denoising pretraining of encoder-decoder backbones (T5
 span corruption, BART noising) with teacher forcing."""
 
-import contextlib
-import os
-
 import keras
 import keras_hub
 import tensorflow as tf
@@ -235,7 +232,10 @@ class DenoisingSeq2Seq(Objective):
 
     def export_outputs(self, inputs):
         """Serving outputs: float32 `logits` `[batch, target_length, V]` and
-        `encoder_sequence_output` `[batch, source_length, hidden]`."""
+        `encoder_sequence_output` `[batch, source_length, hidden]`, for
+        `inputs` with `encoder_token_ids`, `encoder_padding_mask` and the
+        decoder inputs (what `kobjectives.export.seq2seq.
+        export_seq2seq_saved_model` serves)."""
         outputs = self.run(inputs, training=False)
         return {
             "logits": tf.cast(self.projection(outputs["decoder_sequence_output"]), tf.float32),
@@ -274,129 +274,3 @@ class DenoisingSeq2Seq(Objective):
         )
         return config
 
-
-def export_seq2seq_saved_model(
-    objective,
-    export_dir,
-    tokenizer=None,
-    encoder_sequence_length=None,
-    eos_token_id=None,
-    overwrite=False,
-    compute_dtype="float32",
-):
-    """Exports a `DenoisingSeq2Seq` as an inference SavedModel.
-
-    Signatures (`S` the encoder length, `T` any decoder length, `V` the
-    vocabulary size, `H` the hidden size; any batch size):
-
-    - `serve_token_ids` (`serving_default` without a tokenizer):
-      `encoder_token_ids`, `encoder_padding_mask` int32 `[B, S]`,
-      `decoder_token_ids`, `decoder_padding_mask` int32 `[B, T]` ->
-      `logits` float32 `[B, T, V]`, `encoder_sequence_output` `[B, S, H]`.
-    - `serving_default` with a tokenizer: `text` string `[B]` (the
-      corrupted text; sentinels such as `<extra_id_0>` may be written in it
-      when the tokenizer knows them as special tokens) and
-      `decoder_token_ids` int32 `[B, T]` (start with the decoder start id;
-      padding ids after position 0 are masked) -> the same outputs plus the
-      `encoder_token_ids` and `encoder_padding_mask` used. The text is
-      tokenized, truncated to `encoder_sequence_length - 1`, ended with
-      `eos_token_id` and padded, as in training.
-
-    Loads with `tf.saved_model.load` and only TensorFlow (plus
-    `import tensorflow_text` for the text signature).
-
-    Args:
-        objective: a built `DenoisingSeq2Seq`.
-        export_dir: directory to write.
-        tokenizer: optional keras-hub tokenizer (e.g. `WordPieceTokenizer`)
-            mapping strings to ragged ids.
-        encoder_sequence_length: int, `S`; required with a tokenizer.
-        eos_token_id: optional int appended to the encoder text.
-        overwrite: replace a non-empty `export_dir`.
-        compute_dtype: `"float32"` (serve in float32 whatever the training
-            policy) or None (keep the objective's policy).
-
-    Returns:
-        The export directory (str).
-    """
-    from kobjectives.export.saved_model import _check_export_dir
-    from kobjectives.export.saved_model import _compute_dtype_scope
-    from kobjectives.export.saved_model import _write
-
-    if not isinstance(objective, DenoisingSeq2Seq):
-        raise TypeError(
-            "export_seq2seq_saved_model exports a DenoisingSeq2Seq. Received: "
-            f"{type(objective).__name__}"
-        )
-    if not objective.built:
-        raise ValueError("The objective is not built: fit it or call it on a batch first.")
-    export_dir = os.fspath(export_dir)
-    _check_export_dir(export_dir, overwrite)
-    if tokenizer is not None and (
-        isinstance(encoder_sequence_length, bool)
-        or not isinstance(encoder_sequence_length, int)
-        or encoder_sequence_length < 2
-    ):
-        raise ValueError(
-            "A text signature needs `encoder_sequence_length` (an int >= 2). "
-            f"Received: {encoder_sequence_length!r}"
-        )
-    pad = objective.padding_token_id
-
-    def forward(inputs):
-        return objective.export_outputs(inputs)
-
-    id_specs = {
-        "encoder_token_ids": tf.TensorSpec([None, encoder_sequence_length], tf.int32, name="encoder_token_ids"),
-        "encoder_padding_mask": tf.TensorSpec([None, encoder_sequence_length], tf.int32, name="encoder_padding_mask"),
-        "decoder_token_ids": tf.TensorSpec([None, None], tf.int32, name="decoder_token_ids"),
-        "decoder_padding_mask": tf.TensorSpec([None, None], tf.int32, name="decoder_padding_mask"),
-    }
-    archive = keras.export.ExportArchive()
-    archive.track(objective)
-    with contextlib.ExitStack() as stack:
-        if compute_dtype is not None:
-            stack.enter_context(_compute_dtype_scope(objective, compute_dtype))
-        if tokenizer is None:
-            archive.add_endpoint("serving_default", forward, input_signature=[id_specs])
-        else:
-            holder = tf.Module()
-            holder.tokenizer = tokenizer
-            archive.track(holder)
-            packer = keras_hub.layers.StartEndPacker(
-                sequence_length=encoder_sequence_length,
-                end_value=eos_token_id,
-                pad_value=pad,
-                return_padding_mask=True,
-            )
-
-            def serve_text(text, decoder_token_ids):
-                ids = tokenizer(text)
-                if not isinstance(ids, tf.RaggedTensor):
-                    ids = tf.RaggedTensor.from_tensor(ids, padding=pad)
-                encoder_ids, encoder_mask = packer(ids)
-                decoder_token_ids = tf.cast(decoder_token_ids, tf.int32)
-                first = tf.equal(tf.range(tf.shape(decoder_token_ids)[1]), 0)[None, :]
-                decoder_mask = tf.logical_or(tf.not_equal(decoder_token_ids, pad), first)
-                inputs = {
-                    "encoder_token_ids": tf.cast(encoder_ids, tf.int32),
-                    "encoder_padding_mask": tf.cast(encoder_mask, tf.int32),
-                    "decoder_token_ids": decoder_token_ids,
-                    "decoder_padding_mask": tf.cast(decoder_mask, tf.int32),
-                }
-                outputs = forward(inputs)
-                outputs["encoder_token_ids"] = inputs["encoder_token_ids"]
-                outputs["encoder_padding_mask"] = inputs["encoder_padding_mask"]
-                return outputs
-
-            archive.add_endpoint(
-                "serving_default",
-                serve_text,
-                input_signature=[
-                    tf.TensorSpec([None], tf.string, name="text"),
-                    tf.TensorSpec([None, None], tf.int32, name="decoder_token_ids"),
-                ],
-            )
-            archive.add_endpoint("serve_token_ids", forward, input_signature=[id_specs])
-        _write(archive, export_dir, False)
-    return export_dir

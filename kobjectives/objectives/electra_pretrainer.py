@@ -155,14 +155,19 @@ class ElectraPretrainer(Objective):
        sigmoid cross-entropy averaged over the non-padding tokens
        (`kobjectives.ops.rtd_loss`).
 
-    The loss is `generator_weight * MLM + discriminator_weight * RTD`
-    (defaults 1 and 50, the paper's lambda). Both means are over the global
+    Two named losses (`Objective.loss_names`): `"generator"` (the masked-LM
+    cross-entropy per masked slot, weighted by `mask_weights`) and
+    `"discriminator"` (the sigmoid cross-entropy per token, weighted by the
+    padding mask); the base weights them and sums them once, so the loss is
+    `generator_weight * MLM + discriminator_weight * RTD` (defaults 1 and 50,
+    the paper's lambda). Both means are over the global
     batch (exact under `tf.distribute`), and the sampling noise of a mirrored
     step is the global batch's, so a `MirroredStrategy` step computes what
     one device computes. The generator's token embedding table is the
     discriminator's (`kobjectives.compat.share_embedding_table`): one variable that both losses
-    train. Only the discriminator is used after pretraining (`detector()`,
-    `export_outputs`).
+    train. Only the discriminator is used after pretraining: it is the
+    `exported_model` (a run saves it as its keras-hub preset) and
+    `serving_model()` is `detector()`, so a SavedModel holds no generator.
 
     Feed `x` only (no `y`): a dict with the masker's outputs `token_ids`,
     `padding_mask`, `mask_positions`, `mask_ids`, `mask_weights` (plus
@@ -178,10 +183,10 @@ class ElectraPretrainer(Objective):
             discriminator's vocabulary and embedding size.
         discriminator: a keras-hub encoder backbone with a `token_embedding`
             (`ElectraBackbone`, `BertBackbone`, ...).
-        generator_weight: float >= 0, weight of the masked-LM loss. Defaults
-            to 1.0.
-        discriminator_weight: float >= 0, weight of the RTD loss. Defaults
-            to 50.0.
+        generator_weight: float >= 0, weight of the masked-LM loss
+            (`loss_weights["generator"]`). Defaults to 1.0.
+        discriminator_weight: float >= 0, weight of the RTD loss
+            (`loss_weights["discriminator"]`). Defaults to 50.0.
         temperature: float > 0, the sampling temperature. Defaults to 1.0.
         disallow_correct: bool, never sample the original token (ELECTRA's
             `disallow_correct` option). Defaults to False.
@@ -231,9 +236,9 @@ class ElectraPretrainer(Objective):
     ```
     """
 
-    own_loss = "generator_weight x masked LM + discriminator_weight x replaced-token detection"
-
     trained_models = ("generator", "discriminator")
+    exported_model = "discriminator"
+    loss_names = ("generator", "discriminator")
 
     def __init__(
         self,
@@ -290,13 +295,19 @@ class ElectraPretrainer(Objective):
                 "kobjectives.backbones.build_backbone('electra_tiny', ..., "
                 "hidden_dim=32, intermediate_dim=128, num_heads=1))."
             )
+        if "loss_weights" in kwargs:
+            raise ValueError(
+                "ElectraPretrainer takes its loss weights as `generator_weight` and "
+                "`discriminator_weight`, not `loss_weights`."
+            )
         kwargs.setdefault("dtype", getattr(discriminator, "dtype_policy", None))
-        super().__init__(**kwargs)
+        super().__init__(
+            loss_weights={"generator": generator_weight, "discriminator": discriminator_weight},
+            **kwargs,
+        )
         compat.share_embedding_table(source, target)
         self.generator = generator
         self.discriminator = discriminator
-        self.generator_weight = float(generator_weight)
-        self.discriminator_weight = float(discriminator_weight)
         self.temperature = float(temperature)
         self.disallow_correct = bool(disallow_correct)
         self.seed = int(seed)
@@ -321,20 +332,23 @@ class ElectraPretrainer(Objective):
             aggregation="only_first_replica", name="sampling_step",
         )
 
-        self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
-        self.discriminator_loss_tracker = keras.metrics.Mean(name="discriminator_loss")
         self.generator_accuracy = MaskedAccuracy(name="generator_accuracy")
         self.rtd_accuracy = RTDAccuracy()
         self.replaced_precision = ReplacedPrecision()
         self.replaced_recall = ReplacedRecall()
         self.built = generator.built and discriminator.built
 
-    # --- forward --------------------------------------------------------
+    @property
+    def generator_weight(self):
+        """The weight of the masked-LM loss (`loss_weights["generator"]`)."""
+        return self.loss_weights["generator"]
 
     @property
-    def backbone(self):
-        """The discriminator: the model pretraining produces (for export)."""
-        return self.discriminator
+    def discriminator_weight(self):
+        """The weight of the RTD loss (`loss_weights["discriminator"]`)."""
+        return self.loss_weights["discriminator"]
+
+    # --- forward --------------------------------------------------------
 
     def encode(self, inputs, training=False):
         """The discriminator's hidden states `[batch, length, hidden]`."""
@@ -390,6 +404,10 @@ class ElectraPretrainer(Objective):
         """
         return _ReplacedTokenDetector(self.discriminator, self.rtd_head, self.vocabulary_size)
 
+    def serving_model(self):
+        """What the SavedModel serves: `detector()` (no generator)."""
+        return self.detector()
+
     def export_outputs(self, inputs):
         """Inference outputs for `kobjectives.export.export_saved_model`:
         the discriminator's `sequence_output`, `rtd_logits` and
@@ -398,37 +416,46 @@ class ElectraPretrainer(Objective):
 
     # --- loss -------------------------------------------------------------
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
+        """`{"generator": (cross-entropy per masked slot, mask_weights),
+        "discriminator": (sigmoid cross-entropy per token, padding mask)}`:
+        the base reduces, weights, sums and tracks them."""
         if sample_weight is not None:
             raise ValueError(
                 "ElectraPretrainer weighs the masked positions by x['mask_weights'] "
                 "and the tokens by x['padding_mask']; do not pass `sample_weight`."
             )
-        mask_ids, mask_weights = x["mask_ids"], tf.cast(x["mask_weights"], tf.float32)
+        mask_weights = tf.cast(x["mask_weights"], tf.float32)
         token_weights = tf.cast(x["padding_mask"], tf.float32)
-        mlm_logits, rtd_logits = y_pred["mlm_logits"], y_pred["rtd_logits"]
-        labels = y_pred["rtd_labels"]
-        mlm_loss = masked_lm_ops.masked_lm_loss(mask_ids, mlm_logits, mask_weights)
-        rtd_loss = rtd_ops.rtd_loss(labels, rtd_logits, token_weights)
-        loss = self.generator_weight * mlm_loss + self.discriminator_weight * rtd_loss
+        return {
+            "generator": (
+                masked_lm_ops.sparse_cross_entropy(x["mask_ids"], y_pred["mlm_logits"]),
+                mask_weights,
+            ),
+            "discriminator": (
+                rtd_ops.sigmoid_cross_entropy(y_pred["rtd_labels"], y_pred["rtd_logits"]),
+                token_weights,
+            ),
+        }
 
-        self.generator_loss_tracker.update_state(
-            masked_lm_ops.sparse_cross_entropy(mask_ids, mlm_logits), sample_weight=mask_weights
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates `generator_accuracy` and the RTD metrics (the loss terms
+        are tracked by the base); returns every metric's result."""
+        token_weights = tf.cast(x["padding_mask"], tf.float32)
+        self.generator_accuracy.update_state(
+            x["mask_ids"], y_pred["mlm_logits"], tf.cast(x["mask_weights"], tf.float32)
         )
-        self.discriminator_loss_tracker.update_state(
-            rtd_ops.sigmoid_cross_entropy(labels, rtd_logits), sample_weight=token_weights
-        )
-        self.generator_accuracy.update_state(mask_ids, mlm_logits, mask_weights)
         for metric in (self.rtd_accuracy, self.replaced_precision, self.replaced_recall):
-            metric.update_state(labels, rtd_logits, token_weights)
-        return self.add_layer_losses(loss)
+            metric.update_state(y_pred["rtd_labels"], y_pred["rtd_logits"], token_weights)
+        return self.get_metrics_result()
 
     def get_config(self):
         config = super().get_config()
+        weights = config.pop("loss_weights")  # saved as the constructor's arguments
         config.update(
             {
-                "generator_weight": self.generator_weight,
-                "discriminator_weight": self.discriminator_weight,
+                "generator_weight": weights["generator"],
+                "discriminator_weight": weights["discriminator"],
                 "temperature": self.temperature,
                 "disallow_correct": self.disallow_correct,
                 "seed": self.seed,

@@ -49,7 +49,6 @@ import tensorflow as tf
 
 from kobjectives import compat
 from kobjectives.ops.contrastive import info_nce
-from kobjectives.ops.reduction import global_weighted_mean
 from kobjectives.objectives.objective import Objective
 
 _VIEW_KEYS = ("anchor", "positive", "negative")
@@ -427,7 +426,9 @@ def cached_contrastive_gradients(
 
 
 @tf.autograph.experimental.do_not_convert
-def contrastive_gradients(embed_fn, loss_fn, views, variables, mini_batch_size=None):
+def contrastive_gradients(
+    embed_fn, loss_fn, views, variables, mini_batch_size=None, *, loss_scale=None
+):
     """The ordinary (uncached) step: one tape around the whole batch.
 
     The reference `cached_contrastive_gradients` is equal to. With
@@ -436,7 +437,7 @@ def contrastive_gradients(embed_fn, loss_fn, views, variables, mini_batch_size=N
     but every activation is still kept until the backward pass.
 
     Args:
-        embed_fn, loss_fn, views, variables: as in
+        embed_fn, loss_fn, views, variables, loss_scale: as in
             `cached_contrastive_gradients`.
         mini_batch_size: None (embed each view at once) or a positive int.
 
@@ -461,7 +462,8 @@ def contrastive_gradients(embed_fn, loss_fn, views, variables, mini_batch_size=N
                     parts[v].append(_as_embeddings(embed_fn(chunk), v))
             embeddings = [tf.concat(p, axis=0) for p in parts]
         loss = tf.convert_to_tensor(loss_fn(embeddings))
-    grads = tape.gradient(loss, variables)
+        scaled = loss if loss_scale is None else loss * tf.cast(loss_scale, loss.dtype)
+    grads = tape.gradient(scaled, variables)
     grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
     return loss, grads, [tf.stop_gradient(e) for e in embeddings]
 
@@ -475,10 +477,11 @@ def contrastive_gradients(embed_fn, loss_fn, views, variables, mini_batch_size=N
 class CachedContrastiveEncoder(Objective):
     """Contrastive (InfoNCE) training of an embedder with GradCache.
 
-    `train_step` computes the in-batch InfoNCE loss of the whole batch (and,
-    under `tf.distribute`, of the global batch: negatives are gathered from
-    every replica) while holding the activations of only `mini_batch_size`
-    rows at a time: see `cached_contrastive_gradients`. Batches of thousands
+    The training step (the `Objective` hook `compute_gradients`) computes
+    the in-batch InfoNCE loss of the whole batch (and, under
+    `tf.distribute`, of the global batch: negatives are gathered from every
+    replica) while holding the activations of only `mini_batch_size` rows
+    at a time: see `cached_contrastive_gradients`. Batches of thousands
     of pairs fit in the memory of a 64-row step, at the cost of a second
     forward pass. The gradients (and so the training trajectory) equal an
     uncached step's; dropout masks are replayed between the passes (the
@@ -488,7 +491,10 @@ class CachedContrastiveEncoder(Objective):
     Per-example losses are `kobjectives.ops.info_nce` (positives of the
     batch, then hard negatives, as candidates), reduced with
     `kobjectives.ops.global_weighted_mean` (optional `sample_weight` per
-    anchor), so a mirrored run matches one device.
+    anchor), so a mirrored run matches one device. It is the objective's one
+    named loss, `"contrastive"` (logged as `contrastive_loss`); weight
+    regularizers of the embedder add the share `"layer_losses"`, both summed
+    by the base `Objective` (`combine_gradients`).
 
     Args:
         embedder: a `keras.Model` mapping one view's inputs (a tensor or a
@@ -510,7 +516,8 @@ class CachedContrastiveEncoder(Objective):
             ran about 3x faster, with trace time growing with `B / m`
             (18 s vs 5 s at 16 chunks); with `jit_compile=True` the
             while-loop step is within noise of it and compiles 3x faster.
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        **kwargs: passed to `Objective` (`loss_weights`) and `keras.Model`
+            (e.g. `name`).
 
     Inputs: `x = {"anchor": view, "positive": view}` with an optional
         `"negative": view` (one hard negative per anchor); each view is what
@@ -565,6 +572,8 @@ class CachedContrastiveEncoder(Objective):
 
     # Sub-models `Objective.get_config` / `from_config` (de)serialize.
     trained_models = ("embedder",)
+    exported_model = "embedder"
+    loss_names = ("contrastive",)
 
     def __init__(
         self,
@@ -617,6 +626,8 @@ class CachedContrastiveEncoder(Objective):
         return self.embed(inputs, training=training)
 
     def _views(self, x):
+        """`(keys, views)`: the view names of `x` in the order they are
+        embedded (anchor, positive, negative) and their inputs."""
         if not isinstance(x, dict) or "anchor" not in x or "positive" not in x:
             keys = sorted(x) if isinstance(x, dict) else type(x).__name__
             raise ValueError(
@@ -630,62 +641,47 @@ class CachedContrastiveEncoder(Objective):
                 f"Unknown input keys {sorted(unknown)}; expected 'anchor', "
                 "'positive' and optionally 'negative'."
             )
-        return [x[k] for k in _VIEW_KEYS if k in x]
+        keys = [k for k in _VIEW_KEYS if k in x]
+        return keys, [x[k] for k in keys]
 
-    def contrastive_loss(self, embeddings, sample_weight=None):
-        """This replica's share of the mean InfoNCE loss of the global batch.
+    # -- the loss and the steps --------------------------------------------
 
-        Args:
-            embeddings: list `[anchors, positives(, negatives)]`, each
-                `[B, dim]`.
-            sample_weight: optional `[B]` anchor weights.
-        """
+    def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
+        """`{"contrastive": (per-anchor InfoNCE, anchor weights)}` of the
+        embeddings `y_pred` (`{"anchor", "positive"[, "negative"]}`, each
+        `[B, dim]`); `sample_weight` (optional `[B]`) weights the anchors."""
         losses = info_nce(
-            embeddings[0],
-            embeddings[1],
-            embeddings[2] if len(embeddings) > 2 else None,
+            y_pred["anchor"],
+            y_pred["positive"],
+            y_pred.get("negative"),
             temperature=self.temperature,
             similarity=self.similarity,
             symmetric=self.symmetric,
         )
-        weights = 1.0 if sample_weight is None else sample_weight
-        return global_weighted_mean(losses, weights)
+        return {"contrastive": (losses, 1.0 if sample_weight is None else sample_weight)}
 
-    def _regularization(self):
-        penalties = [
-            v.regularizer(v)
-            for v in self.trainable_weights
-            if getattr(v, "regularizer", None) is not None
-        ]
-        if not penalties:
-            return None
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return tf.add_n([tf.cast(p, tf.float32) for p in penalties]) / replicas
-
-    # -- steps -----------------------------------------------------------
-
-    def train_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        views = self._views(x)
-        variables = self.trainable_weights
-        loss_scale = None
-        if self.optimizer is not None:
-            loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
+    def compute_gradients(self, x, y, sample_weight, variables):
+        """The training step's loss and gradients (`Objective.compute_gradients`):
+        GradCache's three passes (`cached_contrastive_gradients`), or with
+        `mini_batch_size=None` one tape over the whole batch
+        (`contrastive_gradients`); the layers' own losses (weight
+        regularizers) as the share `"layer_losses"`."""
+        keys, views = self._views(x)
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
 
         def embed_fn(chunk):
             return self.embed(chunk, training=True)
 
         def loss_fn(embeddings):
-            return self.contrastive_loss(embeddings, sample_weight)
+            terms = self.loss_terms(x, y, dict(zip(keys, embeddings)), sample_weight)
+            return terms["contrastive"]
 
         if self.mini_batch_size is None:
-            with tf.GradientTape() as tape:
-                embeddings = [self.embed(v, training=True) for v in views]
-                loss = loss_fn(embeddings)
-                scaled = loss if loss_scale is None else loss * loss_scale
-            grads = tape.gradient(scaled, variables)
+            loss, grads, embeddings = contrastive_gradients(
+                embed_fn, loss_fn, views, variables, loss_scale=loss_scale
+            )
         else:
-            loss, grads, _ = cached_contrastive_gradients(
+            loss, grads, embeddings = cached_contrastive_gradients(
                 embed_fn,
                 loss_fn,
                 views,
@@ -695,25 +691,19 @@ class CachedContrastiveEncoder(Objective):
                 loss_scale=loss_scale,
                 unroll=self.unroll,
             )
-        regularization = self._regularization()
-        if regularization is not None:
+        shares, gradients = {"contrastive": loss}, {"contrastive": grads}
+        if self.losses:
             with tf.GradientTape() as tape:
-                regularization = self._regularization()
-                scaled = regularization if loss_scale is None else regularization * loss_scale
-            extra = tape.gradient(scaled, variables)
-            grads = [
-                e if g is None else (g if e is None else g + tf.convert_to_tensor(e))
-                for g, e in zip(grads, extra)
-            ]
-            loss = loss + regularization
-        self._track_loss(loss, views)
-        if variables:
-            self.optimizer.apply_gradients(zip(grads, variables))
-        return self.get_metrics_result()
+                shares["layer_losses"] = self.add_layer_losses(tf.constant(0.0))
+                scaled = self.optimizer.scale_loss(shares["layer_losses"])
+            gradients["layer_losses"] = tape.gradient(scaled, variables)
+        return shares, gradients, dict(zip(keys, embeddings))
 
     def test_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        views = self._views(x)
+        # Embeds in mini-batches as training does (the memory of one
+        # mini-batch); the loss is the contrastive one, without the layers'.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        keys, views = self._views(x)
         if self.mini_batch_size is None:
             embeddings = [tf.cast(self.embed(v), tf.float32) for v in views]
         else:
@@ -721,26 +711,17 @@ class CachedContrastiveEncoder(Objective):
             embeddings, _ = _embed_without_tape(
                 lambda chunk: self.embed(chunk), views, n, self.mini_batch_size, False
             )
-        loss = self.contrastive_loss(embeddings, sample_weight)
-        self._track_loss(loss, views)
-        return self.get_metrics_result()
-
-    def _track_loss(self, loss, views):
-        # `loss` is this replica's share of the global mean; the tracker
-        # averages over replicas, so undo the share as Keras' train_step does.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        first = tf.convert_to_tensor(tf.nest.flatten(views[0])[0])
-        self._loss_tracker.update_state(
-            loss * replicas, sample_weight=tf.shape(first)[0]
-        )
+        y_pred = dict(zip(keys, embeddings))
+        self.track_loss(self.weighted_total(self.loss_terms(
+            x, y, y_pred, sample_weight, training=False)), x)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # -- serialization ---------------------------------------------------
 
     def get_config(self):
-        config = super().get_config()
+        config = super().get_config()  # the embedder (`trained_models`)
         config.update(
             {
-                "embedder": keras.saving.serialize_keras_object(self.embedder),
                 "mini_batch_size": self.mini_batch_size,
                 "temperature": self.temperature,
                 "similarity": self.similarity,
@@ -749,9 +730,3 @@ class CachedContrastiveEncoder(Objective):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
-        return cls(**config)

@@ -305,15 +305,21 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
         for name, share in shares.items():
             term = self.loss_weights.get(name, 1.0) * share
             total = term if total is None else total + term
-        first = next(t for t in tf.nest.flatten(x) if t is not None)
-        compat.loss_tracker(self).update_state(
-            unscale_for_distribution(total), sample_weight=tf.shape(first)[0]
-        )
+        self.track_loss(total, x)
         combined = self.combine_gradients(gradients, variables)
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(combined, variables) if g is not None]
         )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def track_loss(self, loss, x):
+        """Logs `loss` (this replica's share of the global mean) as the step's
+        `loss`, weighted by the batch size of `x`: for a `train_step` or
+        `test_step` that computes its loss itself."""
+        first = next(t for t in tf.nest.flatten(x) if t is not None)
+        compat.loss_tracker(self).update_state(
+            unscale_for_distribution(loss), sample_weight=tf.shape(first)[0]
+        )
 
     def _overrides(self, method):
         return getattr(type(self), method) is not getattr(Objective, method)

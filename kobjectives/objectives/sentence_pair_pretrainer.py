@@ -9,10 +9,8 @@ from kobjectives.metrics import Perplexity
 from kobjectives.objectives.masked_language_model import MaskedLanguageModel
 from kobjectives.objectives.objective import Objective
 from kobjectives.backbones import backbone_input_names
-from kobjectives.ops import sentence_pairs as pair_ops
 from kobjectives.ops.masked_lm import sparse_cross_entropy
-
-TASKS = pair_ops.TASKS
+from kobjectives.ops.sentence_pairs import TASKS
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
@@ -27,13 +25,19 @@ class SentencePairPretrainer(MaskedLanguageModel):
     pretrain with NSP / SOP); otherwise the objective adds such a pooler on
     the first position's hidden state.
 
-    The loss, in float32 and exact under `tf.distribute` (each term is a
-    global weighted mean, see `kobjectives.ops.sentence_pair_pretraining_loss`):
+    Two named losses (`Objective.loss_names`), each a global weighted mean in
+    float32, exact under `tf.distribute`:
+
+    - `"mlm"`: the masked-LM cross-entropy over the real masked positions
+      (weights `mask_weights`);
+    - `"pair"`: the pair head's cross-entropy, a plain mean over the pairs.
+
+    The base weights them (`mlm_weight`, `pair_weight`) and sums them once:
 
         loss = mlm_weight * MLM + pair_weight * pair cross-entropy
 
     Metrics: `masked_accuracy`, `perplexity` (masked LM), `pair_accuracy`,
-    and the two loss terms `mlm_loss`, `pair_loss`.
+    and the two unweighted loss terms `mlm_loss`, `pair_loss`.
 
     Feed it what `kobjectives.data.sentence_pair_dataset` yields
     (`SentencePairGenerator` then `MaskedLMMasker`):
@@ -48,9 +52,10 @@ class SentencePairPretrainer(MaskedLanguageModel):
             `"pooled_output"`).
         task: `"nsp"` or `"sop"`; names the pair metric's meaning and is
             saved with the model. Defaults to `"nsp"`.
-        mlm_weight: float >= 0, the weight of the masked-LM loss.
-        pair_weight: float >= 0, the weight of the pair loss. At least one
-            weight must be positive.
+        mlm_weight: float >= 0, the weight of the masked-LM loss
+            (`loss_weights["mlm"]`).
+        pair_weight: float >= 0, the weight of the pair loss
+            (`loss_weights["pair"]`). At least one weight must be positive.
         **kwargs: `MaskedLanguageModel` arguments (`vocabulary_size`,
             `hidden_dim`, `tie_weights`, `intermediate_activation`) and
             `keras.Model` arguments.
@@ -98,7 +103,7 @@ class SentencePairPretrainer(MaskedLanguageModel):
     ```
     """
 
-    own_loss = "mlm_weight x masked LM + pair_weight x pair cross-entropy"
+    loss_names = ("mlm", "pair")
 
     def __init__(self, backbone, task="nsp", mlm_weight=1.0, pair_weight=1.0, **kwargs):
         if task not in TASKS:
@@ -115,10 +120,15 @@ class SentencePairPretrainer(MaskedLanguageModel):
                 "`mlm_weight` and `pair_weight` are both 0: nothing would be "
                 "trained. Make at least one positive (BERT uses 1.0 and 1.0)."
             )
-        super().__init__(backbone, **kwargs)
+        if "loss_weights" in kwargs:
+            raise ValueError(
+                "SentencePairPretrainer takes its loss weights as `mlm_weight` and "
+                "`pair_weight`, not `loss_weights`."
+            )
+        super().__init__(
+            backbone, loss_weights={"mlm": mlm_weight, "pair": pair_weight}, **kwargs
+        )
         self.task = task
-        self.mlm_weight = float(mlm_weight)
-        self.pair_weight = float(pair_weight)
         self._backbone_pools = _has_pooled_output(backbone)
         variable_dtype = self.dtype_policy.variable_dtype
         initializer = keras.initializers.TruncatedNormal(stddev=0.02)
@@ -139,8 +149,16 @@ class SentencePairPretrainer(MaskedLanguageModel):
         self.masked_accuracy = MaskedAccuracy()
         self.perplexity = Perplexity()
         self.pair_accuracy = MaskedAccuracy(name="pair_accuracy")
-        self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
-        self.pair_loss_tracker = keras.metrics.Mean(name="pair_loss")
+
+    @property
+    def mlm_weight(self):
+        """The weight of the masked-LM loss (`loss_weights["mlm"]`)."""
+        return self.loss_weights["mlm"]
+
+    @property
+    def pair_weight(self):
+        """The weight of the pair loss (`loss_weights["pair"]`)."""
+        return self.loss_weights["pair"]
 
     # --- forward -----------------------------------------------------------
 
@@ -208,7 +226,9 @@ class SentencePairPretrainer(MaskedLanguageModel):
 
     # --- loss --------------------------------------------------------------
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
+        """`{"mlm": (cross-entropy per slot, mask_weights), "pair": (cross-entropy
+        per pair, 1)}`: the base reduces, weights, sums and tracks them."""
         if not isinstance(y, dict) or any(
             k not in y for k in ("mask_ids", "mask_weights", "pair_labels")
         ):
@@ -218,28 +238,17 @@ class SentencePairPretrainer(MaskedLanguageModel):
                 "kobjectives.data.sentence_pair_dataset). Received: "
                 f"{sorted(y) if isinstance(y, dict) else type(y).__name__}"
             )
-        total, mlm, pair = pair_ops.sentence_pair_pretraining_loss(
-            y["mask_ids"],
-            y_pred["mlm_logits"],
-            y["mask_weights"],
-            y["pair_labels"],
-            y_pred["pair_logits"],
-            mlm_weight=self.mlm_weight,
-            pair_weight=self.pair_weight,
-        )
-        self.masked_accuracy.update_state(
-            y["mask_ids"], y_pred["mlm_logits"], y["mask_weights"]
-        )
-        self.perplexity.update_state(y["mask_ids"], y_pred["mlm_logits"], y["mask_weights"])
-        self.pair_accuracy.update_state(y["pair_labels"], y_pred["pair_logits"])
-        self.pair_loss_tracker.update_state(
-            sparse_cross_entropy(y["pair_labels"], y_pred["pair_logits"])
-        )
-        mlm_losses = sparse_cross_entropy(y["mask_ids"], y_pred["mlm_logits"])
-        self.mlm_loss_tracker.update_state(mlm_losses, sample_weight=y["mask_weights"])
-        return self.add_layer_losses(total)
+        return {
+            "mlm": (sparse_cross_entropy(y["mask_ids"], y_pred["mlm_logits"]), y["mask_weights"]),
+            "pair": (sparse_cross_entropy(y["pair_labels"], y_pred["pair_logits"]), 1.0),
+        }
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates `masked_accuracy`, `perplexity` and `pair_accuracy` (the
+        loss terms are tracked by the base); returns every metric's result."""
+        self.masked_accuracy.update_state(y["mask_ids"], y_pred["mlm_logits"], y["mask_weights"])
+        self.perplexity.update_state(y["mask_ids"], y_pred["mlm_logits"], y["mask_weights"])
+        self.pair_accuracy.update_state(y["pair_labels"], y_pred["pair_logits"])
         return self.get_metrics_result()
 
     def compile(self, optimizer="auto", **kwargs):
@@ -263,12 +272,9 @@ class SentencePairPretrainer(MaskedLanguageModel):
 
     def get_config(self):
         config = super().get_config()
+        weights = config.pop("loss_weights")  # saved as the constructor's arguments
         config.update(
-            {
-                "task": self.task,
-                "mlm_weight": self.mlm_weight,
-                "pair_weight": self.pair_weight,
-            }
+            {"task": self.task, "mlm_weight": weights["mlm"], "pair_weight": weights["pair"]}
         )
         return config
 

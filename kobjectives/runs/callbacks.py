@@ -8,7 +8,7 @@ import time
 import keras
 
 
-def run_callbacks(out_dir, rounds=None):
+def run_callbacks(out_dir):
     """The run's callbacks, writing into the run folder `out_dir`:
 
     - `kobjectives.distribute.RunBackup` in `backup/` (model and optimizer

@@ -1,339 +1,227 @@
-"""The causal-LM run behind `kobjectives train clm` (and `kobjectives tune clm`).
+"""The causal-LM run behind `kobjectives train clm` (and `kobjectives tune clm`)."""
 
-Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
-`prepare`, `make_dataset`, `build_model`, `train`.
-"""
-
-import math
+import dataclasses
 import pathlib
-import sys
 
-import keras
 import keras_hub
-import numpy as np
-import tensorflow as tf
 
+from kobjectives import backbones
 from kobjectives import data as data_lib
-from kobjectives.backbones import build_backbone
-from kobjectives.backbones import check_backbone
 from kobjectives.data.pipelines import causal_lm_dataset
-from kobjectives.export import export_saved_model
+from kobjectives.export import PromptPreprocessor
 from kobjectives.layers import SequencePacker
+from kobjectives.metrics import baselines
+from kobjectives.metrics.causal_lm_metrics import causal_lm_statistics
 from kobjectives.objectives import CausalLanguageModel
-from kobjectives.ops.causal_lm import causal_lm_targets
-from kobjectives.runs import common
-
-# The natural hyperparameters of causal LM (KerasTuner specs, see
-# `kobjectives.runs`).
-SEARCH_SPACE = {
-    "training.learning_rate": ("float", 3e-4, 5e-3, "log"),
-    "training.warmup_steps": ("int", 0, 300),
-    "training.weight_decay": ("float", 1e-3, 0.1, "log"),
-    "model.dropout": ("choice", [0.0, 0.1]),
-}
-
-
-# Backbones whose attention cannot be reset at document boundaries, and why
-# (see `CausalLanguageModel(reset_attention_at_boundaries=...)`).
-RESET_UNSUPPORTED = {
-    "gemma_tiny": "keras-hub's GemmaDecoderBlock takes only a padding mask and builds "
-                  "its causal mask inside, so a per-document attention mask cannot "
-                  "reach its attention.",
-}
+from kobjectives.objectives.causal_language_model import document_attention_unsupported
+from kobjectives.recipe import DataConfig
+from kobjectives.recipe import ModelConfig
+from kobjectives.recipe import Recipe
+from kobjectives.recipe import Section
+from kobjectives.recipe import TokenizerConfig
+from kobjectives.recipe import TrainingConfig
+from kobjectives.recipe import option
+from kobjectives.recipe import section
+from kobjectives.runs import register
+from kobjectives.runs.run import Run
 
 
-def check_recipe(recipe):
-    """Raises early, naming the recipe key, on settings that cannot work."""
-    model_cfg, clm_cfg = recipe["model"], recipe["clm"]
-    check_backbone(model_cfg["backbone"], causal=True)
-    if int(model_cfg["sequence_length"]) < 2:
-        raise ValueError(
-            "model.sequence_length must be >= 2 (a window holds a token and the "
-            f"token it predicts). Received: {model_cfg['sequence_length']}."
-        )
-    if int(clm_cfg["chunk_size"]) < 1:
-        raise ValueError(f"clm.chunk_size must be >= 1. Received: {clm_cfg['chunk_size']}.")
-    if not 0.0 <= float(clm_cfg["label_smoothing"]) < 1.0:
-        raise ValueError(
-            f"clm.label_smoothing must be in [0, 1). Received: {clm_cfg['label_smoothing']}."
-        )
-    if clm_cfg.get("reset_attention", False) and model_cfg["backbone"] in RESET_UNSUPPORTED:
-        raise ValueError(
-            f"clm.reset_attention = true cannot be used with model.backbone = "
-            f"{model_cfg['backbone']!r}: {RESET_UNSUPPORTED[model_cfg['backbone']]} Set "
-            "clm.reset_attention = false (the loss is still reset at document "
-            "boundaries) or use gpt2_tiny, gpt2_small or llama_tiny."
-        )
-    test_data = recipe["evaluation"]["test_data"]
-    if test_data and not pathlib.Path(test_data).is_file():
-        raise ValueError(
-            f"evaluation.test_data {test_data!r} is not a file. Give a text file, or "
-            "leave it empty to skip the test evaluation."
-        )
+@dataclasses.dataclass(frozen=True)
+class CausalLMConfig(Section):
+    """The next-token loss and the packing of documents into windows."""
+
+    chunk_size: int = option(
+        1024, "positions whose [chunk, vocabulary] logits exist at once", within="[1, inf)")
+    label_smoothing: float = option(0.0, "label smoothing of the next-token loss",
+                                    within="[0, 1)")
+    start_token: bool = option(
+        True, "prepend [CLS] to every document, so its first token is a target")
+    reset_attention: bool = option(
+        True, "reset attention too at document boundaries (a block-diagonal causal mask; "
+        "GPT-2 and Llama backbones only): every document is encoded as if it were alone")
+    restart_positions: bool = option(
+        True, "with reset_attention: learned positions (GPT-2) restart at 0 at each document")
 
 
-def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, then `common.prepare_documents`: documents split
-    into train/validation and the trained tokenizer (`out_dir/vocab.txt`)."""
-    check_recipe(recipe)
-    return common.prepare_documents(recipe, out_dir, data, tfds, data_dir, log)
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig(Section):
+    """Held-out data scored after training, besides the validation split."""
+
+    test_data: str = option(
+        "", "a text file scored after training, read like data.files (e.g. a reserved "
+        "test split; empty: none)")
+
+    def check(self):
+        if self.test_data and not pathlib.Path(self.test_data).expanduser().is_file():
+            yield (f"test_data = {self.test_data!r}: not a file. Give a text file, or leave "
+                   "it empty to skip the test evaluation")
 
 
-def make_packer(recipe, prepared, drop_remainder=False):
-    """The run's `SequencePacker`: `[CLS] document [SEP]` packed into windows
-    of `model.sequence_length` (the layout keras-hub's BERT preprocessors
-    give a single text, so serving sees what training saw)."""
-    tokenizer = prepared["tokenizer"]
-    return SequencePacker(
-        sequence_length=int(recipe["model"]["sequence_length"]),
-        end_token_id=tokenizer.end_token_id,
-        start_token_id=tokenizer.start_token_id if recipe["clm"]["start_token"] else None,
-        pad_token_id=tokenizer.pad_token_id,
-        drop_remainder=drop_remainder,
-    )
+@dataclasses.dataclass(frozen=True)
+class CausalLMRecipe(Recipe):
+    """Causal (next-token) LM on the embedded corpus: documents packed into windows,
+    the loss and the attention reset at document boundaries."""
+
+    data: DataConfig = section(DataConfig)
+    tokenizer: TokenizerConfig = section(TokenizerConfig, max_training_documents=2000)
+    model: ModelConfig = section(ModelConfig, backbone="gpt2_tiny", sequence_length=128,
+                                 dropout=0.0)
+    clm: CausalLMConfig = section(CausalLMConfig)
+    evaluation: EvaluationConfig = section(EvaluationConfig)
+    training: TrainingConfig = section(
+        TrainingConfig, steps=800, epochs=4, batch_size=16, learning_rate=2e-3,
+        warmup_steps=100)
 
 
-def make_dataset(recipe, prepared, split, batch_size, input_context=None):
-    """Packed `x` batches of `split`.
+@register
+class CausalLMRun(Run):
+    """`kobjectives train clm`: a `CausalLanguageModel` on packed windows;
+    held-out token perplexity and next-token accuracy next to the unigram
+    baseline, on the packed validation windows, on the validation documents
+    one per window (the serving regime) and, with `evaluation.test_data`, on
+    that file. Serves raw prompts (`kobjectives.export.PromptPreprocessor`)."""
 
-    `"train"`: shuffled, repeated. `"validation"`: at most
-    `training.validation_batches` batches, cached, finite with a known
-    cardinality. With `input_context` the documents are sharded by input
-    pipeline and `batch_size` is per replica.
-    """
-    documents = common.split_documents(prepared, split, input_context)
-    seed = int(recipe["training"]["seed"])
-    packer = make_packer(recipe, prepared)
-    tokenizer = prepared["tokenizer"]
-    if split == "train":
-        return causal_lm_dataset(documents, tokenizer, packer, batch_size, repeat=True, seed=seed)
-    dataset = causal_lm_dataset(
-        documents, tokenizer, packer, batch_size, shuffle=False, cache=True
-    ).take(int(recipe["training"]["validation_batches"]))
-    return common.finite_validation(dataset, len(documents), batch_size)
-
-
-def documents_alone_dataset(recipe, prepared, documents, batch_size):
-    """Each document packed on its own (`[CLS] text [SEP]` from position 0,
-    cut into windows of `model.sequence_length`, the last one padded): no
-    window holds two documents, as serving sees a text. In order, finite."""
-    packer = make_packer(recipe, prepared)
-    tokenizer = prepared["tokenizer"]
-    dataset = tf.data.Dataset.from_tensor_slices(list(documents))
-    dataset = dataset.map(lambda text: packer(tokenizer(text)))
-    return dataset.unbatch().batch(batch_size)
-
-
-def build_model(recipe, prepared):
-    """The compiled `CausalLanguageModel` (call inside the strategy's scope):
-    the recipe's decoder backbone, attention reset at document boundaries
-    with `clm.reset_attention` (positions restarted with
-    `clm.restart_positions`), AdamW with warm-up and cosine decay over
-    `training.steps`."""
-    model_cfg, train_cfg, clm_cfg = recipe["model"], recipe["training"], recipe["clm"]
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    backbone = build_backbone(
-        model_cfg["backbone"], len(prepared["vocabulary"]), int(model_cfg["sequence_length"]),
-        dropout=model_cfg["dropout"],
-    )
-    model = CausalLanguageModel(
-        backbone,
-        chunk_size=int(clm_cfg["chunk_size"]),
-        label_smoothing=float(clm_cfg["label_smoothing"]),
-        reset_attention_at_boundaries=bool(clm_cfg.get("reset_attention", False)),
-        restart_positions=bool(clm_cfg.get("restart_positions", True)),
-    )
-    model.compile(
-        optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=common.jit_compile_for(recipe),
-    )
-    return model
-
-
-def unigram_log_probs(tokenizer, documents, start_token=True):
-    """Add-one smoothed unigram log-probabilities of the training targets.
-
-    The targets of a packed document `[CLS] tokens [SEP]` are its tokens
-    and the end token (never the start token), so those are counted.
-    """
-    counts = np.ones(tokenizer.vocabulary_size(), np.float64)
-    batches = tf.data.Dataset.from_tensor_slices(list(documents)).batch(1024).map(tokenizer)
-    for ids in batches:
-        counts += np.bincount(ids.flat_values.numpy(), minlength=len(counts))
-        counts[tokenizer.end_token_id] += int((ids.row_lengths().numpy() > 0).sum())
-    if start_token:
-        counts[tokenizer.start_token_id] = 1.0
-    return np.log(counts / counts.sum())
-
-
-def held_out_statistics(model, dataset, unigram):
-    """Token-level held-out statistics of the model and the baselines.
-
-    Returns:
-        dict with `tokens` (targets scored), `loss` (mean cross-entropy,
-        nats), `perplexity`, `next_token_accuracy`, `unigram_perplexity`
-        (the add-one unigram model of the training tokens on the same
-        targets) and `unigram_accuracy` (always the most frequent token).
-    """
-    log_probs = tf.constant(unigram, tf.float32)
-    most_frequent = int(np.argmax(unigram))
-
-    @tf.function
-    def sums(x):
-        hidden = model(x, training=False)
-        labels, weights = causal_lm_targets(x["token_ids"], x["padding_mask"], x["segment_ids"])
-        losses, correct = model.token_losses(hidden, labels)
-        unigram_losses = -tf.gather(log_probs, labels)
-        hits = tf.cast(tf.equal(labels, most_frequent), tf.float32)
-        return tf.stack([
-            tf.reduce_sum(weights),
-            tf.reduce_sum(weights * losses),
-            tf.reduce_sum(weights * correct),
-            tf.reduce_sum(weights * unigram_losses),
-            tf.reduce_sum(weights * hits),
-        ])
-
-    total = np.zeros(5, np.float64)
-    for x in dataset:
-        total += sums(x).numpy().astype(np.float64)
-    count, loss, correct, unigram_loss, hits = total
-    if count == 0:
-        raise ValueError("The held-out data has no next-token target to score.")
-    return {
-        "tokens": int(count),
-        "loss": loss / count,
-        "perplexity": math.exp(loss / count),
-        "next_token_accuracy": correct / count,
-        "unigram_perplexity": math.exp(unigram_loss / count),
-        "unigram_accuracy": hits / count,
+    name = "clm"
+    recipe_class = CausalLMRecipe
+    title = "causal LM"
+    backbone_kind = "causal"
+    search_space = {
+        "training.learning_rate": ("float", 3e-4, 5e-3, "log"),
+        "training.warmup_steps": ("int", 0, 300),
+        "training.weight_decay": ("float", 1e-3, 0.1, "log"),
+        "model.dropout": ("choice", [0.0, 0.1]),
     }
+    # Serve text tokenized exactly as in training ("[SEP]" in a prompt is
+    # not the separator).
+    export_options = {"special_tokens_in_strings": False}
+    # The documents of `evaluation.test_data` (`prepare` reads them).
+    test_documents = None
 
+    def check(self):
+        problems = list(super().check())
+        yield from problems
+        if self.recipe.clm.reset_attention and not problems:
+            yield from self._reset_attention_problems()
 
-class ServingPreprocessor(tf.Module):
-    """Raw strings -> `{"token_ids", "padding_mask"}` for the causal LM's
-    SavedModel: `[CLS] tokens` (no end token, so `next_token_logits` is the
-    prediction after the text), right-padded, truncated to
-    `sequence_length` (the beginning of a long text is kept)."""
+    def _reset_attention_problems(self):
+        """`clm.reset_attention` with a decoder that cannot take a
+        per-document attention mask (Gemma's)."""
+        model = self.recipe.model
+        if model.init:
+            class_name = (backbones.preset_config(model.init) or {}).get("class_name", "")
+            cls = getattr(keras_hub.models, class_name, None)
+            source = f"model.init = {model.init!r} (a {class_name})"
+        else:
+            cls = backbones.BACKBONES[model.backbone][0]
+            source = f"model.backbone = {model.backbone!r}"
+        reason = document_attention_unsupported(cls) if cls is not None else None
+        if reason:
+            yield (f"clm.reset_attention = true cannot be used with {source}: {reason} Set "
+                   "clm.reset_attention = false (the loss is still reset at document "
+                   "boundaries) or use a GPT-2 or Llama backbone (gpt2_tiny, gpt2_small, "
+                   "llama_tiny).")
 
-    def __init__(self, tokenizer, sequence_length, start_token=True):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.sequence_length = int(sequence_length)
-        self.packer = keras_hub.layers.StartEndPacker(
-            sequence_length=self.sequence_length,
-            start_value=tokenizer.start_token_id if start_token else None,
-            pad_value=tokenizer.pad_token_id,
-            return_padding_mask=True,
+    def prepare(self):
+        """The base's documents and tokenizer, and the documents of
+        `evaluation.test_data`."""
+        super().prepare()
+        path = self.recipe.evaluation.test_data
+        if path:
+            self.test_documents = data_lib.load_texts(data=path, format=self.recipe.data.format)
+            self.log(f"test data: {len(self.test_documents)} documents from {path}")
+
+    def make_packer(self):
+        """The run's `SequencePacker`: `[CLS] document [SEP]` packed into
+        windows of `model.sequence_length` (the layout keras-hub's BERT
+        preprocessors give a single text, so serving sees what training saw)."""
+        tokenizer = self.tokenizer
+        return SequencePacker(
+            sequence_length=self.recipe.model.sequence_length,
+            end_token_id=tokenizer.end_token_id,
+            start_token_id=tokenizer.start_token_id if self.recipe.clm.start_token else None,
+            pad_token_id=tokenizer.pad_token_id,
         )
 
-    def __call__(self, text):
-        token_ids, padding_mask = self.packer(self.tokenizer(text))
-        return {"token_ids": token_ids, "padding_mask": padding_mask}
+    def make_dataset(self, split, batch_size, input_context=None):
+        """Packed `x` batches: `"train"` shuffled, repeated; `"validation"` at
+        most `training.validation_batches` batches, cached."""
+        documents = self.documents(split, input_context)
+        packer = self.make_packer()
+        if split == "train":
+            return causal_lm_dataset(documents, self.tokenizer, packer, batch_size, repeat=True,
+                                     seed=self.recipe.training.seed)
+        dataset = causal_lm_dataset(
+            documents, self.tokenizer, packer, batch_size, shuffle=False, cache=True,
+        ).take(self.recipe.training.validation_batches)
+        return self.finite_validation(dataset, len(documents), batch_size)
 
-
-def test_documents(recipe, log=print):
-    """The documents of `evaluation.test_data`, or None when unset."""
-    path = recipe["evaluation"]["test_data"]
-    if not path:
-        return None
-    documents = data_lib.load_texts(data=path, format=recipe["data"]["format"])
-    log(f"test data: {len(documents)} documents from {path}")
-    return documents
-
-
-def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
-    """Trains, evaluates and exports a causal LM; returns the metrics dict.
-
-    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
-    `logs/` (TensorBoard), `loss_curve.png`, `model.keras` (the training
-    objective), `saved_model/` (inference: raw strings in, `logits`,
-    `next_token_logits`, `hidden_states` out) and `metrics.json` (held-out
-    token perplexity next to the unigram baseline, on packed windows and on
-    the held-out documents one per window (`val_documents_alone`); with
-    `evaluation.test_data`, the same on that file).
-    """
-    check_recipe(recipe)
-    test_docs = test_documents(recipe, log)
-    model_cfg = recipe["model"]
-    run = common.fit_run(
-        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
-        title="causal LM",
-        describe=lambda model: (
-            f"CausalLanguageModel over {model_cfg['backbone']} ({model.count_params():,} parameters)"
-        ),
-    )
-    model, prepared, evaluation = run.model, run.prepared, run.evaluation
-    tokenizer = prepared["tokenizer"]
-    batch_size = int(recipe["training"]["batch_size"])
-    start_token = bool(recipe["clm"]["start_token"])
-    unigram = unigram_log_probs(tokenizer, prepared["train_documents"], start_token)
-    held_out = held_out_statistics(
-        model, make_dataset(recipe, prepared, "validation", batch_size), unigram
-    )
-    # The same held-out documents one per window: no context from a
-    # neighbouring document (the serving regime).
-    alone = held_out_statistics(
-        model,
-        documents_alone_dataset(recipe, prepared, prepared["validation_documents"], batch_size),
-        unigram,
-    )
-    test = None
-    if test_docs is not None:
-        test_ds = causal_lm_dataset(
-            test_docs, tokenizer, make_packer(recipe, prepared), batch_size,
-            shuffle=False, drop_remainder=False,
+    def build_objective(self):
+        clm = self.recipe.clm
+        return CausalLanguageModel(
+            self.build_backbone(),
+            chunk_size=clm.chunk_size,
+            label_smoothing=clm.label_smoothing,
+            reset_attention_at_boundaries=clm.reset_attention,
+            restart_positions=clm.restart_positions,
         )
-        test = held_out_statistics(model, test_ds, unigram)
 
-    export(model, common.save_objective(model, out_dir), prepared, recipe)
-    metrics = {
-        "objective": "clm",
-        "backbone": model_cfg["backbone"],
-        "sequence_length": int(model_cfg["sequence_length"]),
-        "val_loss": evaluation["loss"],
-        "val_perplexity": held_out["perplexity"],
-        "val_next_token_accuracy": held_out["next_token_accuracy"],
-        "unigram_perplexity": held_out["unigram_perplexity"],
-        "unigram_accuracy": held_out["unigram_accuracy"],
-        "val_tokens": held_out["tokens"],
-        "reset_attention": bool(recipe["clm"].get("reset_attention", False)),
-        "val_documents_alone": {
-            "perplexity": alone["perplexity"],
-            "next_token_accuracy": alone["next_token_accuracy"],
-            "unigram_perplexity": alone["unigram_perplexity"],
-            "unigram_accuracy": alone["unigram_accuracy"],
-            "tokens": alone["tokens"],
-        },
-        "perplexity_unit": "per WordPiece token of the run's tokenizer (vocab.txt)",
-    }
-    if test is not None:
-        metrics["test"] = dict(test, data=recipe["evaluation"]["test_data"])
-    metrics = common.write_metrics(run, metrics)
-    log(f"held-out perplexity {held_out['perplexity']:.2f} vs unigram baseline "
-        f"{held_out['unigram_perplexity']:.2f}; next-token accuracy "
-        f"{held_out['next_token_accuracy']:.4f} vs unigram baseline "
-        f"{held_out['unigram_accuracy']:.4f} ({held_out['tokens']} tokens)")
-    log(f"held-out documents one per window: perplexity {alone['perplexity']:.2f} vs "
-        f"unigram baseline {alone['unigram_perplexity']:.2f} ({alone['tokens']} tokens)")
-    if test is not None:
-        log(f"test ({recipe['evaluation']['test_data']}): perplexity {test['perplexity']:.2f} "
-            f"vs unigram baseline {test['unigram_perplexity']:.2f} ({test['tokens']} tokens)")
-    log(f"run folder: {out_dir}")
-    return metrics
+    def evaluate(self, fitted):
+        batch_size = self.recipe.training.batch_size
+        unigram = baselines.unigram_log_probs(
+            baselines.token_counts(self.tokenizer, self.train_documents, end_token=True))
+        held_out = causal_lm_statistics(
+            fitted.model, self.make_dataset("validation", batch_size), unigram)
+        # The same held-out documents one per window: no context from a
+        # neighbouring document (the serving regime).
+        alone = causal_lm_statistics(fitted.model, self.finite_documents(
+            self.validation_documents, batch_size, documents_per_group=1), unigram)
+        metrics = {
+            "backbone": self.recipe.model.init or self.recipe.model.backbone,
+            "sequence_length": self.recipe.model.sequence_length,
+            "val_loss": fitted.evaluation["loss"],
+            "val_perplexity": held_out["perplexity"],
+            "val_next_token_accuracy": held_out["next_token_accuracy"],
+            "unigram_perplexity": held_out["unigram_perplexity"],
+            "unigram_accuracy": held_out["unigram_accuracy"],
+            "val_tokens": held_out["tokens"],
+            "reset_attention": self.recipe.clm.reset_attention,
+            "val_documents_alone": {key: alone[key] for key in (
+                "perplexity", "next_token_accuracy", "unigram_perplexity", "unigram_accuracy",
+                "tokens")},
+            "perplexity_unit": "per WordPiece token of the run's tokenizer (vocab.txt)",
+        }
+        if self.test_documents is not None:
+            test = causal_lm_statistics(
+                fitted.model, self.finite_documents(self.test_documents, batch_size), unigram)
+            metrics["test"] = dict(test, data=self.recipe.evaluation.test_data)
+        return metrics
 
+    def finite_documents(self, documents, batch_size, documents_per_group=256):
+        """`documents` packed in order, every window once (the last batch
+        may be smaller): for scoring."""
+        return causal_lm_dataset(
+            documents, self.tokenizer, self.make_packer(), batch_size, shuffle=False,
+            drop_remainder=False, documents_per_group=documents_per_group)
 
-def export(model, out_dir, prepared, recipe):
-    """Writes `out_dir/saved_model`: raw strings in (`ServingPreprocessor`),
-    `logits`, `next_token_logits`, `hidden_states` out, in float32.
+    def summary(self, metrics):
+        alone = metrics["val_documents_alone"]
+        lines = [
+            f"held-out perplexity {metrics['val_perplexity']:.2f} vs unigram baseline "
+            f"{metrics['unigram_perplexity']:.2f}; next-token accuracy "
+            f"{metrics['val_next_token_accuracy']:.4f} vs unigram baseline "
+            f"{metrics['unigram_accuracy']:.4f} ({metrics['val_tokens']} tokens)",
+            f"held-out documents one per window: perplexity {alone['perplexity']:.2f} vs "
+            f"unigram baseline {alone['unigram_perplexity']:.2f} ({alone['tokens']} tokens)",
+        ]
+        if "test" in metrics:
+            test = metrics["test"]
+            lines.append(
+                f"test ({test['data']}): perplexity {test['perplexity']:.2f} vs unigram "
+                f"baseline {test['unigram_perplexity']:.2f} ({test['tokens']} tokens)")
+        return lines
 
-    `prepared` is `prepare`'s dict or the `Run` that `kobjectives export`
-    reloads (only its `tokenizer` is used)."""
-    keras.mixed_precision.set_global_policy("float32")
-    export_saved_model(
-        model, pathlib.Path(out_dir) / "saved_model",
-        preprocessor=ServingPreprocessor(
-            prepared["tokenizer"], int(recipe["model"]["sequence_length"]),
-            bool(recipe["clm"]["start_token"]),
-        ),
-        overwrite=True, special_tokens_in_strings=False,
-    )
+    def serving_preprocessor(self):
+        """`PromptPreprocessor`: `[CLS] tokens`, no end token, so
+        `next_token_logits` is the prediction after the text."""
+        return PromptPreprocessor(self.tokenizer, self.recipe.model.sequence_length,
+                                  self.recipe.clm.start_token)

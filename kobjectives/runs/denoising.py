@@ -1,600 +1,546 @@
 """The denoising seq2seq runs behind `kobjectives train t5` (T5 span
-corruption) and `kobjectives train bart` (BART noising).
+corruption) and `kobjectives train bart` (BART noising): a
+`DenoisingSeq2Seq` over an encoder-decoder backbone; held-out target
+perplexity and token accuracy next to a unigram baseline (and, for BART,
+copying baselines)."""
 
-Follows the run-module contract of `kobjectives.runs`: `SEARCH_SPACE`,
-`prepare`, `make_dataset`, `build_model`, `train`. The recipe's `objective`
-(`"t5"` or `"bart"`) picks the corruption.
-"""
-
-import math
+import dataclasses
 import pathlib
-import sys
-import time
 import warnings
 
 import keras
 import keras_hub
-import numpy as np
-import tensorflow as tf
 
+from kobjectives import backbones
 from kobjectives import data as data_lib
-from kobjectives.backbones import build_backbone
-from kobjectives.backbones import check_backbone
-from kobjectives.data.pipelines import chunk_token_ids
-from kobjectives.data.pipelines import finish
+from kobjectives.data.seq2seq import bart_noising_dataset
+from kobjectives.data.seq2seq import span_corruption_dataset
+from kobjectives.data.tokenizers import SENTINEL_TOKEN_FORMAT
+from kobjectives.export.seq2seq import export_seq2seq_saved_model
+from kobjectives.layers import BartNoising
 from kobjectives.layers import SpanCorruption
+from kobjectives.metrics import denoising_baselines
 from kobjectives.objectives import DenoisingSeq2Seq
-from kobjectives.objectives.denoising_seq2seq import export_seq2seq_saved_model
 from kobjectives.ops.span_corruption import merge_span_corruption
 from kobjectives.ops.span_corruption import raw_length_for_inputs_length
 from kobjectives.ops.span_corruption import span_corruption_lengths
-from kobjectives.runs import common
+from kobjectives.recipe import DataConfig
+from kobjectives.recipe import ModelConfig
+from kobjectives.recipe import Recipe
+from kobjectives.recipe import RecipeError
+from kobjectives.recipe import Section
+from kobjectives.recipe import TokenizerConfig
+from kobjectives.recipe import TrainingConfig
+from kobjectives.recipe import option
+from kobjectives.recipe import section
+from kobjectives.runs import register
+from kobjectives.runs.run import Run
 
-OBJECTIVES = ("t5", "bart")
+# -- recipe sections ------------------------------------------------------------
 
-# The natural hyperparameters of denoising pretraining (KerasTuner specs).
-SEARCH_SPACE = {
-    "training.learning_rate": ("float", 3e-4, 3e-3, "log"),
-    "training.warmup_steps": ("int", 0, 300),
-    "training.weight_decay": ("float", 1e-3, 0.1, "log"),
-    "model.dropout": ("choice", [0.0, 0.1]),
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqDataConfig(DataConfig):
+    """Where the text comes from, how it is split and cut into windows."""
+
+    pack_documents: bool = option(
+        False, "concatenate documents into full windows (T5's reduce_concat_tokens + "
+        "split_tokens) instead of one document per window")
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqModelConfig(ModelConfig):
+    """The encoder-decoder backbone, built from config or started from `init`."""
+
+    reinitialize_t5_embedding: bool = option(
+        False, "keras-hub's T5 embedding starts at mean 1 (all tokens alike): redraw it from "
+        "N(0, 1/hidden_dim), logits at scale 1 (with model.init: no redraw, the init was "
+        "trained so)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanCorruptionConfig(Section):
+    """T5 span corruption (`kobjectives.layers.SpanCorruption`)."""
+
+    noise_density: float = option(0.15, "fraction of tokens corrupted (T5: 0.15)",
+                                  within="(0, 1)")
+    mean_noise_span_length: float = option(3.0, "mean noise span length (T5: 3.0)",
+                                           within="[1, inf)")
+    num_sentinels: int = option(
+        100, "sentinels <extra_id_0> .. <extra_id_N-1>, appended at the top of the trained "
+        "vocabulary (on top of tokenizer.vocabulary_size)", within="[1, 100000]")
+
+
+@dataclasses.dataclass(frozen=True)
+class BartNoisingConfig(Section):
+    """BART noising (`kobjectives.layers.BartNoising`), in its order.
+
+    Sentence permutation, text infilling, token deletion, document rotation.
+    """
+
+    text_infilling_rate: float = option(
+        0.3, "fraction of tokens covered by masked spans (BART: 0.3)", within="[0, 1]")
+    poisson_lambda: float = option(
+        3.0, "span lengths ~ Poisson(lambda); each span becomes one [MASK]", within="(0, 1000]")
+    token_deletion_rate: float = option(0.0, "fraction of tokens deleted", within="[0, 1]")
+    sentence_permutation_rate: float = option(
+        1.0, "fraction of the sentences shuffled (BART: 1.0)", within="[0, 1]")
+    document_rotation_rate: float = option(
+        0.0, "probability of rotating a sequence to start at a random token", within="[0, 1]")
+
+    def check(self):
+        total = self.text_infilling_rate + self.token_deletion_rate
+        if total > 1.0:
+            yield (f"token_deletion_rate = {self.token_deletion_rate}: text_infilling_rate + "
+                   f"token_deletion_rate = {total} must be <= 1")
+
+
+# -- recipes --------------------------------------------------------------------
+
+_TRAINING = dict(epochs=8, learning_rate=2e-3, warmup_steps=100)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Recipe(Recipe):
+    """T5 span corruption (denoising seq2seq) on the embedded corpus."""
+
+    data: Seq2SeqDataConfig = section(Seq2SeqDataConfig, pack_documents=True)
+    tokenizer: TokenizerConfig = section(TokenizerConfig)
+    model: Seq2SeqModelConfig = section(
+        Seq2SeqModelConfig, backbone="t5_tiny", sequence_length=64,
+        reinitialize_t5_embedding=True)
+    corruption: SpanCorruptionConfig = section(SpanCorruptionConfig)
+    training: TrainingConfig = section(TrainingConfig, steps=1000, **_TRAINING)
+
+    def lengths(self):
+        """The run's static lengths: `raw_length` (tokens read per sequence),
+        `encoder_length` (`model.sequence_length`, sentinels and EOS included)
+        and `target_length`, as T5's `compute_input_and_target_lengths`.
+
+        Raises:
+            RecipeError: the sequence is too short, or has more noise spans
+                than sentinels (naming the key).
+        """
+        length, corruption = self.model.sequence_length, self.corruption
+        density, span = corruption.noise_density, corruption.mean_noise_span_length
+        try:
+            raw = raw_length_for_inputs_length(length, density, span)
+        except ValueError:
+            raise RecipeError(
+                f"model.sequence_length = {length}: too short for span corruption (two raw "
+                "tokens, a sentinel and EOS need more); use a longer sequence.") from None
+        encoder_length, target_length, spans = span_corruption_lengths(raw, density, span)
+        if spans > corruption.num_sentinels:
+            raise RecipeError(
+                f"corruption.num_sentinels = {corruption.num_sentinels}: sequences of {raw} "
+                f"tokens get up to {spans} noise spans; raise it to at least {spans}.")
+        return {"raw_length": raw, "encoder_length": length, "target_length": target_length}
+
+    def check(self):
+        yield from super().check()
+        try:
+            self.lengths()
+        except RecipeError as error:
+            yield str(error)
+
+
+@dataclasses.dataclass(frozen=True)
+class BartRecipe(Recipe):
+    """BART denoising (text infilling + sentence permutation) on the embedded corpus."""
+
+    data: Seq2SeqDataConfig = section(Seq2SeqDataConfig)
+    tokenizer: TokenizerConfig = section(TokenizerConfig)
+    model: Seq2SeqModelConfig = section(Seq2SeqModelConfig, backbone="bart_tiny",
+                                        sequence_length=64)
+    noising: BartNoisingConfig = section(BartNoisingConfig)
+    training: TrainingConfig = section(TrainingConfig, steps=800, **_TRAINING)
+
+    def lengths(self):
+        """The run's static lengths: `raw_length` (`model.sequence_length - 2`
+        tokens, then `[CLS] tokens [SEP]`), `encoder_length` and
+        `target_length` (both `model.sequence_length`).
+
+        Raises:
+            RecipeError: `model.sequence_length` is under 4.
+        """
+        length = self.model.sequence_length
+        if length < 4:
+            raise RecipeError(
+                f"model.sequence_length = {length}: too short for BART noising; use at least 4.")
+        return {"raw_length": length - 2, "encoder_length": length, "target_length": length}
+
+    def check(self):
+        yield from super().check()
+        try:
+            self.lengths()
+        except RecipeError as error:
+            yield str(error)
+
+
+# -- the runs -------------------------------------------------------------------
+
+# A special token's id: the keras-hub tokenizer's attribute, else the
+# WordPiece token (kobjectives.data.tokenizers: [PAD]=0 [UNK] [CLS] [SEP] [MASK]).
+SPECIAL_TOKENS = {
+    "pad": ("pad_token_id", "[PAD]"),
+    "start": ("start_token_id", "[CLS]"),
+    "end": ("end_token_id", "[SEP]"),
+    "mask": ("mask_token_id", "[MASK]"),
 }
 
-# WordPiece special ids (kobjectives.data.tokenizers): [PAD] [UNK] [CLS] [SEP] [MASK].
-PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 2, 3, 4
+
+def special_token_id(tokenizer, role):
+    """The id of `role` (`"pad"`, `"start"`, `"end"`, `"mask"`) in
+    `tokenizer`: its keras-hub attribute (`pad_token_id`, ...) or its
+    WordPiece token (`[PAD]`, ...); None where it has neither."""
+    attribute, token = SPECIAL_TOKENS[role]
+    value = getattr(tokenizer, attribute, None)
+    if value is not None:
+        return int(value)
+    try:
+        return int(tokenizer.token_to_id(token))
+    except (KeyError, ValueError):
+        return None
 
 
 def _quiet():
     # keras-hub's T5 attention layers warn about Keras masks they ignore.
-    warnings.filterwarnings("ignore", message=r"Layer '.*attention' .* was passed an input with a mask")
+    warnings.filterwarnings(
+        "ignore", message=r"Layer '.*attention' .* was passed an input with a mask")
 
 
-def _objective(recipe):
-    objective = recipe.get("objective")
-    if objective not in OBJECTIVES:
-        raise ValueError(
-            f"kobjectives.runs.denoising runs the objectives {OBJECTIVES}; "
-            f"received objective={objective!r}."
-        )
-    return objective
+class DenoisingRun(Run):
+    """What the T5 and BART runs share: the WordPiece tokenizer that reads
+    its special tokens in text, the datasets of `(x, target_ids,
+    target_weights)`, the `DenoisingSeq2Seq`, the held-out metrics and
+    baselines, and the SavedModel (`kobjectives.export.seq2seq`).
 
-
-def lengths(recipe):
-    """The run's static lengths: dict with `raw_length` (tokens read per
-    sequence), `encoder_length` and `target_length`.
-
-    T5: `model.sequence_length` is the encoder input length; the raw length
-    and target length follow from the corruption (T5's
-    `compute_input_and_target_lengths`). BART: both are
-    `model.sequence_length` (`[CLS] tokens [SEP]`).
+    A subclass sets `special_roles` (the special tokens it needs),
+    `decoder_start` (the role of the decoder's first input) and implements
+    `make_corruption` and `corrupted_dataset`.
     """
-    length = int(recipe["model"]["sequence_length"])
-    if _objective(recipe) == "bart":
-        if length < 4:
-            raise ValueError(
-                f"model.sequence_length={length} is too short for BART noising; use at least 4."
-            )
-        return {"raw_length": length - 2, "encoder_length": length, "target_length": length}
-    cfg = recipe["corruption"]
-    density, span = cfg["noise_density"], cfg["mean_noise_span_length"]
-    if not 0.0 < density < 1.0:
-        raise ValueError(
-            f"corruption.noise_density must be in (0, 1); received {density}. T5 uses 0.15."
-        )
-    if not span >= 1.0:
-        raise ValueError(
-            f"corruption.mean_noise_span_length must be >= 1; received {span}. T5 uses 3.0."
-        )
-    raw = raw_length_for_inputs_length(length, density, span)
-    encoder_length, target_length, spans = span_corruption_lengths(raw, density, span)
-    if spans > int(cfg["num_sentinels"]):
-        raise ValueError(
-            f"Sequences of {raw} tokens get up to {spans} noise spans but "
-            f"corruption.num_sentinels={cfg['num_sentinels']}. Raise it."
-        )
-    return {"raw_length": raw, "encoder_length": length, "target_length": target_length}
 
-
-def prepare(recipe, out_dir, data=None, tfds=None, data_dir=None, log=print):
-    """Checks the recipe, loads and splits the documents, trains the
-    WordPiece vocabulary and (T5) appends the sentinel tokens
-    `<extra_id_k>` at its top; saves `out_dir/vocab.txt`.
-
-    Returns:
-        dict with `train_documents`, `validation_documents`, `vocabulary`,
-        `tokenizer` (a keras-hub `WordPieceTokenizer` that also reads the
-        special tokens and sentinels written in text), `sentinel_ids` and
-        the `lengths`.
-    """
-    _quiet()
-    objective = _objective(recipe)
-    check_backbone(recipe["model"]["backbone"], kind="seq2seq")
-    run_lengths = lengths(recipe)
-    log(f"lengths: {run_lengths['raw_length']} tokens read per sequence, encoder "
-        f"{run_lengths['encoder_length']}, target {run_lengths['target_length']}")
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(recipe["training"]["seed"])
-    train_docs, val_docs = common.load_split_documents(recipe["data"], seed, data, tfds, data_dir, log)
-    tok_cfg = recipe["tokenizer"]
-    started = time.time()
-    vocabulary = data_lib.train_wordpiece(
-        train_docs, tok_cfg["vocabulary_size"], lowercase=tok_cfg["lowercase"],
-        max_training_documents=tok_cfg["max_training_documents"] or None,
-    )
-    special = list(data_lib.WORDPIECE_RESERVED_TOKENS)
-    sentinel_ids = ()
-    if objective == "t5":
-        count = int(recipe["corruption"]["num_sentinels"])
-        vocabulary = data_lib.add_sentinel_tokens(vocabulary, count)
-        sentinel_ids = tuple(len(vocabulary) - 1 - k for k in range(count))
-        special += vocabulary[-count:]
-    data_lib.save_vocabulary(vocabulary, out_dir)
-    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-        vocabulary=vocabulary, lowercase=tok_cfg["lowercase"], oov_token="[UNK]",
-        special_tokens=special, special_tokens_in_strings=True,
-    )
-    log(f"tokenizer: WordPiece, {len(vocabulary)} pieces"
-        f"{f' ({len(sentinel_ids)} sentinels)' if sentinel_ids else ''} "
-        f"({time.time() - started:.0f} s)")
-    return {
-        "train_documents": train_docs,
-        "validation_documents": val_docs,
-        "vocabulary": vocabulary,
-        "tokenizer": tokenizer,
-        "sentinel_ids": sentinel_ids,
-        "lengths": run_lengths,
+    backbone_kind = "seq2seq"
+    search_space = {
+        "training.learning_rate": ("float", 3e-4, 3e-3, "log"),
+        "training.warmup_steps": ("int", 0, 300),
+        "training.weight_decay": ("float", 1e-3, 0.1, "log"),
+        "model.dropout": ("choice", [0.0, 0.1]),
     }
+    special_roles = ("pad", "end")
+    decoder_start = "pad"
+
+    # -- checks and tokenizer --------------------------------------------------
+
+    def check(self):
+        problems = list(super().check())
+        yield from problems
+        init = self.recipe.model.init
+        if init and not problems and backbones.preset_config(init) is not None:
+            for problem in self.tokenizer_problems(backbones.load_tokenizer(init)):
+                yield f"model.init = {init!r}: {problem}"
+
+    def tokenizer_problems(self, tokenizer):
+        """What `tokenizer` lacks for this run (its special tokens); yields lines."""
+        for role in self.special_roles:
+            if special_token_id(tokenizer, role) is None:
+                attribute, token = SPECIAL_TOKENS[role]
+                yield (f"its tokenizer has no {role} token ({token}, or a `{attribute}`): "
+                       f"the {self.name!r} run needs {', '.join(self.special_roles)}")
+
+    def extend_vocabulary(self, vocabulary):
+        """The trained vocabulary with the run's own special tokens appended
+        (T5: the sentinels); the base adds none."""
+        return list(vocabulary)
+
+    def train_tokenizer(self, documents):
+        """A WordPiece vocabulary (`extend_vocabulary` appends the run's own
+        special tokens) as a keras-hub `WordPieceTokenizer` that reads every
+        special token written in text (`[MASK]`, `<extra_id_0>`)."""
+        config = self.recipe.tokenizer
+        trained = data_lib.train_wordpiece(
+            documents, config.vocabulary_size, lowercase=config.lowercase,
+            max_training_documents=config.max_training_documents or None,
+        )
+        vocabulary = self.extend_vocabulary(trained)
+        return keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=vocabulary, lowercase=config.lowercase, oov_token="[UNK]",
+            special_tokens=[*data_lib.WORDPIECE_RESERVED_TOKENS, *vocabulary[len(trained):]],
+            special_tokens_in_strings=True,
+        )
+
+    def prepare(self):
+        _quiet()
+        lengths = self.recipe.lengths()
+        self.log(f"lengths: {lengths['raw_length']} tokens read per sequence, encoder "
+                 f"{lengths['encoder_length']}, target {lengths['target_length']}")
+        super().prepare()
+        problems = list(self.tokenizer_problems(self.tokenizer))
+        if problems:
+            raise RecipeError(
+                f"model.init = {self.recipe.model.init!r}: " + "; ".join(problems))
+
+    def token_id(self, role):
+        """The tokenizer's id of a special `role` (`SPECIAL_TOKENS`)."""
+        return special_token_id(self.tokenizer, role)
+
+    def excluded_ids(self):
+        """The target ids that are not text: padding, start, end (and T5's
+        sentinels)."""
+        ids = (self.token_id(role) for role in ("pad", "start", "end"))
+        return tuple(i for i in ids if i is not None)
+
+    # -- data ------------------------------------------------------------------
+
+    def make_corruption(self):
+        """The run's corruption layer (`SpanCorruption`, `BartNoising`)."""
+        raise NotImplementedError
+
+    def corrupted_dataset(self, documents, batch_size, shuffle, repeat, seed, cache=False):
+        """`documents` -> `(x, target_ids, target_weights)` batches
+        (`kobjectives.data.seq2seq`)."""
+        raise NotImplementedError
+
+    def make_dataset(self, split, batch_size, input_context=None):
+        """`(x, target_ids, target_weights)` batches: `"train"` shuffled,
+        repeated, a fresh corruption every epoch; `"validation"` at most
+        `training.validation_batches` batches with a fixed corruption."""
+        documents = self.documents(split, input_context)
+        seed = self.recipe.training.seed
+        if split == "train":
+            return self.corrupted_dataset(documents, batch_size, True, True, seed)
+        dataset = self.corrupted_dataset(
+            documents, batch_size, False, False, seed + 1, cache=True,
+        ).take(self.recipe.training.validation_batches)
+        return self.finite_validation(dataset, len(documents), batch_size)
+
+    # -- model -----------------------------------------------------------------
+
+    def build_objective(self):
+        _quiet()
+        model = self.recipe.model
+        lengths = self.recipe.lengths()
+        backbone = self.build_backbone(
+            sequence_length=max(lengths["encoder_length"], lengths["target_length"]))
+        logit_scale = "auto"
+        if model.reinitialize_t5_embedding:
+            logit_scale = backbones.reinitialize_t5_embedding(backbone, redraw=not model.init)
+        return DenoisingSeq2Seq(
+            backbone, decoder_start_token_id=self.token_id(self.decoder_start),
+            padding_token_id=self.token_id("pad"), logit_scale=logit_scale)
+
+    def describe(self, model):
+        return (f"DenoisingSeq2Seq ({self.name}) over "
+                f"{self.recipe.model.init or self.recipe.model.backbone} "
+                f"({model.count_params():,} parameters)")
+
+    # -- evaluation ------------------------------------------------------------
+
+    def evaluate(self, fitted):
+        batch_size = self.recipe.training.batch_size
+        validation = self.make_dataset("validation", batch_size)
+        excluded = self.excluded_ids()
+        vocabulary = self.vocabulary
+        baseline = denoising_baselines.unigram_baseline(
+            self.make_dataset("train", batch_size), validation, len(vocabulary), excluded)
+        content, content_any = denoising_baselines.content_token_accuracy(
+            fitted.model, validation, excluded)
+        example = self.example(fitted.model, validation)
+        evaluation = fitted.evaluation
+        return {
+            "backbone": self.recipe.model.init or self.recipe.model.backbone,
+            "val_loss": evaluation["loss"],
+            "val_perplexity": evaluation["perplexity"],
+            "val_token_accuracy": evaluation["token_accuracy"],
+            "unigram_perplexity": baseline["perplexity"],
+            "unigram_token_accuracy": baseline["token_accuracy"],
+            "unigram_token": vocabulary[baseline["token"]],
+            # The same accuracy over the text tokens alone (no sentinels, EOS,
+            # [CLS]): arg-max among text tokens (told the position is text, as
+            # the constant baseline is), and arg-max over the whole vocabulary.
+            "val_content_token_accuracy": content,
+            "val_content_token_accuracy_any_token": content_any,
+            "unigram_content_token_accuracy": baseline["content_token_accuracy"],
+            "unigram_content_token": vocabulary[baseline["content_token"]],
+            **self.copy_metrics(validation, excluded),
+            "lengths": self.recipe.lengths(),
+            "example": example,
+        }
+
+    def copy_metrics(self, validation, excluded):
+        """Baselines of the run's own (BART: copying); the base has none."""
+        return {}
+
+    def merged_prediction(self, encoder_ids, predicted_ids):
+        """The predicted target read back into the encoder input (T5); None."""
+        return None
+
+    def example(self, model, validation):
+        """One held-out example with the model's teacher-forced arg-max
+        target, as text (T5: also merged back into the sentence)."""
+        vocabulary, pad = self.vocabulary, self.token_id("pad")
+        x, targets, weights = next(iter(validation))
+        predicted = keras.ops.convert_to_numpy(
+            keras.ops.argmax(model(x, training=False), axis=-1))[0]
+        n = int(keras.ops.convert_to_numpy(weights)[0].sum())
+
+        def text(ids):
+            return " ".join(vocabulary[i] for i in ids if i != pad).replace(" ##", "")
+
+        encoder = [int(i) for i in keras.ops.convert_to_numpy(x["encoder_token_ids"])[0]
+                   if i != pad]
+        example = {
+            "encoder_input": text(encoder),
+            "target": text(keras.ops.convert_to_numpy(targets)[0][:n]),
+            "predicted_target": text(predicted[:n]),
+        }
+        merged = self.merged_prediction(encoder, predicted[:n])
+        if merged is not None:
+            example["merged_prediction"] = text(merged)
+        return example
+
+    def summary(self, metrics):
+        return [
+            f"held-out target token accuracy {metrics['val_token_accuracy']:.4f}, perplexity "
+            f"{metrics['val_perplexity']:.2f} vs unigram baseline accuracy "
+            f"{metrics['unigram_token_accuracy']:.4f} (always {metrics['unigram_token']!r}), "
+            f"perplexity {metrics['unigram_perplexity']:.2f}; on the text tokens alone "
+            f"{metrics['val_content_token_accuracy']:.4f} (arg-max over all tokens "
+            f"{metrics['val_content_token_accuracy_any_token']:.4f}) vs "
+            f"{metrics['unigram_content_token_accuracy']:.4f} "
+            f"(always {metrics['unigram_content_token']!r})"
+        ]
+
+    # -- export ----------------------------------------------------------------
+
+    def export(self, model, out_dir):
+        """Writes `out_dir/saved_model/` (`export_seq2seq_saved_model`):
+        `serving_default` takes `text` (the corrupted text; T5 sentinels
+        `<extra_id_k>` and `[MASK]` may be written in it) and
+        `decoder_token_ids`, and returns `logits` and
+        `encoder_sequence_output`, float32."""
+        _quiet()
+        keras.mixed_precision.set_global_policy("float32")
+        export_seq2seq_saved_model(
+            model, pathlib.Path(out_dir) / "saved_model", tokenizer=self.tokenizer,
+            encoder_sequence_length=self.recipe.lengths()["encoder_length"],
+            eos_token_id=self.token_id("end"), overwrite=True,
+        )
 
 
-def make_corruption(recipe, prepared):
-    """The run's corruption layer: `SpanCorruption` (t5) or `BartNoising` (bart)."""
-    seed = int(recipe["training"]["seed"])
-    run_lengths = prepared["lengths"]
-    if _objective(recipe) == "t5":
-        cfg = recipe["corruption"]
+@register
+class T5Run(DenoisingRun):
+    """`kobjectives train t5`: T5 span corruption. Noise spans of the
+    windows are replaced by sentinels `<extra_id_k>` (appended at the top of
+    the vocabulary); the decoder predicts each sentinel and its span."""
+
+    name = "t5"
+    recipe_class = T5Recipe
+    title = "denoising seq2seq (t5)"
+
+    def sentinel_tokens(self):
+        """`<extra_id_0>`, ..., `<extra_id_{N-1}>` (`corruption.num_sentinels`)."""
+        return [SENTINEL_TOKEN_FORMAT.format(k)
+                for k in range(self.recipe.corruption.num_sentinels)]
+
+    def tokenizer_problems(self, tokenizer):
+        yield from super().tokenizer_problems(tokenizer)
+        vocabulary = set(tokenizer.get_vocabulary())
+        missing = [token for token in self.sentinel_tokens() if token not in vocabulary]
+        if missing:
+            yield (f"its tokenizer lacks {len(missing)} of the corruption.num_sentinels = "
+                   f"{len(self.sentinel_tokens())} sentinel tokens (first missing: "
+                   f"{missing[0]!r}); start from a t5 run's folder, or lower "
+                   "corruption.num_sentinels")
+
+    def extend_vocabulary(self, vocabulary):
+        return data_lib.add_sentinel_tokens(vocabulary, self.recipe.corruption.num_sentinels)
+
+    def sentinel_ids(self):
+        """The sentinels' ids, `<extra_id_0>` first."""
+        return tuple(int(self.tokenizer.token_to_id(token)) for token in self.sentinel_tokens())
+
+    def excluded_ids(self):
+        return (*super().excluded_ids(), *self.sentinel_ids())
+
+    def make_corruption(self):
+        corruption, lengths = self.recipe.corruption, self.recipe.lengths()
         return SpanCorruption(
-            noise_density=cfg["noise_density"],
-            mean_noise_span_length=cfg["mean_noise_span_length"],
-            vocabulary_size=len(prepared["vocabulary"]),
-            sentinel_ids=prepared["sentinel_ids"],
-            sequence_length=run_lengths["raw_length"],
-            inputs_length=run_lengths["encoder_length"],
-            eos_token_id=SEP_ID,
-            padding_token_id=PAD_ID,
-            seed=seed,
-        )
-    try:
-        from kobjectives.layers import BartNoising
-    except ImportError as error:
-        raise ValueError(
-            "The bart recipe needs kobjectives.layers.BartNoising, which this "
-            "installation does not have yet."
-        ) from error
-    cfg = recipe["noising"]
-    vocabulary = prepared["vocabulary"]
-    sentence_ends = [vocabulary.index(t) for t in (".", "?", "!") if t in vocabulary]
-    return BartNoising(
-        mask_token_id=MASK_ID,
-        sequence_length=run_lengths["encoder_length"],
-        text_infilling_rate=cfg["text_infilling_rate"],
-        poisson_lambda=cfg["poisson_lambda"],
-        token_deletion_rate=cfg["token_deletion_rate"],
-        sentence_permutation_rate=cfg["sentence_permutation_rate"],
-        document_rotation_rate=cfg["document_rotation_rate"],
-        sentence_end_token_ids=sentence_ends,
-        unselectable_token_ids=(PAD_ID, CLS_ID, SEP_ID, MASK_ID),
-        vocabulary_size=len(vocabulary),
-        seed=seed,
-    )
-
-
-def pack_token_ids(token_ids, window_length):
-    """Concatenates the rows of a ragged batch and cuts the stream into
-    windows of `window_length` tokens (the last may be shorter), as T5's
-    `reduce_concat_tokens` + `split_tokens`: short documents fill a window
-    together instead of leaving it half padding.
-
-    Example:
-
-    >>> pack_token_ids(tf.ragged.constant([[1, 2, 3], [4], [5, 6]]), 4).to_list()
-    [[1, 2, 3, 4], [5, 6]]
-    """
-    stream = token_ids.flat_values
-    return chunk_token_ids(
-        tf.RaggedTensor.from_row_lengths(stream, tf.shape(stream, out_type=tf.int64)),
-        window_length,
-    )
-
-
-def _token_windows(documents, tokenizer, raw_length, shuffle, seed, pack=False):
-    """Documents -> 1-D token windows of 2..`raw_length` tokens (long
-    documents become several windows; one-token leftovers are dropped).
-    With `pack`, the documents of each group of 256 are concatenated first
-    (`pack_token_ids`), so windows are full."""
-    dataset = tf.data.Dataset.from_tensor_slices(list(documents))
-    if shuffle:
-        dataset = dataset.shuffle(len(documents), seed=seed)
-    window = pack_token_ids if pack else chunk_token_ids
-    dataset = dataset.batch(256).map(
-        lambda texts: window(tokenizer(texts), raw_length),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    dataset = dataset.unbatch().filter(lambda ids: tf.size(ids) >= 2)
-    if shuffle:
-        dataset = dataset.shuffle(4096, seed=seed + 1)
-    return dataset
-
-
-def _split(features):
-    x = {k: features[k] for k in ("encoder_token_ids", "encoder_padding_mask",
-                                  "target_ids", "target_padding_mask")}
-    return x, features["target_ids"], tf.cast(features["target_padding_mask"], tf.float32)
-
-
-def seq2seq_dataset(recipe, prepared, documents, batch_size, shuffle, repeat, seed, cache=False):
-    """Documents -> `(x, target_ids, target_weights)` batches of static shape
-    for `DenoisingSeq2Seq`."""
-    if not documents:
-        raise ValueError("There are no documents to train on: the split is empty.")
-    tokenizer = prepared["tokenizer"]
-    run_lengths = prepared["lengths"]
-    corruption = make_corruption(recipe, prepared)
-    windows = _token_windows(documents, tokenizer, run_lengths["raw_length"], shuffle, seed,
-                             pack=bool(recipe["data"].get("pack_documents", False)))
-    if _objective(recipe) == "t5":
-        batches = windows.ragged_batch(batch_size, drop_remainder=True)
-        dataset = corruption.map_over(batches, seed=seed, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        length = run_lengths["encoder_length"]
-        packer = keras_hub.layers.StartEndPacker(
-            sequence_length=length, start_value=CLS_ID, end_value=SEP_ID,
-            pad_value=PAD_ID, return_padding_mask=True,
+            noise_density=corruption.noise_density,
+            mean_noise_span_length=corruption.mean_noise_span_length,
+            vocabulary_size=self.tokenizer.vocabulary_size(),
+            sentinel_ids=self.sentinel_ids(),
+            sequence_length=lengths["raw_length"],
+            inputs_length=lengths["encoder_length"],
+            eos_token_id=self.token_id("end"),
+            padding_token_id=self.token_id("pad"),
+            seed=self.recipe.training.seed,
         )
 
-        def pack(ids):
-            token_ids, mask = packer(ids)
-            return token_ids, mask
+    def corrupted_dataset(self, documents, batch_size, shuffle, repeat, seed, cache=False):
+        return span_corruption_dataset(
+            documents, self.tokenizer, self.make_corruption(), batch_size, shuffle=shuffle,
+            repeat=repeat, seed=seed, cache=cache,
+            pack_documents=self.recipe.data.pack_documents)
 
-        batches = windows.ragged_batch(batch_size, drop_remainder=True).map(pack)
+    def merged_prediction(self, encoder_ids, predicted_ids):
+        return merge_span_corruption(
+            encoder_ids, predicted_ids, self.sentinel_ids(), self.token_id("end"),
+            self.token_id("pad"))
 
-        def noise(original, mask, r):
-            noised = corruption(original, seed=tf.stack([r, tf.constant(0, tf.int64)]))
-            return {
-                "encoder_token_ids": noised["token_ids"],
-                "encoder_padding_mask": noised["padding_mask"],
-                "target_ids": original,
-                "target_padding_mask": mask,
-            }
 
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip((batches, seeds)).map(
-            lambda pair, r: noise(pair[0], pair[1], r), num_parallel_calls=tf.data.AUTOTUNE
+@register
+class BartRun(DenoisingRun):
+    """`kobjectives train bart`: BART noising. The target is the window
+    `[CLS] tokens [SEP]`, the encoder reads its noised copy (sentences
+    shuffled, spans masked); next to the unigram baseline, two copying
+    baselines (`kobjectives.metrics.denoising_baselines.copy_baselines`)."""
+
+    name = "bart"
+    recipe_class = BartRecipe
+    title = "denoising seq2seq (bart)"
+    special_roles = ("pad", "start", "end", "mask")
+    # BART starts decoding from </s> ([SEP] here).
+    decoder_start = "end"
+
+    def make_corruption(self):
+        noising, vocabulary = self.recipe.noising, self.vocabulary
+        return BartNoising(
+            mask_token_id=self.token_id("mask"),
+            sequence_length=self.recipe.lengths()["encoder_length"],
+            text_infilling_rate=noising.text_infilling_rate,
+            poisson_lambda=noising.poisson_lambda,
+            token_deletion_rate=noising.token_deletion_rate,
+            sentence_permutation_rate=noising.sentence_permutation_rate,
+            document_rotation_rate=noising.document_rotation_rate,
+            sentence_end_token_ids=[vocabulary.index(t) for t in (".", "?", "!")
+                                    if t in vocabulary],
+            unselectable_token_ids=tuple(self.token_id(role) for role in self.special_roles),
+            vocabulary_size=len(vocabulary),
+            seed=self.recipe.training.seed,
         )
-    dataset = dataset.map(_split, num_parallel_calls=tf.data.AUTOTUNE)
-    return finish(dataset, cache=cache, repeat=repeat)
 
+    def corrupted_dataset(self, documents, batch_size, shuffle, repeat, seed, cache=False):
+        return bart_noising_dataset(
+            documents, self.tokenizer, self.make_corruption(), batch_size,
+            start_token_id=self.token_id("start"), end_token_id=self.token_id("end"),
+            padding_token_id=self.token_id("pad"), shuffle=shuffle, repeat=repeat, seed=seed,
+            cache=cache, pack_documents=self.recipe.data.pack_documents)
 
-def make_dataset(recipe, prepared, split, batch_size, input_context=None):
-    """`(x, target_ids, target_weights)` batches of `split`.
+    def copy_metrics(self, validation, excluded):
+        metrics = {}
+        baselines = denoising_baselines.copy_baselines(
+            validation, self.token_id("mask"), excluded)
+        for name, values in baselines.items():
+            metrics[f"{name}_token_accuracy"] = values["token_accuracy"]
+            metrics[f"{name}_content_token_accuracy"] = values["content_token_accuracy"]
+        return metrics
 
-    `"train"`: shuffled, repeated, a fresh corruption every epoch.
-    `"validation"`: at most `training.validation_batches` batches with a
-    fixed corruption (cached), finite with a known cardinality. With
-    `input_context` the documents are sharded by input pipeline and
-    `batch_size` is per replica.
-    """
-    documents = common.split_documents(prepared, split, input_context)
-    seed = int(recipe["training"]["seed"])
-    if split == "train":
-        return seq2seq_dataset(recipe, prepared, documents, batch_size, True, True, seed)
-    dataset = seq2seq_dataset(
-        recipe, prepared, documents, batch_size, False, False, seed + 1, cache=True
-    ).take(int(recipe["training"]["validation_batches"]))
-    return common.finite_validation(dataset, len(documents), batch_size)
-
-
-def reinitialize_t5_embedding(backbone):
-    """Re-draws a keras-hub `T5Backbone`'s tied token embedding as T5 means
-    it, in a form Adam can train; returns the `logit_scale` to give
-    `DenoisingSeq2Seq` (1.0; `"auto"` for other backbones, left as they are).
-
-    The bug it fixes: keras-hub's `T5Backbone` builds its embedding with
-    `keras.initializers.TruncatedNormal(1.0)`, whose first argument is the
-    *mean*, so every token starts as the all-ones vector plus noise of
-    standard deviation 0.05: all tokens look alike to the encoder, and the
-    tied projection gives all of them nearly the same logit. T5 draws the
-    embedding from N(0, 1) and scales the decoder states by
-    `hidden_dim ** -0.5` before the tied projection. Here the embedding is
-    drawn from N(0, 1 / hidden_dim) and projected with scale 1 (the same
-    logits as T5's for the same decoder states; the encoder and decoder read
-    embeddings `sqrt(hidden_dim)` times smaller), an embedding of the scale
-    of the other weights: Adam's steps are absolute (about the learning
-    rate), not relative as Adafactor's (T5's optimizer), so it moves it at
-    their pace. The recipe key
-    `model.reinitialize_t5_embedding` turns it on.
-    """
-    if not isinstance(backbone, keras_hub.models.T5Backbone) or not backbone.tie_embedding_weights:
-        return "auto"
-    embeddings = backbone.token_embedding.embeddings
-    draw = keras.initializers.RandomNormal(mean=0.0, stddev=backbone.hidden_dim ** -0.5)
-    embeddings.assign(tf.cast(draw(embeddings.shape, dtype="float32"), embeddings.dtype))
-    return 1.0
-
-
-def build_model(recipe, prepared):
-    """The compiled `DenoisingSeq2Seq` (call inside the strategy's scope)."""
-    _quiet()
-    model_cfg, train_cfg = recipe["model"], recipe["training"]
-    epochs, steps_per_epoch = common.rounds(train_cfg)
-    run_lengths = prepared["lengths"]
-    backbone = build_backbone(
-        model_cfg["backbone"], len(prepared["vocabulary"]),
-        max(run_lengths["encoder_length"], run_lengths["target_length"]),
-        dropout=model_cfg["dropout"],
-    )
-    logit_scale = "auto"
-    if model_cfg.get("reinitialize_t5_embedding", False):
-        logit_scale = reinitialize_t5_embedding(backbone)
-    # T5 starts decoding from the padding id, BART from </s> ([SEP] here).
-    start = PAD_ID if _objective(recipe) == "t5" else SEP_ID
-    model = DenoisingSeq2Seq(backbone, decoder_start_token_id=start, padding_token_id=PAD_ID,
-                             logit_scale=logit_scale)
-    model.compile(
-        optimizer=common.optimizer(train_cfg, steps_per_epoch * epochs),
-        jit_compile=common.jit_compile_for(recipe),
-    )
-    return model
-
-
-def unigram_baseline(train_dataset, validation_dataset, vocabulary_size, excluded_ids=(),
-                     train_batches=100):
-    """Held-out token accuracy and perplexity of a unigram model of targets.
-
-    The unigram distribution is estimated (add-one smoothed) from the real
-    target tokens of `train_batches` training batches (sentinels and EOS
-    included); its accuracy is that of always predicting its most frequent
-    token. `content_token_accuracy` is the same over the target tokens not in
-    `excluded_ids` (sentinels, EOS: the text itself), always predicting the
-    most frequent such token.
-
-    Returns:
-        dict with `token_accuracy`, `perplexity`, `token` (the most frequent
-        id), `content_token_accuracy`, `content_token`.
-    """
-    counts = np.ones(vocabulary_size, np.float64)
-    for _, targets, weights in train_dataset.take(train_batches):
-        counts += np.bincount(targets.numpy().ravel(), weights=weights.numpy().ravel(),
-                              minlength=vocabulary_size)
-    log_p = np.log(counts / counts.sum())
-    top = int(counts.argmax())
-    content_counts = counts.copy()
-    content_counts[list(excluded_ids)] = 0
-    content_top = int(content_counts.argmax())
-    nll = hits = total = content_hits = content_total = 0.0
-    for _, targets, weights in validation_dataset:
-        t, w = targets.numpy().ravel(), weights.numpy().ravel()
-        nll -= float((log_p[t] * w).sum())
-        hits += float(((t == top) * w).sum())
-        total += float(w.sum())
-        content = w * ~np.isin(t, list(excluded_ids))
-        content_hits += float(((t == content_top) * content).sum())
-        content_total += float(content.sum())
-    return {
-        "token_accuracy": hits / total,
-        "perplexity": math.exp(nll / total),
-        "token": top,
-        "content_token_accuracy": content_hits / max(content_total, 1.0),
-        "content_token": content_top,
-    }
-
-
-def copy_baselines(validation_dataset, excluded_ids=(), mask_token_id=MASK_ID):
-    """Held-out teacher-forced accuracy of two copying baselines for BART
-    (the target is the original sequence, the encoder reads its noised copy).
-
-    - `copy`: the output is the noised input itself, position by position.
-    - `pointer_copy`: a copying heuristic given the true previous target
-      token (as teacher forcing gives the model): predict the encoder token
-      after the one copied last, skipping `mask_token_id`; after each target
-      token, move the pointer to its next occurrence in the encoder input
-      (searching forward first, then from the start: a permuted sentence);
-      a token found nowhere (it was under a mask) leaves the pointer.
-
-    Both are counted over the real target tokens (`token_accuracy`) and over
-    those not in `excluded_ids` (`content_token_accuracy`).
-
-    Returns:
-        dict `{"copy": {...}, "pointer_copy": {...}}` of
-        `{"token_accuracy", "content_token_accuracy"}`.
-    """
-    excluded = np.asarray(sorted(excluded_ids) or [-1])
-    counts = {name: np.zeros(4) for name in ("copy", "pointer_copy")}
-    for x, targets, weights in validation_dataset:
-        encoder = x["encoder_token_ids"].numpy()
-        encoder_mask = x["encoder_padding_mask"].numpy().astype(bool)
-        targets, weights = targets.numpy(), weights.numpy()
-        for row in range(targets.shape[0]):
-            source = encoder[row][encoder_mask[row]]
-            target = targets[row][weights[row] > 0]
-            content = ~np.isin(target, excluded)
-            length = min(len(source), len(target))
-            aligned = np.zeros(len(target), bool)
-            aligned[:length] = source[:length] == target[:length]
-            pointed = np.zeros(len(target), bool)
-            pointer = -1
-            for i, token in enumerate(target):
-                guess = pointer + 1
-                while guess < len(source) and source[guess] == mask_token_id:
-                    guess += 1
-                pointed[i] = guess < len(source) and source[guess] == token
-                found = np.flatnonzero(source[pointer + 1:] == token)
-                if found.size:
-                    pointer = pointer + 1 + int(found[0])
-                else:
-                    found = np.flatnonzero(source == token)
-                    if found.size:
-                        pointer = int(found[0])
-            for name, hits in (("copy", aligned), ("pointer_copy", pointed)):
-                counts[name] += (hits.sum(), len(target), (hits & content).sum(), content.sum())
-    return {
-        name: {"token_accuracy": c[0] / max(c[1], 1.0),
-               "content_token_accuracy": c[2] / max(c[3], 1.0)}
-        for name, c in counts.items()
-    }
-
-
-def content_token_accuracy(model, validation_dataset, excluded_ids=()):
-    """The model's teacher-forced accuracy over the held-out target tokens
-    not in `excluded_ids` (the text, without sentinels and EOS).
-
-    Returns `(text_argmax, any_argmax)`: the first predicts, at each text
-    position, the model's most probable *text* token (the excluded ids'
-    logits are ignored), so it is told, as the constant baseline
-    `unigram_baseline(...)["content_token_accuracy"]` is, that the position
-    holds text; the second takes the arg-max over the whole vocabulary, so a
-    position where the model rates "the span ends here" (the next sentinel)
-    above every single text token counts as a miss."""
-    excluded = tf.constant(sorted(excluded_ids) or [-1], tf.int32)
-
-    @tf.function
-    def counts(x, targets, weights):
-        logits = tf.cast(model(x, training=False), tf.float32)
-        ids = tf.range(tf.shape(logits)[-1], dtype=tf.int32)
-        allowed = tf.logical_not(tf.reduce_any(tf.equal(ids[:, None], excluded[None, :]), axis=-1))
-        text_logits = tf.where(allowed, logits, tf.constant(-float("inf"), logits.dtype))
-        targets = tf.cast(targets, tf.int32)
-        content = tf.logical_not(tf.reduce_any(tf.equal(targets[..., None], excluded), axis=-1))
-        w = tf.cast(weights, tf.float32) * tf.cast(content, tf.float32)
-        hits = [tf.reduce_sum(w * tf.cast(tf.equal(
-            tf.argmax(z, axis=-1, output_type=tf.int32), targets), tf.float32))
-            for z in (text_logits, logits)]
-        return tf.stack([*hits, tf.reduce_sum(w)])
-
-    totals = np.zeros(3)
-    for x, targets, weights in validation_dataset:
-        totals += counts(x, targets, weights).numpy()
-    return totals[0] / max(totals[2], 1.0), totals[1] / max(totals[2], 1.0)
-
-
-def _example(model, recipe, prepared, validation_dataset):
-    """One held-out example with the model's teacher-forced arg-max target,
-    as text (T5: merged back into the sentence)."""
-    vocabulary = prepared["vocabulary"]
-    x, targets, weights = next(iter(validation_dataset))
-    predicted = tf.argmax(model(x, training=False), axis=-1).numpy()[0]
-    n = int(weights.numpy()[0].sum())
-
-    def text(ids):
-        return " ".join(vocabulary[i] for i in ids if i != PAD_ID).replace(" ##", "")
-
-    encoder = [int(i) for i in x["encoder_token_ids"].numpy()[0] if i != PAD_ID]
-    example = {
-        "encoder_input": text(encoder),
-        "target": text(targets.numpy()[0][:n]),
-        "predicted_target": text(predicted[:n]),
-    }
-    if _objective(recipe) == "t5":
-        example["merged_prediction"] = text(merge_span_corruption(
-            encoder, predicted[:n], prepared["sentinel_ids"], SEP_ID, PAD_ID))
-    return example
-
-
-def train(recipe, out_dir, data=None, tfds=None, data_dir=None, strategy="auto", log=print):
-    """Trains, evaluates and exports a denoising seq2seq model; returns the
-    metrics dict.
-
-    Writes into `out_dir`: `vocab.txt`, `recipe.json`, `checkpoints/`,
-    `logs/`, `loss_curve.png`, `model.keras` (the training objective),
-    `saved_model/` (inference: raw text and decoder ids in, logits out) and
-    `metrics.json` (held-out token accuracy and perplexity of the targets
-    next to a unigram baseline).
-    """
-    objective = _objective(recipe)
-    model_cfg = recipe["model"]
-    run = common.fit_run(
-        sys.modules[__name__], recipe, out_dir, data, tfds, data_dir, strategy, log,
-        title=f"denoising seq2seq ({objective})",
-        describe=lambda model: (
-            f"DenoisingSeq2Seq ({objective}) over {model_cfg['backbone']} "
-            f"({model.count_params():,} parameters)"
-        ),
-    )
-    model, prepared, evaluation = run.model, run.prepared, run.evaluation
-    batch_size = int(recipe["training"]["batch_size"])
-    local_val = make_dataset(recipe, prepared, "validation", batch_size)
-    excluded = (PAD_ID, CLS_ID, SEP_ID, *prepared["sentinel_ids"])
-    baseline = unigram_baseline(
-        make_dataset(recipe, prepared, "train", batch_size), local_val, len(prepared["vocabulary"]),
-        excluded,
-    )
-    content_accuracy, content_accuracy_any = content_token_accuracy(model, local_val, excluded)
-    example = _example(model, recipe, prepared, local_val)
-    copy_metrics = {}
-    if objective == "bart":
-        for name, values in copy_baselines(local_val, excluded).items():
-            copy_metrics[f"{name}_token_accuracy"] = values["token_accuracy"]
-            copy_metrics[f"{name}_content_token_accuracy"] = values["content_token_accuracy"]
-
-    export(model, common.save_objective(model, out_dir), prepared, recipe)
-    vocabulary = prepared["vocabulary"]
-    metrics = common.write_metrics(run, {
-        "objective": objective,
-        "backbone": model_cfg["backbone"],
-        "val_loss": evaluation["loss"],
-        "val_perplexity": evaluation["perplexity"],
-        "val_token_accuracy": evaluation["token_accuracy"],
-        "unigram_perplexity": baseline["perplexity"],
-        "unigram_token_accuracy": baseline["token_accuracy"],
-        "unigram_token": vocabulary[baseline["token"]],
-        # The same accuracy over the text tokens alone (no sentinels, EOS, [CLS]):
-        # arg-max among text tokens (told the position is text, as the constant
-        # baseline is), and arg-max over the whole vocabulary.
-        "val_content_token_accuracy": content_accuracy,
-        "val_content_token_accuracy_any_token": content_accuracy_any,
-        "unigram_content_token_accuracy": baseline["content_token_accuracy"],
-        "unigram_content_token": vocabulary[baseline["content_token"]],
-        **copy_metrics,
-        "lengths": prepared["lengths"],
-        "example": example,
-    })
-    log(f"held-out target token accuracy {metrics['val_token_accuracy']:.4f}, perplexity "
-        f"{metrics['val_perplexity']:.2f} vs unigram baseline accuracy "
-        f"{baseline['token_accuracy']:.4f} (always {metrics['unigram_token']!r}), perplexity "
-        f"{baseline['perplexity']:.2f}; on the text tokens alone {content_accuracy:.4f} "
-        f"(arg-max over all tokens {content_accuracy_any:.4f}) vs "
-        f"{baseline['content_token_accuracy']:.4f} (always {metrics['unigram_content_token']!r})")
-    if copy_metrics:
-        log(f"copying baselines: the noised input as output {copy_metrics['copy_token_accuracy']:.4f} "
-            f"(text {copy_metrics['copy_content_token_accuracy']:.4f}), pointer copy "
-            f"{copy_metrics['pointer_copy_token_accuracy']:.4f} "
-            f"(text {copy_metrics['pointer_copy_content_token_accuracy']:.4f})")
-    log(f"run folder: {out_dir}")
-    return metrics
-
-
-
-def export(model, out_dir, prepared, recipe):
-    """Writes `out_dir/saved_model/` (`export_seq2seq_saved_model`):
-    `serving_default` takes `text` (the corrupted text; T5 sentinels
-    `<extra_id_k>` may be written in it) and `decoder_token_ids`, and
-    returns `logits` and `encoder_sequence_output`, float32.
-
-    `prepared` is `prepare`'s dict or the `Run` that `kobjectives export`
-    reloads: the tokenizer is rebuilt from `prepared["vocabulary"]` as
-    `prepare` builds it (special tokens and sentinels read in text), so
-    both write the same signature."""
-    vocabulary = list(prepared["vocabulary"])
-    special = list(data_lib.WORDPIECE_RESERVED_TOKENS)
-    if _objective(recipe) == "t5":
-        special += vocabulary[-int(recipe["corruption"]["num_sentinels"]):]
-    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-        vocabulary=vocabulary, lowercase=recipe["tokenizer"]["lowercase"], oov_token="[UNK]",
-        special_tokens=special, special_tokens_in_strings=True,
-    )
-    keras.mixed_precision.set_global_policy("float32")
-    export_seq2seq_saved_model(
-        model, pathlib.Path(out_dir) / "saved_model", tokenizer=tokenizer,
-        encoder_sequence_length=lengths(recipe)["encoder_length"], eos_token_id=SEP_ID,
-        overwrite=True,
-    )
+    def summary(self, metrics):
+        return [
+            *super().summary(metrics),
+            f"copying baselines: the noised input as output {metrics['copy_token_accuracy']:.4f} "
+            f"(text {metrics['copy_content_token_accuracy']:.4f}), pointer copy "
+            f"{metrics['pointer_copy_token_accuracy']:.4f} "
+            f"(text {metrics['pointer_copy_content_token_accuracy']:.4f})",
+        ]

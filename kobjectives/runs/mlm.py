@@ -4,6 +4,7 @@ import dataclasses
 import warnings
 
 from kobjectives import data as data_lib
+from kobjectives.data.pipelines import MASKED_LM_X_KEYS
 from kobjectives.data.pipelines import masked_lm_dataset
 from kobjectives.layers import MaskedLMMasker
 from kobjectives.metrics import baselines
@@ -55,6 +56,10 @@ class MaskedLMRun(Run):
         "model.dropout": ("choice", [0.0, 0.1]),
         "masking.mask_selection_rate": ("float", 0.1, 0.25, "linear"),
     }
+    # The masker's outputs that make `x` and `(y, sample_weight)` of the
+    # batches (`masked_lm_dataset`; `target_keys = None`: `x` alone).
+    x_keys = MASKED_LM_X_KEYS
+    target_keys = ("mask_ids", "mask_weights")
 
     def make_masker(self):
         """The run's `MaskedLMMasker`, configured by `[masking]`."""
@@ -83,12 +88,14 @@ class MaskedLMRun(Run):
         seed = self.recipe.training.seed
         length = self.recipe.model.sequence_length
         masker = self.make_masker()
+        keys = {"x_keys": self.x_keys, "target_keys": self.target_keys}
         if split == "train":
             return masked_lm_dataset(
-                documents, self.tokenizer, masker, length, batch_size, repeat=True, seed=seed)
+                documents, self.tokenizer, masker, length, batch_size, repeat=True, seed=seed,
+                **keys)
         dataset = masked_lm_dataset(
             documents, self.tokenizer, masker, length, batch_size, shuffle=False,
-            seed=seed + 1, cache=True,
+            seed=seed + 1, cache=True, **keys,
         ).take(self.recipe.training.validation_batches)
         return self.finite_validation(dataset, len(documents), batch_size)
 

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import sys
 import time
 import typing
 
@@ -152,10 +151,11 @@ class Run:
         (`model.init`), else one trained on the training documents."""
         out_dir = self._out_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
-        documents = self.load_documents()
-        self.train_documents, self.validation_documents = self.split_documents(documents)
-        self.log(f"data: {len(documents)} documents ({len(self.train_documents)} train, "
-                 f"{len(self.validation_documents)} validation)")
+        self.train_documents, self.validation_documents = self.split_documents(
+            self.load_documents())
+        counts = self.document_counts()
+        self.log(f"data: {counts['train'] + counts['validation']} documents ({counts['train']} "
+                 f"train, {counts['validation']} validation)")
         if self.recipe.model.init:
             self.tokenizer = backbones.load_tokenizer(self.recipe.model.init)
             self.log(f"tokenizer: from {self.recipe.model.init} "
@@ -264,9 +264,10 @@ class Run:
 
     # -- model -------------------------------------------------------------------
 
-    def build_backbone(self, **overrides):
+    def build_backbone(self, sequence_length=None, **overrides):
         """The recipe's backbone: loaded from `model.init`, or built from the
-        config `model.backbone` for the tokenizer's vocabulary."""
+        config `model.backbone` for the tokenizer's vocabulary and
+        `sequence_length` tokens (default `model.sequence_length`)."""
         model = self.recipe.model
         if model.init:
             if overrides:
@@ -275,8 +276,8 @@ class Run:
                     f"{sorted(overrides)} cannot change them.")
             return backbones.load_backbone(model.init, dropout=model.dropout)
         return backbones.build_backbone(
-            model.backbone, self.tokenizer.vocabulary_size(), model.sequence_length,
-            dropout=model.dropout, **overrides)
+            model.backbone, self.tokenizer.vocabulary_size(),
+            sequence_length or model.sequence_length, dropout=model.dropout, **overrides)
 
     def build_objective(self):
         """The objective, uncompiled (called in the strategy's scope)."""
@@ -288,17 +289,22 @@ class Run:
         epochs = max(1, min(training.epochs, training.steps))
         return epochs, max(1, training.steps // epochs)
 
-    def optimizer(self):
-        """AdamW with linear warm-up and cosine decay to 0, clipnorm 1.0."""
+    def optimizer(self, steps=None, learning_rate=None, warmup_steps=None, weight_decay=None):
+        """AdamW with linear warm-up and cosine decay to 0, clipnorm 1.0: over
+        the `rounds()`' steps with `[training]`'s rates, unless given (a
+        second training phase, such as a baseline's, gives its own)."""
         training = self.recipe.training
-        epochs, steps_per_epoch = self.rounds()
-        steps = epochs * steps_per_epoch
-        warmup = min(training.warmup_steps, max(steps - 1, 0))
+        if steps is None:
+            epochs, steps_per_epoch = self.rounds()
+            steps = epochs * steps_per_epoch
+        warmup_steps = training.warmup_steps if warmup_steps is None else warmup_steps
+        warmup = min(warmup_steps, max(steps - 1, 0))
         return keras.optimizers.AdamW(
             learning_rate=keras.optimizers.schedules.CosineDecay(
                 initial_learning_rate=0.0, decay_steps=max(steps - warmup, 1),
-                warmup_target=training.learning_rate, warmup_steps=warmup),
-            weight_decay=training.weight_decay,
+                warmup_target=training.learning_rate if learning_rate is None else learning_rate,
+                warmup_steps=warmup),
+            weight_decay=training.weight_decay if weight_decay is None else weight_decay,
             clipnorm=1.0,
         )
 
@@ -356,7 +362,7 @@ class Run:
         """The run's callbacks (`kobjectives.runs.callbacks.run_callbacks`)."""
         from kobjectives.runs.callbacks import run_callbacks
 
-        return run_callbacks(self._out_dir(), self.rounds())
+        return run_callbacks(self._out_dir())
 
     def train(self):
         """Trains, evaluates, saves and exports; returns the metrics dict
@@ -546,6 +552,3 @@ def plot_history(history, path, title, steps_per_round=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
-def stdout_is_terminal():
-    return sys.stdout.isatty()

@@ -1,229 +1,201 @@
-"""KerasTuner `HyperModel`s driven by the run modules of `kobjectives.runs`.
+"""`RunHyperModel`: a KerasTuner `HyperModel` over a registered `Run`.
 
-A run module declares its objective's natural hyperparameters in
-`SEARCH_SPACE` (recipe key -> spec) and knows how to build its datasets
-(`make_dataset`) and its compiled objective (`build_model`) from a recipe.
-`RunHyperModel` maps that search space onto KerasTuner hyperparameters, applies
-a trial's values to the recipe, and builds and trains the objective from it:
-model hyperparameters (learning rate, warm-up, weight decay, temperature,
-loss weights, ...) reach `build_model`, data-pipeline hyperparameters (mask
-rate, noise density, ...) reach `make_dataset` in `fit`.
+A `Run` class declares its objective's natural hyperparameters in
+`search_space` (recipe key -> spec). `RunHyperModel` maps that search space
+onto KerasTuner hyperparameters; a trial's values reach the recipe only
+through `Recipe.replace` (the one coercion path of recipe values), and the
+trial's recipe is validated like any other. Model hyperparameters (learning
+rate, warm-up, weight decay, temperature, loss weights, ...) reach
+`Run.build_model`, data-pipeline hyperparameters (mask rate, noise density,
+...) reach `Run.make_dataset` through `Run.datasets`.
 """
 
-import copy
 import math
 
 import keras
 import keras_tuner
-import numpy as np
+
+from kobjectives.recipe import RecipeError
 
 SPEC_KINDS = ("float", "int", "choice")
 
-# Used when a run module has no SEARCH_SPACE: the optimizer's hyperparameters,
-# which every recipe's `[training]` table has.
-DEFAULT_SEARCH_SPACE = {
-    "training.learning_rate": ("float", 1e-4, 3e-3, "log"),
-    "training.warmup_steps": ("int", 0, 300),
-    "training.weight_decay": ("float", 1e-3, 0.1, "log"),
-}
 
-_CONTRACT = ("prepare", "make_dataset", "build_model")
+def _spec_problem(key, spec, base):
+    """What is wrong with the shape of one spec (None if nothing)."""
+    kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+    if kind not in SPEC_KINDS:
+        return (f"must start with one of {SPEC_KINDS}: ('float', low, high, 'log'|'linear'), "
+                f"('int', low, high) or ('choice', [values])")
+    allowed = {int: ("int", "choice"), float: ("float", "int", "choice")}.get(type(base), ("choice",))
+    if kind not in allowed:
+        return (f"{key} holds {type(base).__name__} values ({base!r}): give "
+                + " or ".join(f"({k!r}, ...)" for k in allowed))
+    if kind == "choice":
+        if len(spec) != 2 or not isinstance(spec[1], (list, tuple)) or not spec[1]:
+            return "('choice', [values]) with at least one value"
+        return None
+    if len(spec) not in (3, 4) or not spec[1] < spec[2]:
+        return f"({kind!r}, low, high[, sampling]) with low < high"
+    if kind == "int" and not all(isinstance(v, int) for v in spec[1:3]):
+        return "('int', low, high) with integer bounds"
+    sampling = spec[3] if len(spec) == 4 else "linear"
+    if sampling not in ("log", "linear"):
+        return f"sampling must be 'log' or 'linear', not {sampling!r}"
+    if sampling == "log" and not spec[1] > 0:
+        return "a 'log' range needs low > 0"
+    return None
 
 
-def _recipe_value(recipe, key):
-    section, _, name = key.partition(".")
-    table = recipe.get(section)
-    if not isinstance(table, dict) or name not in table:
-        return KeyError(key)
-    return table[name]
+def check_search_space(search_space, recipe):
+    """Validates a search space against a recipe.
 
+    Every key must be a key of `recipe` (`Recipe.keys()`), every spec well
+    formed and of the key's type (`("int", ...)` for an integer key, only
+    `("choice", ...)` for a string or boolean one), and every value it can
+    take (a range's bounds, each choice) allowed for the key: each is put
+    into `recipe` with `Recipe.replace` and the result validated.
 
-def check_search_space(search_space, recipe=None):
-    """Validates a search space; with `recipe`, every key must exist in it.
+    Args:
+        search_space: dict, recipe key -> spec: `("float", low, high[,
+            "log"|"linear"])`, `("int", low, high)` or `("choice", [values])`.
+        recipe: the `kobjectives.recipe.Recipe` the trials change.
+
+    Returns:
+        `search_space`.
 
     Raises:
-        ValueError: a malformed spec or an unknown key, naming it and the fix.
+        ValueError: an unknown key (the valid keys are listed), a malformed
+            spec, or a value outside the key's range or choices.
+
+    Example:
+
+    >>> from kobjectives.runs import run_class
+    >>> recipe = run_class("mlm").recipe_class()
+    >>> space = {"training.learning_rate": ("float", 1e-4, 2.0, "log")}
+    >>> check_search_space(space, recipe)
+    Traceback (most recent call last):
+    ...
+    ValueError: Search-space spec of 'training.learning_rate' ('float', 0.0001, 2.0, 'log'): \
+training.learning_rate = 2.0: must be in (0, 1]
     """
     if not isinstance(search_space, dict) or not search_space:
         raise ValueError(
             "search_space must be a non-empty dict: recipe key -> spec, e.g. "
             "{'training.learning_rate': ('float', 1e-4, 3e-3, 'log')}. "
-            f"Received: {search_space!r}."
-        )
+            f"Received: {search_space!r}.")
+    keys = recipe.keys()
     for key, spec in search_space.items():
-        if "." not in key:
-            raise ValueError(f"Search-space key {key!r} must be 'section.key' (a recipe key).")
-        if recipe is not None and isinstance(_recipe_value(recipe, key), KeyError):
+        if key not in keys:
             raise ValueError(
-                f"Search-space key {key!r} is not in the recipe; give a key of the "
-                f"recipe ({', '.join(_recipe_keys(recipe))})."
-            )
-        kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
-        if kind not in SPEC_KINDS:
-            raise ValueError(
-                f"Search-space spec of {key!r} must start with one of {SPEC_KINDS}: "
-                f"('float', low, high, 'log'|'linear'), ('int', low, high) or "
-                f"('choice', [values]). Received: {spec!r}."
-            )
-        if kind == "float":
-            if len(spec) not in (3, 4) or not float(spec[1]) < float(spec[2]):
-                raise ValueError(
-                    f"Search-space spec of {key!r}: ('float', low, high[, sampling]) "
-                    f"with low < high. Received: {spec!r}."
-                )
-            sampling = spec[3] if len(spec) == 4 else "linear"
-            if sampling not in ("log", "linear"):
-                raise ValueError(
-                    f"Search-space spec of {key!r}: sampling must be 'log' or 'linear'. "
-                    f"Received: {sampling!r}."
-                )
-            if sampling == "log" and not float(spec[1]) > 0:
-                raise ValueError(
-                    f"Search-space spec of {key!r}: a 'log' range needs low > 0. "
-                    f"Received: {spec!r}."
-                )
-        elif kind == "int":
-            if len(spec) not in (3, 4) or not int(spec[1]) < int(spec[2]):
-                raise ValueError(
-                    f"Search-space spec of {key!r}: ('int', low, high) with low < high. "
-                    f"Received: {spec!r}."
-                )
-        elif len(spec) != 2 or not list(spec[1]):
-            raise ValueError(
-                f"Search-space spec of {key!r}: ('choice', [values]) with at least one "
-                f"value. Received: {spec!r}."
-            )
+                f"Search-space key {key!r} is not a key of the {recipe.name!r} recipe. "
+                f"Valid keys: {', '.join(keys)}.")
+        problem = _spec_problem(key, spec, recipe.get(key))
+        if problem is None:
+            values = spec[1] if spec[0] == "choice" else spec[1:3]
+            for value in values:
+                try:
+                    found = recipe.replace({key: value}).problems()
+                except RecipeError as error:
+                    found = [str(error)]
+                if found:
+                    problem = "; ".join(found)
+                    break
+        if problem is not None:
+            raise ValueError(f"Search-space spec of {key!r} {tuple(spec)!r}: {problem}")
     return search_space
 
 
-def _recipe_keys(recipe):
-    return [f"{s}.{k}" for s, t in recipe.items() if isinstance(t, dict) for k in t]
-
-
 def declare(hp, key, spec):
-    """Declares one search-space entry on `hp` and returns its value."""
+    """Declares one search-space entry on `hp` (a
+    `keras_tuner.HyperParameters`) and returns its value."""
     kind = spec[0]
+    sampling = spec[3] if len(spec) == 4 else "linear"
     if kind == "float":
-        sampling = spec[3] if len(spec) == 4 else "linear"
         return hp.Float(key, float(spec[1]), float(spec[2]), sampling=sampling)
     if kind == "int":
-        sampling = spec[3] if len(spec) == 4 else "linear"
         return hp.Int(key, int(spec[1]), int(spec[2]), sampling=sampling)
     return hp.Choice(key, list(spec[1]))
 
 
-def apply_values(recipe, values):
-    """A copy of `recipe` with `{"section.key": value}` applied, each value
-    cast to the type of the recipe's value (an int search range for a float
-    key stays a float)."""
-    recipe = copy.deepcopy(recipe)
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        if section not in recipe or name not in recipe[section]:
-            continue  # tuner bookkeeping such as "tuner/epochs"
-        like = recipe[section][name]
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(like, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        recipe[section][name] = value
-    return recipe
-
-
 class RunHyperModel(keras_tuner.HyperModel):
-    """A KerasTuner `HyperModel` for any objective with a run module.
+    """A KerasTuner `HyperModel` for any registered `Run`.
 
-    `build(hp)` declares the search space on `hp`, applies the trial's values
-    to the recipe and returns `run.build_model(recipe, prepared)` (KerasTuner
-    enters the strategy's scope). `fit(hp, model, ...)` builds the training
-    data with `run.make_dataset` from the trial's recipe (so data-pipeline
-    hyperparameters are honoured) and calls `model.fit` with validation data,
-    reporting `val_loss` after every round (`training.epochs` rounds of
+    `build(hp)` declares the search space on `hp`, puts the trial's values
+    into the run's recipe (`recipe_for`) and returns
+    `run.with_recipe(trial_recipe).build_model()` (KerasTuner enters the
+    strategy's scope). `fit(hp, model, ...)` trains on the trial run's
+    `Run.datasets` (so data-pipeline hyperparameters are honoured) and
+    reports `val_loss` after every round (`training.epochs` rounds of
     `training.steps / training.epochs` steps; Hyperband passes its own
-    `epochs`). Every trial is scored on the same validation data, built from
-    the *base* recipe (fixed masks / views), unless the run module sets
-    `TUNING_FIXED_VALIDATION = False` (e.g. when a data hyperparameter
+    `epochs`). Every trial is scored on the same validation data, the base
+    recipe's (fixed masks / views), unless the run class sets
+    `tuning_fixed_validation = False` (e.g. when a data hyperparameter
     changes the shapes the model expects). Every trial starts from the same
     seed (`training.seed`), so trials differ only by their hyperparameters.
-    A trial whose loss becomes non-finite is reported as failed, never as a
-    NaN score.
+    A trial whose values make an invalid recipe, or whose loss becomes
+    non-finite, is reported as failed, never scored.
 
     Args:
-        run: a run module (see `kobjectives.runs`) or a recipe objective name
-            such as `"mlm"`.
-        recipe: the base recipe dict (its `objective` selects the run module
-            when `run` is None).
-        prepared: what `run.prepare(recipe, out_dir, ...)` returned.
-        search_space: dict, recipe key -> spec (`("float", low, high,
-            "log"|"linear")`, `("int", low, high)`, `("choice", [values])`);
-            defaults to the run module's `SEARCH_SPACE`.
-        strategy: the `tf.distribute.Strategy` the tuner builds models under
-            (give the same one as the tuner's `distribution_strategy`); the
-            datasets are built for it with `common.training_datasets`.
+        run: a `kobjectives.runs.Run` (prepared, or prepared here into its
+            `out_dir`), a `kobjectives.recipe.Recipe`, or a registered recipe
+            name such as `"mlm"` (its defaults).
+        out_dir: the folder a recipe or name is prepared into (the
+            tokenizer's `vocab.txt`); not used with a `Run`.
+        search_space: dict, recipe key -> spec (see `check_search_space`);
+            defaults to the run's `search_space`.
+        strategy: the `tf.distribute.Strategy` the datasets are built for
+            (give the tuner's `distribution_strategy`); None for the
+            current one.
+        log: a print-like function: one line per finished trial (None:
+            silent).
         name: optional name of the HyperModel.
         tunable: whether the hyperparameters are tunable (KerasTuner).
+
+    Raises:
+        ValueError: an unknown recipe name, an invalid search space, or a run
+            to prepare without a folder.
+        kobjectives.recipe.RecipeError: an invalid recipe.
 
     Example:
 
     ```python
     import keras_tuner
-    from kobjectives import recipe as recipe_lib
-    from kobjectives.runs import mlm
-    from kobjectives.tuning import MaskedLMHyperModel
+    from kobjectives.runs import load_recipe
+    from kobjectives.tuning import RunHyperModel
 
-    recipe = recipe_lib.override(recipe_lib.load_recipe("mlm"), {
-        "training.steps": 20, "training.epochs": 2, "data.max_documents": 400,
-        "tokenizer.vocabulary_size": 600, "model.sequence_length": 32})
-    prepared = mlm.prepare(recipe, "/tmp/tune_mlm")
-    tuner = keras_tuner.RandomSearch(
-        MaskedLMHyperModel(recipe, prepared), objective="val_loss",
-        max_trials=2, directory="/tmp/tune_mlm", project_name="mlm")
+    recipe = load_recipe("mlm", overrides={"training.steps": 20, "training.epochs": 2})
+    hypermodel = RunHyperModel(recipe, out_dir="/tmp/tune_mlm")
+    tuner = keras_tuner.RandomSearch(hypermodel, objective="val_loss", max_trials=2,
+                                     directory="/tmp/tune_mlm", project_name="mlm")
     tuner.search(verbose=0)
-    best = tuner.hypermodel.recipe_for(tuner.get_best_hyperparameters()[0])
+    best = hypermodel.recipe_for(tuner.get_best_hyperparameters()[0])
     ```
     """
 
-    objective_name = None
-
-    def __init__(
-        self, recipe, prepared, run=None, search_space=None, strategy=None, name=None,
-        tunable=True,
-    ):
-        from kobjectives.runs import runner_module
+    def __init__(self, run, out_dir=None, search_space=None, strategy=None, log=None,
+                 name=None, tunable=True):
+        from kobjectives.recipe import Recipe
+        from kobjectives.runs import Run
+        from kobjectives.runs import run_class
 
         super().__init__(name=name, tunable=tunable)
-        if not isinstance(recipe, dict) or "training" not in recipe:
-            raise ValueError(
-                "recipe must be a recipe dict with a [training] table (see "
-                f"kobjectives.recipe.load_recipe). Received: {type(recipe).__name__}."
-            )
-        run = run or self.objective_name or recipe.get("objective")
         if isinstance(run, str):
-            run = runner_module(run)
-        if self.objective_name and recipe.get("objective") not in (None, self.objective_name):
-            raise ValueError(
-                f"{type(self).__name__} tunes recipes with objective "
-                f"{self.objective_name!r}; this recipe's objective is "
-                f"{recipe.get('objective')!r}. Use kobjectives.tuning.hypermodel_for(objective)."
-            )
-        missing = [f for f in _CONTRACT if not callable(getattr(run, f, None))]
-        if missing:
-            raise ValueError(
-                f"Run module {run.__name__} cannot be tuned: it lacks {', '.join(missing)} "
-                "(the run-module contract of kobjectives.runs)."
-            )
+            run = run_class(run)(None, out_dir)
+        elif isinstance(run, Recipe):
+            run = run_class(run.name)(run, out_dir)
+        elif not isinstance(run, Run):
+            raise TypeError(
+                "run must be a kobjectives.runs.Run, a kobjectives.recipe.Recipe or a "
+                f"registered recipe name. Received: {type(run).__name__}.")
+        self.search_space = check_search_space(
+            dict(run.search_space if search_space is None else search_space), run.recipe)
+        if run.train_documents is None:
+            keras.utils.set_random_seed(run.recipe.training.seed)
+            run.prepare()
         self.run = run
-        self.recipe = copy.deepcopy(recipe)
-        self.prepared = prepared
-        if search_space is None:
-            search_space = getattr(run, "SEARCH_SPACE", None) or {
-                k: v for k, v in DEFAULT_SEARCH_SPACE.items()
-                if not isinstance(_recipe_value(recipe, k), KeyError)
-            }
-        self.search_space = check_search_space(dict(search_space), self.recipe)
         self.strategy = strategy
+        self.log = log
         self._validation = None
-        self.log = None  # a print-like function: one line per finished trial
         self._fits = 0
 
     def declare(self, hp):
@@ -234,52 +206,53 @@ class RunHyperModel(keras_tuner.HyperModel):
         self.declare(hp)
 
     def recipe_for(self, hp):
-        """The base recipe with the values of `hp` (a `HyperParameters`, or a
-        dict) applied."""
+        """The run's recipe with the search-space values of `hp` (a
+        `HyperParameters`, or a dict) put in by `Recipe.replace`; other
+        values (KerasTuner's `tuner/...` bookkeeping) are ignored.
+
+        Raises:
+            kobjectives.recipe.RecipeError: the values make an invalid recipe.
+        """
         values = hp if isinstance(hp, dict) else hp.values
-        return apply_values(self.recipe, {k: v for k, v in values.items() if k in self.search_space})
+        return self.run.recipe.replace(
+            {k: v for k, v in values.items() if k in self.search_space}).validate()
+
+    def trial_run(self, hp):
+        """The run with the trial's recipe (sharing the prepared data)."""
+        try:
+            return self.run.with_recipe(self.recipe_for(hp))
+        except RecipeError as error:
+            raise keras_tuner.errors.FailedTrialError(
+                f"The trial's values make an invalid recipe: {error}") from None
 
     def build(self, hp):
         self.declare(hp)
-        recipe = self.recipe_for(hp)
-        train_cfg = recipe["training"]
-        # KerasTuner clears the Keras session (and with it the dtype policy)
-        # before every build.
-        keras.mixed_precision.set_global_policy(train_cfg["dtype_policy"])
-        keras.utils.set_random_seed(int(train_cfg["seed"]))
-        return self.run.build_model(recipe, self.prepared)
+        run = self.trial_run(hp)
+        # KerasTuner clears the Keras session (and the dtype policy) before
+        # every build.
+        keras.mixed_precision.set_global_policy(run.recipe.training.dtype_policy)
+        keras.utils.set_random_seed(run.recipe.training.seed)
+        return run.build_model()
 
-    def _strategy(self):
+    def datasets(self, run):
+        """`(train, validation)` of a trial's run; with the run class's
+        `tuning_fixed_validation` the validation data is the base recipe's,
+        built once and shared by every trial."""
         import tensorflow as tf
 
-        return self.strategy or tf.distribute.get_strategy()
-
-    def datasets(self, recipe):
-        """`(train, validation)` for a trial's recipe; the validation data is
-        built once (from the base recipe) and reused by every trial."""
-        from kobjectives.runs import common
-
-        fixed = getattr(self.run, "TUNING_FIXED_VALIDATION", True)
-        train, validation = common.training_datasets(self.run, recipe, self.prepared, self._strategy())
-        if not fixed:
+        strategy = self.strategy or tf.distribute.get_strategy()
+        train, validation = run.datasets(strategy)
+        if not self.run.tuning_fixed_validation:
             return train, validation
         if self._validation is None:
-            same = all(
-                _recipe_value(recipe, k) == _recipe_value(self.recipe, k)
-                for k in self.search_space
-            )
-            self._validation = (
-                validation if same else
-                common.training_datasets(self.run, self.recipe, self.prepared, self._strategy())[1]
-            )
+            self._validation = (validation if run.recipe == self.run.recipe
+                                else self.run.datasets(strategy)[1])
         return train, self._validation
 
     def fit(self, hp, model, *args, epochs=None, callbacks=None, verbose=0, **kwargs):
-        from kobjectives.runs import common
-
-        recipe = self.recipe_for(hp)
-        rounds, steps_per_epoch = common.rounds(recipe["training"])
-        train, validation = self.datasets(recipe)
+        run = self.trial_run(hp)
+        rounds, steps_per_epoch = run.rounds()
+        train, validation = self.datasets(run)
         callbacks = list(callbacks or []) + [keras.callbacks.TerminateOnNaN()]
         kwargs.pop("steps_per_epoch", None)
         kwargs.pop("validation_data", None)
@@ -293,71 +266,12 @@ class RunHyperModel(keras_tuner.HyperModel):
             self._fits += 1
             values = ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in hp.values.items() if k in self.search_space
-            )
+                for k, v in hp.values.items() if k in self.search_space)
             rounds_done = " ".join(f"{v:.4f}" for v in logs.get("val_loss", []))
             self.log(f"trial {self._fits}: val_loss per round {rounds_done} ({values})")
         losses = logs.get("loss", []) + logs.get("val_loss", [])
         if not losses or not all(math.isfinite(v) for v in losses):
             raise keras_tuner.errors.FailedTrialError(
                 f"Trial diverged (non-finite loss) with {hp.values}; lower "
-                "training.learning_rate's range in the search space."
-            )
+                "training.learning_rate's range in the search space.")
         return history
-
-
-class MaskedLMHyperModel(RunHyperModel):
-    """`RunHyperModel` for masked LM (`kobjectives.runs.mlm`): learning rate,
-    warm-up, weight decay, dropout and the mask selection rate (a
-    data-pipeline hyperparameter; every trial is scored on the base recipe's
-    fixed validation masks). Devlin et al., 2019, "BERT".
-
-    Example: see `RunHyperModel`.
-    """
-
-    objective_name = "mlm"
-
-
-class CPCHyperModel(RunHyperModel):
-    """`RunHyperModel` for contrastive predictive coding
-    (`kobjectives.runs.cpc`): the optimizer's hyperparameters and the run
-    module's `SEARCH_SPACE` (e.g. the InfoNCE temperature). van den Oord et
-    al., 2018, "Representation Learning with Contrastive Predictive Coding".
-
-    Example: see `RunHyperModel`.
-    """
-
-    objective_name = "cpc"
-
-
-class SimCSEHyperModel(RunHyperModel):
-    """`RunHyperModel` for SimCSE (`kobjectives.runs.simcse`): the
-    optimizer's hyperparameters and the run module's `SEARCH_SPACE` (e.g. the
-    temperature). Gao et al., 2021, "SimCSE".
-
-    Example: see `RunHyperModel`.
-    """
-
-    objective_name = "simcse"
-
-
-HYPERMODELS = {
-    "mlm": MaskedLMHyperModel,
-    "cpc": CPCHyperModel,
-    "simcse": SimCSEHyperModel,
-}
-
-
-def hypermodel_for(objective):
-    """The HyperModel class of a recipe objective: a named one where there is
-    one, else `RunHyperModel` (which works for every objective in
-    `kobjectives.runs.RUNNERS`)."""
-    from kobjectives.runs import RUNNERS
-
-    if objective not in RUNNERS and objective not in HYPERMODELS:
-        raise ValueError(
-            f"Objective {objective!r} has no run module to tune. Valid: "
-            f"{', '.join(sorted(RUNNERS))}."
-        )
-    return HYPERMODELS.get(objective, RunHyperModel)
-

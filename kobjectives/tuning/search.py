@@ -1,12 +1,14 @@
 """`kobjectives tune`: a KerasTuner search over a recipe's hyperparameters.
 
-`tune(recipe, out_dir, tuner="random", max_trials=3)` prepares the run once
-(documents, tokenizer), searches with KerasTuner against `val_loss`, and
-writes into `out_dir`: `trials.csv`, `trials.md` and `trials.json` (one row
-per trial, best first), `best_recipe.toml` (the full recipe with the best
-trial's values, for `kobjectives train NAME --config best_recipe.toml`),
-`best_hyperparameters.json`, `logs/` (TensorBoard, one folder per trial),
-`vocab.txt` and `tuner/` (KerasTuner's own state).
+`tune(recipe, out_dir, tuner="random", max_trials=3)` prepares the recipe's
+`Run` once (documents, tokenizer), searches with KerasTuner against
+`val_loss`, and writes into `out_dir`: `trials.csv`, `trials.md` and
+`trials.json` (one row per trial, best first), `best_recipe.toml` (the full
+recipe with the best trial's values, `Recipe.to_toml`: run it with
+`kobjectives train best_recipe.toml`, or `kobjectives train NAME --config
+best_recipe.toml`), `best_hyperparameters.json`, `tuning.json`,
+`base_recipe.json`, `logs/` (TensorBoard, one folder per trial), `vocab.txt`
+and `tuner/` (KerasTuner's own state).
 """
 
 import csv
@@ -18,7 +20,8 @@ import time
 import keras
 import keras_tuner
 
-from kobjectives.tuning.hypermodel import hypermodel_for
+from kobjectives.tuning.hypermodel import RunHyperModel
+from kobjectives.tuning.hypermodel import check_search_space
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE = "val_loss"
@@ -60,7 +63,8 @@ class Hyperband(_RecordsRounds, keras_tuner.Hyperband):
 
 def make_tuner(kind, hypermodel, max_trials, directory, project_name, seed=0,
                distribution_strategy=None, max_epochs=None, overwrite=True):
-    """A KerasTuner tuner minimizing `val_loss`.
+    """A KerasTuner tuner minimizing `val_loss`, which records every trial's
+    per-round history (for `trial_rows`).
 
     Args:
         kind: `"random"` (`RandomSearch`), `"bayesian"`
@@ -74,6 +78,20 @@ def make_tuner(kind, hypermodel, max_trials, directory, project_name, seed=0,
         seed: the tuner's seed (reproducible proposals).
         distribution_strategy: passed to the tuner (models are built in its
             scope); None for the default strategy.
+        max_epochs: Hyperband's most rounds per trial.
+        overwrite: start a new search rather than reload `directory`'s.
+
+    Raises:
+        ValueError: an unknown `kind`, `max_trials` < 1, or Hyperband with
+            `training.epochs` < 2.
+
+    Example:
+
+    ```python
+    tuner = make_tuner("random", RunHyperModel(run), 4, "runs/tune", "mlm")
+    tuner.search(verbose=0)
+    rows = trial_rows(tuner, tuner.hypermodel.search_space)
+    ```
     """
     if kind not in TUNERS:
         raise ValueError(f"Unknown tuner {kind!r}. Valid tuners: {', '.join(TUNERS)}.")
@@ -98,7 +116,7 @@ def make_tuner(kind, hypermodel, max_trials, directory, project_name, seed=0,
         return BayesianOptimization(
             max_trials=int(max_trials), num_initial_points=min(2, int(max_trials)), **common
         )
-    epochs = max_epochs or int(hypermodel.recipe["training"]["epochs"])
+    epochs = max_epochs or hypermodel.run.recipe.training.epochs
     if epochs < 2:
         raise ValueError(
             "The hyperband tuner allocates rounds (epochs) to trials: set "
@@ -173,99 +191,82 @@ def write_results(rows, out_dir):
         )
 
 
-def _toml_value(value):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"Cannot write a non-finite value ({value}) to a recipe.")
-        text = repr(value)
-        return text if any(c in text for c in ".eE") else text + ".0"
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string is a JSON string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ValueError(f"Cannot write a {type(value).__name__} to a recipe TOML.")
-
-
-def dumps_recipe(recipe, header=None):
-    """A recipe dict (top-level values, then one table per section) as TOML
-    text that `tomllib` reads back to the same dict."""
-    lines = [f"# {line}" for line in (header or "").splitlines()]
-    for key, value in recipe.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {_toml_value(value)}")
-    for section, table in recipe.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{section}]"]
-            for key, value in table.items():
-                if isinstance(value, dict):
-                    raise ValueError(f"Nested table {section}.{key} is not a recipe value.")
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def tune(
-    recipe, out_dir, tuner="random", max_trials=3, data=None, tfds=None, data_dir=None,
-    strategy="auto", search_space=None, seed=None, log=print, verbose=0,
-):
-    """Runs a KerasTuner search for a recipe; returns a summary dict.
+def tune(recipe, out_dir, tuner="random", max_trials=3, strategy="auto", search_space=None,
+         seed=None, log=print, verbose=0):
+    """Runs a KerasTuner search over a recipe's hyperparameters; returns a
+    summary dict (also written to `out_dir/tuning.json`).
 
     Args:
-        recipe: the base recipe dict (`kobjectives.recipe.load_recipe`); its
-            `objective` selects the run module and the HyperModel.
+        recipe: the base `kobjectives.recipe.Recipe` (e.g. from
+            `kobjectives.runs.load_recipe`): its name selects the `Run`, its
+            keys (`data.files`, `data.tfds`, ...) the data; every trial
+            starts from it.
         out_dir: the tuning folder (see the module docstring).
         tuner: one of `TUNERS`.
-        max_trials: number of trials.
-        data, tfds, data_dir: the text source, as for `kobjectives train`.
+        max_trials: number of trials (>= 1).
         strategy: a strategy name (`kobjectives.distribute.STRATEGIES`) or a
             `tf.distribute.Strategy`; models are built and trained under it.
-        search_space: overrides the run module's `SEARCH_SPACE`.
+        search_space: overrides the run's `search_space`.
         seed: the tuner's seed (default: `training.seed`).
+        log: a print-like function.
+        verbose: Keras' verbosity for each trial's `fit`.
 
     Returns:
-        dict with `best_trial`, `best_val_loss`, `best_hyperparameters`,
-        `trials` (the rows, best first) and the written paths.
+        dict with `recipe`, `tuner`, `max_trials`, `best_trial`,
+        `best_val_loss`, `best_hyperparameters`, `trials` (the rows, best
+        first), `wall_seconds` and the written `files`.
+
+    Raises:
+        ValueError: an unknown tuner, `max_trials` < 1, an invalid search
+            space; all before any data is read.
+        kobjectives.recipe.RecipeError: an invalid recipe.
+        RuntimeError: no trial completed.
+
+    Example:
+
+    ```python
+    from kobjectives.runs import load_recipe
+    from kobjectives.tuning import tune
+
+    summary = tune(load_recipe("mlm", overrides={"training.steps": 200}), "runs/tune-mlm",
+                   tuner="random", max_trials=4)
+    # then: kobjectives train runs/tune-mlm/best_recipe.toml --steps 1500
+    ```
     """
     import tensorflow as tf
 
-    from kobjectives.distribute import resolve_strategy
-    from kobjectives.runs import common
-    from kobjectives.runs import runner_module
+    from kobjectives.recipe import Recipe
+    from kobjectives.runs import run_class
+    from kobjectives.runs.run import write_json
 
     started = time.time()
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    objective = recipe.get("objective")
-    runner = runner_module(objective)
-    hypermodel_class = hypermodel_for(objective)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(
+            "recipe must be a kobjectives.recipe.Recipe (kobjectives.runs.load_recipe(NAME)). "
+            f"Received: {type(recipe).__name__}.")
     if tuner not in TUNERS:
         raise ValueError(f"Unknown tuner {tuner!r}. Valid tuners: {', '.join(TUNERS)}.")
     if int(max_trials) < 1:
         raise ValueError(f"--max-trials must be >= 1. Received: {max_trials}.")
-    common.write_json(out_dir / "base_recipe.json", recipe)
-    keras.utils.set_random_seed(int(recipe["training"]["seed"]))
-
-    prepared = runner.prepare(recipe, out_dir, data=data, tfds=tfds, data_dir=data_dir, log=log)
-    keras.mixed_precision.set_global_policy(recipe["training"]["dtype_policy"])
-    if isinstance(strategy, tf.distribute.Strategy):
-        resolved = strategy
-    else:
-        resolved = resolve_strategy(strategy)
-    hypermodel = hypermodel_class(recipe, prepared, run=runner, search_space=search_space,
-                                  strategy=resolved)
-    hypermodel.log = log
+    out_dir = pathlib.Path(out_dir)
+    run = run_class(recipe.name)(recipe, out_dir, strategy=strategy, log=log)
+    search_space = check_search_space(  # before any data is read
+        dict(run.search_space if search_space is None else search_space), run.recipe)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "base_recipe.json", recipe.to_dict())
+    keras.utils.set_random_seed(recipe.training.seed)
+    run.prepare()
+    run.strategy = run.resolve_strategy()
+    hypermodel = RunHyperModel(run, search_space=search_space, strategy=run.strategy, log=log)
     # The default (no-op) strategy needs no scope; any other is the tuner's.
-    distributed = None if resolved is tf.distribute.get_strategy() else resolved
+    default = run.strategy is tf.distribute.get_strategy()
     search = make_tuner(
-        tuner, hypermodel, max_trials, out_dir / "tuner", objective,
-        seed=int(recipe["training"]["seed"] if seed is None else seed),
-        distribution_strategy=distributed,
+        tuner, hypermodel, max_trials, out_dir / "tuner", recipe.name,
+        seed=recipe.training.seed if seed is None else int(seed),
+        distribution_strategy=None if default else run.strategy,
     )
-    log(f"tuning {objective} ({type(hypermodel).__name__}, {tuner} search, {max_trials} "
-        f"trials, strategy {type(resolved).__name__} x{resolved.num_replicas_in_sync}) over: "
+    log(f"tuning {recipe.name} ({tuner} search, {max_trials} trials, strategy "
+        f"{type(run.strategy).__name__} x{run.strategy.num_replicas_in_sync}) over: "
         + ", ".join(hypermodel.search_space))
     search.search(callbacks=[keras.callbacks.TensorBoard(log_dir=str(out_dir / "logs"))],
                   verbose=verbose)
@@ -276,26 +277,23 @@ def tune(
     if not completed:
         raise RuntimeError(
             f"No trial completed (all failed or diverged); see {out_dir / 'tuner'}. "
-            "Narrow the search space (e.g. lower learning rates)."
-        )
+            "Narrow the search space (e.g. lower learning rates).")
     best_hp = search.get_best_hyperparameters(1)[0]
     best_trial = search.oracle.get_best_trials(1)[0]
     best_values = {k: v for k, v in best_hp.values.items() if k in hypermodel.search_space}
-    best_recipe = hypermodel.recipe_for(best_values)
+    best_path = out_dir / "best_recipe.toml"
     header = (
-        f"Best of a {tuner} search ({len(rows)} trials) by `kobjectives tune {objective}`:\n"
-        f"trial {best_trial.trial_id}, val_loss {best_trial.score:.6g}.\n"
-        f"Train it with: kobjectives train {objective} --config {out_dir / 'best_recipe.toml'}"
-    )
-    (out_dir / "best_recipe.toml").write_text(dumps_recipe(best_recipe, header))
-    common.write_json(out_dir / "best_hyperparameters.json", best_values)
+        f"# Best of a {tuner} search ({len(rows)} trials) by `kobjectives tune {recipe.name}`:\n"
+        f"# trial {best_trial.trial_id}, val_loss {best_trial.score:.6g}.\n"
+        f"# Train it with: kobjectives train {best_path}\n")
+    best_path.write_text(header + hypermodel.recipe_for(best_values).to_toml())
+    write_json(out_dir / "best_hyperparameters.json", best_values)
     log(results_table(rows))
     log(f"best: trial {best_trial.trial_id}, val_loss {best_trial.score:.4f} with "
         + ", ".join(f"{k}={_format(v)}" for k, v in best_values.items()))
-    log(f"best recipe: {out_dir / 'best_recipe.toml'} "
-        f"(kobjectives train {objective} --config {out_dir / 'best_recipe.toml'})")
+    log(f"best recipe: {best_path} (kobjectives train {best_path})")
     summary = {
-        "objective": objective,
+        "recipe": recipe.name,
         "tuner": tuner,
         "max_trials": int(max_trials),
         "best_trial": best_trial.trial_id,
@@ -307,5 +305,5 @@ def tune(
             "trials.csv", "trials.md", "trials.json", "best_recipe.toml",
             "best_hyperparameters.json")},
     }
-    common.write_json(out_dir / "tuning.json", summary)
+    write_json(out_dir / "tuning.json", summary)
     return summary

@@ -1,8 +1,8 @@
-"""Tiny recipes for every registered runner, and a determinism probe.
+"""Tiny recipes for every registered run, and a determinism probe.
 
-`python tests/distribute/runner_probe.py OBJECTIVE` enables TensorFlow op
-determinism (process-wide, irreversible, hence a separate process), trains the
-runner's objective twice for a few steps from the same seed and prints one
+`python tests/distribute/runner_probe.py NAME OUT_DIR` enables TensorFlow op
+determinism (process-wide, irreversible, hence a separate process), trains
+the run's objective twice for a few steps from the same seed and prints one
 JSON line: `PROBE {"losses": [[...], [...]]}`.
 """
 
@@ -12,6 +12,7 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# Applied where the recipe has the key.
 TINY = {
     "data.max_documents": 300,
     "data.validation_fraction": 0.2,
@@ -31,31 +32,21 @@ TINY = {
 }
 
 
-def recipe_for(objective):
-    """The first bundled recipe whose `objective` is `objective`."""
-    from kobjectives import recipe as recipe_lib
+def tiny_run(name, out_dir):
+    """The registered run `name` on a tiny recipe, its data and tokenizer
+    prepared in `out_dir`."""
+    from kobjectives.runs import run_class
 
-    names = recipe_lib.available_recipes()
-    for name in sorted(names, key=lambda n: n != objective):  # the namesake first
-        recipe = recipe_lib.load_recipe(name)
-        if recipe.get("objective") == objective:
-            return recipe
-    raise LookupError(f"no bundled recipe has objective {objective!r}")
-
-
-def tiny_recipe(objective):
-    from kobjectives import recipe as recipe_lib
-
-    recipe = recipe_for(objective)
-    present = {
-        key: value for key, value in TINY.items()
-        if isinstance(recipe.get(key.split(".")[0]), dict) and key.split(".")[1] in recipe[key.split(".")[0]]
-    }
-    return recipe_lib.override(recipe, present)
+    cls = run_class(name)
+    recipe = cls.recipe_class()
+    recipe = recipe.replace({k: v for k, v in TINY.items() if k in recipe.keys()})
+    run = cls(recipe, out_dir, log=lambda *_: None)
+    run.prepare()
+    return run
 
 
-def seeded_losses(runner, recipe, prepared, steps=3):
-    """Per-step training losses of a fresh model from the recipe's seed."""
+def seeded_losses(run, steps=3):
+    """Per-step training losses of a fresh objective from the recipe's seed."""
     import keras
 
     class Losses(keras.callbacks.Callback):
@@ -67,24 +58,20 @@ def seeded_losses(runner, recipe, prepared, steps=3):
             self.values.append(float(logs["loss"]))
 
     keras.utils.clear_session()
-    keras.utils.set_random_seed(int(recipe["training"]["seed"]))
-    dataset = runner.make_dataset(recipe, prepared, "train", int(recipe["training"]["batch_size"]))
-    model = runner.build_model(recipe, prepared)
+    keras.utils.set_random_seed(run.recipe.training.seed)
+    dataset = run.make_dataset("train", run.recipe.training.batch_size)
+    model = run.build_model()
     record = Losses()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[record])
     return record.values
 
 
-def main(objective, out_dir):
+def main(name, out_dir):
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    from kobjectives.runs import runner_module
-
-    runner = runner_module(objective)
-    recipe = tiny_recipe(objective)
-    prepared = runner.prepare(recipe, out_dir, log=lambda *_: None)
-    losses = [seeded_losses(runner, recipe, prepared) for _ in range(2)]
+    run = tiny_run(name, out_dir)
+    losses = [seeded_losses(run) for _ in range(2)]
     print("PROBE " + json.dumps({"losses": losses}), flush=True)
 
 

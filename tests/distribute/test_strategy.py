@@ -37,13 +37,13 @@ def test_invalid_tf_config_names_the_variable(monkeypatch):
         resolve_strategy("auto")
 
 
-def test_training_strategy_refuses_parameter_server_and_accepts_objects(mirrored_strategy):
-    from kobjectives.runs import common
+def test_run_accepts_a_strategy_object_and_turns_off_xla_on_cpu_replicas(mirrored_strategy):
+    from kobjectives.runs import run_class
 
-    strategy, jit = common.training_strategy(
-        {"dtype_policy": "float32", "jit_compile": True}, mirrored_strategy, log=lambda *_: None
-    )
-    assert strategy is mirrored_strategy and jit is False  # logical CPU replicas: no XLA
+    run = run_class("mlm")({"training": {"jit_compile": True}}, strategy=mirrored_strategy,
+                           log=lambda *_: None)
+    assert run.resolve_strategy() is mirrored_strategy
+    assert run.jit_compile(mirrored_strategy) is False  # logical CPU replicas: no XLA
 
 
 def test_chief_and_worker_dirs(monkeypatch, tmp_path):

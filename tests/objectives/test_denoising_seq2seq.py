@@ -5,7 +5,6 @@ import keras_hub
 import tensorflow as tf
 
 from kobjectives.objectives import DenoisingSeq2Seq
-from kobjectives.objectives.denoising_seq2seq import export_seq2seq_saved_model
 
 V, S, T, B = 200, 12, 7, 8
 
@@ -176,22 +175,6 @@ def test_keras_round_trip_continues_training_with_its_optimizer_state(tmp_path):
     next_loss = model.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
     restored_loss = restored.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_allclose(restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
-
-
-def test_export_serves_the_models_logits(tmp_path):
-    model = DenoisingSeq2Seq(t5())
-    x, _, _ = make_data(n=3)
-    expected = model(x).numpy()
-    export_seq2seq_saved_model(model, tmp_path / "export")
-    served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
-    ids, mask = model.decoder_inputs(x)
-    out = served(encoder_token_ids=tf.constant(x["encoder_token_ids"]),
-                 encoder_padding_mask=tf.cast(x["encoder_padding_mask"], tf.int32),
-                 decoder_token_ids=ids, decoder_padding_mask=mask)
-    np.testing.assert_allclose(out["logits"], expected, atol=1e-5)
-    assert out["encoder_sequence_output"].shape == (3, S, 16)
-    with pytest.raises(FileExistsError, match="overwrite"):
-        export_seq2seq_saved_model(model, tmp_path / "export")
 
 
 def test_bad_backbones_and_inputs_fail_with_the_fix():

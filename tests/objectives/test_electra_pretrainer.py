@@ -94,6 +94,28 @@ def test_loss_is_weighted_sum_of_mlm_and_rtd():
     rtd = (per_token * w).sum() / w.sum()
     mlm = float(ops.masked_lm_loss(x["mask_ids"], out["mlm_logits"], x["mask_weights"]))
     np.testing.assert_allclose(float(loss), 2.0 * mlm + 7.0 * rtd, rtol=1e-5)
+    # Named losses: each tracked unweighted as `NAME_loss`, the total their
+    # weighted sum, with the very ops the objective used before.
+    assert model.loss_names == ("generator", "discriminator")
+    assert model.loss_weights == {"generator": 2.0, "discriminator": 7.0}
+    logs = model.get_metrics_result()
+    np.testing.assert_allclose(logs["generator_loss"], mlm, rtol=1e-6)
+    np.testing.assert_allclose(logs["discriminator_loss"], rtd, rtol=1e-5)
+    reference = 2.0 * ops.masked_lm_loss(x["mask_ids"], out["mlm_logits"], x["mask_weights"]) \
+        + 7.0 * ops.rtd_loss(out["rtd_labels"], out["rtd_logits"], x["padding_mask"])
+    assert float(loss) == float(reference)
+
+
+def test_config_holds_the_weights_once_and_round_trips():
+    model = pretrainer(generator_weight=2.0, discriminator_weight=7.0, temperature=0.5)
+    config = model.get_config()
+    assert "loss_weights" not in config
+    assert (config["generator_weight"], config["discriminator_weight"]) == (2.0, 7.0)
+    clone = ElectraPretrainer.from_config(config)
+    assert clone.loss_weights == {"generator": 2.0, "discriminator": 7.0}
+    assert clone.temperature == 0.5 and clone.seed == model.seed
+    with pytest.raises(ValueError, match="discriminator_weight"):
+        ElectraPretrainer(electra(8), electra(16, 2), loss_weights={"generator": 1.0})
 
 
 def test_both_losses_train_the_shared_embedding():
@@ -184,13 +206,16 @@ def test_detector_exports_only_the_discriminator(tmp_path):
     from kobjectives.export import export_saved_model
 
     model = pretrainer()
+    # The discriminator is what pretraining produces (a run's preset) and serves.
+    assert getattr(model, model.exported_model) is model.discriminator
+    assert model.serving_model().backbone is model.discriminator
     x = make_data(n=2)
     detector = model.detector()
     outputs = detector({k: x[k] for k in ("token_ids", "padding_mask", "segment_ids")})
     np.testing.assert_allclose(
         outputs["replaced_probability"].numpy(),
         tf.sigmoid(outputs["rtd_logits"]).numpy(), rtol=1e-6)
-    export_saved_model(detector, tmp_path / "sm")
+    export_saved_model(model, tmp_path / "sm")  # serves model.serving_model()
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     served = loaded.signatures["serving_default"](
         token_ids=tf.constant(x["token_ids"]),

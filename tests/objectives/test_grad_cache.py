@@ -265,3 +265,33 @@ def test_evaluate_matches_uncached_and_keras_round_trip(tmp_path):
     uncached.compile(optimizer="sgd")
     np.testing.assert_allclose(uncached.evaluate(x, batch_size=16, verbose=0), cached_loss,
                                rtol=1e-5)
+
+
+def test_named_loss_and_weight_regularizers_through_the_base_step():
+    # The contrastive loss is logged as `contrastive_loss`; an L2 kernel
+    # regularizer joins as the base's "layer_losses" share, in the logged
+    # `loss` and in the gradients, cached or not.
+    def regularized():
+        keras.utils.set_random_seed(0)
+        inputs = {"features": keras.Input((6,), name="features")}
+        dense = keras.layers.Dense(16, activation="tanh",
+                                   kernel_regularizer=keras.regularizers.L2(0.1))
+        hidden = dense(inputs["features"])
+        return keras.Model(inputs, keras.layers.Dense(8)(hidden))
+
+    x = {"anchor": dense_view(16, 0), "positive": dense_view(16, 1)}
+    reference = regularized()
+    with tf.GradientTape() as tape:
+        embeddings = [reference(x[k]) for k in ("anchor", "positive")]
+        contrastive = info_nce_loss(temperature=0.1)(embeddings)
+        total = contrastive + tf.add_n(reference.losses)
+    grads = tape.gradient(total, reference.trainable_variables)
+    for mini_batch_size in (None, 4):
+        model = CachedContrastiveEncoder(regularized(), mini_batch_size, temperature=0.1)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        logs = model.train_on_batch(x, return_dict=True)
+        np.testing.assert_allclose(logs["contrastive_loss"], contrastive, rtol=1e-5)
+        np.testing.assert_allclose(logs["loss"], total, rtol=1e-5)
+        for variable, before, grad in zip(model.trainable_variables,
+                                          reference.trainable_variables, grads):
+            np.testing.assert_allclose(variable, before - 0.5 * grad, atol=1e-5)

@@ -1,93 +1,199 @@
-"""Guards the Keras 3.15 workaround in `kobjectives.objectives.objective`."""
-
-import inspect
+"""The roles of `Objective`: frozen models, named losses, the per-loss
+gradient hook."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-from kobjectives.objectives.objective import Objective
-
-
-def _bool_input_model(cls):
-    token_ids = keras.Input((4,), dtype="int32", name="token_ids")
-    mask = keras.Input((4,), dtype="bool", name="padding_mask")
-    x = keras.layers.Embedding(10, 3)(token_ids) * keras.ops.cast(mask, "float32")[..., None]
-    return cls(inputs={"token_ids": token_ids, "padding_mask": mask},
-               outputs=keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+from kobjectives.objectives import FrozenModel
+from kobjectives.objectives import Objective
+from kobjectives.objectives import precompute_frozen_outputs
+from kobjectives.ops.reduction import global_weighted_mean
 
 
-def _fit(model):
-    x = {"token_ids": np.ones((8, 4), "int32"), "padding_mask": np.ones((8, 4), bool)}
-    model.compile(optimizer="sgd", loss="mse")
-    return model.fit(x, np.zeros((8, 1)), batch_size=4, epochs=1, verbose=0)
+@keras.saving.register_keras_serializable(package="kobjectives_tests")
+class Student(Objective):
+    """Matches a frozen teacher's outputs, plus an L2 penalty: two named losses."""
 
+    frozen_models = ("teacher",)
+    precomputed_outputs = {"teacher": ("teacher_out",)}
+    loss_names = ("match", "l2")
 
-def test_upstream_method_still_exists_with_the_same_signature():
-    # If this fails, Keras changed the private method the workaround overrides:
-    # re-check whether the upstream bug is fixed and drop or adapt Objective.
-    params = list(inspect.signature(TensorFlowTrainer._maybe_symbolic_build).parameters)
-    assert params == ["self", "iterator", "data_batch"]
-
-
-def test_upstream_bug_still_present(mirrored_strategy):
-    # If this fails, upstream Keras builds from distributed bool batches itself
-    # and `Objective._maybe_symbolic_build` can be deleted.
-    with mirrored_strategy.scope():
-        model = _bool_input_model(keras.Model)
-    with pytest.raises(Exception, match="bool"):
-        _fit(model)
-
-
-class BoolInputObjective(Objective):
-    # Subclassed, not functional: building a functional model from a class
-    # makes Keras rewrite the `__bases__` of the class and its ancestors.
-    trained_models = ()
-
-    def __init__(self, **kwargs):
+    def __init__(self, backbone, teacher=None, **kwargs):
         super().__init__(**kwargs)
-        self.embed = keras.layers.Embedding(10, 3)
-        self.dense = keras.layers.Dense(1)
+        self.backbone = backbone
+        self.teacher = self.freeze(teacher)
+        self.built = backbone.built
 
-    def call(self, inputs):
-        mask = keras.ops.cast(inputs["padding_mask"], "float32")[..., None]
-        return self.dense(keras.ops.sum(self.embed(inputs["token_ids"]) * mask, axis=1))
+    def call(self, x, training=False):
+        return self.backbone(x["features"], training=training)
 
+    def compute_frozen_outputs(self, name, x):
+        return {"teacher_out": self.teacher(x["features"])}
 
-def test_objective_trains_under_mirrored_with_bool_inputs(mirrored_strategy):
-    with mirrored_strategy.scope():
-        model = BoolInputObjective()
-    assert np.isfinite(_fit(model).history["loss"][0])
-    assert keras.Model in Objective.__bases__  # still a plain subclassed base
-
-
-def test_upstream_reduce_per_replica_still_reduces_multi_worker_logs_on_axis_0():
-    # If this fails, Keras changed how multi-worker step logs are reduced:
-    # re-check `Objective._make_function` (docs/distributed.md, bug 2).
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    params = list(inspect.signature(TensorFlowTrainer._make_function).parameters)
-    assert params == ["self", "step_function"]
-    source = inspect.getsource(tf_trainer.reduce_per_replica)
-    assert 'strategy.reduce("MEAN", v, axis=0)' in source
-    assert "_collective_all_reduce_multi_worker(strategy)" in source
+    def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
+        target = self.frozen_outputs("teacher", x)["teacher_out"]
+        weights = x.get("weights", tf.ones_like(y_pred[:, 0]))
+        return {
+            "match": (tf.reduce_sum((y_pred - target) ** 2, axis=-1), weights),
+            # A scalar term must be this replica's share of the global value.
+            "l2": global_weighted_mean(tf.reduce_sum(y_pred ** 2, axis=-1), 1.0),
+        }
 
 
-def test_scalar_logs_get_a_replica_axis_only_for_multi_worker(mirrored_strategy):
-    from kobjectives import compat
+def net(seed, dropout=0.0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dropout(dropout),
+        keras.layers.Dense(2)])
 
-    step = compat.scalar_logs_with_replica_axis(
-        lambda data: {"loss": tf.constant(2.0), "vector": tf.ones([3])}
-    )
-    logs = step(None)
-    assert logs["loss"].shape == (1,) and logs["vector"].shape == (3,)
-    # Reducing the [1]-shaped log over axis 0 gives back the scalar.
-    assert float(tf.reduce_mean(logs["loss"], axis=0)) == 2.0
-    assert not compat.is_multi_worker(mirrored_strategy)
-    assert not compat.is_multi_worker(tf.distribute.get_strategy())
-    # Under mirrored the step function is passed through untouched.
-    with mirrored_strategy.scope():
-        model = BoolInputObjective()
-    assert np.isfinite(_fit(model).history["loss"][0])
+
+X = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+W = np.array([1.0, 0.0] * 8, "float32")
+
+
+def dataset():
+    return tf.data.Dataset.from_tensor_slices({"features": X, "weights": W}).batch(8)
+
+
+def test_frozen_model_is_not_trained_tracked_or_saved(tmp_path):
+    teacher = net(1, dropout=0.5)
+    model = Student(net(0), teacher)
+    assert len(model.weights) == 4 and len(model.trainable_variables) == 4
+    assert all(all(w is not v for v in teacher.weights) for w in model.weights)
+    assert not teacher.trainable
+    # Called with training=False: dropout does not fire, outputs equal inference.
+    np.testing.assert_allclose(model.teacher(X), teacher(X, training=False), atol=0)
+    before = [w.numpy() for w in teacher.weights]
+    model.compile(optimizer="sgd", jit_compile=True)
+    model.fit(dataset(), epochs=2, verbose=0)
+    for old, new in zip(before, teacher.weights):
+        np.testing.assert_array_equal(old, new.numpy())
+    model.save_weights(tmp_path / "student.weights.h5")
+    restored = Student(net(2), teacher)
+    restored.load_weights(tmp_path / "student.weights.h5")  # 4 weights, no teacher's
+    for a, b in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_named_losses_are_weighted_summed_and_tracked():
+    model = Student(net(0), net(1), loss_weights={"l2": 0.25})
+    assert model.loss_weights == {"match": 1.0, "l2": 0.25}
+    batch = {"features": X[:8], "weights": W[:8]}
+    pred = model(batch).numpy()
+    target = model.teacher(X[:8]).numpy()
+    match = ((pred - target) ** 2).sum(-1)
+    expected_match = (match * W[:8]).sum() / W[:8].sum()  # weight-0 rows excluded
+    expected_l2 = (pred ** 2).sum(-1).mean()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = model.evaluate(tf.data.Dataset.from_tensors(batch), return_dict=True, verbose=0)
+    np.testing.assert_allclose(logs["match_loss"], expected_match, rtol=1e-5)
+    np.testing.assert_allclose(logs["l2_loss"], expected_l2, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], expected_match + 0.25 * expected_l2, rtol=1e-5)
+
+
+def test_loss_weights_are_checked():
+    with pytest.raises(ValueError, match="unknown losses \\['typo'\\]"):
+        Student(net(0), loss_weights={"typo": 1.0})
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        Student(net(0), loss_weights={"l2": -1.0})
+    with pytest.raises(ValueError, match="Every loss weight"):
+        Student(net(0), loss_weights={"l2": 0.0, "match": 0.0})
+    with pytest.raises(ValueError, match="computes its own loss"):
+        Student(net(0)).compile(loss="mse")
+
+
+def test_precomputed_outputs_replace_the_frozen_model(tmp_path):
+    teacher = net(1)
+    online = Student(net(0), teacher)
+    precomputed = precompute_frozen_outputs(online, "teacher", dataset(), path=tmp_path / "pre")
+    batches = list(precomputed)
+    assert "teacher_out" in batches[0] and len(batches) == 2
+    np.testing.assert_allclose(batches[0]["teacher_out"], teacher(X[:8]), atol=1e-6)
+    # Without any teacher, the precomputed values train exactly like the online teacher.
+    offline = Student(net(0))
+    for model in (online, offline):
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+    online.fit(dataset(), epochs=1, verbose=0, shuffle=False)
+    offline.fit(precomputed, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(online.weights, offline.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    # Neither a teacher nor precomputed outputs: a clear error.
+    with pytest.raises(ValueError, match="precompute_frozen_outputs"):
+        offline.compute_losses({"features": X}, None, offline({"features": X}))
+
+
+def test_keras_round_trip_reloads_the_frozen_model_from_its_source(tmp_path):
+    teacher = net(1)
+    teacher.save(tmp_path / "teacher.keras")
+    model = Student(net(0), FrozenModel.from_file(tmp_path / "teacher.keras"),
+                    loss_weights={"l2": 0.5})
+    model.compile(optimizer="sgd")
+    model.fit(dataset(), epochs=1, verbose=0)
+    model.save(tmp_path / "student.keras")
+    loaded = keras.saving.load_model(tmp_path / "student.keras")
+    assert loaded.loss_weights == {"match": 1.0, "l2": 0.5}
+    assert loaded.teacher.source == {"file": str(tmp_path / "teacher.keras")}
+    np.testing.assert_allclose(loaded.teacher(X), teacher(X), atol=1e-6)
+    np.testing.assert_allclose(loaded({"features": X}), model({"features": X}), atol=1e-6)
+    # An in-memory frozen model cannot be saved silently without its weights.
+    with pytest.raises(ValueError, match="save_to_preset"):
+        Student(net(0), net(1)).save(tmp_path / "bad.keras")
+
+
+class Surgery(Student):
+    per_loss_gradients = True
+
+
+class Projected(Student):
+    """PCGrad-like: the `l2` gradient's component against `match`'s is removed."""
+
+    per_loss_gradients = True
+
+    def combine_gradients(self, gradients, variables):
+        out = []
+        for g_match, g_l2 in zip(gradients["match"], gradients["l2"]):
+            dot = tf.reduce_sum(g_match * g_l2)
+            g_l2 = tf.where(dot < 0, g_l2 - dot / tf.reduce_sum(g_match ** 2) * g_match, g_l2)
+            out.append(g_match + g_l2)
+        return out
+
+
+def _one_step(cls, strategy=None, jit=False):
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = cls(net(0), net(1), loss_weights={"l2": 0.5})
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
+    history = model.fit(dataset(), epochs=1, verbose=0, shuffle=False)
+    return model, history.history
+
+
+def test_per_loss_gradients_with_the_default_combination_equal_the_plain_step():
+    plain, plain_logs = _one_step(Student)
+    surgery, surgery_logs = _one_step(Surgery, jit=True)
+    for a, b in zip(plain.weights, surgery.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    for key in ("loss", "match_loss", "l2_loss"):
+        np.testing.assert_allclose(plain_logs[key], surgery_logs[key], rtol=1e-6)
+
+
+def test_combine_gradients_hook_receives_each_loss_gradient():
+    model = Projected(net(0), net(1), loss_weights={"l2": 0.5})
+    batch = {"features": X[:8], "weights": W[:8]}
+    variables = model.trainable_variables
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    with tf.GradientTape(persistent=True) as tape:
+        terms = model.loss_terms(batch, None, model(batch, training=True))
+    grads = {name: tape.gradient(term, variables) for name, term in terms.items()}
+    expected = [w.numpy() - 0.1 * g.numpy() for w, g in zip(variables, model.combine_gradients(grads, variables))]
+    model.train_on_batch(batch)
+    for variable, value in zip(variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, atol=1e-6)
+
+
+def test_per_loss_step_under_mirrored_equals_one_device(mirrored_strategy):
+    one, _ = _one_step(Surgery)
+    two, _ = _one_step(Surgery, strategy=mirrored_strategy)
+    for a, b in zip(one.weights, two.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)

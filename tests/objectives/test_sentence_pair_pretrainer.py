@@ -42,6 +42,9 @@ def log_softmax(z):
 
 def test_loss_is_weighted_sum_of_masked_lm_and_pair_cross_entropy():
     model = SentencePairPretrainer(bert(), task="sop", mlm_weight=0.7, pair_weight=1.9)
+    # Named losses: the base weights, sums and tracks them (`NAME_loss`, unweighted).
+    assert model.loss_names == ("mlm", "pair")
+    assert model.loss_weights == {"mlm": 0.7, "pair": 1.9}
     model.compile()
     x, y = make_data(n=B)
     outputs = model(x)
@@ -57,6 +60,23 @@ def test_loss_is_weighted_sum_of_masked_lm_and_pair_cross_entropy():
     predicted = outputs["pair_logits"].numpy().argmax(-1)
     np.testing.assert_allclose(result["pair_accuracy"], (predicted == y["pair_labels"]).mean())
     np.testing.assert_allclose(result["perplexity"], np.exp(mlm), rtol=1e-4)
+    # The same numbers as the ops the objective used before named losses.
+    from kobjectives import ops
+
+    reference = (0.7 * ops.masked_lm_loss(y["mask_ids"], outputs["mlm_logits"], y["mask_weights"])
+                 + 1.9 * ops.pair_classification_loss(y["pair_labels"], outputs["pair_logits"]))
+    assert float(model.compute_loss(x, y, outputs)) == float(reference)
+
+
+def test_config_holds_the_weights_once_and_round_trips():
+    model = SentencePairPretrainer(bert(), task="sop", mlm_weight=0.5, pair_weight=2.0)
+    config = model.get_config()
+    assert "loss_weights" not in config
+    assert (config["mlm_weight"], config["pair_weight"]) == (0.5, 2.0)
+    clone = SentencePairPretrainer.from_config(config)
+    assert clone.loss_weights == {"mlm": 0.5, "pair": 2.0} and clone.task == "sop"
+    with pytest.raises(ValueError, match="mlm_weight"):
+        SentencePairPretrainer(bert(), loss_weights={"mlm": 1.0})
 
 
 def test_reuses_the_masked_lm_head_and_the_backbone_pooler():

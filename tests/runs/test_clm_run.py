@@ -3,12 +3,14 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import keras_hub
 import numpy as np
+import pytest
 
+from kobjectives import backbones
 from kobjectives import cli
-from kobjectives.recipe import load_recipe
-from kobjectives.runs import clm
+from kobjectives.runs import run_class
 
 TINY = [
     "--steps", "4", "--batch-size", "4", "--sequence-length", "16",
@@ -33,39 +35,60 @@ LOAD = textwrap.dedent("""
     logits = out["logits"].numpy()
     assert logits.shape[:2] == (2, 16), logits.shape
     assert np.isfinite(logits).all()
+    ids = out["token_ids"].numpy()
+    # A prompt is "[CLS] tokens" with no end token: "a" is [CLS] a.
+    assert ids[1, 0] == 2 and ids[1, 1] != 3 and (ids[1, 2:] == 0).all(), ids
     print("OK", out["next_token_logits"].shape)
 """)
 
 
-def test_train_clm_writes_the_run_folder_and_a_standalone_saved_model(tmp_path):
+def train(*args, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "kobjectives.cli", "train", "clm", *TINY, *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def clm_run(tmp_path_factory):
+    """A tiny `kobjectives train clm` run with a test file: `(run folder, result)`."""
+    tmp_path = tmp_path_factory.mktemp("clm")
     out = tmp_path / "run"
     test_file = tmp_path / "test.txt"
     test_file.write_text("the module returns a list.\n\nit raises an error.\n" * 20)
-    result = subprocess.run(
-        [sys.executable, "-m", "kobjectives.cli", "train", "clm", *TINY,
-         "--set", f"evaluation.test_data={test_file}", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )
+    result = train("--set", f"evaluation.test_data={test_file}", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_clm_writes_the_run_folder_and_a_standalone_saved_model(clm_run):
+    out, result = clm_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["objective"] == "clm" and metrics["steps"] == 4
+    assert metrics["recipe"] == "clm" and metrics["steps"] == 4
+    assert metrics["backbone"] == "gpt2_tiny" and metrics["sequence_length"] == 16
     for key in ("val_loss", "val_perplexity", "unigram_perplexity", "val_next_token_accuracy",
                 "unigram_accuracy"):
         assert isinstance(metrics[key], float)
     # Keras' evaluate() (a mean over batches) and the run's token-level pass
     # (a mean over targets) agree closely on nearly full packed windows.
     np.testing.assert_allclose(np.exp(metrics["val_loss"]), metrics["val_perplexity"], rtol=0.05)
-    assert metrics["val_tokens"] > 0
+    # Two full validation batches of 4 windows of 16: at most 15 targets a window.
+    assert 0 < metrics["val_tokens"] <= 2 * 4 * 15
     assert metrics["reset_attention"] is True  # the recipe's default
+    vocabulary = len((out / "vocab.txt").read_text().splitlines())
     alone = metrics["val_documents_alone"]
-    assert alone["tokens"] > 0 and alone["unigram_perplexity"] > 1.0
-    assert np.isfinite(alone["perplexity"])
-    assert metrics["test"]["tokens"] > 0 and metrics["test"]["unigram_perplexity"] > 1.0
-    assert (out / "model.keras").is_file() and (out / "vocab.txt").is_file()
+    # Add-one unigram models of the training tokens beat the uniform guess.
+    for scored in (metrics, alone, metrics["test"]):
+        assert 1.0 < scored["unigram_perplexity"] < vocabulary
+    assert alone["tokens"] > 0 and np.isfinite(alone["perplexity"])
+    assert metrics["test"]["tokens"] > 0 and metrics["test"]["data"].endswith("test.txt")
+    assert (out / "model.keras").is_file()
+    assert (out / "preset" / "config.json").is_file()
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "epoch_001.weights.h5", "epoch_002.weights.h5"]
-    assert "unigram baseline" in result.stdout
+    assert "test data: 40 documents" in result.stdout
+    assert "unigram baseline" in result.stdout and "test (" in result.stdout
     loaded = subprocess.run(
         [sys.executable, "-c", LOAD, str(out / "saved_model")],
         capture_output=True, text=True, timeout=300,
@@ -73,36 +96,62 @@ def test_train_clm_writes_the_run_folder_and_a_standalone_saved_model(tmp_path):
     assert loaded.returncode == 0 and "OK" in loaded.stdout, loaded.stderr[-3000:]
 
 
-def test_bad_settings_fail_before_any_work(tmp_path, capsys):
-    out = str(tmp_path / "run")
-    assert cli.main(["train", "clm", "--set", "model.backbone=bert_tiny", "--out", out]) == 2
-    assert "causal" in capsys.readouterr().err
-    assert cli.main(["train", "clm", "--set", "clm.label_smoothing=1.0", "--out", out]) == 2
-    assert "label_smoothing" in capsys.readouterr().err
-    assert cli.main(["train", "clm", "--set", "clm.chunk_size=0", "--out", out]) == 2
-    assert "chunk_size" in capsys.readouterr().err
-    assert cli.main(["train", "clm", "--set", "evaluation.test_data=/nonexistent.txt",
-                     "--out", out]) == 2
-    assert "test_data" in capsys.readouterr().err
-    # Gemma's decoder block cannot take a per-document attention mask.
-    assert cli.main(["train", "clm", "--set", "model.backbone=gemma_tiny", "--out", out]) == 2
+def test_init_from_a_clm_run_folder_starts_from_its_backbone_and_tokenizer(clm_run, tmp_path):
+    out, _ = clm_run
+    # The backbone an init run builds is the run folder's trained one.
+    run = run_class("clm")({"model": {"init": str(out), "sequence_length": 16}},
+                           out_dir=tmp_path / "built", log=lambda *_: None)
+    run.tokenizer = backbones.load_tokenizer(str(out))
+    trained = keras.saving.load_model(out / "model.keras", compile=False).backbone
+    started = run.build_backbone()
+    assert [w.shape for w in started.weights] == [w.shape for w in trained.weights]
+    for a, b in zip(started.weights, trained.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    again = tmp_path / "again"
+    result = train("--init", str(out), "--steps", "2", "--out", str(again))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"tokenizer: from {out}" in result.stdout  # no WordPiece trained
+    assert (again / "vocab.txt").read_text() == (out / "vocab.txt").read_text()
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["backbone"] == str(out) and metrics["steps"] == 2
+    assert json.loads((again / "recipe.json").read_text())["model"]["init"] == str(out)
+
+
+def test_init_from_an_encoder_run_folder_is_refused_naming_model_init(tmp_path, capsys):
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
+    encoder_run = tmp_path / "mlm_run"
+    backbones.save_preset(
+        backbones.build_backbone("bert_tiny", len(vocabulary), 16),
+        keras_hub.models.BertTokenizer(vocabulary=vocabulary),
+        encoder_run / backbones.PRESET_FOLDER)
+    out = tmp_path / "run"
+    assert cli.main(["train", "clm", "--init", str(encoder_run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "clm.reset_attention" in err and "GemmaDecoderBlock" in err
+    assert "model.init" in err and "BertBackbone" in err and "causal" in err
+    assert not out.exists()
+
+
+def test_bad_settings_fail_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "clm", "--set", "model.backbone=bert_tiny", "--out", str(out)]) == 2
+    assert "model.backbone = 'bert_tiny'" in capsys.readouterr().err
+    assert cli.main(["train", "clm", "--set", "clm.label_smoothing=1.0", "--out", str(out)]) == 2
+    assert "clm.label_smoothing = 1.0: must be in [0, 1)" in capsys.readouterr().err
+    assert cli.main(["train", "clm", "--set", "clm.chunk_size=0", "--out", str(out)]) == 2
+    assert "clm.chunk_size = 0: must be in [1, inf)" in capsys.readouterr().err
+    assert cli.main(["train", "clm", "--set", "evaluation.test_data=/nonexistent.txt",
+                     "--out", str(out)]) == 2
+    assert "evaluation.test_data = '/nonexistent.txt': not a file" in capsys.readouterr().err
+    # Gemma's decoder block cannot take a per-document attention mask.
+    assert cli.main(["train", "clm", "--set", "model.backbone=gemma_tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "clm.reset_attention = true" in err and "GemmaDecoderBlock" in err
+    # Without the attention reset Gemma is accepted (the loss is still reset).
+    run = run_class("clm")({"model": {"backbone": "gemma_tiny"}, "clm": {"reset_attention": False}},
+                           out_dir=out)
+    assert run.recipe.model.backbone == "gemma_tiny"
+    assert not out.exists()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert cli.main(["train", "clm", "--data", str(empty), "--out", out]) == 2
-
-
-def test_documents_alone_dataset_puts_one_document_per_window():
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
-    recipe = load_recipe("clm")
-    recipe["model"]["sequence_length"] = 4
-    x = next(iter(clm.documents_alone_dataset(
-        recipe, {"tokenizer": tokenizer}, ["a b c a b", "c", "a a"], batch_size=8)))
-    # [CLS] a b c a b [SEP] -> two windows; [CLS] c [SEP] and [CLS] a a [SEP] -> one each.
-    np.testing.assert_array_equal(x["token_ids"].numpy(), [
-        [2, 5, 6, 7], [5, 6, 3, 0], [2, 7, 3, 0], [2, 5, 5, 3]])
-    np.testing.assert_array_equal(x["padding_mask"].numpy(), [
-        [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-    assert not x["segment_ids"].numpy().any()  # never two documents in a window
+    assert cli.main(["train", "clm", "--data", str(empty), "--out", str(out)]) == 2

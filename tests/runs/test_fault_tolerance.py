@@ -16,7 +16,7 @@ from kobjectives.distribute import RunBackup
 from kobjectives.distribute import StopOnNonFiniteLoss
 from kobjectives.distribute import read_run_log
 from kobjectives.objectives.objective import Objective
-from kobjectives.runs import common
+from kobjectives.runs import callbacks as run_callbacks_lib
 from tests.distribute import multi_worker_helpers as mw
 
 
@@ -104,7 +104,7 @@ def test_log_rows_written_after_the_backup_are_dropped_on_resume(tmp_path):
 
 def test_non_finite_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     model = _model()
-    callbacks = common.run_callbacks(tmp_path)
+    callbacks = run_callbacks_lib.run_callbacks(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"training step 8 \(epoch 3, batch 2\)"):
         # batch 7 (0-based) of the data = global step 8 = epoch 3, batch 2
         model.fit(_dataset(nan_at_batch=7), epochs=4, steps_per_epoch=3, verbose=0,
@@ -125,11 +125,11 @@ def test_stop_on_non_finite_loss_config():
     assert callback.get_config() == {"monitor": "val_loss", "checkpoint_hint": "x"}
 
 
-def test_resume_false_starts_over(tmp_path):
+def test_clear_backup_starts_over(tmp_path):
     (tmp_path / "backup").mkdir()
     (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
     (tmp_path / "history.csv").write_text("epoch,step\n1,3\n")
-    common.run_callbacks(tmp_path, resume=False)
+    run_callbacks_lib.clear_backup(tmp_path)
     assert not (tmp_path / "backup").exists() and not (tmp_path / "history.csv").exists()
 
 

@@ -1,8 +1,9 @@
-"""`kobjectives export RUN_DIR` and `kobjectives.export.load_run`: rebuild a
+"""`kobjectives export RUN_DIR` and `kobjectives.runs.load_run`: rebuild a
 run from its folder, export it, serve it from a clean process, and continue
 training from `model.keras` with the same next-step loss."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,9 @@ import numpy as np
 import pytest
 
 from kobjectives import cli
-from kobjectives import recipe as recipe_lib
-from kobjectives.export import export_run_dir
-from kobjectives.export import load_run
-from kobjectives.runs import mlm
+from kobjectives.runs import export_run_dir
+from kobjectives.runs import load_run
+from kobjectives.runs import run_class
 
 TINY = {
     "training.steps": 2, "training.batch_size": 4, "model.sequence_length": 16,
@@ -47,8 +47,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm_run")
-    recipe = recipe_lib.override(recipe_lib.load_recipe("mlm"), TINY)
-    mlm.train(recipe, out, log=lambda *a: None)
+    cls = run_class("mlm")
+    cls(cls.recipe_class().replace(TINY), out, log=lambda *a: None).train()
     return out
 
 
@@ -88,17 +88,16 @@ def test_load_run_continues_training_with_the_same_next_step_loss(run_dir, tmp_p
     from kobjectives.data import embedded_corpus
 
     run = load_run(run_dir)
-    assert run.objective == "mlm" and run.sequence_length == 16
+    assert run.name == "mlm" and run.recipe.model.sequence_length == 16
     assert run.tokenizer.vocabulary_size() == len(run.vocabulary)
+    assert run.vocabulary == (run_dir / "vocab.txt").read_text().splitlines()
     assert int(run.model.optimizer.iterations.numpy()) == 2  # the run's 2 steps
-    documents = embedded_corpus(max_documents=50)
-    prepared = {"train_documents": documents, "validation_documents": documents,
-                "vocabulary": run.vocabulary, "tokenizer": run.tokenizer}
-    batch = next(iter(mlm.make_dataset(run.recipe, prepared, "train", 4)))
+    run.train_documents = run.validation_documents = embedded_corpus(max_documents=50)
+    batch = next(iter(run.make_dataset("train", 4)))
     run.model.train_on_batch(*batch)  # continue training, then save mid-run
     run.model.save(tmp_path / "model.keras")
-    (tmp_path / "recipe.json").write_text(json.dumps(run.recipe))
-    (tmp_path / "vocab.txt").write_text((run_dir / "vocab.txt").read_text())
+    (tmp_path / "recipe.json").write_text(json.dumps(run.recipe.to_dict()))
+    shutil.copytree(run_dir / "preset", tmp_path / "preset")
 
     again = load_run(tmp_path)
     assert int(again.model.optimizer.iterations.numpy()) == 3
@@ -114,27 +113,15 @@ def test_load_run_continues_training_with_the_same_next_step_loss(run_dir, tmp_p
 def test_bad_run_folders_fail_clearly(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "missing")]) == 2
     assert "Run folder not found" in capsys.readouterr().err
-    (tmp_path / "recipe.json").write_text(json.dumps({"objective": "mlm", "model": {}}))
+    (tmp_path / "recipe.json").write_text(json.dumps({"recipe": "mlm", "model": {}}))
     assert cli.main(["export", str(tmp_path)]) == 2
     assert "no model.keras" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no model.keras"):
         export_run_dir(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"")
-    (tmp_path / "recipe.json").write_text(json.dumps({"objective": "nope", "model": {}}))
-    with pytest.raises(ValueError, match="no runner. Valid:"):
+    (tmp_path / "recipe.json").write_text(json.dumps({"objective": "mlm", "model": {}}))
+    with pytest.raises(FileNotFoundError, match="names no recipe"):
         export_run_dir(tmp_path)
-
-
-def test_objectives_without_an_export_hook_are_refused(tmp_path, monkeypatch):
-    import types
-
-    from kobjectives.export import run_dir as run_dir_lib
-    from kobjectives import runs
-
-    (tmp_path / "model.keras").write_bytes(b"")
-    (tmp_path / "recipe.json").write_text(json.dumps({"objective": "custom", "model": {}}))
-    monkeypatch.setitem(runs.RUNNERS, "custom", "custom")
-    module = types.ModuleType("kobjectives.runs.custom")
-    monkeypatch.setitem(sys.modules, "kobjectives.runs.custom", module)
-    with pytest.raises(ValueError, match="defines no export"):
-        run_dir_lib.export_run_dir(tmp_path)
+    (tmp_path / "recipe.json").write_text(json.dumps({"recipe": "nope", "model": {}}))
+    with pytest.raises(ValueError, match="Unknown recipe 'nope'. Valid recipes: .*mlm"):
+        export_run_dir(tmp_path)

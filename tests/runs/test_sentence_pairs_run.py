@@ -51,7 +51,7 @@ def test_train_writes_the_run_folder_and_a_servable_model(tmp_path, recipe, task
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["objective"] == "sentence_pairs" and metrics["task"] == task
+    assert metrics["recipe"] == recipe and metrics["task"] == task
     assert metrics["steps"] == 4 and metrics["chance_pair_accuracy"] == 0.5
     for key in ("val_loss", "val_pair_accuracy", "majority_pair_accuracy",
                 "val_masked_accuracy", "unigram_masked_accuracy", "val_perplexity"):
@@ -59,6 +59,11 @@ def test_train_writes_the_run_folder_and_a_servable_model(tmp_path, recipe, task
     assert metrics["validation_pairs"] == 8
     assert 0.5 <= metrics["majority_pair_accuracy"] <= 1.0
     assert (out / "model.keras").is_file() and (out / "vocab.txt").is_file()
+    assert (out / "preset" / "config.json").is_file()
+    # The loss is the named losses' sum (weights 1 and 1); the terms are means
+    # over masked slots / pairs of all batches, the loss a mean over batches.
+    weighted = metrics["val_mlm_loss"] + metrics["val_pair_loss"]
+    assert abs(metrics["val_loss"] - weighted) < 0.05 * weighted
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "vs chance baseline 0.5" in result.stdout
     # The SavedModel serves "A [SEP] B" strings in a process with only TF.
@@ -82,3 +87,12 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert "encoder" in capsys.readouterr().err
     assert cli.main(["train", "bert", "--batch-size", "1", "--out", out]) == 2
     assert "batch_size" in capsys.readouterr().err
+    assert cli.main(["train", "bert", "--set", "pairs.mlm_weight=0", "--set",
+                     "pairs.pair_weight=0", "--out", out]) == 2
+    assert "both 0" in capsys.readouterr().err
+    # ALBERT's recipe is BERT's with its own defaults.
+    from kobjectives.runs import load_recipe
+
+    albert = load_recipe("albert")
+    assert (albert.model.backbone, albert.pairs.task) == ("albert_tiny", "sop")
+    assert load_recipe("bert").pairs.task == "nsp"

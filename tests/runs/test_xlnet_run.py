@@ -1,7 +1,10 @@
 import json
+import math
 import subprocess
 import sys
 import textwrap
+
+import numpy as np
 
 from kobjectives import cli
 
@@ -21,13 +24,20 @@ def test_train_xlnet_writes_the_run_folder_and_a_servable_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["objective"] == "xlnet" and metrics["steps"] == 4
+    assert metrics["recipe"] == "xlnet" and metrics["steps"] == 4
+    assert metrics["backbone"] == "xlnet_tiny"
     for key in ("val_loss", "val_perplexity", "val_target_accuracy",
                 "unigram_target_accuracy", "unigram_perplexity"):
-        assert isinstance(metrics[key], float) and metrics[key] == metrics[key]  # not NaN
-    assert 0.0 <= metrics["unigram_target_accuracy"] <= 1.0
-    assert metrics["unigram_perplexity"] > 1.0
-    assert (out / "vocab.txt").is_file() and (out / "model.keras").is_file()
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    np.testing.assert_allclose(np.exp(metrics["val_loss"]), metrics["val_perplexity"], rtol=0.1)
+    vocabulary = (out / "vocab.txt").read_text().splitlines()
+    # The unigram baseline always predicts a frequent content token, never a special one.
+    assert metrics["unigram_token"] in vocabulary
+    assert not metrics["unigram_token"].startswith("[")
+    assert 0.0 <= metrics["unigram_target_accuracy"] < 0.5
+    # The add-one unigram model of the training tokens beats the uniform guess.
+    assert 1.0 < metrics["unigram_perplexity"] < len(vocabulary)
+    assert (out / "model.keras").is_file() and (out / "preset" / "config.json").is_file()
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "unigram baseline" in result.stdout
     # The SavedModel serves raw strings in a process with only TensorFlow.
@@ -53,10 +63,14 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert cli.main(["train", "xlnet", "--set", "model.backbone=bert_tiny", "--out", out]) == 2
     assert "permutation" in capsys.readouterr().err
     assert cli.main(["train", "xlnet", "--set", "plm.plm_probability=0", "--out", out]) == 2
-    assert "plm_probability" in capsys.readouterr().err
+    assert "plm.plm_probability = 0.0: must be in (0, 1]" in capsys.readouterr().err
     assert cli.main(["train", "xlnet", "--sequence-length", "63",
                      "--set", "plm.permutation_size=32", "--out", out]) == 2
-    assert "permutation_size" in capsys.readouterr().err
+    assert "plm.permutation_size = 32: must divide model.sequence_length = 63" in \
+        capsys.readouterr().err
     assert cli.main(["train", "xlnet", "--set", "plm.num_predict=100", "--out", out]) == 2
-    assert "num_predict" in capsys.readouterr().err
+    assert "plm.num_predict = 100: at most model.sequence_length = 64" in capsys.readouterr().err
+    assert cli.main(["train", "xlnet", "--sequence-length", "3", "--set", "plm.num_predict=2",
+                     "--out", out]) == 2
+    assert "model.sequence_length = 3" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -1,9 +1,8 @@
-"""RunHyperModel and the search helpers, on a toy run module (fast) and
-on the bundled recipes (search spaces, TOML round trip)."""
+"""RunHyperModel and the search helpers, on a toy `Run` (fast) and on the
+registered runs (their search spaces)."""
 
+import dataclasses
 import math
-import tomllib
-import types
 
 import keras
 import keras_tuner
@@ -11,95 +10,120 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kobjectives import recipe as recipe_lib
-from kobjectives.tuning import CPCHyperModel
-from kobjectives.tuning import MaskedLMHyperModel
+from kobjectives.recipe import Recipe
+from kobjectives.recipe import Section
+from kobjectives.recipe import TrainingConfig
+from kobjectives.recipe import option
+from kobjectives.recipe import section
+from kobjectives.runs import Run
+from kobjectives.runs import available_runs
+from kobjectives.runs import run_class
 from kobjectives.tuning import RunHyperModel
-from kobjectives.tuning import SimCSEHyperModel
-from kobjectives.tuning import apply_values
 from kobjectives.tuning import check_search_space
-from kobjectives.tuning import dumps_recipe
-from kobjectives.tuning import hypermodel_for
 from kobjectives.tuning import make_tuner
-from kobjectives.tuning.search import trial_rows
+from kobjectives.tuning import trial_rows
 
 
-def toy_run():
-    """A run module following the contract: linear regression y = 3x + noise,
-    with a data-pipeline hyperparameter (`data.noise`) and a model one
-    (`training.learning_rate`). It records what it was asked for."""
-    run = types.ModuleType("toy_run")
-    run.calls = []
-    run.SEARCH_SPACE = {
+@dataclasses.dataclass(frozen=True)
+class ToyConfig(Section):
+    """The toy regression's data: y = 3x + noise, x in [-scale, scale]."""
+
+    noise: float = option(0.0, "label noise", within="[0, 1]")
+    scale: float = option(1.0, "the inputs' range", within="(0, inf)")
+
+    def check(self):
+        if self.noise > self.scale:
+            yield f"noise = {self.noise}: at most toy.scale = {self.scale}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyRecipe(Recipe):
+    """A toy regression."""
+
+    name = "toy"
+    toy: ToyConfig = section(ToyConfig)
+    training: TrainingConfig = section(
+        TrainingConfig, steps=4, epochs=2, batch_size=8, learning_rate=0.01, warmup_steps=0,
+        jit_compile=False)
+
+
+class ToyRun(Run):
+    """Linear regression with a data-pipeline hyperparameter (`toy.noise`)
+    and a model one (`training.learning_rate`). Records the datasets it is
+    asked for and the strategy of each build (shared by its trial runs)."""
+
+    name = "toy"
+    recipe_class = ToyRecipe
+    search_space = {
         "training.learning_rate": ("float", 1e-3, 1e-1, "log"),
-        "data.noise": ("choice", [0.0, 0.5]),
+        "toy.noise": ("choice", [0.0, 0.5]),
     }
 
-    def prepare(recipe, out_dir, **kwargs):
-        return {"x": np.linspace(-1, 1, 64, dtype="float32")[:, None]}
+    def __init__(self, recipe=None, out_dir=None, **kwargs):
+        super().__init__(recipe, out_dir, **kwargs)
+        self.calls, self.built = [], []
 
-    def make_dataset(recipe, prepared, split, batch_size, input_context=None):
-        run.calls.append((split, recipe["data"]["noise"]))
-        x = prepared["x"]
+    def check(self):
+        return ()
+
+    def prepare(self):
+        x = np.linspace(-1, 1, 64, dtype="float32")[:, None]
+        self.train_documents = self.validation_documents = x
+
+    def make_dataset(self, split, batch_size, input_context=None):
+        toy = self.recipe.toy
+        self.calls.append((split, toy.noise))
+        x = self.documents(split, input_context) * toy.scale
         rng = np.random.default_rng(0 if split == "train" else 1)
-        y = 3.0 * x + recipe["data"]["noise"] * rng.normal(size=x.shape).astype("float32")
+        y = 3.0 * x + toy.noise * rng.normal(size=x.shape).astype("float32")
         dataset = tf.data.Dataset.from_tensor_slices((x, y))
         if split == "train":
             return dataset.repeat().batch(batch_size, drop_remainder=True)
         return dataset.batch(batch_size, drop_remainder=True)
 
-    def build_model(recipe, prepared):
+    def build_model(self):
+        self.built.append(tf.distribute.get_strategy())
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-        model.compile(
-            optimizer=keras.optimizers.SGD(recipe["training"]["learning_rate"]), loss="mse"
-        )
+        model.compile(optimizer=keras.optimizers.SGD(self.recipe.training.learning_rate),
+                      loss="mse")
         return model
 
-    run.prepare, run.make_dataset, run.build_model = prepare, make_dataset, build_model
-    return run
 
-
-def toy_recipe(**training):
-    return {
-        "objective": "toy",
-        "data": {"noise": 0.0},
-        "training": {
-            "learning_rate": 0.01, "steps": 4, "epochs": 2, "batch_size": 8, "seed": 0,
-            "dtype_policy": "float32", "jit_compile": False, **training,
-        },
-    }
+def toy_hypermodel(search_space=None, strategy=None, **recipe):
+    run = ToyRun(ToyRecipe().replace(recipe))
+    return RunHyperModel(run, search_space=search_space, strategy=strategy), run
 
 
 def test_search_space_maps_to_keras_tuner_hyperparameters():
-    run = toy_run()
-    run.SEARCH_SPACE = {
+    space = {
         "training.learning_rate": ("float", 1e-4, 1e-2, "log"),
         "training.steps": ("int", 2, 6),
-        "data.noise": ("choice", [0.0, 0.5]),
+        "toy.noise": ("choice", [0.0, 0.5]),
     }
-    hypermodel = RunHyperModel(toy_recipe(), {}, run=run)
+    hypermodel, run = toy_hypermodel(space)
     hp = keras_tuner.HyperParameters()
     values = hypermodel.declare(hp)
-    space = {p.name: p for p in hp.space}
-    lr = space["training.learning_rate"]
+    declared = {p.name: p for p in hp.space}
+    lr = declared["training.learning_rate"]
     assert isinstance(lr, keras_tuner.engine.hyperparameters.Float)
     assert (lr.min_value, lr.max_value, lr.sampling) == (1e-4, 1e-2, "log")
-    steps = space["training.steps"]
+    steps = declared["training.steps"]
     assert isinstance(steps, keras_tuner.engine.hyperparameters.Int)
     assert (steps.min_value, steps.max_value) == (2, 6)
-    assert list(space["data.noise"].values) == [0.0, 0.5]
-    assert set(values) == set(run.SEARCH_SPACE)
-    recipe = hypermodel.recipe_for({"training.learning_rate": 0.005, "data.noise": 0.5,
+    assert list(declared["toy.noise"].values) == [0.0, 0.5]
+    assert set(values) == set(space)
+    recipe = hypermodel.recipe_for({"training.learning_rate": 0.005, "toy.noise": 0.5,
                                     "tuner/epochs": 3})
-    assert recipe["training"]["learning_rate"] == 0.005 and recipe["data"]["noise"] == 0.5
-    assert hypermodel.recipe["data"]["noise"] == 0.0  # the base recipe is untouched
+    assert recipe.training.learning_rate == 0.005 and recipe.toy.noise == 0.5
+    assert run.recipe.toy.noise == 0.0  # the base recipe is untouched
 
 
-def test_apply_values_keeps_the_recipe_types():
-    recipe = toy_recipe()
-    out = apply_values(recipe, {"training.learning_rate": 1, "training.steps": np.int64(5)})
-    assert isinstance(out["training"]["learning_rate"], float)
-    assert out["training"]["steps"] == 5 and type(out["training"]["steps"]) is int
+def test_trial_values_are_coerced_by_the_recipe():
+    hypermodel, _ = toy_hypermodel({"training.learning_rate": ("choice", [1, 0.5]),
+                                    "training.steps": ("int", 2, 6)})
+    recipe = hypermodel.recipe_for({"training.learning_rate": 1, "training.steps": np.int64(5)})
+    assert type(recipe.training.learning_rate) is float and recipe.training.learning_rate == 1.0
+    assert type(recipe.training.steps) is int and recipe.training.steps == 5
 
 
 @pytest.mark.parametrize("space, match", [
@@ -108,64 +132,63 @@ def test_apply_values_keeps_the_recipe_types():
     ({"training.learning_rate": ("float", 0.0, 1e-3, "log")}, "needs low > 0"),
     ({"training.learning_rate": ("float", 1e-4, 1e-3, "cubic")}, "'log' or 'linear'"),
     ({"training.steps": ("int", 5, 5)}, "low < high"),
-    ({"data.noise": ("choice", [])}, "at least one"),
-    ({"training.learning_rat": ("float", 1e-4, 1e-3)}, "not in the recipe"),
-    ({"learning_rate": ("float", 1e-4, 1e-3)}, "section.key"),
+    ({"toy.noise": ("choice", [])}, "at least one"),
+    ({"training.learning_rat": ("float", 1e-4, 1e-3)}, "Valid keys: .*training.learning_rate"),
+    ({"learning_rate": ("float", 1e-4, 1e-3)}, "not a key of the 'toy' recipe"),
     ({}, "non-empty"),
+    # The key's own range, type and choices.
+    ({"training.learning_rate": ("float", 1e-4, 2.0, "log")},
+     r"training.learning_rate = 2.0: must be in \(0, 1\]"),
+    ({"training.warmup_steps": ("int", -5, 10)}, r"warmup_steps = -5: must be in \[0, inf\)"),
+    ({"training.warmup_steps": ("float", 0.0, 300.0)}, r"give \('int', ...\) or \('choice'"),
+    ({"training.jit_compile": ("int", 0, 1)}, r"give \('choice', ...\)"),
+    ({"training.dtype_policy": ("choice", ["float32", "float64"])},
+     "dtype_policy = 'float64': must be one of"),
+    ({"training.steps": ("choice", [2, 2.5])}, "expects an integer, not a fraction"),
+    ({"toy.noise": ("choice", [0.0, 1.5])}, r"toy.noise = 1.5: must be in \[0, 1\]"),
 ])
 def test_bad_search_spaces_fail_early_naming_the_key(space, match):
     with pytest.raises(ValueError, match=match):
-        check_search_space(space, toy_recipe())
+        check_search_space(space, ToyRecipe())
+    with pytest.raises(ValueError, match=match):  # before the run is prepared
+        RunHyperModel(ToyRun(), search_space=space)
 
 
-def test_run_module_without_the_contract_is_refused():
-    partial = types.ModuleType("kobjectives.runs.halfway")
-    partial.prepare = lambda *a, **k: {}
-    with pytest.raises(ValueError, match="lacks make_dataset, build_model"):
-        RunHyperModel(toy_recipe(), {}, run=partial)
+@pytest.mark.parametrize("name", available_runs())
+def test_every_registered_run_has_a_valid_search_space(name):
+    cls = run_class(name)
+    assert check_search_space(dict(cls.search_space), cls.recipe_class()) == cls.search_space
 
 
-def test_named_hypermodels():
-    assert hypermodel_for("mlm") is MaskedLMHyperModel
-    assert hypermodel_for("cpc") is CPCHyperModel
-    assert hypermodel_for("simcse") is SimCSEHyperModel
-    with pytest.raises(ValueError, match="Valid: .*mlm"):
-        hypermodel_for("nope")
-    with pytest.raises(ValueError, match="objective 'mlm'"):
-        MaskedLMHyperModel(recipe_lib.load_recipe("cpc"), {})
+def test_runs_recipes_and_names_are_accepted():
+    run = ToyRun()
+    hypermodel = RunHyperModel(run)
+    assert hypermodel.run is run and run.train_documents is not None  # prepared here
+    assert hypermodel.search_space == ToyRun.search_space
+    with pytest.raises(ValueError, match="Valid recipes: .*mlm"):
+        RunHyperModel("nope")
+    with pytest.raises(ValueError, match="no out_dir"):  # refused before reading data
+        RunHyperModel(run_class("mlm").recipe_class())
+    with pytest.raises(TypeError, match="Received: dict"):
+        RunHyperModel({"training": {}})
 
 
-def test_every_registered_run_has_a_valid_search_space():
-    """Each run module in RUNNERS that follows the contract declares a
-    search space whose keys exist in its bundled recipe."""
-    from kobjectives.runs import RUNNERS
-    from kobjectives.runs import runner_module
-
-    by_objective = {}
-    for name in recipe_lib.available_recipes():
-        by_objective.setdefault(recipe_lib.load_recipe(name).get("objective"), name)
-    checked = 0
-    for objective in RUNNERS:
-        run = runner_module(objective)
-        if objective not in by_objective or not hasattr(run, "SEARCH_SPACE"):
-            continue
-        check_search_space(run.SEARCH_SPACE, recipe_lib.load_recipe(by_objective[objective]))
-        checked += 1
-    assert checked >= 1
-
-
-@pytest.mark.parametrize("name", recipe_lib.available_recipes())
-def test_recipe_toml_round_trip(name):
-    recipe = recipe_lib.load_recipe(name)
-    assert tomllib.loads(dumps_recipe(recipe, header="a\nb")) == recipe
+def test_a_trial_whose_values_make_an_invalid_recipe_fails():
+    """Each value is valid alone; together they break toy.noise <= toy.scale."""
+    hypermodel, _ = toy_hypermodel({"toy.noise": ("choice", [0.0, 0.5]),
+                                    "toy.scale": ("choice", [1.0, 0.25])})
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    hp.values.update({"toy.noise": 0.5, "toy.scale": 0.25})
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match="toy.noise = 0.5: at most"):
+        hypermodel.build(hp)
 
 
 def test_fit_honours_data_hyperparameters_and_scores_on_base_validation():
-    run = toy_run()
-    hypermodel = RunHyperModel(toy_recipe(), run.prepare(None, None), run=run)
+    hypermodel, run = toy_hypermodel()
     hp = keras_tuner.HyperParameters()
     hypermodel.declare(hp)
-    hp.values["data.noise"] = 0.5
+    hp.values["toy.noise"] = 0.5
     model = hypermodel.build(hp)
     history = hypermodel.fit(hp, model)
     assert len(history.history["val_loss"]) == 2  # training.epochs rounds
@@ -176,9 +199,8 @@ def test_fit_honours_data_hyperparameters_and_scores_on_base_validation():
 
 
 def test_diverging_trial_fails_instead_of_scoring_nan():
-    run = toy_run()
-    hypermodel = RunHyperModel(toy_recipe(), run.prepare(None, None), run=run,
-                               search_space={"training.learning_rate": ("choice", [1e6])})
+    hypermodel, _ = toy_hypermodel({"training.learning_rate": ("choice", [1.0])},
+                                   **{"toy.scale": 1000.0})
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)
     with pytest.raises(keras_tuner.errors.FailedTrialError, match="non-finite"):
@@ -189,8 +211,7 @@ def test_diverging_trial_fails_instead_of_scoring_nan():
 def test_search_reports_the_best_trial(tmp_path, kind):
     if kind == "bayesian":
         pytest.importorskip("sklearn", reason="KerasTuner's BayesianOptimization needs scikit-learn")
-    run = toy_run()
-    hypermodel = RunHyperModel(toy_recipe(), run.prepare(None, None), run=run)
+    hypermodel, _ = toy_hypermodel()
     tuner = make_tuner(kind, hypermodel, 3, tmp_path, "toy", seed=1)
     tuner.search(verbose=0)
     rows = trial_rows(tuner, hypermodel.search_space)
@@ -206,32 +227,21 @@ def test_search_reports_the_best_trial(tmp_path, kind):
 
 
 def test_search_under_mirrored_strategy(tmp_path, mirrored_strategy):
-    run = toy_run()
-    hypermodel = RunHyperModel(toy_recipe(), run.prepare(None, None), run=run,
-                               strategy=mirrored_strategy)
-    built = []
-    original = run.build_model
-
-    def build_model(recipe, prepared):
-        built.append(tf.distribute.get_strategy())
-        return original(recipe, prepared)
-
-    run.build_model = build_model
+    hypermodel, run = toy_hypermodel(strategy=mirrored_strategy)
     tuner = make_tuner("random", hypermodel, 2, tmp_path, "toy",
                        distribution_strategy=mirrored_strategy)
     tuner.search(verbose=0)
-    assert built and all(s is mirrored_strategy for s in built)
+    assert run.built and all(s is mirrored_strategy for s in run.built)
     rows = trial_rows(tuner, hypermodel.search_space)
     assert all(r["status"] == "COMPLETED" and math.isfinite(r["val_loss"]) for r in rows)
 
 
 def test_bad_tuner_arguments():
-    run = toy_run()
-    hypermodel = RunHyperModel(toy_recipe(), {}, run=run)
+    hypermodel, _ = toy_hypermodel()
     with pytest.raises(ValueError, match="Valid tuners: random, bayesian, hyperband"):
         make_tuner("grid", hypermodel, 3, "/tmp/x", "toy")
     with pytest.raises(ValueError, match="max_trials must be >= 1"):
         make_tuner("random", hypermodel, 0, "/tmp/x", "toy")
-    one_round = RunHyperModel(toy_recipe(epochs=1), {}, run=run)
+    one_round, _ = toy_hypermodel(**{"training.epochs": 1})
     with pytest.raises(ValueError, match="training.epochs >= 2"):
         make_tuner("hyperband", one_round, 3, "/tmp/x", "toy")

@@ -1,5 +1,5 @@
 """`kobjectives tune` from the command line, as a new user runs it, and its
-best recipe trained with `kobjectives train --config`."""
+best recipe trained with `kobjectives train best_recipe.toml`."""
 
 import csv
 import json
@@ -10,6 +10,8 @@ import tomllib
 import pytest
 
 from kobjectives import cli
+from kobjectives.runs import load_recipe
+from kobjectives.tuning import tune
 
 # Tiny, so that three trials fit the default suite; XLA compilation is tested
 # in tests/objectives.
@@ -34,13 +36,15 @@ def test_tune_in_process_reports_the_best_trial(tmp_path, capsys):
     assert rows[0] == best
     assert json.loads((out / "tuning.json").read_text())["best_trial"] == best["trial"]
     assert f"best: trial {best['trial']}, val_loss {best['val_loss']:.4f}" in printed
-    # best_recipe.toml is accepted by `train --config` (recipe resolution only here;
-    # the slow test below trains it).
-    parsed = cli.build_parser().parse_args(
-        ["train", "mlm", "--config", str(out / "best_recipe.toml")])
-    recipe = cli._load_recipe(parsed)
-    assert recipe["training"]["learning_rate"] == best["training.learning_rate"]
-    assert recipe["masking"]["mask_selection_rate"] == best["masking.mask_selection_rate"]
+    # best_recipe.toml is a recipe file (`train FILE`) and a `--config` (recipe
+    # resolution only here; the slow test below trains it).
+    best_recipe = out / "best_recipe.toml"
+    for args in (["train", str(best_recipe)], ["train", "mlm", "--config", str(best_recipe)]):
+        recipe = cli._load_recipe(cli.build_parser().parse_args(args))
+        assert recipe.training.learning_rate == best["training.learning_rate"]
+        assert recipe.masking.mask_selection_rate == best["masking.mask_selection_rate"]
+        assert recipe.model.dropout == best["model.dropout"]
+        assert recipe.training.steps == 2  # the flags of the search are kept
 
 
 @pytest.mark.slow
@@ -71,16 +75,16 @@ def test_tune_cli_reports_the_best_trial_and_its_recipe_trains(tmp_path, capsys)
     # best_recipe.toml: the full recipe with the best trial's values.
     with open(out / "best_recipe.toml", "rb") as f:
         best_recipe = tomllib.load(f)
-    assert best_recipe["objective"] == "mlm"
+    assert best_recipe["recipe"] == "mlm"
     for key in summary["best_hyperparameters"]:
         section, name = key.split(".")
         assert best_recipe[section][name] == best[key]
     assert best_recipe["training"]["steps"] == 2  # the flags of the search are kept
     assert (out / "vocab.txt").is_file() and any((out / "logs").rglob("events.out.tfevents*"))
 
-    # kobjectives train NAME --config FILE accepts it; flags still win.
+    # kobjectives train FILE runs it; flags still win.
     run = tmp_path / "run"
-    assert cli.main(["train", "mlm", "--config", str(out / "best_recipe.toml"),
+    assert cli.main(["train", str(out / "best_recipe.toml"),
                      "--steps", "1", "--set", "training.epochs=1", "--out", str(run)]) == 0
     trained = json.loads((run / "recipe.json").read_text())
     for key in summary["best_hyperparameters"]:
@@ -99,3 +103,9 @@ def test_tune_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert "Valid keys" in capsys.readouterr().err
     assert cli.main(["tune", "nope", "--out", out]) == 2
     assert "Valid recipes:" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"training.learning_rate = 2.0: must be in \(0, 1\]"):
+        tune(load_recipe("mlm"), out, search_space={
+            "training.learning_rate": ("float", 1e-4, 2.0, "log")})
+    with pytest.raises(TypeError, match="must be a kobjectives.recipe.Recipe"):
+        tune("mlm", out)
+    assert not (tmp_path / "t").exists()  # nothing was prepared

@@ -1,0 +1,197 @@
+"""The `Run` driver: the run folder, resume that continues the data stream,
+starts from a run folder or a keras-hub preset, progress output."""
+
+import io
+import json
+import math
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from kobjectives import backbones
+from kobjectives import data as data_lib
+from kobjectives.distribute import CorruptedBackupError
+from kobjectives.distribute import read_run_log
+from kobjectives.recipe import RecipeError
+from kobjectives.runs import load_run
+from kobjectives.runs import run_class
+from kobjectives.runs.callbacks import RoundProgress
+from kobjectives.runs.callbacks import progress_callbacks
+from kobjectives.runs.mlm import MaskedLMRun
+from kobjectives.runs.run import round_history
+
+TINY = {
+    "data": {"max_documents": 300},
+    "tokenizer": {"vocabulary_size": 400},
+    "model": {"sequence_length": 16},
+    "masking": {"mask_selection_length": 3},
+    "training": {"steps": 6, "epochs": 3, "batch_size": 8, "warmup_steps": 1,
+                 "validation_batches": 2, "jit_compile": False},
+}
+
+
+def tiny(**sections):
+    recipe = {name: dict(values) for name, values in TINY.items()}
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return recipe
+
+
+def quiet(*_):
+    pass
+
+
+class Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill after round 2")
+
+
+class CrashingRun(MaskedLMRun):
+    def callbacks(self):
+        # After RunBackup, so the round's backup is written before the crash.
+        return super().callbacks() + [Crash()]
+
+
+def test_run_folder_has_every_output(tmp_path):
+    metrics = MaskedLMRun(tiny(), tmp_path, log=quiet).train()
+    for name in ("recipe.json", "vocab.txt", "history.csv", "loss_curve.png", "model.keras",
+                 "metrics.json", "saved_model", "checkpoints", "logs", "preset"):
+        assert (tmp_path / name).exists(), name
+    assert not (tmp_path / "backup").exists()  # deleted after a normal end
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert written["recipe"] == "mlm" and written["steps"] == 6
+    assert 0.0 <= written["val_masked_accuracy"] <= 1.0
+    recipe = json.loads((tmp_path / "recipe.json").read_text())
+    assert recipe["recipe"] == "mlm" and recipe["training"]["steps"] == 6
+    assert [row["step"] for row in read_run_log(tmp_path / "history.csv")] == [2, 4, 6]
+    # The preset holds the trained backbone and the tokenizer.
+    reloaded = load_run(tmp_path)
+    preset = keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))
+    for a, b in zip(preset.weights, reloaded.model.backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert reloaded.vocabulary == data_lib.load_vocabulary(str(tmp_path))[1]
+
+
+def test_resume_continues_the_data_stream(tmp_path):
+    reference = MaskedLMRun(tiny(), tmp_path / "reference", log=quiet)
+    reference.train()
+
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        CrashingRun(tiny(), tmp_path / "resumed", log=lines.append).train()
+    assert [r["epoch"] for r in read_run_log(tmp_path / "resumed" / "history.csv")] == [1, 2]
+    lines.clear()
+    MaskedLMRun(tiny(), tmp_path / "resumed", log=lines.append).train()
+    assert any("round 2 of 3 done (step 4)" in line and "continues at batch 5" in line
+               for line in lines), lines
+    # The resumed run trained round 3 on batches 5-6 of the stream, as the
+    # uninterrupted run did: the same weights and the same round log.
+    a = keras.saving.load_model(tmp_path / "reference" / "model.keras")
+    b = keras.saving.load_model(tmp_path / "resumed" / "model.keras")
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6)
+    rows_a = read_run_log(tmp_path / "reference" / "history.csv")
+    rows_b = read_run_log(tmp_path / "resumed" / "history.csv")
+    for row_a, row_b in zip(rows_a, rows_b):
+        np.testing.assert_allclose(row_a["loss"], row_b["loss"], rtol=1e-5)
+
+
+def test_corrupted_backup_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        CrashingRun(tiny(), tmp_path, log=quiet).train()
+    (tmp_path / "backup" / "training_metadata.json").write_text("{not json")
+    with pytest.raises(CorruptedBackupError, match="training_metadata.json.*--no-resume"):
+        MaskedLMRun(tiny(), tmp_path, log=quiet).train()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"garbage")
+    with pytest.raises(CorruptedBackupError, match="latest.weights.h5.*--no-resume"):
+        MaskedLMRun(tiny(), tmp_path, log=quiet).train()
+
+
+def _tiny_preset(directory):
+    documents = data_lib.embedded_corpus(max_documents=300)
+    vocabulary = data_lib.train_wordpiece(documents, 300)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    keras.utils.set_random_seed(7)
+    backbone = backbones.build_backbone("bert_tiny", len(vocabulary), 32)
+    backbones.save_preset(backbone, tokenizer, directory)
+    return backbone, vocabulary
+
+
+def test_start_from_a_local_preset_reuses_its_backbone_and_tokenizer(tmp_path):
+    backbone, vocabulary = _tiny_preset(tmp_path / "preset")
+    run = MaskedLMRun(tiny(model={"init": str(tmp_path / "preset")}), tmp_path / "run", log=quiet)
+    run.prepare()
+    assert run.vocabulary == vocabulary  # no tokenizer trained
+    started = run.build_backbone()
+    assert type(started) is type(backbone)
+    for a, b in zip(started.weights, backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A sequence longer than the preset's backbone takes fails before any data is read.
+    with pytest.raises(RecipeError, match="model.sequence_length = 64.*at most 32"):
+        MaskedLMRun(tiny(model={"init": str(tmp_path / "preset"), "sequence_length": 64}),
+                    tmp_path / "run2")
+
+
+def test_start_from_an_earlier_run_folder(tmp_path):
+    MaskedLMRun(tiny(), tmp_path / "first", log=quiet).train()
+    first = load_run(tmp_path / "first")
+    second = MaskedLMRun(tiny(model={"init": str(tmp_path / "first")}), tmp_path / "second",
+                         log=quiet)
+    second.prepare()
+    assert second.vocabulary == first.vocabulary
+    for a, b in zip(second.build_backbone().weights, first.model.backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_bad_init_fails_before_any_work(tmp_path):
+    with pytest.raises(RecipeError, match="model.init = .*no keras-hub preset"):
+        MaskedLMRun(tiny(model={"init": str(tmp_path)}), tmp_path / "run")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "recipe.json").write_text("{}")
+    with pytest.raises(RecipeError, match="run folder without a preset"):
+        MaskedLMRun(tiny(model={"init": str(tmp_path / "half")}), tmp_path / "run")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_round_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress_callbacks(3, 10, stream=Terminal()) == (1, [])
+    verbose, (callback,) = progress_callbacks(3, 10, stream=io.StringIO())
+    assert verbose == 0 and isinstance(callback, RoundProgress)
+    lines = []
+    callback.log = lines.append
+    callback.on_epoch_begin(1)
+    callback.on_epoch_end(1, {"loss": 2.0, "val_loss": 3.0})
+    assert len(lines) == 1 and lines[0].startswith("round 2/3 (step 20/30): loss 2.0000, val_loss 3.0000")
+
+
+def test_registry_names_every_run():
+    assert run_class("mlm") is MaskedLMRun
+    with pytest.raises(ValueError, match="Valid recipes: .*mlm"):
+        run_class("nope")
+
+def test_round_history_spans_a_resume(tmp_path):
+    # history.csv holds every round; fit's history only the rounds since the resume.
+    (tmp_path / "history.csv").write_text(
+        "epoch,step,loss,val_loss\n1,10,3.0,3.5\n2,20,2.0,2.5\n3,30,1.0,1.5\n"
+    )
+    history = round_history(tmp_path, {"loss": [1.0], "val_loss": [1.5]})
+    assert history == {"loss": [3.0, 2.0, 1.0], "val_loss": [3.5, 2.5, 1.5]}
+
+
+def test_round_history_without_a_log_is_fits_history(tmp_path):
+    assert round_history(tmp_path, {"loss": [2.0, 1.0]}) == {"loss": [2.0, 1.0]}
+    # Every round done before a resume: fit trains nothing and logs nothing.
+    assert round_history(tmp_path, {}) == {}
+
+
+def test_round_history_refuses_a_non_finite_last_loss(tmp_path):
+    with pytest.raises(RuntimeError, match="non-finite loss"):
+        round_history(tmp_path, {"loss": [1.0, math.nan]})

@@ -7,7 +7,7 @@ preprocessing layer, objective and run of the package must pass.
   static; the same seed gives the same outputs and another seed others; the
   config (and Keras serialization) round-trips to a layer with the same
   outputs.
-- Objectives (`ObjectiveCase`, `fit`, `assert_jit_matches_eager`,
+- Objectives (`ObjectiveCase`, `fit`, `one_device_fixture`, `assert_jit_matches_eager`,
   `assert_mirrored_matches_one_device`, `assert_keras_round_trip_continues`):
   a seeded fit under `jit_compile=True` equals the graph-mode fit;
   `MirroredStrategy` over two logical CPUs equals one device with the global
@@ -25,6 +25,7 @@ import typing
 import keras
 import keras_hub
 import numpy as np
+import pytest
 import tensorflow as tf
 
 # -- tiny backbones ---------------------------------------------------------------
@@ -127,7 +128,8 @@ def assert_layer_contract(make_layer, batch, seeded=True, unbatched="rows"):
     eager = layer(batch, **kwargs)
 
     # Static shapes; the same outputs inside Dataset.map (graph mode).
-    mapped = tf.data.Dataset.from_tensors(batch).map(lambda x: make_layer(11)(x, **kwargs))
+    in_map = make_layer(11)  # layers (their seed generators) are made outside the graph
+    mapped = tf.data.Dataset.from_tensors(batch).map(lambda x: in_map(x, **kwargs))
     for spec in tf.nest.flatten(mapped.element_spec):
         assert spec.shape.rank is not None and all(
             d is not None for d in spec.shape[1:]), mapped.element_spec
@@ -144,8 +146,8 @@ def assert_layer_contract(make_layer, batch, seeded=True, unbatched="rows"):
             tf.nest.assert_same_structure(single, expected)
             for a, b in zip(tf.nest.flatten(single), tf.nest.flatten(expected)):
                 assert a.shape == b.shape and a.dtype == b.dtype, (a, b)
-        rows = tf.data.Dataset.from_tensor_slices(batch).map(
-            lambda x: make_layer(11)(x, **kwargs))
+        per_row = make_layer(11)
+        rows = tf.data.Dataset.from_tensor_slices(batch).map(lambda x: per_row(x, **kwargs))
         assert_same_structure_and_values(next(iter(rows)), single)
 
     # Seeds decide the outputs.
@@ -205,12 +207,32 @@ def assert_histories_match(first, second, keys, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(first[key], second[key], rtol=rtol, atol=atol, err_msg=key)
 
 
-def assert_jit_matches_eager(case, rtol=1e-5, atol=1e-6, learns=True):
-    """A seeded fit under XLA equals the graph-mode fit; returns the graph
-    fit `(model, history)`. With `learns`, the loss falls."""
-    graph = fit(case)
-    _, xla = fit(case, jit_compile=True)
+def one_device_fixture(case):
+    """A module-scoped pytest fixture `one_device`: `fit(case)` once, the
+    graph-mode one-device reference that a module's jit and mirrored checks
+    share (`one_device = one_device_fixture(CASE)` in the test module). It
+    fits under the float32 policy whatever test of the module ran before."""
+
+    @pytest.fixture(scope="module", name="one_device")
+    def _one_device():
+        keras.mixed_precision.set_global_policy("float32")
+        return fit(case)
+
+    return _one_device
+
+
+def assert_jit_matches_eager(case, rtol=1e-5, atol=1e-6, learns=True, one_device=None,
+                             weights_atol=None):
+    """A seeded fit under XLA equals the graph-mode fit `one_device` (default
+    `fit(case)`; or an equivalent reference fit); returns that graph fit
+    `(model, history)`. With `weights_atol`, the trained weights are equal
+    too. With `learns`, the loss falls."""
+    graph = one_device or fit(case)
+    xla_model, xla = fit(case, jit_compile=True)
     assert_histories_match(xla, graph[1], ("loss", *case.metrics), rtol, atol)
+    if weights_atol is not None:
+        for a, b in zip(graph[0].get_weights(), xla_model.get_weights()):
+            np.testing.assert_allclose(a, b, atol=weights_atol)
     if learns:
         assert graph[1]["loss"][-1] < graph[1]["loss"][0], graph[1]["loss"]
     return graph

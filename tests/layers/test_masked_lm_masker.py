@@ -389,26 +389,6 @@ def test_out_of_vocabulary_id(bad_id):
         next(iter(ds))
 
 
-def test_get_config_round_trip():
-    masker = make_masker(
-        "span", sequence_length=64, span_geometric_p=0.3, max_span_length=6
-    )
-    config = masker.get_config()
-    clone = MaskedLMMasker.from_config(config)
-    assert clone.get_config() == config
-    restored = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(masker)
-    )
-    assert isinstance(restored, MaskedLMMasker)
-    assert restored.get_config() == config
-    ids = tf.constant(make_batch(8, 64))
-    seed = tf.constant([1, 2], "int64")
-    np.testing.assert_array_equal(
-        masker(ids, seed=seed)["token_ids"],
-        restored(ids, seed=seed)["token_ids"],
-    )
-
-
 def test_keras_file_round_trip(tmp_path):
     masker = make_masker("whole_word", mask_selection_length=6)
     inputs = keras.Input(shape=(32,), dtype="int32")

@@ -133,14 +133,3 @@ def test_permutation_size_and_bad_arguments():
         masker()(np.array([[3, -4, 5, 6]], "int32"))
 
 
-def test_config_and_keras_serialization_round_trip():
-    layer = masker(plm_probability=0.2, max_span_length=3, num_predict=7, permutation_size=4,
-                   sequence_length=16, seed=5, name="plm")
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, PermutationLMMasker)
-    assert restored.get_config() == layer.get_config()
-    ids = packed(n=3, length=16)
-    a = layer(ids, seed=tf.constant([1, 1]))
-    b = restored(ids, seed=tf.constant([1, 1]))
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])

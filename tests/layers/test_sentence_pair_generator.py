@@ -112,35 +112,12 @@ def test_tf_data_batched_and_unbatched_reproducible_and_new_each_epoch():
     unpack(*(first[k].numpy() for k in ("token_ids", "segment_ids", "padding_mask")))
 
 
-def test_same_seed_same_pairs():
-    documents = documents_with_places(16, seed=4)
-    layer = generator()
-    a = layer(documents, seed=tf.constant([3, 3]))
-    b = layer(documents, seed=tf.constant([3, 3]))
-    c = layer(documents, seed=tf.constant([3, 4]))
-    np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
-    assert not np.array_equal(a["token_ids"], c["token_ids"])
-
-
 def test_nested_lists_and_equal_length_sentences_are_accepted():
     layer = generator("sop", length=10)
     outputs = layer([[[5, 6], [7, 8]], [[9, 10], [11, 12]]], seed=[0, 0])
     assert outputs["token_ids"].shape == (2, 10)
     one = layer(tf.ragged.constant([[5, 6, 7], [8]]), seed=[0, 0])  # unbatched
     assert one["token_ids"].shape == (10,)
-
-
-def test_config_and_keras_serialization_round_trip():
-    layer = generator("sop", length=32, short_seq_prob=0.2, negative_rate=0.4, seed=9)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, SentencePairGenerator)
-    assert restored.get_config() == layer.get_config()
-    documents = documents_with_places(8)
-    seed = tf.constant([1, 1])
-    for key in ("token_ids", "segment_ids", "pair_labels"):
-        np.testing.assert_array_equal(layer(documents, seed=seed)[key],
-                                      restored(documents, seed=seed)[key])
-    assert kobjectives.layers.SentencePairGenerator is SentencePairGenerator
 
 
 @pytest.mark.parametrize(

@@ -80,16 +80,6 @@ def test_runs_in_tf_data_batched_and_unbatched_with_static_length():
     assert per_batch == total == int(eager["padding_mask"].numpy().sum())
 
 
-def test_config_round_trip():
-    packer = SequencePacker(16, END, start_token_id=START, pad_token_id=3, drop_remainder=True)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(packer))
-    assert isinstance(restored, SequencePacker)
-    assert restored.get_config() == packer.get_config()
-    docs = tf.ragged.constant(_documents(seed=2))
-    for key in ("token_ids", "padding_mask", "segment_ids"):
-        np.testing.assert_array_equal(restored(docs)[key].numpy(), packer(docs)[key].numpy())
-
-
 def test_bad_arguments_fail_loudly():
     with pytest.raises(ValueError, match="sequence_length"):
         SequencePacker(1, END)

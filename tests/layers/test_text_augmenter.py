@@ -120,12 +120,8 @@ def test_map_over_batched_and_unbatched_new_views_each_epoch():
     assert unbatched.element_spec["anchor"]["token_ids"].shape == (20,)
 
 
-def test_config_round_trip_and_errors():
+def test_bad_arguments_and_inputs():
     aug = TextAugmenter(V, deletion_rate=0.1, swap_rate=0.2, unselectable_token_ids=SPECIAL, seed=3)
-    clone = TextAugmenter.from_config(aug.get_config())
-    assert clone.get_config() == aug.get_config()
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(aug))
-    assert isinstance(restored, TextAugmenter) and restored.swap_rate == 0.2
     with pytest.raises(ValueError, match="deletion_rate"):
         TextAugmenter(V, deletion_rate=1.5)
     with pytest.raises(ValueError, match="unselectable_token_ids"):

@@ -4,6 +4,7 @@ starts from a run folder or a keras-hub preset, progress output."""
 import io
 import json
 import math
+import shutil
 
 import keras
 import keras_hub
@@ -55,8 +56,24 @@ class CrashingRun(MaskedLMRun):
         return super().callbacks() + [Crash()]
 
 
-def test_run_folder_has_every_output(tmp_path):
-    metrics = MaskedLMRun(tiny(), tmp_path, log=quiet).train()
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """`(folder, metrics)` of one uninterrupted tiny run, shared by the tests."""
+    folder = tmp_path_factory.mktemp("finished")
+    return folder, MaskedLMRun(tiny(), folder, log=quiet).train()
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory):
+    """A run folder killed after round 2 of 3 (its backup kept)."""
+    folder = tmp_path_factory.mktemp("crashed")
+    with pytest.raises(KeyboardInterrupt):
+        CrashingRun(tiny(), folder, log=quiet).train()
+    return folder
+
+
+def test_run_folder_has_every_output(finished):
+    tmp_path, metrics = finished
     for name in ("recipe.json", "vocab.txt", "history.csv", "loss_curve.png", "model.keras",
                  "metrics.json", "saved_model", "checkpoints", "logs", "preset"):
         assert (tmp_path / name).exists(), name
@@ -76,33 +93,30 @@ def test_run_folder_has_every_output(tmp_path):
     assert reloaded.vocabulary == data_lib.load_vocabulary(str(tmp_path))[1]
 
 
-def test_resume_continues_the_data_stream(tmp_path):
-    reference = MaskedLMRun(tiny(), tmp_path / "reference", log=quiet)
-    reference.train()
-
-    lines = []
-    with pytest.raises(KeyboardInterrupt):
-        CrashingRun(tiny(), tmp_path / "resumed", log=lines.append).train()
+def test_resume_continues_the_data_stream(finished, crashed, tmp_path):
+    reference = finished[0]
+    shutil.copytree(crashed, tmp_path / "resumed")
     assert [r["epoch"] for r in read_run_log(tmp_path / "resumed" / "history.csv")] == [1, 2]
-    lines.clear()
+    lines = []
     MaskedLMRun(tiny(), tmp_path / "resumed", log=lines.append).train()
     assert any("round 2 of 3 done (step 4)" in line and "continues at batch 5" in line
                for line in lines), lines
     # The resumed run trained round 3 on batches 5-6 of the stream, as the
     # uninterrupted run did: the same weights and the same round log.
-    a = keras.saving.load_model(tmp_path / "reference" / "model.keras")
+    a = keras.saving.load_model(reference / "model.keras")
     b = keras.saving.load_model(tmp_path / "resumed" / "model.keras")
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6)
-    rows_a = read_run_log(tmp_path / "reference" / "history.csv")
+    rows_a = read_run_log(reference / "history.csv")
     rows_b = read_run_log(tmp_path / "resumed" / "history.csv")
+    assert len(rows_a) == len(rows_b) == 3
     for row_a, row_b in zip(rows_a, rows_b):
         np.testing.assert_allclose(row_a["loss"], row_b["loss"], rtol=1e-5)
 
 
-def test_corrupted_backup_names_the_file_and_the_fix(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        CrashingRun(tiny(), tmp_path, log=quiet).train()
+def test_corrupted_backup_names_the_file_and_the_fix(crashed, tmp_path):
+    tmp_path = tmp_path / "run"
+    shutil.copytree(crashed, tmp_path)
     (tmp_path / "backup" / "training_metadata.json").write_text("{not json")
     with pytest.raises(CorruptedBackupError, match="training_metadata.json.*--no-resume"):
         MaskedLMRun(tiny(), tmp_path, log=quiet).train()
@@ -137,10 +151,9 @@ def test_start_from_a_local_preset_reuses_its_backbone_and_tokenizer(tmp_path):
                     tmp_path / "run2")
 
 
-def test_start_from_an_earlier_run_folder(tmp_path):
-    MaskedLMRun(tiny(), tmp_path / "first", log=quiet).train()
-    first = load_run(tmp_path / "first")
-    second = MaskedLMRun(tiny(model={"init": str(tmp_path / "first")}), tmp_path / "second",
+def test_start_from_an_earlier_run_folder(finished, tmp_path):
+    first = load_run(finished[0])
+    second = MaskedLMRun(tiny(model={"init": str(finished[0])}), tmp_path / "second",
                          log=quiet)
     second.prepare()
     assert second.vocabulary == first.vocabulary

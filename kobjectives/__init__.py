@@ -2,7 +2,8 @@
 
 Importing the package selects Keras' TensorFlow backend (unless the user already
 chose one), so `KERAS_BACKEND` need not be exported. Subpackages (`ops`,
-`layers`, `losses`, `metrics`, `objectives`, `data`, `distribute`, `export`)
+`layers`, `losses`, `metrics`, `objectives`, `data`, `distribute`, `export`,
+`runs`, `tuning`)
 load on first use.
 """
 
@@ -31,7 +32,7 @@ _check_backend()
 
 _SUBPACKAGES = (
     "ops", "layers", "losses", "metrics", "objectives", "data", "distribute",
-    "export", "tuning",
+    "export", "runs", "tuning",
 )
 
 

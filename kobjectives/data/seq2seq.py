@@ -146,12 +146,19 @@ def span_corruption_dataset(documents, tokenizer, corruption, batch_size, *, shu
 
     Example:
 
-    ```python
-    corruption = kobjectives.layers.SpanCorruption(
-        vocabulary_size=tokenizer.vocabulary_size(), sequence_length=70,
-        inputs_length=64, eos_token_id=3, seed=0)
-    dataset = span_corruption_dataset(documents, tokenizer, corruption, 32, repeat=True)
-    ```
+    >>> from kobjectives.layers import SpanCorruption
+    >>> tokenizer = keras_hub.tokenizers.WordPieceTokenizer(oov_token="[UNK]",
+    ...     vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c", "<extra_id_0>"])
+    >>> corruption = SpanCorruption(
+    ...     vocabulary_size=tokenizer.vocabulary_size(), sequence_length=12,
+    ...     inputs_length=12, eos_token_id=3, seed=0)
+    >>> dataset = span_corruption_dataset(["a b c " * 4, "c b a " * 4], tokenizer,
+    ...                                   corruption, 2, shuffle=False)
+    >>> x, target_ids, target_weights = next(iter(dataset))
+    >>> x["encoder_token_ids"].numpy().tolist()  # "c a" of row 0 is the sentinel 7
+    [[4, 5, 6, 4, 5, 7, 5, 6, 4, 5, 6, 3], [6, 7, 6, 5, 4, 6, 5, 4, 6, 5, 4, 3]]
+    >>> target_ids.numpy().tolist()
+    [[7, 6, 4, 3], [7, 5, 4, 3]]
     """
     raw_length = getattr(corruption, "sequence_length", None)
     if not raw_length:
@@ -199,13 +206,21 @@ def bart_noising_dataset(documents, tokenizer, noising, batch_size, *, start_tok
 
     Example:
 
-    ```python
-    noising = kobjectives.layers.BartNoising(
-        mask_token_id=4, sequence_length=64, sentence_end_token_ids=[period_id],
-        unselectable_token_ids=(0, 2, 3, 4), seed=0)
-    dataset = bart_noising_dataset(documents, tokenizer, noising, 32,
-                                   start_token_id=2, end_token_id=3, repeat=True)
-    ```
+    >>> from kobjectives.layers import BartNoising
+    >>> tokenizer = keras_hub.tokenizers.WordPieceTokenizer(oov_token="[UNK]",
+    ...     vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "b", "c"])
+    >>> noising = BartNoising(
+    ...     mask_token_id=4, sequence_length=8, sentence_end_token_ids=[5],
+    ...     unselectable_token_ids=(0, 2, 3, 4), seed=0)
+    >>> dataset = bart_noising_dataset(["a b . c a .", "b c . a ."], tokenizer, noising, 2,
+    ...                                start_token_id=2, end_token_id=3, shuffle=False)
+    >>> x, target_ids, target_weights = next(iter(dataset))
+    >>> target_ids.numpy().tolist()
+    [[2, 6, 7, 5, 8, 6, 5, 3], [2, 7, 8, 5, 6, 5, 3, 0]]
+    >>> x["encoder_token_ids"].numpy().tolist()  # "a b" of row 0 infilled by one [MASK]
+    [[2, 4, 5, 8, 6, 5, 3, 0], [2, 6, 5, 7, 4, 3, 0, 0]]
+    >>> target_weights.numpy().tolist()[1]
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     """
     length = noising.sequence_length
     if length < 3:

@@ -305,11 +305,14 @@ def train_sentencepiece(
 
     Example:
 
-    ```python
-    proto = train_sentencepiece(documents, vocabulary_size=8000)
-    tokenizer = build_tokenizer("sentencepiece", proto)
-    tokenizer.token_to_id("[MASK]")  # 4
-    ```
+    >>> documents = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
+    >>> proto = train_sentencepiece(documents * 5, vocabulary_size=20)
+    >>> tokenizer = build_tokenizer("sentencepiece", proto)
+    >>> tokenizer.vocabulary_size(), tokenizer.token_to_id("[MASK]")
+    (20, 4)
+    >>> pieces = [tokenizer.id_to_token(int(i)) for i in tokenizer("a cat [MASK]")]
+    >>> pieces[-1]  # one piece, never split
+    '[MASK]'
     """
     import tensorflow as tf
     from keras_hub.tokenizers import compute_sentence_piece_proto
@@ -443,10 +446,13 @@ def load_vocabulary(path):
 
     Example:
 
-    ```python
-    kind, vocabulary = load_vocabulary(run_directory)
-    tokenizer = build_tokenizer(kind, vocabulary)
-    ```
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as run_directory:  # e.g. a run folder
+    ...     _ = save_vocabulary(["[PAD]", "[UNK]", "the", "cat", "##s"], run_directory)
+    ...     kind, vocabulary = load_vocabulary(run_directory)
+    >>> tokenizer = build_tokenizer(kind, vocabulary)
+    >>> kind, [int(i) for i in tokenizer.tokenize("The cats")]
+    ('wordpiece', [2, 3, 4])
     """
     path = os.fspath(path)
     if os.path.isdir(path):

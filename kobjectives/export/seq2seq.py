@@ -88,6 +88,7 @@ def export_seq2seq_saved_model(
 
     ```python
     model = kobjectives.objectives.DenoisingSeq2Seq(backbone)
+    model.compile()
     model.fit(dataset, epochs=1)
     export_seq2seq_saved_model(model, "serving/t5", tokenizer=tokenizer,
                                encoder_sequence_length=64, eos_token_id=3)

@@ -119,26 +119,34 @@ class BartNoising(SeededLayer):
 
     Example:
 
-    ```python
-    bos, eos, mask, period = 1, 2, 3, 4
-    noiser = kobjectives.layers.BartNoising(
-        mask_token_id=mask,
-        sequence_length=16,
-        sentence_end_token_ids=[period],
-        unselectable_token_ids=[0, bos, eos],
-        seed=42,
-    )
-    batch = tf.constant([
-        [bos, 10, 11, 12, period, 13, 14, period, eos, 0, 0, 0],
-        [bos, 20, 21, 22, 23, 24, 25, 26, 27, period, eos, 0],
-    ])
-    outputs = noiser(batch)
-    outputs["token_ids"].shape  # (2, 16)
+    >>> bos, eos, mask, period = 1, 2, 3, 4
+    >>> noiser = BartNoising(
+    ...     mask_token_id=mask,
+    ...     sequence_length=16,
+    ...     sentence_end_token_ids=[period],
+    ...     unselectable_token_ids=[0, bos, eos],
+    ...     seed=42,
+    ... )
+    >>> batch = tf.constant([
+    ...     [bos, 10, 11, 12, period, 13, 14, period, eos, 0, 0, 0],
+    ...     [bos, 20, 21, 22, 23, 24, 25, 26, 27, period, eos, 0],
+    ... ])
+    >>> outputs = noiser(batch)
+    >>> outputs["token_ids"].numpy().tolist()
+    [[1, 10, 3, 4, 13, 14, 4, 3, 2, 0, 0, 0, 0, 0, 0, 0],
+     [1, 3, 22, 23, 24, 25, 26, 27, 4, 2, 0, 0, 0, 0, 0, 0]]
+    >>> outputs["padding_mask"].numpy().sum(axis=1).tolist()
+    [9, 10]
 
-    # In tf.data: reproducible noise, new in every epoch.
-    ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
-    ds = noiser.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
-    ```
+    In `tf.data`: reproducible noise, new in every epoch.
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    >>> ds = noiser.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
+    >>> ds.element_spec["token_ids"]
+    TensorSpec(shape=(None, 16), dtype=tf.int32, name=None)
+    >>> first, second = ([b["token_ids"].numpy().tolist() for b in ds] for _ in range(2))
+    >>> first == second
+    False
     """
 
     def __init__(

@@ -177,27 +177,35 @@ class MaskedLMMasker(SeededLayer):
 
     Example:
 
-    ```python
-    pad_id, cls_id, sep_id, mask_id = 0, 1, 2, 3
-    masker = kobjectives.layers.MaskedLMMasker(
-        vocabulary_size=100,
-        mask_selection_rate=0.25,
-        mask_token_id=mask_id,
-        mask_selection_length=4,
-        unselectable_token_ids=[pad_id, cls_id, sep_id],
-        seed=42,
-    )
-    batch = tf.constant([
-        [cls_id, 14, 15, 16, sep_id, 17, 18, sep_id, pad_id, pad_id],
-        [cls_id, 24, 25, sep_id, 26, 27, 28, 29, sep_id, pad_id],
-    ])
-    outputs = masker(batch)
-    outputs["mask_positions"].shape  # (2, 4)
+    >>> pad_id, cls_id, sep_id, mask_id = 0, 1, 2, 3
+    >>> masker = MaskedLMMasker(
+    ...     vocabulary_size=100,
+    ...     mask_selection_rate=0.25,
+    ...     mask_token_id=mask_id,
+    ...     mask_selection_length=4,
+    ...     unselectable_token_ids=[pad_id, cls_id, sep_id],
+    ...     seed=42,
+    ... )
+    >>> batch = tf.constant([
+    ...     [cls_id, 14, 15, 16, sep_id, 17, 18, sep_id, pad_id, pad_id],
+    ...     [cls_id, 24, 25, sep_id, 26, 27, 28, 29, sep_id, pad_id],
+    ... ])
+    >>> outputs = masker(batch)
+    >>> outputs["token_ids"].numpy().tolist()  # 26 selected but kept as is
+    [[1, 3, 15, 16, 2, 17, 18, 2, 0, 0], [1, 24, 25, 2, 26, 27, 3, 29, 2, 0]]
+    >>> outputs["mask_positions"].numpy().tolist()
+    [[1, 0, 0, 0], [4, 6, 0, 0]]
+    >>> outputs["mask_ids"].numpy().tolist()
+    [[14, 0, 0, 0], [26, 28, 0, 0]]
+    >>> outputs["mask_weights"].numpy().tolist()
+    [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
 
-    # In tf.data: reproducible masks, new ones in every epoch.
-    ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
-    ds = masker.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
-    ```
+    In `tf.data`: reproducible masks, new ones in every epoch.
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    >>> ds = masker.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
+    >>> ds.element_spec["mask_positions"]
+    TensorSpec(shape=(None, 4), dtype=tf.int32, name=None)
     """
 
     def __init__(

@@ -101,19 +101,29 @@ class PermutationLMMasker(SeededLayer):
 
     Example:
 
-    ```python
-    masker = kobjectives.layers.PermutationLMMasker(
-        plm_probability=1 / 6, max_span_length=5, num_predict=4,
-        unselectable_token_ids=[0, 1, 2], seed=42)
-    batch = tf.constant([[1, 14, 15, 16, 17, 18, 19, 20, 21, 22, 2, 0],
-                         [1, 24, 25, 26, 27, 28, 29, 2, 0, 0, 0, 0]])
-    outputs = masker(batch)
-    outputs["perm_mask"].shape       # (2, 12, 12)
-    outputs["target_mapping"].shape  # (2, 4, 12)
+    >>> masker = PermutationLMMasker(
+    ...     plm_probability=1 / 3, max_span_length=2, num_predict=4,
+    ...     unselectable_token_ids=[0, 1, 2], seed=42)
+    >>> batch = tf.constant([[1, 14, 15, 16, 17, 18, 19, 20, 21, 22, 2, 0],
+    ...                      [1, 24, 25, 26, 27, 28, 29, 2, 0, 0, 0, 0]])
+    >>> outputs = masker(batch)
+    >>> outputs["perm_mask"].shape, outputs["target_mapping"].shape
+    (TensorShape([2, 12, 12]), TensorShape([2, 4, 12]))
+    >>> outputs["target_positions"].numpy().tolist()
+    [[2, 3, 7, 0], [2, 3, 0, 0]]
+    >>> outputs["target_ids"].numpy().tolist()
+    [[15, 16, 20, 0], [25, 26, 0, 0]]
+    >>> outputs["target_weights"].numpy().tolist()
+    [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
+    >>> float(outputs["perm_mask"][0, 2, 2])  # a target never sees itself
+    1.0
 
-    ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
-    ds = masker.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
-    ```
+    In `tf.data`: reproducible targets, new in every epoch.
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    >>> ds = masker.map_over(ds, seed=7, num_parallel_calls=tf.data.AUTOTUNE)
+    >>> ds.element_spec["perm_mask"]
+    TensorSpec(shape=(None, 12, 12), dtype=tf.float32, name=None)
     """
 
     def __init__(

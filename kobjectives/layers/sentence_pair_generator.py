@@ -98,23 +98,29 @@ class SentencePairGenerator(SeededLayer):
 
     Example:
 
-    ```python
-    cls_id, sep_id = 1, 2
-    generator = kobjectives.layers.SentencePairGenerator(
-        task="nsp", sequence_length=12, start_value=cls_id, end_value=sep_id,
-        seed=0)
-    documents = tf.ragged.constant([
-        [[10, 11, 12], [13, 14], [15, 16, 17]],   # document 0: 3 sentences
-        [[20, 21], [22, 23, 24]],                 # document 1: 2 sentences
-    ])
-    pairs = generator(documents)
-    pairs["token_ids"].shape    # (2, 12)
-    pairs["pair_labels"].shape  # (2,)
+    >>> cls_id, sep_id = 1, 2
+    >>> generator = SentencePairGenerator(
+    ...     task="nsp", sequence_length=12, start_value=cls_id, end_value=sep_id,
+    ...     seed=4)
+    >>> documents = tf.ragged.constant([
+    ...     [[10, 11, 12], [13, 14], [15, 16, 17]],   # document 0: 3 sentences
+    ...     [[20, 21], [22, 23, 24]],                 # document 1: 2 sentences
+    ... ])
+    >>> pairs = generator(documents)
+    >>> pairs["token_ids"].numpy().tolist()
+    [[1, 10, 11, 12, 13, 14, 2, 15, 16, 17, 2, 0],
+     [1, 20, 21, 2, 11, 12, 13, 14, 15, 16, 17, 2]]
+    >>> pairs["segment_ids"].numpy().tolist()[0]
+    [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0]
+    >>> pairs["pair_labels"].numpy().tolist()  # in order; B from document 0
+    [0, 1]
 
-    # In tf.data: documents batched as ragged tensors, new pairs each epoch.
-    ds = tf.data.Dataset.from_tensor_slices(documents).ragged_batch(2)
-    ds = generator.map_over(ds, seed=7)
-    ```
+    In `tf.data`: documents batched as ragged tensors, new pairs each epoch.
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(documents).ragged_batch(2)
+    >>> ds = generator.map_over(ds, seed=7)
+    >>> ds.element_spec["token_ids"]
+    TensorSpec(shape=(None, 12), dtype=tf.int32, name=None)
     """
 
     # Independent of the seeds `MaskedLMMasker.map_over` gives the same elements.

@@ -106,18 +106,19 @@ class SpanCorruption(SeededLayer):
 
     Example:
 
-    ```python
-    import tensorflow as tf
-    import kobjectives
-
-    corrupt = kobjectives.layers.SpanCorruption(
-        vocabulary_size=1000, sequence_length=32, eos_token_id=3, seed=0)
-    ids = tf.random.uniform((8, 32), 5, 900, dtype=tf.int32)
-    ds = corrupt.map_over(tf.data.Dataset.from_tensor_slices(ids).batch(4))
-    batch = next(iter(ds))
-    batch["encoder_token_ids"].shape  # (4, 30): 32 - 5 noise + 2 sentinels + EOS
-    batch["target_ids"].shape  # (4, 8): 2 sentinels + 5 noise + EOS
-    ```
+    >>> corrupt = SpanCorruption(
+    ...     vocabulary_size=1000, sequence_length=32, eos_token_id=3, seed=0)
+    >>> ids = tf.reshape(tf.range(5, 5 + 8 * 32), (8, 32))
+    >>> ds = corrupt.map_over(tf.data.Dataset.from_tensor_slices(ids).batch(4))
+    >>> batch = next(iter(ds))
+    >>> batch["encoder_token_ids"].shape  # 32 - 5 noise + 2 sentinels + EOS
+    TensorShape([4, 30])
+    >>> batch["target_ids"].shape  # 2 sentinels + 5 noise + EOS
+    TensorShape([4, 8])
+    >>> batch["target_ids"][0].numpy().tolist()
+    [999, 22, 23, 998, 34, 35, 36, 3]
+    >>> batch["encoder_token_ids"][0, 15:].numpy().tolist()
+    [20, 21, 999, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 998, 3]
     """
 
     def __init__(

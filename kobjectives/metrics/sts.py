@@ -149,13 +149,22 @@ class STSEvaluator:
 
     Example:
 
-    ```python
-    pairs = kobjectives.data.read_stsb("../shared/data/stsb/sts-dev.csv")
-    evaluator = kobjectives.metrics.STSEvaluator(pairs)
-    pack = lambda texts: kobjectives.data.tokenized_texts(texts, tokenizer, 64)
-    result = evaluator(kobjectives.metrics.text_embedder(model, pack))
-    result["spearman"]
-    ```
+    An embedding whose cosines rank the pairs as their gold scores do:
+
+    >>> from kobjectives.data import SentencePairs
+    >>> pairs = SentencePairs(["a cat", "a dog", "rain"], ["the cat", "a fox", "sun"],
+    ...                       np.array([4.5, 2.0, 0.5]))
+    >>> vectors = {"a cat": [1, 0], "the cat": [1, 0.1], "a dog": [1, 0],
+    ...            "a fox": [1, 1], "rain": [1, 0], "sun": [0, 1]}
+    >>> embed = lambda texts: np.array([vectors[t] for t in texts], "float32")
+    >>> result = STSEvaluator(pairs)(embed)
+    >>> result["spearman"], result["pairs"], round(result["alignment"], 4)
+    (1.0, 3, 0.0099)
+
+    On STS-B with a trained model: `pairs =
+    kobjectives.data.read_stsb("../shared/data/stsb/sts-dev.csv")` and
+    `STSEvaluator(pairs)(text_embedder(model, pack))`, where `pack = lambda
+    texts: kobjectives.data.tokenized_texts(texts, tokenizer, 64)`.
     """
 
     def __init__(self, pairs, positive_threshold=4.0):

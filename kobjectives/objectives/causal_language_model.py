@@ -132,23 +132,26 @@ class CausalLanguageModel(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128, max_sequence_length=32)
-    packer = kobjectives.layers.SequencePacker(
-        sequence_length=32, end_token_id=2, start_token_id=1)
-    docs = tf.ragged.constant([[5 + i % 90] * (3 + i % 40) for i in range(200)])
-    ds = (tf.data.Dataset.from_tensor_slices(docs).batch(50).map(packer)
-          .unbatch().batch(8, drop_remainder=True))
-    model = kobjectives.objectives.CausalLanguageModel(
-        backbone, chunk_size=64, reset_attention_at_boundaries=True)
-    model.compile(jit_compile=True)
-    model.fit(ds, epochs=1)  # loss, perplexity, next_token_accuracy
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> from kobjectives.layers import SequencePacker
+    >>> backbone = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> packer = SequencePacker(sequence_length=8, end_token_id=2, start_token_id=1)
+    >>> docs = tf.ragged.constant([[5 + i] * (1 + i % 3) for i in range(8)])
+    >>> x = packer(docs)  # 8 documents in 4 windows; in tf.data: .map(packer).unbatch()
+    >>> x["token_ids"].numpy().tolist()[0]
+    [1, 5, 2, 1, 6, 6, 2, 1]
+    >>> x["segment_ids"].numpy().tolist()[0]
+    [0, 0, 0, 1, 1, 1, 1, 2]
+    >>> model = CausalLanguageModel(
+    ...     backbone, chunk_size=4, reset_attention_at_boundaries=True)
+    >>> model.compile(jit_compile=True)
+    >>> history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'next_token_accuracy', 'perplexity']
+    >>> model(x).shape  # hidden states; `model.logits(hidden)` projects them
+    TensorShape([4, 8, 16])
     """
 
     def __init__(

@@ -102,21 +102,19 @@ class ContrastiveEncoder(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128, max_sequence_length=16)
-    ids = tf.random.uniform((64, 16), 5, 1000, dtype=tf.int32)
-    texts = {"token_ids": ids, "padding_mask": tf.ones_like(ids, "bool")}
-    ds = tf.data.Dataset.from_tensor_slices({"anchor": texts}).batch(16)
-    model = kobjectives.objectives.ContrastiveEncoder(backbone, pooling="cls")
-    model.compile(jit_compile=True)
-    model.fit(ds, epochs=1)
-    embeddings = model.embed(texts)  # [64, 64], no projection
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> ids = tf.random.stateless_uniform((4, 8), (0, 0), 5, 50, dtype=tf.int32)
+    >>> texts = {"token_ids": ids, "padding_mask": tf.ones_like(ids, "bool")}
+    >>> model = ContrastiveEncoder(backbone, pooling="cls")
+    >>> model.compile(jit_compile=True)
+    >>> history = model.fit({"anchor": texts}, batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss']
+    >>> model.embed(texts).shape  # [CLS] states, no projection
+    TensorShape([4, 16])
     """
 
     def __init__(

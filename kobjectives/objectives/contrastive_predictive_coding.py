@@ -165,21 +165,19 @@ class ContrastivePredictiveCoding(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, numpy as np
-    import kobjectives
-
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128, max_sequence_length=32)
-    model = kobjectives.objectives.ContrastivePredictiveCoding(
-        backbone, max_offset=3)
-    model.compile(jit_compile=True)
-    ids = np.random.randint(5, 1000, (64, 32)).astype("int32")
-    x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
-    model.fit(x, batch_size=16, epochs=1)  # loss and cpc_accuracy
-    context = model.encode(x)              # c_t, [64, 32, 64]
-    ```
+    >>> import keras_hub, numpy as np
+    >>> backbone = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> model = ContrastivePredictiveCoding(backbone, max_offset=2)
+    >>> model.compile(jit_compile=True)
+    >>> ids = np.random.default_rng(0).integers(5, 50, (4, 8)).astype("int32")
+    >>> x = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    >>> history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['cpc_accuracy', 'loss']
+    >>> model.encode(x).shape  # the context c_t
+    TensorShape([4, 8, 16])
     """
 
     own_loss = "kobjectives.ops.cpc_loss"

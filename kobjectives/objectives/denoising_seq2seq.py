@@ -102,22 +102,23 @@ class DenoisingSeq2Seq(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=1000, num_layers=1, num_heads=2, hidden_dim=32,
-        intermediate_dim=64)
-    corrupt = kobjectives.layers.SpanCorruption(
-        vocabulary_size=1000, sequence_length=32, eos_token_id=3, seed=0)
-    ids = tf.random.uniform((64, 32), 5, 900, dtype=tf.int32)
-    ds = corrupt.map_over(tf.data.Dataset.from_tensor_slices(ids).batch(16))
-    ds = ds.map(lambda f: (f, f["target_ids"], tf.cast(f["target_padding_mask"], "float32")))
-    model = kobjectives.objectives.DenoisingSeq2Seq(backbone)
-    model.compile()
-    model.fit(ds, epochs=1)
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> from kobjectives.layers import SpanCorruption
+    >>> backbone = keras_hub.models.T5Backbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32)
+    >>> corrupt = SpanCorruption(
+    ...     vocabulary_size=50, sequence_length=12, eos_token_id=3, seed=0)
+    >>> ids = tf.random.stateless_uniform((4, 12), (0, 0), 5, 40, dtype=tf.int32)
+    >>> x = corrupt(ids)  # in tf.data: corrupt.map_over(dataset)
+    >>> model = DenoisingSeq2Seq(backbone)
+    >>> model.compile()
+    >>> history = model.fit(x, x["target_ids"], batch_size=4, epochs=1, verbose=0,
+    ...                     sample_weight=tf.cast(x["target_padding_mask"], "float32"))
+    >>> sorted(history.history)
+    ['loss', 'perplexity', 'token_accuracy']
+    >>> model(x).shape  # logits of the 4 target tokens
+    TensorShape([4, 4, 50])
     """
 
     def __init__(

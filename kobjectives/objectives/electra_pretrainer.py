@@ -214,26 +214,26 @@ class ElectraPretrainer(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, numpy as np
-    import kobjectives
-
-    def electra(hidden, heads):
-        return keras_hub.models.ElectraBackbone(
-            vocab_size=1000, num_layers=1, num_heads=heads, hidden_dim=hidden,
-            embedding_dim=64, intermediate_dim=4 * hidden, max_sequence_length=32)
-
-    model = kobjectives.objectives.ElectraPretrainer(
-        generator=electra(16, 1), discriminator=electra(64, 2), seed=0)
-    masker = kobjectives.layers.MaskedLMMasker(
-        vocabulary_size=1000, mask_selection_rate=0.15, mask_token_id=4,
-        mask_selection_length=6, unselectable_token_ids=(0, 1, 2, 3, 4),
-        mask_token_rate=0.85, random_token_rate=0.0, seed=0)
-    x = masker(np.random.randint(5, 1000, (64, 32)).astype("int32"))
-    model.compile(jit_compile=True)
-    model.fit(x, batch_size=16, epochs=1)
-    probabilities = model.detector()(x)["replaced_probability"]  # [64, 32]
-    ```
+    >>> import keras_hub, numpy as np
+    >>> from kobjectives.layers import MaskedLMMasker
+    >>> def electra(hidden, heads):
+    ...     return keras_hub.models.ElectraBackbone(
+    ...         vocab_size=50, num_layers=1, num_heads=heads, hidden_dim=hidden,
+    ...         embedding_dim=16, intermediate_dim=2 * hidden, max_sequence_length=8)
+    >>> model = ElectraPretrainer(
+    ...     generator=electra(8, 1), discriminator=electra(16, 2), seed=0)
+    >>> masker = MaskedLMMasker(
+    ...     vocabulary_size=50, mask_selection_rate=0.25, mask_token_id=4,
+    ...     mask_selection_length=2, unselectable_token_ids=(0, 1, 2, 3, 4),
+    ...     mask_token_rate=0.85, random_token_rate=0.0, seed=0)
+    >>> x = masker(np.random.default_rng(0).integers(5, 50, (4, 8)).astype("int32"))
+    >>> model.compile(jit_compile=True)
+    >>> history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['discriminator_loss', 'generator_accuracy', 'generator_loss', 'loss',
+     'replaced_precision', 'replaced_recall', 'rtd_accuracy']
+    >>> model.detector()(x)["replaced_probability"].shape
+    TensorShape([4, 8])
     """
 
     trained_models = ("generator", "discriminator")

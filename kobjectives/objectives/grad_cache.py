@@ -545,29 +545,26 @@ class CachedContrastiveEncoder(Objective):
 
     Example:
 
-    ```python
-    import keras, keras_hub, numpy as np
-    import kobjectives
-
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128, max_sequence_length=32)
-    inputs = backbone.input
-    pooled = keras.layers.GlobalAveragePooling1D()(
-        backbone.output["sequence_output"], mask=inputs["padding_mask"])
-    embedder = keras.Model(inputs, pooled)
-
-    def view(seed):
-        ids = np.random.default_rng(seed).integers(5, 1000, (512, 32))
-        return {"token_ids": ids, "segment_ids": 0 * ids,
-                "padding_mask": np.ones_like(ids)}
-
-    model = kobjectives.objectives.CachedContrastiveEncoder(
-        embedder, mini_batch_size=64)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
-    model.fit({"anchor": view(0), "positive": view(1)}, batch_size=256,
-              epochs=1)
-    ```
+    >>> import keras, keras_hub, numpy as np
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> inputs = backbone.input
+    >>> pooled = keras.layers.GlobalAveragePooling1D()(
+    ...     backbone.output["sequence_output"], mask=inputs["padding_mask"])
+    >>> embedder = keras.Model(inputs, pooled)
+    >>> def view(seed):
+    ...     ids = np.random.default_rng(seed).integers(5, 50, (4, 8))
+    ...     return {"token_ids": ids, "segment_ids": 0 * ids,
+    ...             "padding_mask": np.ones_like(ids)}
+    >>> model = CachedContrastiveEncoder(embedder, mini_batch_size=2)
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    >>> history = model.fit({"anchor": view(0), "positive": view(1)}, batch_size=4,
+    ...                     epochs=1, verbose=0)  # 4 x 4 scores, 2 mini-batches of 2
+    >>> sorted(history.history)
+    ['contrastive_loss', 'loss']
+    >>> model.embed(view(2)).shape
+    TensorShape([4, 16])
     """
 
     # Sub-models `Objective.get_config` / `from_config` (de)serialize.

@@ -69,25 +69,25 @@ class MaskedLanguageModel(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128, max_sequence_length=32)
-    masker = kobjectives.layers.MaskedLMMasker(
-        vocabulary_size=1000, mask_selection_rate=0.15, mask_token_id=4,
-        mask_selection_length=5, unselectable_token_ids=(0, 1, 2, 3, 4))
-    ids = tf.random.uniform((64, 32), 5, 1000, dtype=tf.int32)
-    ds = tf.data.Dataset.from_tensor_slices(ids).batch(16).map(masker).map(
-        lambda m: ({k: m[k] for k in ("token_ids", "padding_mask",
-                                      "mask_positions")},
-                   m["mask_ids"], m["mask_weights"]))
-    model = kobjectives.objectives.MaskedLanguageModel(backbone)
-    model.compile(optimizer="adam")
-    model.fit(ds, epochs=1)
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> from kobjectives.layers import MaskedLMMasker
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=8)
+    >>> masker = MaskedLMMasker(
+    ...     vocabulary_size=50, mask_selection_rate=0.25, mask_token_id=4,
+    ...     mask_selection_length=2, unselectable_token_ids=(0, 1, 2, 3, 4), seed=0)
+    >>> ids = tf.random.stateless_uniform((4, 8), (0, 0), 5, 50, dtype=tf.int32)
+    >>> m = masker(ids)  # in tf.data: masker.map_over(dataset)
+    >>> x = {k: m[k] for k in ("token_ids", "padding_mask", "mask_positions")}
+    >>> model = MaskedLanguageModel(backbone)
+    >>> model.compile(optimizer="adam")
+    >>> history = model.fit(x, m["mask_ids"], sample_weight=m["mask_weights"],
+    ...                     batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'masked_accuracy', 'perplexity']
+    >>> model(x).shape  # logits of the 2 prediction slots
+    TensorShape([4, 2, 50])
     """
 
     def __init__(

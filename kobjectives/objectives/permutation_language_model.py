@@ -77,24 +77,23 @@ class PermutationLanguageModel(Objective):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.XLNetBackbone(
-        vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
-        intermediate_dim=128)
-    masker = kobjectives.layers.PermutationLMMasker(
-        num_predict=8, unselectable_token_ids=(0,), seed=1)
-    ids = tf.random.uniform((64, 32), 5, 1000, dtype=tf.int32)
-    ds = tf.data.Dataset.from_tensor_slices(ids).batch(16).map(masker).map(
-        lambda m: ({k: m[k] for k in ("token_ids", "padding_mask",
-                                      "perm_mask", "target_mapping")},
-                   m["target_ids"], m["target_weights"]))
-    model = kobjectives.objectives.PermutationLanguageModel(backbone)
-    model.compile(optimizer="adam")
-    model.fit(ds, epochs=1)
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> from kobjectives.layers import PermutationLMMasker
+    >>> backbone = keras_hub.models.XLNetBackbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32)
+    >>> masker = PermutationLMMasker(num_predict=2, unselectable_token_ids=(0,), seed=1)
+    >>> ids = tf.random.stateless_uniform((4, 12), (0, 0), 5, 50, dtype=tf.int32)
+    >>> m = masker(ids)  # in tf.data: masker.map_over(dataset)
+    >>> x = {k: m[k] for k in ("token_ids", "padding_mask", "perm_mask", "target_mapping")}
+    >>> model = PermutationLanguageModel(backbone)
+    >>> model.compile(optimizer="adam")
+    >>> history = model.fit(x, m["target_ids"], sample_weight=m["target_weights"],
+    ...                     batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'masked_accuracy', 'perplexity']
+    >>> model(x).shape  # logits of the 2 prediction slots
+    TensorShape([4, 2, 50])
     """
 
     def __init__(self, backbone, mask_token_id=None, **kwargs):

@@ -76,31 +76,30 @@ class SentencePairPretrainer(MaskedLanguageModel):
 
     Example:
 
-    ```python
-    import keras_hub, tensorflow as tf
-    import kobjectives
-
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=16)
-    generator = kobjectives.layers.SentencePairGenerator(
-        task="nsp", sequence_length=16, start_value=2, end_value=3, seed=0)
-    masker = kobjectives.layers.MaskedLMMasker(
-        vocabulary_size=100, mask_selection_rate=0.15, mask_token_id=4,
-        mask_selection_length=3, unselectable_token_ids=(0, 2, 3, 4))
-    documents = tf.ragged.constant(
-        [[[10 + d, 20 + d, 30], [40, 50 + d], [60, 70, 80 + d]]
-         for d in range(8)])
-    ds = tf.data.Dataset.from_tensor_slices(documents).ragged_batch(4)
-    ds = masker.map_over(generator.map_over(ds, seed=1), seed=2).map(
-        lambda f: ({k: f[k] for k in ("token_ids", "segment_ids",
-                                      "padding_mask", "mask_positions")},
-                   {k: f[k] for k in ("mask_ids", "mask_weights",
-                                      "pair_labels")}))
-    model = kobjectives.objectives.SentencePairPretrainer(backbone, task="nsp")
-    model.compile(jit_compile=True)
-    model.fit(ds, epochs=1)
-    ```
+    >>> import keras_hub, tensorflow as tf
+    >>> from kobjectives.layers import MaskedLMMasker, SentencePairGenerator
+    >>> backbone = keras_hub.models.BertBackbone(
+    ...     vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=16,
+    ...     intermediate_dim=32, max_sequence_length=16)
+    >>> generator = SentencePairGenerator(
+    ...     task="nsp", sequence_length=16, start_value=2, end_value=3, seed=0)
+    >>> masker = MaskedLMMasker(
+    ...     vocabulary_size=100, mask_selection_rate=0.15, mask_token_id=4,
+    ...     mask_selection_length=3, unselectable_token_ids=(0, 2, 3, 4), seed=0)
+    >>> documents = tf.ragged.constant(
+    ...     [[[10 + d, 20 + d, 30], [40, 50 + d], [60, 70, 80 + d]]
+    ...      for d in range(4)])
+    >>> features = masker(generator(documents))  # or `map_over` both in tf.data
+    >>> x = {k: features[k] for k in ("token_ids", "segment_ids", "padding_mask",
+    ...                               "mask_positions")}
+    >>> y = {k: features[k] for k in ("mask_ids", "mask_weights", "pair_labels")}
+    >>> model = SentencePairPretrainer(backbone, task="nsp")
+    >>> model.compile(jit_compile=True)
+    >>> history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'masked_accuracy', 'mlm_loss', 'pair_accuracy', 'pair_loss', 'perplexity']
+    >>> model(x)["pair_logits"].shape
+    TensorShape([4, 2])
     """
 
     loss_names = ("mlm", "pair")

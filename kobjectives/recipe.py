@@ -24,7 +24,6 @@ Example:
 """
 
 import dataclasses
-import glob
 import math
 import os
 import pathlib
@@ -235,9 +234,6 @@ class DataConfig(Section):
             yield "files and data.tfds: give one text source, not both"
         if self.data_dir and not self.tfds:
             yield f"data_dir = {self.data_dir!r}: the tfds data directory needs data.tfds"
-        for pattern in self.files:
-            if not glob.glob(os.path.expanduser(pattern)):
-                yield f"files: {pattern!r} matches no file"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,7 +108,9 @@ def load_run(run_dir, compile=True):
     Example:
 
     ```python
-    run = kobjectives.runs.load_run("runs/mlm")
+    from kobjectives.runs import load_run
+
+    run = load_run("runs/mlm")
     run.model.fit(dataset, epochs=1, steps_per_epoch=100)  # continue training
     ```
     """
@@ -132,7 +134,8 @@ def load_run(run_dir, compile=True):
             f"{run_dir / RECIPE_FILE} names no recipe: the folder was written by an older "
             "kobjectives; train it again to reload it.")
     cls = run_class(table["recipe"])
-    run = cls(cls.recipe_class.from_dict(table, source=str(run_dir / RECIPE_FILE)), run_dir)
+    run = cls(cls.recipe_class.from_dict(table, source=str(run_dir / RECIPE_FILE)), run_dir,
+              reloading=True)
     run.load_tokenizer()
     run.model = keras.saving.load_model(run_dir / MODEL_FILE, compile=compile)
     return run

@@ -2,8 +2,10 @@
 written once."""
 
 import dataclasses
+import glob
 import json
 import math
+import os
 import pathlib
 import time
 import typing
@@ -81,6 +83,8 @@ class Run:
         strategy: a name of `kobjectives.distribute.STRATEGIES` or a
             `tf.distribute.Strategy`.
         log: a print-like function.
+        reloading: a finished run folder is being reloaded (`load_run`):
+            `check` (the data files and `model.init` still exist) is skipped.
 
     Raises:
         RecipeError: the recipe is invalid (every bad key named).
@@ -106,7 +110,7 @@ class Run:
     # tuning trial is scored on the base recipe's validation data.
     tuning_fixed_validation: typing.ClassVar[bool] = True
 
-    def __init__(self, recipe=None, out_dir=None, strategy="auto", log=print):
+    def __init__(self, recipe=None, out_dir=None, strategy="auto", log=print, reloading=False):
         if recipe is None:
             recipe = self.recipe_class()
         elif isinstance(recipe, dict):
@@ -116,7 +120,7 @@ class Run:
                 f"The {self.name!r} run takes a {self.recipe_class.__name__}; received "
                 f"{type(recipe).__name__}.")
         self.recipe = recipe.validate()
-        problems = list(self.check())
+        problems = [] if reloading else list(self.check())
         if problems:
             raise RecipeError(f"Invalid {self.name!r} recipe:\n  " + "\n  ".join(problems))
         self.out_dir = pathlib.Path(out_dir) if out_dir is not None else None
@@ -130,14 +134,22 @@ class Run:
     # -- checks ------------------------------------------------------------------
 
     def check(self):
-        """Checks that need the code (backbone kinds, the init preset); yields
-        problem lines naming the key. Runs before any data is read."""
+        """Checks that need the code or the file system (backbone kinds, the
+        init preset, the data files); yields problem lines naming the key.
+        Runs before any data is read; skipped when a finished run folder is
+        reloaded."""
+        for pattern in self.recipe.data.files:
+            if not glob.glob(os.path.expanduser(pattern)):
+                yield f"data.files: {pattern!r} matches no file"
         model = self.recipe.model
         if model.init:
             try:
                 backbones.check_init(model.init, self.backbone_kind, model.sequence_length)
             except (ValueError, FileNotFoundError) as error:
-                yield f"model.init = {model.init!r}: {error}"
+                # check_init names the key it is about (model.init or model.sequence_length).
+                message = str(error)
+                yield message if message.startswith("model.") else \
+                    f"model.init = {model.init!r}: {message}"
         else:
             try:
                 backbones.check_backbone(model.backbone, kind=self.backbone_kind)

@@ -166,8 +166,6 @@ class EvaluationConfig(Section):
         if path.name in RESERVED_STSB_FILES:
             yield (f"sts_dev = {self.sts_dev!r}: {path.name} is reserved for final "
                    "evaluation; evaluate the run on sts-dev.csv")
-        elif not path.is_file():
-            yield f"sts_dev = {self.sts_dev!r}: no such file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +198,6 @@ class SimCSERecipe(Recipe):
         if self.mlm.mask_selection_length > self.model.sequence_length:
             yield (f"mlm.mask_selection_length = {self.mlm.mask_selection_length}: at most "
                    f"model.sequence_length = {self.model.sequence_length}")
-        files = self.data.files
-        if self.contrastive.mode == "supervised" and (
-                len(files) != 1 or not os.path.isfile(os.path.expanduser(files[0]))):
-            yield (f"data.files = {list(files)!r}: contrastive.mode = 'supervised' trains on "
-                   "NLI triples: give exactly one TSV file (columns anchor, positive, "
-                   f"hard_negative; e.g. {NLI_EXAMPLE})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +248,20 @@ class SimCSERun(Run):
     @property
     def supervised(self):
         return self.recipe.contrastive.mode == "supervised"
+
+    def check(self):
+        """The files the run reads exist (skipped when a finished run folder
+        is reloaded: its data need not exist any more)."""
+        yield from super().check()
+        files = self.recipe.data.files
+        if self.supervised and (
+                len(files) != 1 or not os.path.isfile(os.path.expanduser(files[0]))):
+            yield (f"data.files = {list(files)!r}: contrastive.mode = 'supervised' trains on "
+                   "NLI triples: give exactly one TSV file (columns anchor, positive, "
+                   f"hard_negative; e.g. {NLI_EXAMPLE})")
+        sts_dev = self.recipe.evaluation.sts_dev
+        if sts_dev and not os.path.isfile(os.path.expanduser(sts_dev)):
+            yield f"evaluation.sts_dev = {sts_dev!r}: no such file"
 
     # -- data --------------------------------------------------------------------
 

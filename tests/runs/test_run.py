@@ -161,6 +161,14 @@ def test_start_from_an_earlier_run_folder(finished, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_missing_data_files_fail_before_any_work_but_a_finished_run_reloads(tmp_path):
+    recipe = tiny(data={"files": [str(tmp_path / "gone" / "*.txt")]})
+    with pytest.raises(RecipeError, match=r"data.files: '.*gone/\*.txt' matches no file"):
+        MaskedLMRun(recipe, tmp_path / "run")
+    assert MaskedLMRun(recipe, tmp_path / "run", reloading=True).recipe.data.files == (
+        str(tmp_path / "gone" / "*.txt"),)
+
+
 def test_bad_init_fails_before_any_work(tmp_path):
     with pytest.raises(RecipeError, match="model.init = .*no keras-hub preset"):
         MaskedLMRun(tiny(model={"init": str(tmp_path)}), tmp_path / "run")

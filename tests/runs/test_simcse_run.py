@@ -126,6 +126,13 @@ def test_recipe_keys_replace_the_old_flags(tmp_path, capsys):
     assert cli.main(["train", "simcse", "--set", "contrastive.mode=supervised",
                      "--out", str(tmp_path / "s")]) == 2
     assert "NLI triples" in capsys.readouterr().err
+    # A finished run folder reloads where its data and STS file are gone.
+    moved = load_recipe("simcse", overrides={"evaluation.sts_dev": "gone.csv",
+                                             "contrastive.mode": "supervised",
+                                             "data.files": "gone.tsv"})
+    assert run_class("simcse")(moved, reloading=True).recipe is moved
+    with pytest.raises(RecipeError, match="gone.csv': no such file"):
+        run_class("simcse")(moved)
     with pytest.raises(RecipeError, match="does not apply"):
         load_recipe("simcse", overrides={"contrastive.mode": "supervised",
                                          "contrastive.augmentation": "text",

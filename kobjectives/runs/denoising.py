@@ -101,7 +101,22 @@ _TRAINING = dict(epochs=8, learning_rate=2e-3, warmup_steps=100)
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Recipe(Recipe):
+class _Seq2SeqRecipe(Recipe):
+    """A denoising recipe: its `lengths()` must be computable."""
+
+    def lengths(self):
+        raise NotImplementedError
+
+    def check(self):
+        yield from super().check()
+        try:
+            self.lengths()
+        except RecipeError as error:
+            yield str(error)
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Recipe(_Seq2SeqRecipe):
     """T5 span corruption (denoising seq2seq) on the embedded corpus."""
 
     data: Seq2SeqDataConfig = section(Seq2SeqDataConfig, pack_documents=True)
@@ -136,16 +151,9 @@ class T5Recipe(Recipe):
                 f"tokens get up to {spans} noise spans; raise it to at least {spans}.")
         return {"raw_length": raw, "encoder_length": length, "target_length": target_length}
 
-    def check(self):
-        yield from super().check()
-        try:
-            self.lengths()
-        except RecipeError as error:
-            yield str(error)
-
 
 @dataclasses.dataclass(frozen=True)
-class BartRecipe(Recipe):
+class BartRecipe(_Seq2SeqRecipe):
     """BART denoising (text infilling + sentence permutation) on the embedded corpus."""
 
     data: Seq2SeqDataConfig = section(Seq2SeqDataConfig)
@@ -168,13 +176,6 @@ class BartRecipe(Recipe):
             raise RecipeError(
                 f"model.sequence_length = {length}: too short for BART noising; use at least 4.")
         return {"raw_length": length - 2, "encoder_length": length, "target_length": length}
-
-    def check(self):
-        yield from super().check()
-        try:
-            self.lengths()
-        except RecipeError as error:
-            yield str(error)
 
 
 # -- the runs -------------------------------------------------------------------

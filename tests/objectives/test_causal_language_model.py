@@ -1,3 +1,6 @@
+import dataclasses
+import functools
+
 import keras
 import keras_hub
 import numpy as np
@@ -6,15 +9,17 @@ import tensorflow as tf
 
 from kobjectives.layers import SequencePacker
 from kobjectives.objectives import CausalLanguageModel
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import fit
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 VOCAB, LENGTH = 64, 16
 
-
-def _gpt2(dtype=None, num_layers=1):
-    return keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB, num_layers=num_layers, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=LENGTH, dropout=0.0, dtype=dtype,
-    )
+_gpt2 = functools.partial(tiny_backbone, "gpt2", VOCAB, LENGTH, hidden_dim=16)
 
 
 def _llama(tie=True, num_layers=1):
@@ -74,32 +79,22 @@ def test_kernel_is_tied_or_the_untied_reverse_embedding():
     assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2, backbone=_gpt2, reset=True):
-    keras.utils.set_random_seed(0)
-    with (strategy or tf.distribute.get_strategy()).scope():
-        model = CausalLanguageModel(
-            backbone(), chunk_size=24, reset_attention_at_boundaries=reset)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-    history = model.fit(_batches(count=4), epochs=epochs, verbose=0, shuffle=False).history
-    return model, history
+CASE = ObjectiveCase(
+    build=lambda: CausalLanguageModel(_gpt2(), chunk_size=24, reset_attention_at_boundaries=True),
+    data=lambda: _batches(count=4), metrics=("perplexity",),
+    optimizer=lambda: keras.optimizers.Adam(1e-3), seed=0)
+
+one_device = one_device_fixture(CASE)
 
 
-def test_jit_compile_matches_graph():
-    _, graph = _fit(epochs=1)
-    _, xla = _fit(jit_compile=True, epochs=1)
-    np.testing.assert_allclose(xla["loss"], graph["loss"], rtol=1e-5)
-    np.testing.assert_allclose(xla["perplexity"], graph["perplexity"], rtol=1e-5)
+def test_jit_compile_matches_graph(one_device):
+    assert_jit_matches_eager(CASE, atol=0, one_device=one_device)
 
 
-def test_mirrored_strategy_matches_one_device(mirrored_strategy):
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
     # Replicas hold different numbers of targets (packing, padding), so only
     # a global weighted mean gives one device's loss and updates.
-    single, h_single = _fit()
-    mirrored, h_mirrored = _fit(mirrored_strategy)
-    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
-    np.testing.assert_allclose(h_mirrored["perplexity"], h_single["perplexity"], rtol=1e-5)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
 def test_mixed_bfloat16_trains_with_float32_loss():
@@ -122,24 +117,15 @@ def test_mixed_bfloat16_trains_with_float32_loss():
 
 
 def test_keras_round_trip_continues_with_optimizer_state(tmp_path):
-    model, _ = _fit(epochs=1)
-    path = tmp_path / "clm.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = assert_keras_round_trip_continues(CASE, tmp_path / "m.keras")
     assert isinstance(loaded, CausalLanguageModel) and loaded.chunk_size == 24
     assert loaded.reset_attention_at_boundaries and loaded.restart_positions
-    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy()
-    x = next(iter(_batches(seed=3)))
-    a = model.train_on_batch(x, return_dict=True)
-    b = loaded.train_on_batch(x, return_dict=True)
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
-    a = model.train_on_batch(x, return_dict=True)
-    b = loaded.train_on_batch(x, return_dict=True)
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
 
 
 def test_trains_over_llama_and_learns():
-    model, history = _fit(backbone=_llama, epochs=3)
+    llama = dataclasses.replace(CASE, build=lambda: CausalLanguageModel(
+        _llama(), chunk_size=24, reset_attention_at_boundaries=True))
+    _, history = fit(llama, epochs=3)
     assert history["loss"][-1] < history["loss"][0]
 
 
@@ -164,9 +150,7 @@ def test_explicit_labels_and_export_outputs():
 def test_bad_input_fails_loudly():
     with pytest.raises(TypeError, match="backbone"):
         CausalLanguageModel("gpt2")
-    encoder = keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB, num_layers=1, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=LENGTH)
+    encoder = tiny_backbone("bert", VOCAB, LENGTH, hidden_dim=16)
     with pytest.raises(ValueError, match="not causal"):
         CausalLanguageModel(encoder)
     with pytest.raises(ValueError, match="chunk_size"):

@@ -1,19 +1,22 @@
+import functools
+
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kobjectives import ops
 from kobjectives.objectives import ContrastiveEncoder
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 V, L, B, H = 60, 8, 8, 16
 
-
-def bert(dropout=0.1):
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=H,
-        intermediate_dim=32, max_sequence_length=L, dropout=dropout)
+bert = functools.partial(tiny_backbone, "bert", V, L, hidden_dim=H, dropout=0.1)
 
 
 def texts(n=2 * B, seed=0, length=L):
@@ -61,33 +64,30 @@ def test_loss_equals_info_nce_on_embeddings(k):
     np.testing.assert_allclose(float(loss), float(tf.reduce_mean(expected)), rtol=1e-5)
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2, pooling="mean"):
-    data = tf.data.Dataset.from_tensor_slices(triples(4 * B)).batch(2 * B, drop_remainder=True)
-    with (strategy or tf.distribute.get_strategy()).scope():
-        keras.utils.set_random_seed(7)
-        model = ContrastiveEncoder(bert(dropout=0.0), pooling=pooling)
-        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
-    history = model.fit(data, epochs=epochs, verbose=0).history
-    return model, history
+def _case(pooling="mean", **kwargs):
+    return ObjectiveCase(
+        build=lambda: ContrastiveEncoder(bert(dropout=0.0), pooling=pooling, **kwargs),
+        data=lambda: tf.data.Dataset.from_tensor_slices(triples(4 * B)).batch(
+            2 * B, drop_remainder=True),
+        optimizer=lambda: keras.optimizers.SGD(0.5), seed=7)
+
+
+CASE = _case()
+
+one_device = one_device_fixture(CASE)
 
 
 @pytest.mark.slow
-def test_jit_compile_trains_and_matches():
-    plain, h_plain = _fit()
-    jit, h_jit = _fit(jit_compile=True)
-    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-4)
-    assert h_jit["loss"][-1] < h_jit["loss"][0]
+def test_jit_compile_trains_and_matches(one_device):
+    assert_jit_matches_eager(CASE, rtol=1e-4, atol=0, one_device=one_device)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "weighted_mean"])
-def test_mirrored_strategy_matches_one_device(mirrored_strategy, pooling):
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, pooling, request):
     # Negatives are gathered across replicas, so the loss and the updates
     # equal one device on the global batch.
-    single, h_single = _fit(pooling=pooling)
-    mirrored, h_mirrored = _fit(mirrored_strategy, pooling=pooling)
-    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], rtol=1e-5)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    reference = request.getfixturevalue("one_device") if pooling == "mean" else None
+    assert_mirrored_matches_one_device(_case(pooling), mirrored_strategy, one_device=reference)
 
 
 def test_unsupervised_fit_with_jit():
@@ -101,18 +101,11 @@ def test_unsupervised_fit_with_jit():
 
 
 def test_keras_round_trip(tmp_path):
-    keras.utils.set_random_seed(2)
-    model = ContrastiveEncoder(bert(), pooling="mean", temperature=0.07, projection_dim=12)
-    model.compile()
-    x = texts(B)
-    path = tmp_path / "simcse.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
+    case = _case(temperature=0.07, projection_dim=12)
+    restored = assert_keras_round_trip_continues(case, tmp_path / "m.keras")
     assert isinstance(restored, ContrastiveEncoder)
     assert restored.temperature == 0.07 and restored.pooling == "mean"
-    np.testing.assert_allclose(restored.embed(x), model.embed(x), atol=1e-5)
-    np.testing.assert_allclose(restored.project(restored.embed(x)), model.project(model.embed(x)), atol=1e-5)
-    assert restored.project(restored.embed(x)).shape == (B, 12)
+    assert restored.project(restored.embed(texts(B))).shape == (B, 12)
 
 
 def test_bad_inputs_fail_clearly():

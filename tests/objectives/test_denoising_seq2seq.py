@@ -1,3 +1,6 @@
+import dataclasses
+import functools
+
 import numpy as np
 import pytest
 import keras
@@ -5,22 +8,18 @@ import keras_hub
 import tensorflow as tf
 
 from kobjectives.objectives import DenoisingSeq2Seq
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import fit
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 V, S, T, B = 200, 12, 7, 8
 
-
-def t5(**kwargs):
-    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
-                  intermediate_dim=32, dropout=0.0)
-    config.update(kwargs)
-    return keras_hub.models.T5Backbone(**config)
-
-
-def bart(**kwargs):
-    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
-                  intermediate_dim=32, max_sequence_length=16, dropout=0.0)
-    config.update(kwargs)
-    return keras_hub.models.BartBackbone(**config)
+t5 = functools.partial(tiny_backbone, "t5", V, None, hidden_dim=16)
+bart = functools.partial(tiny_backbone, "bart", V, 16, hidden_dim=16)
 
 
 def make_data(n=2 * B, seed=0):
@@ -69,10 +68,11 @@ def test_logits_at_a_position_do_not_see_that_target_or_later_ones():
     assert np.abs(after[:, 4:] - logits[:, 4:]).max() > 1e-4
 
 
-@pytest.mark.parametrize("make_backbone,task", [
-    (t5, keras_hub.models.T5Seq2SeqLM), (bart, keras_hub.models.BartSeq2SeqLM)], ids=["t5", "bart"])
-def test_logits_equal_keras_hub_seq2seq_lm(make_backbone, task):
-    backbone = make_backbone()
+@pytest.mark.parametrize("kind,task", [
+    ("t5", keras_hub.models.T5Seq2SeqLM), ("bart", keras_hub.models.BartSeq2SeqLM)],
+    ids=["t5", "bart"])
+def test_logits_equal_keras_hub_seq2seq_lm(kind, task):
+    backbone = {"t5": t5, "bart": bart}[kind]()
     model = DenoisingSeq2Seq(backbone)
     reference = task(backbone=backbone)
     x, _, _ = make_data(n=4)
@@ -81,7 +81,7 @@ def test_logits_equal_keras_hub_seq2seq_lm(make_backbone, task):
                           "encoder_padding_mask": tf.cast(x["encoder_padding_mask"], "int32"),
                           "decoder_token_ids": ids, "decoder_padding_mask": mask})
     np.testing.assert_allclose(model(x), expected, atol=1e-4)
-    scale = 16 ** -0.5 if make_backbone is t5 else 1.0
+    scale = 16 ** -0.5 if kind == "t5" else 1.0
     assert model.logit_scale == pytest.approx(scale)
 
 
@@ -99,41 +99,23 @@ def test_loss_is_the_mean_cross_entropy_over_real_target_tokens():
     np.testing.assert_allclose(result["token_accuracy"], accuracy, atol=1e-6)
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2, make_backbone=t5):
-    x, y, w = make_data()
-    with (strategy or tf.distribute.get_strategy()).scope():
-        keras.utils.set_random_seed(3)
-        model = DenoisingSeq2Seq(make_backbone())
-        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
-    history = model.fit(x, y, sample_weight=w, batch_size=B, epochs=epochs, shuffle=False,
-                        verbose=0).history
-    return model, history
+X, Y, W = make_data()
+CASE = ObjectiveCase(
+    build=lambda: DenoisingSeq2Seq(t5()),
+    data=dict(x=X, y=Y, sample_weight=W, batch_size=B), metrics=("token_accuracy",),
+    optimizer=lambda: keras.optimizers.SGD(0.5), seed=3)
+
+one_device = one_device_fixture(CASE)
 
 
-@pytest.fixture(scope="module")
-def one_device_fit():
-    """The plain single-device fit, shared by the jit and mirrored tests."""
-    keras.mixed_precision.set_global_policy("float32")
-    model, history = _fit()
-    return history, model.get_weights()
+def test_jit_compile_matches_graph(one_device):
+    assert_jit_matches_eager(CASE, atol=0, one_device=one_device)
 
 
-def test_jit_compile_matches_graph(one_device_fit):
-    h_plain, _ = one_device_fit
-    _, h_jit = _fit(jit_compile=True)
-    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-5)
-    assert h_jit["loss"][-1] < h_jit["loss"][0]
-
-
-def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device_fit):
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
     # The replicas hold different numbers of real target tokens: only the
     # global weighted mean gives one device's loss and updates.
-    h_single, single_weights = one_device_fit
-    mirrored, h_mirrored = _fit(mirrored_strategy)
-    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
-    np.testing.assert_allclose(h_mirrored["token_accuracy"], h_single["token_accuracy"], atol=1e-5)
-    for a, b in zip(single_weights, mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
 @pytest.mark.slow
@@ -158,30 +140,21 @@ def test_mixed_bfloat16_trains_with_float32_logits_and_loss():
 
 @pytest.mark.slow
 def test_bart_backbone_trains():
-    _, history = _fit(make_backbone=bart, epochs=3)
+    _, history = fit(dataclasses.replace(CASE, build=lambda: DenoisingSeq2Seq(bart())), epochs=3)
     assert history["loss"][-1] < history["loss"][0]
 
 
 def test_keras_round_trip_continues_training_with_its_optimizer_state(tmp_path):
-    x, y, w = make_data(n=B)
-    model = DenoisingSeq2Seq(t5(), decoder_start_token_id=2)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(x, y, sample_weight=w, batch_size=B, epochs=2, verbose=0)
-    model.save(tmp_path / "seq2seq.keras")
-    restored = keras.saving.load_model(tmp_path / "seq2seq.keras")
+    case = dataclasses.replace(
+        CASE, build=lambda: DenoisingSeq2Seq(t5(), decoder_start_token_id=2),
+        optimizer=lambda: keras.optimizers.Adam(1e-2))
+    restored = assert_keras_round_trip_continues(case, tmp_path / "m.keras")
     assert isinstance(restored, DenoisingSeq2Seq) and restored.decoder_start_token_id == 2
-    assert restored.compiled and restored.optimizer.iterations.numpy() == 2
-    np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
-    next_loss = model.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
-    restored_loss = restored.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
 
 
 def test_bad_backbones_and_inputs_fail_with_the_fix():
-    bert = keras_hub.models.BertBackbone(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
-                                         intermediate_dim=32, max_sequence_length=S)
     with pytest.raises(ValueError, match="encoder-decoder"):
-        DenoisingSeq2Seq(bert)
+        DenoisingSeq2Seq(tiny_backbone("bert", V, S, hidden_dim=16))
     with pytest.raises(TypeError, match="backbone"):
         DenoisingSeq2Seq("t5")
     with pytest.raises(ValueError, match="decoder_start_token_id"):

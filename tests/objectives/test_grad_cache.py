@@ -1,7 +1,8 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import keras
-import keras_hub
 import tensorflow as tf
 
 from kobjectives import ops
@@ -9,15 +10,20 @@ from kobjectives.objectives import CachedContrastiveEncoder
 from kobjectives.objectives.grad_cache import cached_contrastive_gradients
 from kobjectives.objectives.grad_cache import contrastive_gradients
 from kobjectives.objectives.grad_cache import seed_generator_states
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import fit
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 V, L = 120, 8
 
 
 def bert_embedder(dropout=0.0, seed=0):
     keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=L, dropout=dropout)
+    backbone = tiny_backbone("bert", V, L, hidden_dim=16, dropout=dropout)
     inputs = backbone.input
     pooled = keras.layers.GlobalAveragePooling1D()(
         backbone.output["sequence_output"], mask=inputs["padding_mask"])
@@ -188,38 +194,33 @@ def test_invalid_arguments_fail_loudly():
         objective.fit({"query": dense_view(4, 0)["features"]}, epochs=1, verbose=0)
 
 
-def _fit(mini_batch_size, strategy=None, jit_compile=False, epochs=2, make=dense_embedder,
-         view=dense_view, batch=16, negatives=True):
-    n = 2 * batch
-    x = {"anchor": view(n, 0), "positive": view(n, 1)}
-    if negatives:
-        x["negative"] = view(n, 2)
-    weights = np.random.default_rng(3).uniform(0.2, 1.0, n).astype("float32")
-    with (strategy or tf.distribute.get_strategy()).scope():
-        model = CachedContrastiveEncoder(make(), mini_batch_size=mini_batch_size,
-                                         temperature=0.1, symmetric=True)
-        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
-    history = model.fit(x, sample_weight=weights, batch_size=batch, epochs=epochs,
-                        shuffle=False, verbose=0).history
-    return model, history["loss"]
+# Global batch 16 = 2 replicas x 8 rows = 2 x 2 mini-batches of 4; negatives,
+# the symmetric loss and anchor weights all span the mini-batches (and replicas).
+CASE = ObjectiveCase(
+    build=lambda: CachedContrastiveEncoder(dense_embedder(), mini_batch_size=4,
+                                           temperature=0.1, symmetric=True),
+    data=dict(x={"anchor": dense_view(32, 0), "positive": dense_view(32, 1),
+                 "negative": dense_view(32, 2)},
+              sample_weight=np.random.default_rng(3).uniform(0.2, 1.0, 32).astype("float32"),
+              batch_size=16),
+    optimizer=lambda: keras.optimizers.SGD(0.5), seed=0)
+UNCACHED = dataclasses.replace(CASE, build=lambda: CachedContrastiveEncoder(
+    dense_embedder(), mini_batch_size=None, temperature=0.1, symmetric=True))
+
+# The reference of the cached fits: the uncached step on one device.
+one_device = one_device_fixture(UNCACHED)
 
 
-def _assert_same_training(a, b):
-    (model_a, loss_a), (model_b, loss_b) = a, b
-    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
-    for wa, wb in zip(model_a.get_weights(), model_b.get_weights()):
-        np.testing.assert_allclose(wa, wb, atol=1e-4)
+def test_objective_trains_like_the_uncached_step(one_device):
+    (uncached, uncached_history), (cached, cached_history) = one_device, fit(CASE)
+    np.testing.assert_allclose(cached_history["loss"], uncached_history["loss"], rtol=1e-5)
+    for a, b in zip(cached.get_weights(), uncached.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert cached_history["loss"][-1] < cached_history["loss"][0]
 
 
-def test_objective_trains_like_the_uncached_step():
-    uncached = _fit(None)
-    cached = _fit(4)
-    _assert_same_training(cached, uncached)
-    assert cached[1][-1] < cached[1][0]
-
-
-def test_objective_jit_compile_matches_uncached():
-    _assert_same_training(_fit(4, jit_compile=True), _fit(None))
+def test_objective_jit_compile_matches_uncached(one_device):
+    assert_jit_matches_eager(CASE, atol=0, one_device=one_device, weights_atol=1e-4)
 
 
 def test_objective_unrolled_matches_uncached():
@@ -236,35 +237,23 @@ def test_objective_unrolled_matches_uncached():
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_mirrored_strategy_matches_one_device(mirrored_strategy):
-    # Global batch 16 = 2 replicas x 8 rows = 2 x 2 mini-batches of 4;
-    # negatives, symmetric loss and anchor weights all span the replicas.
-    one_device = _fit(None)
-    mirrored = _fit(4, strategy=mirrored_strategy)
-    _assert_same_training(mirrored, one_device)
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device,
+                                       atol=1e-4)
 
 
-def test_evaluate_matches_uncached_and_keras_round_trip(tmp_path):
-    model, _ = _fit(4, epochs=1, negatives=False)
-    x = {"anchor": dense_view(16, 5), "positive": dense_view(16, 6)}
-    cached_loss = model.evaluate(x, batch_size=16, verbose=0)
-    path = tmp_path / "cached.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
+def test_keras_round_trip_continues_and_evaluates_like_uncached(tmp_path):
+    restored = assert_keras_round_trip_continues(CASE, tmp_path / "m.keras")
     assert isinstance(restored, CachedContrastiveEncoder)
     config = restored.get_config()
     assert (config["mini_batch_size"], config["temperature"], config["symmetric"],
             config["unroll"]) == (4, 0.1, True, False)
-    out, ref = restored.predict(x, verbose=0), model.predict(x, verbose=0)
-    np.testing.assert_allclose(out["anchor"], ref["anchor"], atol=1e-6)
-    restored.compile(optimizer="sgd")
-    np.testing.assert_allclose(restored.evaluate(x, batch_size=16, verbose=0), cached_loss,
-                               rtol=1e-5)
+    x = {"anchor": dense_view(16, 5), "positive": dense_view(16, 6)}
     uncached = CachedContrastiveEncoder.from_config({**config, "mini_batch_size": None})
-    uncached.set_weights(model.get_weights())
+    uncached.set_weights(restored.get_weights())
     uncached.compile(optimizer="sgd")
-    np.testing.assert_allclose(uncached.evaluate(x, batch_size=16, verbose=0), cached_loss,
-                               rtol=1e-5)
+    np.testing.assert_allclose(uncached.evaluate(x, batch_size=16, verbose=0),
+                               restored.evaluate(x, batch_size=16, verbose=0), rtol=1e-5)
 
 
 def test_named_loss_and_weight_regularizers_through_the_base_step():

@@ -1,6 +1,8 @@
 """The roles of `Objective`: frozen models, named losses, the per-loss
 gradient hook."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,11 @@ from kobjectives.objectives import FrozenModel
 from kobjectives.objectives import Objective
 from kobjectives.objectives import precompute_frozen_outputs
 from kobjectives.ops.reduction import global_weighted_mean
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import fit
 
 
 @keras.saving.register_keras_serializable(package="kobjectives_tests")
@@ -124,19 +131,20 @@ def test_precomputed_outputs_replace_the_frozen_model(tmp_path):
         offline.compute_losses({"features": X}, None, offline({"features": X}))
 
 
+CASE = ObjectiveCase(
+    build=lambda: Student(net(0), net(1), loss_weights={"l2": 0.5}), data=dataset,
+    metrics=("match_loss", "l2_loss"), optimizer=lambda: keras.optimizers.SGD(0.1), seed=0)
+
+
 def test_keras_round_trip_reloads_the_frozen_model_from_its_source(tmp_path):
     teacher = net(1)
     teacher.save(tmp_path / "teacher.keras")
-    model = Student(net(0), FrozenModel.from_file(tmp_path / "teacher.keras"),
-                    loss_weights={"l2": 0.5})
-    model.compile(optimizer="sgd")
-    model.fit(dataset(), epochs=1, verbose=0)
-    model.save(tmp_path / "student.keras")
-    loaded = keras.saving.load_model(tmp_path / "student.keras")
+    case = dataclasses.replace(CASE, build=lambda: Student(
+        net(0), FrozenModel.from_file(tmp_path / "teacher.keras"), loss_weights={"l2": 0.5}))
+    loaded = assert_keras_round_trip_continues(case, tmp_path / "student.keras")
     assert loaded.loss_weights == {"match": 1.0, "l2": 0.5}
     assert loaded.teacher.source == {"file": str(tmp_path / "teacher.keras")}
     np.testing.assert_allclose(loaded.teacher(X), teacher(X), atol=1e-6)
-    np.testing.assert_allclose(loaded({"features": X}), model({"features": X}), atol=1e-6)
     # An in-memory frozen model cannot be saved silently without its weights.
     with pytest.raises(ValueError, match="save_to_preset"):
         Student(net(0), net(1)).save(tmp_path / "bad.keras")
@@ -160,22 +168,14 @@ class Projected(Student):
         return out
 
 
-def _one_step(cls, strategy=None, jit=False):
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = cls(net(0), net(1), loss_weights={"l2": 0.5})
-        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit)
-    history = model.fit(dataset(), epochs=1, verbose=0, shuffle=False)
-    return model, history.history
+SURGERY = dataclasses.replace(
+    CASE, build=lambda: Surgery(net(0), net(1), loss_weights={"l2": 0.5}))
 
 
 def test_per_loss_gradients_with_the_default_combination_equal_the_plain_step():
-    plain, plain_logs = _one_step(Student)
-    surgery, surgery_logs = _one_step(Surgery, jit=True)
-    for a, b in zip(plain.weights, surgery.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
-    for key in ("loss", "match_loss", "l2_loss"):
-        np.testing.assert_allclose(plain_logs[key], surgery_logs[key], rtol=1e-6)
+    # Per-loss gradients under XLA train exactly like the plain graph step.
+    assert_jit_matches_eager(SURGERY, rtol=1e-6, atol=0, one_device=fit(CASE),
+                             weights_atol=1e-6)
 
 
 def test_combine_gradients_hook_receives_each_loss_gradient():
@@ -193,7 +193,4 @@ def test_combine_gradients_hook_receives_each_loss_gradient():
 
 
 def test_per_loss_step_under_mirrored_equals_one_device(mirrored_strategy):
-    one, _ = _one_step(Surgery)
-    two, _ = _one_step(Surgery, strategy=mirrored_strategy)
-    for a, b in zip(one.weights, two.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert_mirrored_matches_one_device(SURGERY, mirrored_strategy, atol=1e-6)

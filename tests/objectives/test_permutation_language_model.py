@@ -1,5 +1,7 @@
+import dataclasses
+import functools
+
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,16 +9,17 @@ import tensorflow as tf
 from kobjectives import ops
 from kobjectives.layers import PermutationLMMasker
 from kobjectives.objectives import PermutationLanguageModel
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 V, L, P, B = 120, 16, 6, 8
 X_KEYS = ("token_ids", "padding_mask", "segment_ids", "perm_mask", "target_mapping")
 
-
-def xlnet(num_layers=1, **kwargs):
-    config = dict(vocabulary_size=V, num_layers=num_layers, num_heads=2, hidden_dim=32,
-                  intermediate_dim=64, dropout=0.0)
-    config.update(kwargs)
-    return keras_hub.models.XLNetBackbone(**config)
+xlnet = functools.partial(tiny_backbone, "xlnet", V, None)
 
 
 def make_data(n=4 * B, seed=0):
@@ -125,30 +128,21 @@ def test_gradients_reach_the_query_stream_and_the_backbone():
     assert all(g is not None for g in grads.values())
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2):
-    x, y, w = make_data()
-    with (strategy or tf.distribute.get_strategy()).scope():
-        keras.utils.set_random_seed(7)
-        model = PermutationLanguageModel(xlnet())
-        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
-    history = model.fit(x, y, sample_weight=w, batch_size=B, epochs=epochs,
-                        shuffle=False, verbose=0).history
-    return model, history
+X, Y, W = make_data()
+CASE = ObjectiveCase(
+    build=lambda: PermutationLanguageModel(xlnet()),
+    data=dict(x=X, y=Y, sample_weight=W, batch_size=B),
+    optimizer=lambda: keras.optimizers.SGD(0.5), seed=7)
+
+one_device = one_device_fixture(CASE)
 
 
-def test_jit_compile_matches_graph_mode():
-    _, h_plain = _fit()
-    _, h_jit = _fit(jit_compile=True)
-    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-5)
-    assert h_jit["loss"][-1] < h_jit["loss"][0]
+def test_jit_compile_matches_graph_mode(one_device):
+    assert_jit_matches_eager(CASE, atol=0, one_device=one_device)
 
 
-def test_mirrored_strategy_matches_one_device(mirrored_strategy):
-    single, h_single = _fit()
-    mirrored, h_mirrored = _fit(mirrored_strategy)
-    np.testing.assert_allclose(h_mirrored["loss"], h_single["loss"], atol=1e-5)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
 def test_mixed_bfloat16_trains_with_float32_logits():
@@ -166,20 +160,11 @@ def test_mixed_bfloat16_trains_with_float32_logits():
 
 
 def test_keras_round_trip_with_optimizer_state(tmp_path):
-    x, y, w = make_data(n=B)
-    model = PermutationLanguageModel(xlnet(), mask_token_id=4)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(x, y, sample_weight=w, batch_size=B, epochs=2, verbose=0)
-    model.save(tmp_path / "plm.keras")
-    restored = keras.saving.load_model(tmp_path / "plm.keras")
+    case = dataclasses.replace(
+        CASE, build=lambda: PermutationLanguageModel(xlnet(), mask_token_id=4),
+        optimizer=lambda: keras.optimizers.Adam(1e-2))
+    restored = assert_keras_round_trip_continues(case, tmp_path / "m.keras")
     assert isinstance(restored, PermutationLanguageModel) and restored.mask_token_id == 4
-    np.testing.assert_allclose(
-        restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
-    assert restored.compiled and restored.optimizer.iterations.numpy() == 2
-    next_loss = model.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0, shuffle=False)
-    restored_loss = restored.fit(x, y, sample_weight=w, batch_size=B, epochs=1, verbose=0,
-                                 shuffle=False)
-    np.testing.assert_allclose(restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
 
 
 def test_export_predicts_mask_positions_from_the_other_tokens():
@@ -207,9 +192,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="perm_mask"):
         model({k: x[k] for k in ("token_ids", "padding_mask", "target_mapping")})
     with pytest.raises(TypeError, match="XLNetBackbone"):
-        PermutationLanguageModel(keras_hub.models.BertBackbone(
-            vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
-            max_sequence_length=L))
+        PermutationLanguageModel(tiny_backbone("bert", V, L))
     with pytest.raises(TypeError, match="XLNetBackbone"):
         PermutationLanguageModel("xlnet")
     with pytest.raises(ValueError, match="mask_token_id"):

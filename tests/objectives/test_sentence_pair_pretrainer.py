@@ -1,22 +1,25 @@
 """`SentencePairPretrainer`: MLM + NSP/SOP loss, heads, strategies, saving."""
 
+import dataclasses
+import functools
+
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from kobjectives.objectives import MaskedLanguageModel
 from kobjectives.objectives import SentencePairPretrainer
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
 
 V, L, P, B = 200, 16, 4, 8
 
-
-def bert(**kwargs):
-    config = dict(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=32,
-                  intermediate_dim=64, max_sequence_length=L, dropout=0.0)
-    config.update(kwargs)
-    return keras_hub.models.BertBackbone(**config)
+bert = functools.partial(tiny_backbone, "bert", V, L)
 
 
 def make_data(n=4 * B, seed=0):
@@ -115,30 +118,21 @@ def test_backbone_without_pooler_gets_one_and_trains():
     assert history["loss"][-1] < history["loss"][0]
 
 
-def _fit(strategy=None, jit_compile=False, epochs=2):
-    x, y = make_data()
-    with (strategy or tf.distribute.get_strategy()).scope():
-        keras.utils.set_random_seed(7)
-        model = SentencePairPretrainer(bert())
-        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
-    history = model.fit(x, y, batch_size=B, epochs=epochs, shuffle=False, verbose=0).history
-    return model, history
+X, Y = make_data()
+CASE = ObjectiveCase(
+    build=lambda: SentencePairPretrainer(bert()), data=dict(x=X, y=Y, batch_size=B),
+    metrics=("pair_accuracy", "masked_accuracy", "pair_loss"),
+    optimizer=lambda: keras.optimizers.SGD(0.5), seed=7)
+
+one_device = one_device_fixture(CASE)
 
 
-def test_jit_compile_matches_graph_and_learns():
-    _, h_plain = _fit()
-    _, h_jit = _fit(jit_compile=True)
-    np.testing.assert_allclose(h_jit["loss"], h_plain["loss"], rtol=1e-5)
-    assert h_jit["loss"][-1] < h_jit["loss"][0]
+def test_jit_compile_matches_graph_and_learns(one_device):
+    assert_jit_matches_eager(CASE, atol=0, one_device=one_device)
 
 
-def test_mirrored_strategy_matches_one_device(mirrored_strategy):
-    single, h_single = _fit()
-    mirrored, h_mirrored = _fit(mirrored_strategy)
-    for key in ("loss", "pair_accuracy", "masked_accuracy", "pair_loss"):
-        np.testing.assert_allclose(h_mirrored[key], h_single[key], atol=1e-5)
-    for a, b in zip(single.get_weights(), mirrored.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
 def test_mixed_bfloat16_trains_with_float32_loss():
@@ -156,21 +150,12 @@ def test_mixed_bfloat16_trains_with_float32_loss():
 
 
 def test_keras_round_trip_continues_training_with_optimizer_state(tmp_path):
-    x, y = make_data(n=2 * B)
-    model = SentencePairPretrainer(bert(), task="sop", pair_weight=0.5)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(x, y, batch_size=B, epochs=2, verbose=0)
-    model.save(tmp_path / "pairs.keras")
-    restored = keras.saving.load_model(tmp_path / "pairs.keras")
+    case = dataclasses.replace(
+        CASE, build=lambda: SentencePairPretrainer(bert(), task="sop", pair_weight=0.5),
+        optimizer=lambda: keras.optimizers.Adam(1e-2))
+    restored = assert_keras_round_trip_continues(case, tmp_path / "m.keras")
     assert isinstance(restored, SentencePairPretrainer)
     assert restored.get_config()["task"] == "sop" and restored.pair_weight == 0.5
-    assert restored.compiled and restored.optimizer.iterations.numpy() == 4
-    for key in ("mlm_logits", "pair_logits"):
-        np.testing.assert_allclose(restored(x)[key], model(x)[key], atol=1e-5)
-    next_loss = model.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
-    restored_loss = restored.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
-    np.testing.assert_allclose(
-        restored_loss.history["loss"], next_loss.history["loss"], rtol=1e-5)
 
 
 def test_export_outputs_hold_encoder_and_pair_head():

@@ -5,6 +5,8 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.ops.embedding_metrics import pool_sequence
+from kobjectives.ops.labels import check_labels
+from kobjectives.ops.labels import poison_invalid_labels
 
 
 @keras.saving.register_keras_serializable(package="kobjectives")
@@ -71,10 +73,22 @@ class TokenWeightedPooling(keras.layers.Layer):
         self.built = True
 
     def token_weights(self, token_ids):
-        """The weights `w(x_t)`, float32 like `token_ids`."""
-        return tf.exp(self.scale * tf.gather(self.log_weights, token_ids))
+        """The weights `w(x_t)`, float32 like `token_ids`.
+
+        An id outside `[0, vocabulary_size)` raises where its value is known
+        (eagerly) and in graphs run without XLA; under `jit_compile=True`,
+        where XLA would clamp it to the last row, its weight is NaN instead
+        (`kobjectives.ops.poison_invalid_labels`), never another id's.
+        """
+        ids = check_labels(token_ids, self.vocabulary_size, name="token_ids")
+        weights = tf.exp(self.scale * tf.gather(self.log_weights, ids))
+        return poison_invalid_labels(weights, token_ids, self.vocabulary_size)
 
     def call(self, hidden, token_ids, padding_mask):
+        # Padded positions never count: their ids are replaced by 0 before the
+        # range check, so only a real token's id can fail or poison the mean.
+        token_ids = tf.where(tf.cast(padding_mask, tf.bool), token_ids,
+                             tf.zeros_like(token_ids))
         return pool_sequence(hidden, padding_mask, "mean", weights=self.token_weights(token_ids))
 
     def compute_output_shape(self, hidden_shape, token_ids_shape=None, padding_mask_shape=None):

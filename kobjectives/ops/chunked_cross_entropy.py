@@ -254,12 +254,20 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
             d_padded = tf.reshape(
                 tf.pad(tf.cast(d_losses, tf.float32), [[0, pad]]), [num_chunks, chunk_size]
             )
+            upstream_all = d_padded
+
             def backward_body(i, d_hidden_ta, d_kernel):
-                logits = chunk_logits(h_chunks[i], k_c)
+                # A position whose loss has no gradient (weight 0, padding)
+                # takes no part: its states may be NaN or infinite, and
+                # `0 * nan` would poison the kernel's gradient.
+                used = tf.not_equal(upstream_all[i], 0.0)[:, None]
+                h_chunk = tf.where(used, h_chunks[i], tf.zeros_like(h_chunks[i]))
+                logits = chunk_logits(h_chunk, k_c)
                 upstream = d_padded[i]
                 # d loss / d logits = (softmax - target) * upstream, built
                 # without a one-hot buffer: the label's share is scattered.
                 d_logits = tf.exp(logits - lse_chunks[i][:, None]) * upstream[:, None]
+                d_logits = tf.where(used, d_logits, tf.zeros_like(d_logits))
                 if label_smoothing:
                     d_logits -= (label_smoothing / vocabulary_size) * upstream[:, None]
                 rows = tf.range(chunk_size)
@@ -269,9 +277,7 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
                     (1.0 - label_smoothing) * upstream,
                 )
                 d_hidden = tf.matmul(tf.cast(d_logits, compute_dtype), k_c, transpose_b=True)
-                d_kernel += tf.matmul(
-                    tf.cast(h_chunks[i], tf.float32), d_logits, transpose_a=True
-                )
+                d_kernel += tf.matmul(tf.cast(h_chunk, tf.float32), d_logits, transpose_a=True)
                 return i + 1, d_hidden_ta.write(i, d_hidden), d_kernel
 
             d_hidden_ta = tf.TensorArray(

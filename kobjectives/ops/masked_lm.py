@@ -36,6 +36,10 @@ def sparse_cross_entropy(labels, logits):
         ids = tf.cast(labels, tf.int32)
     else:
         ids = check_labels(labels, vocabulary_size)
+    # The kernel sees valid ids only (an out-of-range id would give a NaN
+    # gradient row even at a weight-0 position); the loss of an invalid
+    # label is then set to NaN, without a gradient.
+    ids = tf.clip_by_value(ids, 0, tf.cast(vocabulary_size, ids.dtype) - 1)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=logits)
     return poison_invalid_labels(losses, labels, vocabulary_size)
 
@@ -50,7 +54,8 @@ def masked_lm_loss(labels, logits, sample_weight=None):
     value returned is this replica's share of the global mean (see
     `kobjectives.ops.reduction.global_weighted_mean`). A batch with no real
     masked position gives 0, not NaN. A slot of weight 0 never counts, even
-    when its logits are NaN or infinite; an invalid label in a slot of
+    when its logits are NaN or infinite, and its logits get a zero gradient
+    (not NaN); an invalid label in a slot of
     positive weight makes the loss NaN (see `sparse_cross_entropy`).
 
     Args:
@@ -67,6 +72,19 @@ def masked_lm_loss(labels, logits, sample_weight=None):
         ValueError: known labels outside the vocabulary or not whole
             numbers, known negative weights, or weights of another shape.
     """
+    if sample_weight is not None:
+        # Slots of weight 0 are replaced by zero logits before the softmax, so
+        # a NaN or infinite logit there reaches neither the loss nor its
+        # gradient (`0 * nan` in the softmax's gradient would be NaN).
+        logits = tf.convert_to_tensor(logits)
+        used = tf.not_equal(tf.cast(sample_weight, tf.float32), 0.0)
+        try:  # a mis-shaped weight is reported by `global_weighted_mean`
+            tf.broadcast_static_shape(used.shape, logits.shape[:-1])
+        except ValueError:
+            used = None
+        if used is not None:
+            used = tf.broadcast_to(used, tf.shape(logits)[:-1])[..., None]
+            logits = tf.where(used, logits, tf.zeros_like(logits))
     losses = sparse_cross_entropy(labels, logits)
     if sample_weight is None:
         sample_weight = tf.ones_like(losses)

@@ -44,9 +44,10 @@ def apply_weights(values, weights, name="sample_weight"):
 
     An entry of weight 0 is ignored whatever its value: a NaN or infinite
     value there gives 0, not NaN. Weights must be non-negative and
-    broadcastable to `values`; both are checked where they are known
-    (eager values, constants, static shapes). Traced negative weights are
-    not checked (under XLA nothing can fail) and multiply as given.
+    broadcastable to `values`, finite and non-negative; all of it is
+    checked where they are known (eager values, constants, static shapes).
+    Traced weights are not checked (under XLA nothing can fail): a negative
+    one multiplies as given, a NaN one makes the sum NaN.
 
     Args:
         values: float tensor of any shape (cast to float32).
@@ -60,7 +61,7 @@ def apply_weights(values, weights, name="sample_weight"):
 
     Raises:
         ValueError: weights that do not broadcast to `values`, or known
-            negative weights.
+            negative, NaN or infinite weights.
 
     Example:
 
@@ -86,6 +87,12 @@ def apply_weights(values, weights, name="sample_weight"):
             "(the same shape), or a shape that broadcasts to it."
         )
     known = known_values(weights)
+    if known is not None and not np.all(np.isfinite(known)):
+        raise ValueError(
+            f"`{name}` must be finite. Received a weight of "
+            f"{float(np.asarray(known)[~np.isfinite(known)].ravel()[0])}: give "
+            "ignored entries weight 0."
+        )
     if known is not None and np.any(np.asarray(known) < 0):
         raise ValueError(
             f"`{name}` must be non-negative (0 ignores an entry). Received a "

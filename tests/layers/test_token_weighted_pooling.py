@@ -52,3 +52,20 @@ def test_config_round_trip_and_bad_arguments():
         TokenWeightedPooling(0)
     with pytest.raises(ValueError, match="scale"):
         TokenWeightedPooling(10, scale=-1.0)
+
+
+def test_out_of_range_ids_fail_eagerly_and_are_nan_under_xla_not_the_last_row():
+    hidden, ids, mask = _case()
+    pool = TokenWeightedPooling(10)
+    bad = ids.copy()
+    bad[0, 1] = 10
+    with pytest.raises(ValueError, match=r"token_ids.*\[0, 10\)"):
+        pool(hidden, bad, mask)
+    xla = tf.function(lambda i: pool(hidden, i, mask), jit_compile=True)
+    out = xla(tf.constant(bad)).numpy()
+    assert np.isnan(out[0]).all() and np.isfinite(out[1:]).all()
+    # A bad id at a padded position never counts.
+    padded = ids.copy()
+    padded[1, 4] = -1
+    np.testing.assert_allclose(xla(tf.constant(padded)), pool(hidden, ids, mask), rtol=1e-6)
+    np.testing.assert_allclose(pool(hidden, padded, mask), pool(hidden, ids, mask), rtol=1e-6)

@@ -244,3 +244,20 @@ def test_negative_and_mis_shaped_weights_are_rejected():
         ops.chunked_cross_entropy(h, k, y, -w)
     with pytest.raises(ValueError, match=r"sample_weight.*\(3, 2\).*\(3, 7\)"):
         ops.chunked_cross_entropy(h, k, y, w[:, :2])
+
+
+def test_nan_hidden_at_a_weight_zero_position_gets_finite_gradients():
+    h, k, y, w = _data()
+    poisoned = h.copy()
+    poisoned[w == 0] = np.nan
+    grads = []
+    for hidden in (h, poisoned):
+        hidden, kernel = tf.constant(hidden), tf.constant(k)
+        with tf.GradientTape() as tape:
+            tape.watch([hidden, kernel])
+            loss = ops.chunked_cross_entropy(hidden, kernel, y, w, chunk_size=4)
+        grads.append([g.numpy() for g in tape.gradient(loss, [hidden, kernel])])
+    (_, clean_kernel), (poisoned_hidden, poisoned_kernel) = grads
+    assert np.isfinite(poisoned_hidden).all() and (poisoned_hidden[w == 0] == 0).all()
+    np.testing.assert_allclose(poisoned_kernel, clean_kernel, atol=1e-6)
+    np.testing.assert_allclose(poisoned_hidden, grads[0][0], atol=1e-6)

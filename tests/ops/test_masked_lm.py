@@ -122,3 +122,51 @@ def test_negative_and_mis_shaped_weights_are_rejected():
         ops.masked_lm_loss(labels, logits, [[1.0, -1.0, 1.0], [1.0, 1.0, 1.0]])
     with pytest.raises(ValueError, match=r"sample_weight.*\(2, 2\)"):
         ops.masked_lm_loss(labels, logits, np.ones((2, 2), "float32"))
+
+
+@pytest.mark.parametrize("bad_logit", [np.nan, -np.inf, np.inf])
+def test_non_finite_logits_in_weight_zero_slots_get_a_zero_gradient(bad_logit):
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 4, 9)).astype("float32")
+    labels = rng.integers(0, 9, (2, 4))
+    weights = np.array([[1, 1, 0, 0], [1, 0, 0, 1]], "float32")
+    poisoned = logits.copy()
+    poisoned[weights == 0] = bad_logit
+    grads = []
+    for value in (logits, poisoned):
+        value = tf.constant(value)
+        with tf.GradientTape() as tape:
+            tape.watch(value)
+            loss = ops.masked_lm_loss(labels, value, weights)
+        grads.append(tape.gradient(loss, value).numpy())
+    assert np.isfinite(grads[1]).all()
+    assert (grads[1][weights == 0] == 0).all()
+    np.testing.assert_allclose(grads[1], grads[0], atol=1e-7)
+
+
+def test_nan_or_infinite_weights_are_rejected():
+    labels, logits = np.zeros((1, 2), "int32"), np.zeros((1, 2, 3), "float32")
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="sample_weight` must be finite"):
+            ops.masked_lm_loss(labels, logits, np.array([[1.0, bad]], "float32"))
+
+
+def test_an_invalid_label_at_a_weight_zero_slot_leaves_the_gradient_finite_under_xla():
+    rng = np.random.default_rng(5)
+    logits = tf.constant(rng.normal(size=(2, 3, 7)).astype("float32"))
+    labels = np.array([[1, 9, 2], [3, -1, 4]])
+    weights = np.array([[1, 0, 1], [1, 0, 1]], "float32")
+    clean = np.where(weights > 0, labels, 0)
+
+    @tf.function(jit_compile=True)
+    def grad(y):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            loss = ops.masked_lm_loss(y, logits, weights)
+        return loss, tape.gradient(loss, logits)
+
+    loss, g = grad(tf.constant(labels))
+    expected_loss, expected = grad(tf.constant(clean))
+    assert np.isfinite(g.numpy()).all()
+    np.testing.assert_allclose(g, expected, atol=1e-7)
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-6)

@@ -8,3 +8,6 @@ from kobjectives.layers.sentence_pair_generator import SentencePairGenerator  # 
 from kobjectives.layers.permutation_lm_masker import PermutationLMMasker  # noqa: F401
 from kobjectives.layers.bart_noising import BartNoising  # noqa: F401
 from kobjectives.layers.token_weighted_pooling import TokenWeightedPooling  # noqa: F401
+from kobjectives.layers.word_label_aligner import WordLabelAligner  # noqa: F401
+from kobjectives.layers.word_label_aligner import token_classification_inputs  # noqa: F401
+from kobjectives.layers.word_label_aligner import word_tags_from_token_tags  # noqa: F401

@@ -18,3 +18,6 @@ from kobjectives.metrics.replaced_token_metrics import ReplacedRecall  # noqa: F
 from kobjectives.metrics.replaced_token_metrics import rtd_statistics  # noqa: F401
 from kobjectives.metrics.sentence_pair_metrics import pair_label_baselines  # noqa: F401
 from kobjectives.metrics import baselines  # noqa: F401
+from kobjectives.metrics.classification_metrics import ClassificationReport  # noqa: F401
+from kobjectives.metrics.classification_metrics import PearsonCorrelation  # noqa: F401
+from kobjectives.metrics.span_f1 import SpanF1  # noqa: F401

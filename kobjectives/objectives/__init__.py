@@ -14,3 +14,5 @@ from kobjectives.objectives.denoising_seq2seq import DenoisingSeq2Seq  # noqa: F
 from kobjectives.objectives.frozen import FrozenModel  # noqa: F401
 from kobjectives.objectives.frozen import precompute_frozen_outputs  # noqa: F401
 from kobjectives.objectives.objective import Objective  # noqa: F401
+from kobjectives.objectives.sequence_classifier import SequenceClassifier  # noqa: F401
+from kobjectives.objectives.token_classifier import TokenClassifier  # noqa: F401

@@ -17,6 +17,9 @@ from kobjectives.ops.chunked_cross_entropy import _check_chunk_size
 from kobjectives.ops.chunked_cross_entropy import _check_label_smoothing
 from kobjectives.ops.chunked_cross_entropy import chunked_token_cross_entropy
 from kobjectives.ops.reduction import global_weighted_mean
+from kobjectives.ops.sft import global_example_mean
+
+LOSS_NORMALIZATIONS = ("token", "example")
 
 _REVERSIBLE_EMBEDDINGS = (
     keras.layers.ReversibleEmbedding,
@@ -48,7 +51,9 @@ class CausalLanguageModel(Objective):
     predicts token `t + 1` when both are real tokens of the same document
     (`kobjectives.ops.causal_lm_targets`), so the loss is reset at document
     boundaries inside a packed window. Or pass `y` (labels aligned with the
-    positions, ids in the vocabulary) and `sample_weight`.
+    positions, ids in the vocabulary) and `sample_weight`. For supervised
+    fine-tuning, `kobjectives.data.sft_dataset` yields `(x, None,
+    sample_weight)` with weight 1 on the completion targets only.
 
     **Attention at document boundaries.** With
     `reset_attention_at_boundaries=True` and `segment_ids` in the inputs,
@@ -103,6 +108,16 @@ class CausalLanguageModel(Objective):
         restart_positions: bool. With `reset_attention_at_boundaries`,
             restart learned absolute positions (GPT-2) at 0 at each document.
             Defaults to True. No effect for rotary positions (Llama).
+        loss_normalization: `"token"` (the default): the weighted mean over
+            all target tokens of the global batch
+            (`kobjectives.ops.global_weighted_mean`), so a long example
+            counts more than a short one. `"example"`: the mean over the
+            examples of each example's weighted mean token loss
+            (`kobjectives.ops.global_example_mean`), every example counting
+            alike; in a packed window an example is a document (a run of
+            equal `segment_ids`), not a row; without `segment_ids` it is a
+            row. Both are exact under `tf.distribute`. The `perplexity` and
+            `next_token_accuracy` metrics stay per token.
         **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Inputs: a dict with `token_ids` int `[batch, length]`, `padding_mask`
@@ -119,7 +134,8 @@ class CausalLanguageModel(Objective):
             vocabulary/hidden size, a soft-capped embedding, or (with
             `check_causal`) a non-causal backbone; with
             `reset_attention_at_boundaries`, a backbone other than
-            `GPT2Backbone` / `LlamaBackbone`.
+            `GPT2Backbone` / `LlamaBackbone`; an unknown
+            `loss_normalization`.
 
     Reference:
         Radford et al., 2018, "Improving Language Understanding by
@@ -164,6 +180,7 @@ class CausalLanguageModel(Objective):
         check_causal=True,
         reset_attention_at_boundaries=False,
         restart_positions=True,
+        loss_normalization="token",
         **kwargs,
     ):
         if not isinstance(backbone, keras.Model):
@@ -174,6 +191,12 @@ class CausalLanguageModel(Objective):
             )
         _check_chunk_size(chunk_size)
         _check_label_smoothing(label_smoothing)
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"`loss_normalization` must be one of {LOSS_NORMALIZATIONS}: 'token' "
+                "averages over target tokens, 'example' over examples (packed "
+                f"documents). Received: loss_normalization={loss_normalization!r}"
+            )
         kwargs.setdefault("dtype", getattr(backbone, "dtype_policy", None))
         super().__init__(**kwargs)
         self.backbone = backbone
@@ -182,6 +205,7 @@ class CausalLanguageModel(Objective):
         self.check_causal = bool(check_causal)
         self.reset_attention_at_boundaries = bool(reset_attention_at_boundaries)
         self.restart_positions = bool(restart_positions)
+        self.loss_normalization = loss_normalization
         if self.reset_attention_at_boundaries:
             reason = document_attention_unsupported(backbone)
             if reason:
@@ -341,7 +365,10 @@ class CausalLanguageModel(Objective):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         labels, weights = self.targets(x, y, sample_weight)
         losses, correct = self.token_losses(y_pred, labels)
-        loss = global_weighted_mean(losses, weights)
+        if self.loss_normalization == "example":
+            loss = global_example_mean(losses, weights, x.get("segment_ids"))
+        else:
+            loss = global_weighted_mean(losses, weights)
         self.perplexity.update_state(losses, weights)
         self.next_token_accuracy.update_state(correct, weights)
         if self.losses:
@@ -424,6 +451,7 @@ class CausalLanguageModel(Objective):
             {
                 "reset_attention_at_boundaries": self.reset_attention_at_boundaries,
                 "restart_positions": self.restart_positions,
+                "loss_normalization": self.loss_normalization,
                 "chunk_size": self.chunk_size,
                 "label_smoothing": self.label_smoothing,
                 "vocabulary_size": self.vocabulary_size,

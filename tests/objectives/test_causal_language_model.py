@@ -1,3 +1,4 @@
+import collections
 import dataclasses
 import functools
 
@@ -319,3 +320,49 @@ def test_reset_refuses_backbones_it_cannot_rewire():
         model(dict(x, segment_ids=x["segment_ids"][:, :4]))
     with pytest.raises(TypeError, match="segment_ids.*int32"):
         model(dict(x, segment_ids=x["segment_ids"].astype("float32")))
+
+
+# --- loss normalization: per token or per example ---------------------------
+
+
+def test_example_normalization_is_the_mean_of_per_example_means():
+    keras.utils.set_random_seed(0)
+    model = CausalLanguageModel(_gpt2(), reset_attention_at_boundaries=True,
+                                loss_normalization="example")
+    rows = [_window([[1, 5, 9, 13, 2], [1, 40, 41, 2], [1, 7, 8, 9, 10, 2]]), _window([[1, 20, 2]])]
+    x = {key: np.concatenate([row[key] for row in rows]) for key in rows[0]}
+    rng = np.random.default_rng(0)
+    sample_weight = (rng.random(x["token_ids"].shape) < 0.7).astype("float32")
+    hidden = model(x)
+    loss = float(model.compute_loss(x=x, y_pred=hidden, sample_weight=sample_weight))
+    # Independent reference: numpy logits, examples and targets by explicit loops.
+    logits = hidden.numpy().astype(np.float64) @ model.kernel().numpy().astype(np.float64)
+    ids, mask, seg = x["token_ids"], x["padding_mask"], x["segment_ids"]
+    sums = collections.defaultdict(lambda: [0.0, 0.0])
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if mask[b, t] and mask[b, t + 1] and seg[b, t] == seg[b, t + 1]:
+                row = logits[b, t]
+                token_loss = row.max() + np.log(np.exp(row - row.max()).sum()) - row[ids[b, t + 1]]
+                sums[b, seg[b, t]][0] += sample_weight[b, t] * token_loss
+                sums[b, seg[b, t]][1] += sample_weight[b, t]
+    means = [total / weight for total, weight in sums.values() if weight > 0]
+    assert len(means) == 4
+    np.testing.assert_allclose(loss, np.mean(means), rtol=1e-5)
+    token = sum(total for total, _ in sums.values()) / sum(weight for _, weight in sums.values())
+    model.loss_normalization = "token"
+    np.testing.assert_allclose(
+        float(model.compute_loss(x=x, y_pred=hidden, sample_weight=sample_weight)), token,
+        rtol=1e-5)
+    assert abs(token - np.mean(means)) > 1e-3  # the two normalizations differ here
+
+
+def test_loss_normalization_config_and_bad_value():
+    model = CausalLanguageModel(_gpt2(), loss_normalization="example")
+    config = model.get_config()
+    assert config["loss_normalization"] == "example"
+    assert CausalLanguageModel(_gpt2()).get_config()["loss_normalization"] == "token"
+    restored = CausalLanguageModel.from_config(config)
+    assert restored.loss_normalization == "example"
+    with pytest.raises(ValueError, match=r"loss_normalization.*'token', 'example'.*'row'"):
+        CausalLanguageModel(_gpt2(), loss_normalization="row")

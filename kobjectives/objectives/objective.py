@@ -22,8 +22,10 @@ def sequence_output(outputs):
     return outputs
 
 
-def run_backbone(backbone, inputs, training=False):
-    """Runs a backbone on the keys it takes: `[batch, length, hidden]` states.
+def run_backbone(backbone, inputs, training=False, all_outputs=False):
+    """Runs a backbone on the keys it takes: `[batch, length, hidden]` states
+    (with `all_outputs`, whatever the backbone returns, e.g. BERT's dict
+    with `pooled_output`).
 
     Extra keys in `inputs` are ignored; missing `segment_ids` are zeros; a
     bool `padding_mask` is fed as int32 (what keras-hub backbones declare).
@@ -44,7 +46,8 @@ def run_backbone(backbone, inputs, training=False):
                 f"The backbone needs input {name!r}, which the data does "
                 f"not provide. Received keys: {sorted(inputs)}"
             )
-    return sequence_output(backbone(feed, training=training))
+    outputs = backbone(feed, training=training)
+    return outputs if all_outputs else sequence_output(outputs)
 
 
 class Objective(compat.TrainerWorkarounds, keras.Model):

@@ -216,7 +216,7 @@ class SequenceClassifier(Objective):
                 "SequenceClassifier takes x = {'token_ids', 'padding_mask'} (and "
                 f"'segment_ids' for sentence pairs). Received: {keys}"
             )
-        outputs = run_backbone(_AllOutputs(self.backbone), inputs, training=training)[0]
+        outputs = run_backbone(self.backbone, inputs, training=training, all_outputs=True)
         if self.resolved_pooling == "pooled":
             return outputs["pooled_output"]
         if self.resolved_pooling != "first" and "padding_mask" not in inputs:
@@ -329,25 +329,6 @@ class SequenceClassifier(Objective):
             "hidden_dim": self.hidden_dim,
         })
         return config
-
-
-class _AllOutputs:
-    """A backbone as `run_backbone` sees it, returning all its outputs.
-
-    `run_backbone` feeds a backbone the inputs it declares (zero
-    `segment_ids` where missing) and keeps its `sequence_output`; the
-    outputs wrapped in a tuple pass through whole, `pooled_output` included.
-    """
-
-    def __init__(self, backbone):
-        self.backbone = backbone
-
-    @property
-    def input(self):
-        return self.backbone.input
-
-    def __call__(self, inputs, training=False):
-        return (self.backbone(inputs, training=training),)
 
 
 def _has_pooled_output(backbone):

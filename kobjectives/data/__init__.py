@@ -98,3 +98,11 @@ from kobjectives.data.sft import best_fit_decreasing  # noqa: F401
 from kobjectives.data.sft import pack_sft_examples  # noqa: F401
 from kobjectives.data.sft import sft_dataset  # noqa: F401
 from kobjectives.data.sft import tokenize_sft_examples  # noqa: F401
+from kobjectives.data.corpus import Docstring  # noqa: F401
+from kobjectives.data.corpus import stdlib_docstrings  # noqa: F401
+from kobjectives.data.corpus_tasks import ENTITY_TAGS  # noqa: F401
+from kobjectives.data.corpus_tasks import builtin_exception_names  # noqa: F401
+from kobjectives.data.corpus_tasks import entity_tagging_task  # noqa: F401
+from kobjectives.data.corpus_tasks import module_classification_task  # noqa: F401
+from kobjectives.data.corpus_tasks import prompt_completion_task  # noqa: F401
+from kobjectives.data.corpus_tasks import split_examples  # noqa: F401

@@ -14,6 +14,7 @@ from the running Python's own standard library sources.
 """
 
 import ast
+import collections
 import functools
 import gc
 import glob
@@ -84,28 +85,47 @@ def _stdlib_source_files(root):
 
 
 def _docstrings_in_source_order(tree):
-    """Yields the docstrings of a module, its classes and functions.
+    """Yields `(qualname, kind, docstring)` for a module, its classes and
+    functions.
 
     The traversal is depth-first in source order: the module docstring, then
-    each definition followed by the definitions nested in it.
+    each definition followed by the definitions nested in it. `qualname` is
+    what Python's `__qualname__` would be (`""` for the module itself,
+    `"Class.method"`, `"function.<locals>.inner"`); `kind` is `"module"`,
+    `"class"`, `"function"` or `"method"` (a function defined in a class
+    body).
     """
-    stack = [tree]
+    # Each entry: a node, the prefix of the qualified names defined in it,
+    # and whether that scope is a class body.
+    stack = [(tree, "", False)]
     while stack:
-        node = stack.pop()
+        node, prefix, in_class = stack.pop()
         if isinstance(node, _DOCUMENTED_NODES):
+            if isinstance(node, ast.Module):
+                qualname, kind = "", "module"
+                prefix, in_class = "", False
+            else:
+                qualname = prefix + node.name
+                if isinstance(node, ast.ClassDef):
+                    kind = "class"
+                    prefix, in_class = qualname + ".", True
+                else:
+                    kind = "method" if in_class else "function"
+                    prefix, in_class = qualname + ".<locals>.", False
             docstring = ast.get_docstring(node, clean=True)
             if docstring:
-                yield docstring
+                yield qualname, kind, docstring
         children = [
             child
             for child in ast.iter_child_nodes(node)
             if isinstance(child, _CONTAINER_NODES)
         ]
-        stack.extend(reversed(children))
+        stack.extend((child, prefix, in_class) for child in reversed(children))
 
 
 def _parse_docstrings(path):
-    """The docstrings of one source file, or [] if it cannot be parsed."""
+    """The `(qualname, kind, docstring)` of one source file, or [] if it
+    cannot be parsed."""
     try:
         with open(path, "rb") as file:
             source = file.read()
@@ -117,11 +137,56 @@ def _parse_docstrings(path):
     return list(_docstrings_in_source_order(tree))
 
 
-def _stdlib_docstrings():
-    root = sysconfig.get_paths()["stdlib"]
+class Docstring(collections.namedtuple(
+        "Docstring", ["path", "module", "name", "kind", "text"])):
+    """One docstring of the standard library sources, with where it is from.
+
+    Attributes:
+        path: str, the source file relative to the library root, with `/`
+            separators (`"json/__init__.py"`).
+        module: str or `None`, the dotted module name of that file
+            (`"json"`, `"email.mime.text"`); `None` when the path is not an
+            importable name (a directory or file name that is not a Python
+            identifier, e.g. `config-3.11-x86_64-linux-gnu/`).
+        name: str or `None`, the qualified name of the documented object:
+            the module name, followed by its `__qualname__` for a class or
+            function (`"json.JSONDecoder.decode"`, nested functions as
+            `"f.<locals>.g"`); `None` when `module` is.
+        kind: `"module"`, `"class"`, `"function"` or `"method"` (a function
+            defined in a class body).
+        text: str, the docstring as `ast.get_docstring(clean=True)` gives it.
+
+    Example:
+
+    >>> record = Docstring("json/__init__.py", "json", "json.dumps", "function",
+    ...                    "Serialize obj to a JSON formatted str.")
+    >>> record.module, record.name
+    ('json', 'json.dumps')
+    """
+
+    __slots__ = ()
+
+
+def _module_name(relative_path):
+    """The dotted module name of a relative `.py` path, or `None`."""
+    parts = relative_path.split("/")
+    parts[-1] = parts[-1][: -len(".py")]
+    if parts[-1] == "__init__":
+        parts.pop()
+    if not parts or not all(part.isidentifier() for part in parts):
+        return None
+    return ".".join(parts)
+
+
+def _default_root():
+    return sysconfig.get_paths()["stdlib"]
+
+
+@functools.lru_cache(maxsize=8)
+def _docstring_records(root):
     if not root or not os.path.isdir(root):
-        return []
-    docstrings = []
+        return ()
+    records = []
     # `ast.parse` allocates millions of short-lived, acyclic nodes; with a
     # large heap (TensorFlow imported) the cyclic collector triggered by
     # those allocations more than doubles the time, so pause it.
@@ -133,13 +198,58 @@ def _stdlib_docstrings():
             # Pythons; reading their docstrings is not worth a warning.
             warnings.simplefilter("ignore")
             for relative_path in _stdlib_source_files(root):
-                docstrings.extend(
-                    _parse_docstrings(os.path.join(root, relative_path))
-                )
+                path = "/".join(relative_path.split(os.sep))
+                module = _module_name(path)
+                for qualname, kind, text in _parse_docstrings(
+                    os.path.join(root, relative_path)
+                ):
+                    if module is None:
+                        name = None
+                    else:
+                        name = f"{module}.{qualname}" if qualname else module
+                    records.append(Docstring(path, module, name, kind, text))
     finally:
         if gc_was_enabled:
             gc.enable()
-    return docstrings
+    return tuple(records)
+
+
+def stdlib_docstrings(root=None):
+    """Every docstring of the standard library sources, with its file and
+    the qualified name of what it documents.
+
+    The docstrings `embedded_corpus` is made of, before its cleaning, length
+    filter and de-duplication, in the same order (files sorted by relative
+    path, docstrings depth first in source order), with the same files
+    skipped. Sources are parsed with `ast`, never imported. Parsed once per
+    `root` and cached.
+
+    Args:
+        root: optional directory to read instead of the running Python's
+            standard library (`sysconfig.get_paths()["stdlib"]`), e.g. a
+            small tree of `.py` files in tests.
+
+    Returns:
+        A new list of `Docstring(path, module, name, kind, text)` tuples;
+        empty when `root` is not a directory.
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (root / "spam.py").write_text(
+    ...     "'''Spam.'''\\nclass Can:\\n    def open(self):\\n        '''Open it.'''\\n")
+    >>> for record in stdlib_docstrings(root):
+    ...     print(record.path, record.name, record.kind, repr(record.text))
+    spam.py spam module 'Spam.'
+    spam.py spam.Can.open method 'Open it.'
+    """
+    root = _default_root() if root is None else os.fspath(root)
+    return list(_docstring_records(os.path.abspath(root) if root else root))
+
+
+def _stdlib_docstrings():
+    return [record.text for record in stdlib_docstrings()]
 
 
 def _pydoc_topics():

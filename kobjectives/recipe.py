@@ -305,6 +305,9 @@ class TrainingConfig(Section):
                        within="[0, 2147483647]")
     validation_batches: int = option(
         20, "held-out batches evaluated each round (with fixed random draws)", within="[1, inf)")
+    saved_model: bool = option(
+        True, "write the serving SavedModel (saved_model/) at the end; false skips it "
+        "(`kobjectives export RUN_DIR` writes it later)")
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,9 @@ TINY = [
     "--set", "data.max_documents=400", "--set", "tokenizer.vocabulary_size=600",
     "--set", "training.epochs=2", "--set", "training.validation_batches=2",
     "--set", "masking.mask_selection_length=6",
+    # The run folder's SavedModel is checked in tests/runs/test_run.py and
+    # tests/runs/test_load_run.py; here the command line is what is tested.
+    "--set", "training.saved_model=false",
 ]
 
 
@@ -194,7 +197,7 @@ def test_train_mlm_writes_the_run_folder(tmp_path):
     for key in ("val_perplexity", "val_masked_accuracy", "unigram_masked_accuracy"):
         assert isinstance(metrics[key], float)
     assert metrics["steps"] == 6 and metrics["recipe"] == "mlm"
-    assert (out / "saved_model" / "saved_model.pb").is_file()
+    assert not (out / "saved_model").exists()  # training.saved_model=false
     assert (out / "vocab.txt").is_file() and (out / "model.keras").is_file()
     assert (out / "preset").is_dir()
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -73,8 +73,8 @@ class Run:
     stopped), the datasets, the objective in the strategy's scope, the loop
     with checkpoints, TensorBoard, backup and a stop on a non-finite loss,
     `loss_curve.png`, evaluation, `model.keras`, the keras-hub preset
-    (`preset/`, what `--init` starts from), the SavedModel and
-    `metrics.json`.
+    (`preset/`, what `--init` starts from), the SavedModel (unless
+    `training.saved_model = false`) and `metrics.json`.
 
     Args:
         recipe: a `recipe_class` instance, or a nested dict of values over
@@ -408,7 +408,8 @@ class Run:
         )
         metrics = self.evaluate(fitted)
         folder = self.save(model)
-        self.export(model, folder)
+        if self.recipe.training.saved_model:
+            self.export(model, folder)
         losses = history.get("loss") or [float("nan")]
         metrics = {
             "recipe": self.name,

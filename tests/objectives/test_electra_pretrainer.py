@@ -176,6 +176,7 @@ def test_mixed_bfloat16_trains_with_float32_loss():
     assert model.discriminator.token_embedding.embeddings.dtype == "float32"
 
 
+@pytest.mark.slow  # the harness' round trip of the other objectives runs by default
 def test_keras_round_trip_continues_with_optimizer_state(tmp_path):
     case = dataclasses.replace(
         CASE, build=lambda: pretrainer(temperature=0.8, disallow_correct=True),

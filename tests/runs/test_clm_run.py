@@ -96,6 +96,9 @@ def test_train_clm_writes_the_run_folder_and_a_standalone_saved_model(clm_run):
     assert loaded.returncode == 0 and "OK" in loaded.stdout, loaded.stderr[-3000:]
 
 
+# A second run through the CLI (minutes): `-m slow`. The default suite starts runs from an
+# earlier run folder in tests/runs/test_run.py (mlm) and tests/runs/test_classify_run.py.
+@pytest.mark.slow
 def test_init_from_a_clm_run_folder_starts_from_its_backbone_and_tokenizer(clm_run, tmp_path):
     out, _ = clm_run
     # The backbone an init run builds is the run folder's trained one.

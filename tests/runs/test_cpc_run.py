@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from kobjectives import cli
 from kobjectives.runs import run_class
@@ -18,6 +19,10 @@ TINY = [
 ]
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 def test_train_cpc_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(

@@ -74,6 +74,10 @@ def test_recipes_default_to_the_published_t5_and_bart_recipes():
                                       "target_length": 64}
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 def test_train_t5_writes_the_run_folder_and_a_serving_model(tmp_path):
     out = tmp_path / "run"
     lines, log = _lines()

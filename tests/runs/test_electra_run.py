@@ -44,6 +44,10 @@ print("served", out["padding_mask"].numpy().sum(axis=1).tolist())
 """
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 def test_train_electra_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(

@@ -21,6 +21,7 @@ TINY = {
     "data.max_documents": 200, "tokenizer.vocabulary_size": 300, "training.epochs": 1,
     "training.validation_batches": 2, "masking.mask_selection_length": 4,
     "training.jit_compile": False, "model.dropout": 0.0,
+    "training.saved_model": False,  # what `kobjectives export RUN_DIR` is for
 }
 
 # A clean process: only tensorflow and tensorflow_text are imported.
@@ -52,6 +53,17 @@ def run_dir(tmp_path_factory):
     return out
 
 
+def test_a_run_without_its_saved_model_reloads(run_dir):
+    assert not (run_dir / "saved_model").exists()
+    assert load_run(run_dir).model.optimizer.iterations.numpy() == 2
+
+
+# Two exports and three processes (minutes on 2 cores): `-m slow`. The default
+# suite serves clean-process SavedModels of masked-LM objectives
+# (tests/export/test_saved_model.py), `kobjectives export` of the clm run
+# (tests/export/test_export_every_objective.py) and the runs' own exports
+# (clm, classify, tag, sft).
+@pytest.mark.slow
 def test_export_cli_serves_raw_strings_in_a_clean_process(run_dir, tmp_path):
     export = tmp_path / "export"
     result = subprocess.run(
@@ -75,9 +87,10 @@ def test_export_cli_serves_raw_strings_in_a_clean_process(run_dir, tmp_path):
     # Batch size does not change a row; the token-id endpoint agrees.
     np.testing.assert_allclose(out["logits1"], out["logits3"], atol=1e-5)
 
-    # The export equals the one the training run wrote itself.
+    # The export equals one written in-process from the same folder.
+    again = export_run_dir(run_dir, tmp_path / "again")
     original = subprocess.run(
-        [sys.executable, "-c", SERVE, str(run_dir / "saved_model")],
+        [sys.executable, "-c", SERVE, again],
         capture_output=True, text=True, timeout=600,
     )
     reference = json.loads(original.stdout.strip().splitlines()[-1])

@@ -98,7 +98,11 @@ def test_resume_continues_the_data_stream(finished, crashed, tmp_path):
     shutil.copytree(crashed, tmp_path / "resumed")
     assert [r["epoch"] for r in read_run_log(tmp_path / "resumed" / "history.csv")] == [1, 2]
     lines = []
-    MaskedLMRun(tiny(), tmp_path / "resumed", log=lines.append).train()
+    # `training.saved_model = false`: no SavedModel (what `kobjectives export` writes later).
+    MaskedLMRun(tiny(training={"saved_model": False}), tmp_path / "resumed",
+                log=lines.append).train()
+    assert (tmp_path / "resumed" / "model.keras").is_file()
+    assert not (tmp_path / "resumed" / "saved_model").exists()
     assert any("round 2 of 3 done (step 4)" in line and "continues at batch 5" in line
                for line in lines), lines
     # The resumed run trained round 3 on batches 5-6 of the stream, as the

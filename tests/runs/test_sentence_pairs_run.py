@@ -39,6 +39,10 @@ SERVE = textwrap.dedent(
 )
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, task",
     [("bert", "nsp"), pytest.param("albert", "sop", marks=pytest.mark.slow)],

@@ -49,6 +49,10 @@ TINY = ["--steps", "4", "--batch-size", "8", "--sequence-length", "16",
         "--set", "data.validation_fraction=0.1"]
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 def test_simcse_cli_tiny_run(tmp_path):
     corpus, sts = _corpus(tmp_path)
     out = tmp_path / "run"

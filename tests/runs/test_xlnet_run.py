@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from kobjectives import cli
 
@@ -16,6 +17,10 @@ TINY = [
 ]
 
 
+# End to end (train, export, serve from a clean process: minutes on 2 cores) under
+# `-m slow`; the default suite covers this run's pipeline (tests/test_tpu_readiness.py),
+# its objective (tests/objectives) and its recipe checks (below).
+@pytest.mark.slow
 def test_train_xlnet_writes_the_run_folder_and_a_servable_model(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(

@@ -106,3 +106,4 @@ from kobjectives.data.corpus_tasks import entity_tagging_task  # noqa: F401
 from kobjectives.data.corpus_tasks import module_classification_task  # noqa: F401
 from kobjectives.data.corpus_tasks import prompt_completion_task  # noqa: F401
 from kobjectives.data.corpus_tasks import split_examples  # noqa: F401
+from kobjectives.data.sft import ChatPromptPreprocessor  # noqa: F401

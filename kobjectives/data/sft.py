@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
+from kobjectives.ops.causal_lm import causal_lm_targets
 from kobjectives.data.chat import ChatTemplate
 
 LOSS_ON = ("completion", "all")
@@ -483,7 +484,7 @@ def pack_sft_examples(examples, sequence_length, packing=True, truncation="error
 
 def sft_dataset(examples, sequence_length, batch_size, packing=True, truncation="error",
                 buffer_size=None, pad_token_id=0, shuffle=True, seed=0, repeat=False,
-                drop_remainder=True, cache=False):
+                drop_remainder=True, cache=False, labels=False):
     """SFT batches for `kobjectives.objectives.CausalLanguageModel`.
 
     The windows of `pack_sft_examples` as `(x, None, sample_weight)` with
@@ -507,9 +508,14 @@ def sft_dataset(examples, sequence_length, batch_size, packing=True, truncation=
         repeat: repeat forever.
         drop_remainder: drop the last, smaller batch (static shapes).
         cache: cache the batches after the first pass.
+        labels: bool, yield the next-token labels as `y` instead of None
+            (`kobjectives.ops.causal_lm_targets`: int32, 0 where the weight
+            is 0), so every component has a fully defined spec (a
+            `NoneTensorSpec` has no shape); the model computes the same loss.
 
     Returns:
-        A `tf.data.Dataset` of `(x, None, sample_weight)`: `x` a dict of
+        A `tf.data.Dataset` of `(x, None, sample_weight)` (`(x, labels,
+        sample_weight)` with `labels=True`): `x` a dict of
         `[batch_size, sequence_length]` `token_ids` int32, `padding_mask`
         bool, `segment_ids` int32; `sample_weight` float32
         `[batch_size, sequence_length]`.
@@ -527,6 +533,9 @@ def sft_dataset(examples, sequence_length, batch_size, packing=True, truncation=
     >>> x, y, sample_weight = next(iter(dataset))
     >>> sorted(x), y, tuple(sample_weight.shape)
     (['padding_mask', 'segment_ids', 'token_ids'], None, (2, 6))
+    >>> x, y, _ = next(iter(sft_dataset(examples, 6, 2, shuffle=False, labels=True)))
+    >>> y.numpy().tolist()  # token t + 1 within an example, else 0
+    [[11, 12, 13, 0, 9, 0], [6, 7, 0, 0, 0, 0]]
     """
     batch_size = _check_positive_int("batch_size", batch_size)
     windows, _ = pack_sft_examples(
@@ -544,9 +553,111 @@ def sft_dataset(examples, sequence_length, batch_size, packing=True, truncation=
     if shuffle:
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda x, weight: (x, None, weight))
+    if labels:
+        dataset = dataset.map(lambda x, weight: (x, causal_lm_targets(
+            x["token_ids"], x["padding_mask"], x["segment_ids"])[0], weight))
+    else:
+        dataset = dataset.map(lambda x, weight: (x, None, weight))
     if cache:
         dataset = dataset.cache()
     if repeat:
         dataset = dataset.repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class ChatPromptPreprocessor(tf.Module):
+    """Raw user prompts -> the token ids of a chat generation prompt, laid
+    out as `tokenize_sft_examples` lays out a conversation's start.
+
+    A prompt `p` becomes the ids of `template.generation_prompt([{"role":
+    "user", "content": p}])`: `[start] <|user|> tokens(p) <|end|>
+    <|assistant|>`, right-padded to `sequence_length`, so the model's
+    prediction at the last real position is the first token of the answer.
+    The markers are inserted as ids, never read from the text: a prompt
+    that spells a marker out is tokenized as ordinary text (WordPiece
+    splits `<`, `|`, `>` off), so it cannot forge a turn. A prompt too
+    long for the window keeps its last tokens (the markers always stay).
+    Built from TensorFlow ops only (it runs inside a SavedModel).
+
+    Args:
+        tokenizer: a keras-hub tokenizer mapping a batch of strings to
+            ragged ids, with `token_to_id` and `pad_token_id`, whose
+            vocabulary holds `template.markers`
+            (`kobjectives.data.add_chat_tokens`).
+        sequence_length: int, the window length; at least the number of
+            marker and start tokens plus one.
+        template: the `ChatTemplate` of training.
+        start_token_id: optional int, the first token (as given to
+            `tokenize_sft_examples`).
+
+    Call arguments:
+        text: string tensor `[batch]`, the user prompts.
+
+    Returns (of a call):
+        dict of int32 `[batch, sequence_length]` `token_ids` and
+        `padding_mask`.
+
+    Raises:
+        ValueError: a marker missing from the vocabulary, or a
+            `sequence_length` too short for the markers.
+
+    Example:
+
+    >>> import keras_hub
+    >>> from kobjectives.data.chat import add_chat_tokens
+    >>> vocabulary = add_chat_tokens(["[PAD]", "[UNK]", "[CLS]", "hi", "!"])
+    >>> tokenizer = keras_hub.tokenizers.WordPieceTokenizer(vocabulary, lowercase=True)
+    >>> preprocessor = ChatPromptPreprocessor(tokenizer, 8, start_token_id=2)
+    >>> out = preprocessor(tf.constant(["Hi!", "hi hi hi hi hi"]))
+    >>> [[vocabulary[i] for i in row] for row in out["token_ids"].numpy().tolist()][0]
+    ['[CLS]', '<|user|>', 'hi', '!', '<|end|>', '<|assistant|>', '[PAD]', '[PAD]']
+    >>> out["token_ids"].numpy().tolist()[1]  # the prompt's last tokens are kept
+    [2, 6, 3, 3, 3, 3, 8, 7]
+    """
+
+    def __init__(self, tokenizer, sequence_length, template=DEFAULT_CHAT_TEMPLATE,
+                 start_token_id=None):
+        super().__init__()
+        if not isinstance(template, ChatTemplate):
+            raise TypeError(
+                f"`template` must be a kobjectives.data.ChatTemplate. Received: "
+                f"{type(template).__name__}"
+            )
+        self.tokenizer = tokenizer
+        self.sequence_length = _check_positive_int("sequence_length", sequence_length, minimum=2)
+        prefix = [] if start_token_id is None else [
+            _check_positive_int("start_token_id", start_token_id, minimum=0)]
+        prefix.append(_marker_id(tokenizer, template.user_marker))
+        suffix = [_marker_id(tokenizer, template.end_marker),
+                  _marker_id(tokenizer, template.assistant_marker)]
+        room = self.sequence_length - len(prefix) - len(suffix)
+        if room < 1:
+            raise ValueError(
+                f"sequence_length={sequence_length} leaves no room for a prompt token after "
+                f"the {len(prefix) + len(suffix)} start and marker tokens."
+            )
+        self.prefix, self.suffix, self.room = prefix, suffix, room
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = 0 if pad is None else int(pad)
+
+    def __call__(self, text):
+        tokens = self.tokenizer(tf.convert_to_tensor(text))
+        if isinstance(tokens, list):  # keras-hub returns lists when called eagerly
+            tokens = tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1)
+        if not isinstance(tokens, tf.RaggedTensor):
+            raise ValueError(
+                "The tokenizer must map a batch of strings to ragged token ids; build it "
+                "without `sequence_length`."
+            )
+        tokens = tf.cast(tokens, tf.int32)[:, -self.room:]
+        batch = tokens.nrows()
+
+        def constant(ids):
+            ids = tf.constant([ids], tf.int32)
+            return tf.RaggedTensor.from_tensor(tf.tile(ids, tf.stack([batch, 1])))
+
+        ids = tf.concat([constant(self.prefix), tokens, constant(self.suffix)], axis=1)
+        shape = tf.stack([batch, self.sequence_length])
+        token_ids = ids.to_tensor(default_value=self.pad_token_id, shape=shape)
+        padding_mask = tf.sequence_mask(ids.row_lengths(), self.sequence_length, tf.int32)
+        return {"token_ids": token_ids, "padding_mask": padding_mask}

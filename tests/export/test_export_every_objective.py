@@ -51,6 +51,11 @@ TINY = {
             "--set", "tokenizer.vocabulary_size=300", "--set", "tokenizer.max_training_documents=0",
             "--set", "training.validation_batches=2", "--set", "training.warmup_steps=1",
             "--set", "cpc.max_offset=2"],
+    # sft reads data.dataset (the corpus task), not --data: cleared by the --set.
+    "sft": ["--batch-size", "4", "--sequence-length", "24", "--set", "data.files=",
+            "--set", "data.max_documents=120", "--set", "tokenizer.vocabulary_size=300",
+            "--set", "training.validation_batches=2", "--set", "training.warmup_steps=1",
+            "--set", "sft.chunk_size=24"],
     "simcse": ["--batch-size", "8", "--sequence-length", "16",
                "--set", "mlm.steps=2", "--set", "mlm.batch_size=8",
                "--set", "tokenizer.vocabulary_size=200", "--set", "data.validation_fraction=0.1"],
@@ -90,6 +95,7 @@ CASES = [
     pytest.param("clm", id="clm"),
     *(pytest.param(name, id=name, marks=pytest.mark.slow)
       for name in ("electra", "bert", "t5", "bart", "xlnet", "cpc", "simcse")),
+    pytest.param("sft", id="sft", marks=pytest.mark.slow),
 ]
 
 

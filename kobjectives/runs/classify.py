@@ -10,7 +10,6 @@ ChnSentiCorp's `dev`) is scored once, at the end.
 """
 
 import dataclasses
-import glob
 import json
 import os
 import pathlib
@@ -34,7 +33,7 @@ from kobjectives.recipe import TrainingConfig
 from kobjectives.recipe import option
 from kobjectives.recipe import section
 from kobjectives.runs import register
-from kobjectives.runs.run import Run
+from kobjectives.runs.labelled import LabelledRun
 from kobjectives.runs.run import write_json
 
 LABELS_FILE = "labels.json"
@@ -223,7 +222,7 @@ class LabelledClassifier(keras.layers.Layer):
 
 
 @register
-class ClassifyRun(Run):
+class ClassifyRun(LabelledRun):
     """`kobjectives train classify`: a `SequenceClassifier` on labelled texts;
     held-out accuracy, macro-F1 and per-class scores next to the
     majority-class baseline; the SavedModel maps raw text to `probabilities`
@@ -232,43 +231,13 @@ class ClassifyRun(Run):
     name = "classify"
     recipe_class = ClassifyRecipe
     title = "sequence classification"
-    search_space = {
-        "training.learning_rate": ("float", 1e-4, 3e-3, "log"),
-        "training.warmup_steps": ("int", 0, 300),
-        "training.weight_decay": ("float", 1e-3, 0.1, "log"),
-        "model.dropout": ("choice", [0.0, 0.1]),
-    }
+    task = "classification"
+    shared_datasets = pipelines.CLASSIFICATION_DATASETS
     label_names = None
     heldout_examples = None
     heldout_name = None
 
     # -- checks and data ----------------------------------------------------------
-
-    def check(self):
-        yield from super().check()
-        data = self.recipe.data
-        if data.tfds:
-            yield f"data.tfds = {data.tfds!r}: classification reads data.files or data.dataset"
-        elif not data.files and data.dataset != "corpus":
-            try:
-                pipelines.shared_dataset_files(
-                    data.dataset, pipelines.CLASSIFICATION_DATASETS, data.shared_dir)
-            except FileNotFoundError as error:
-                yield f"data.dataset = {data.dataset!r}: {error}"
-
-    def data_files(self):
-        """`(train_path, heldout_path or None, name)` of the files read, or
-        `None` for the embedded corpus."""
-        data = self.recipe.data
-        if data.files:
-            files = [sorted(glob.glob(os.path.expanduser(p)))[0] for p in data.files]
-            return pathlib.Path(files[0]), (pathlib.Path(files[1]) if len(files) > 1 else None), \
-                "files"
-        if data.dataset == "corpus":
-            return None
-        train, heldout = pipelines.shared_dataset_files(
-            data.dataset, pipelines.CLASSIFICATION_DATASETS, data.shared_dir)
-        return train, heldout, data.dataset
 
     def load_documents(self):
         """The training examples `[(text, label id)]`; sets `label_names` and
@@ -290,11 +259,6 @@ class ClassifyRun(Run):
             self.heldout_examples = list(zip(heldout.texts, heldout.labels))[:limit]
             self.heldout_name = heldout_path.name
         return examples
-
-    def split_documents(self, documents):
-        """`(train, validation)`: a stable hash of each example decides."""
-        return corpus_tasks.split_examples(
-            documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
 
     def train_tokenizer(self, documents):
         return super().train_tokenizer([text for text, _ in documents])

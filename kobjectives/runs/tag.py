@@ -11,9 +11,7 @@ training data (`data.validation_fraction`); the held-out file (CoNLL-2003's
 """
 
 import dataclasses
-import glob
 import json
-import os
 import pathlib
 
 import keras
@@ -37,7 +35,7 @@ from kobjectives.recipe import option
 from kobjectives.recipe import section
 from kobjectives.runs import register
 from kobjectives.runs.classify import reserved_file_problems
-from kobjectives.runs.run import Run
+from kobjectives.runs.labelled import LabelledRun
 from kobjectives.runs.run import write_json
 
 TAGS_FILE = "tags.json"
@@ -177,7 +175,7 @@ def export_word_tagger(model, aligner, tags, export_dir):
 
 
 @register
-class TagRun(Run):
+class TagRun(LabelledRun):
     """`kobjectives train tag`: a `TokenClassifier` (optionally with a CRF) on
     tagged words; held-out entity F1 (`SpanF1`, micro and per type) next to
     the dictionary baseline (each word's most frequent training tag, else
@@ -186,43 +184,13 @@ class TagRun(Run):
     name = "tag"
     recipe_class = TagRecipe
     title = "token classification"
-    search_space = {
-        "training.learning_rate": ("float", 1e-4, 3e-3, "log"),
-        "training.warmup_steps": ("int", 0, 300),
-        "training.weight_decay": ("float", 1e-3, 0.1, "log"),
-        "model.dropout": ("choice", [0.0, 0.1]),
-    }
+    task = "tagging"
+    shared_datasets = pipelines.TAGGING_DATASETS
     tags = None
     heldout_sentences = None
     heldout_name = None
 
     # -- checks and data ----------------------------------------------------------
-
-    def check(self):
-        yield from super().check()
-        data = self.recipe.data
-        if data.tfds:
-            yield f"data.tfds = {data.tfds!r}: tagging reads data.files or data.dataset"
-        elif not data.files and data.dataset != "corpus":
-            try:
-                pipelines.shared_dataset_files(
-                    data.dataset, pipelines.TAGGING_DATASETS, data.shared_dir)
-            except FileNotFoundError as error:
-                yield f"data.dataset = {data.dataset!r}: {error}"
-
-    def data_files(self):
-        """`(train_path, heldout_path or None, name)` of the files read, or
-        `None` for the embedded corpus."""
-        data = self.recipe.data
-        if data.files:
-            files = [sorted(glob.glob(os.path.expanduser(p)))[0] for p in data.files]
-            return (pathlib.Path(files[0]),
-                    pathlib.Path(files[1]) if len(files) > 1 else None, "files")
-        if data.dataset == "corpus":
-            return None
-        train, heldout = pipelines.shared_dataset_files(
-            data.dataset, pipelines.TAGGING_DATASETS, data.shared_dir)
-        return train, heldout, data.dataset
 
     def load_documents(self):
         """The training sentences `[(words, tags)]` (tag names); sets
@@ -238,11 +206,6 @@ class TagRun(Run):
             self.heldout_sentences = data_lib.read_conll(heldout_path)[:limit]
             self.heldout_name = heldout_path.name
         return sentences
-
-    def split_documents(self, documents):
-        """`(train, validation)`: a stable hash of each sentence decides."""
-        return corpus_tasks.split_examples(
-            documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
 
     def train_tokenizer(self, documents):
         return super().train_tokenizer([" ".join(words) for words, _ in documents])

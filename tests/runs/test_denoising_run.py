@@ -64,7 +64,7 @@ def test_recipes_default_to_the_published_t5_and_bart_recipes():
                                "document_rotation_rate": 0.0}
     common = {"epochs": 8, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 100,
               "weight_decay": 0.01, "dtype_policy": "float32", "jit_compile": True, "seed": 0,
-              "validation_batches": 20}
+              "validation_batches": 20, "saved_model": True}
     assert t5["training"] == {"steps": 1000, **common}
     assert bart["training"] == {"steps": 800, **common}
     assert t5["tokenizer"]["vocabulary_size"] == bart["tokenizer"]["vocabulary_size"] == 4096

@@ -17,6 +17,9 @@ vocabulary size; every batch size `B` is accepted):
 - `serve_token_ids` (`serving_default` without a preprocessor):
   `token_ids`, `padding_mask` (and `segment_ids` where the backbone takes
   them) int32 `[B, L]` -> the `export_outputs`.
+- `generate` (with a `generator`, `kobjectives.export.TextGenerator`):
+  `text` string `[B]` (raw prompts) -> the generated `text` string `[B]`
+  and `token_ids` int32 `[B, L]`.
 
 **The interface export needs of an objective** (all of it; export imports
 nothing from `kobjectives.objectives`):
@@ -44,6 +47,7 @@ import tensorflow as tf
 
 from kobjectives import compat
 from kobjectives.backbones import backbone_input_names
+from kobjectives.export.generation import GENERATE
 
 SERVING_DEFAULT = "serving_default"
 """Signature key of the default endpoint (raw text when a preprocessor is
@@ -64,6 +68,7 @@ def export_saved_model(
     overwrite=False,
     compute_dtype="float32",
     special_tokens_in_strings=True,
+    generator=None,
     verbose=False,
 ):
     """Exports an objective as an inference SavedModel.
@@ -113,6 +118,10 @@ def export_saved_model(
             raw text. Text without such literals tokenizes exactly as in
             training. Defaults to True; False keeps the preprocessor's
             tokenizer as configured.
+        generator: optional `kobjectives.export.TextGenerator` of this
+            objective: the SavedModel gets a `generate` signature, `text`
+            string `[B]` (raw prompts) -> generated `text` string `[B]` and
+            `token_ids` int32 `[B, L]`.
         verbose: bool. Print the endpoints once written.
 
     Returns:
@@ -177,20 +186,30 @@ def export_saved_model(
     scopes = []
     if preprocessor is not None and special_tokens_in_strings:
         scopes.append(_special_tokens_in_strings(preprocessor))
+    endpoints = {}
+    if generator is not None:
+        if not callable(generator) or not isinstance(generator, tf.Module):
+            raise TypeError(
+                "`generator` must be a kobjectives.export.TextGenerator. Received: "
+                f"{type(generator).__name__}"
+            )
+        endpoints[GENERATE] = generator
     _archive(
         objective, export_dir, preprocessor, serve_text, serve_token_ids,
-        token_specs, compute_dtype, scopes, verbose,
+        token_specs, compute_dtype, scopes, verbose, endpoints,
     )
     return export_dir
 
 
 def _archive(model, export_dir, preprocessor, serve_text, serve_token_ids,
-             token_specs, compute_dtype, scopes=(), verbose=False):
+             token_specs, compute_dtype, scopes=(), verbose=False, text_endpoints=None):
     """Traces the serving endpoints and writes the SavedModel.
 
     `serving_default` takes raw strings when there is a `preprocessor`
-    (`serve_token_ids` is then the second endpoint), else token ids. The
-    endpoints trace while writing, inside `compute_dtype` and `scopes`.
+    (`serve_token_ids` is then the second endpoint), else token ids;
+    `text_endpoints` (name -> a callable `tf.Module` of a string `[B]`
+    tensor, tracked for its resources) are added beside them. The endpoints trace while writing, inside `compute_dtype`
+    and `scopes`.
     """
     is_keras = isinstance(model, keras.layers.Layer)
     archive = keras.export.ExportArchive()
@@ -223,6 +242,14 @@ def _archive(model, export_dir, preprocessor, serve_text, serve_token_ids,
         else:
             archive.add_endpoint(
                 SERVING_DEFAULT, serve_token_ids, input_signature=[token_specs]
+            )
+        for name, module in (text_endpoints or {}).items():
+            holder = tf.Module()
+            holder.module = module
+            archive.track(holder)
+            archive.add_endpoint(
+                name, module.__call__,
+                input_signature=[tf.TensorSpec([None], tf.string, name=_TEXT_INPUT)],
             )
         _write(archive, export_dir, verbose)
 

@@ -9,6 +9,7 @@ from kobjectives import backbones
 from kobjectives import data as data_lib
 from kobjectives.data.pipelines import causal_lm_dataset
 from kobjectives.export import PromptPreprocessor
+from kobjectives.export import TextGenerator
 from kobjectives.layers import SequencePacker
 from kobjectives.metrics import baselines
 from kobjectives.metrics.causal_lm_metrics import causal_lm_statistics
@@ -225,3 +226,9 @@ class CausalLMRun(Run):
         `next_token_logits` is the prediction after the text."""
         return PromptPreprocessor(self.tokenizer, self.recipe.model.sequence_length,
                                   self.recipe.clm.start_token)
+
+    def text_generator(self, model):
+        """Greedy continuation of raw text up to the end token (the
+        SavedModel's `generate` signature)."""
+        return TextGenerator(model, self.serving_preprocessor(), self.tokenizer,
+                             stop_token_ids=[self.tokenizer.end_token_id])

@@ -64,7 +64,7 @@ class Run:
     - model: `build_backbone`, `build_objective`, `optimizer`;
     - `evaluate(fitted)`: the objective's metrics and baselines;
     - `export(model, out_dir)`: the SavedModel (`serving_preprocessor`,
-      `export_options`);
+      `export_options`, `text_generator`);
     - `fit(model, train, validation, callbacks)`: the loop itself (a
       reinforcement-learning run owns it: rollouts between updates).
 
@@ -483,7 +483,14 @@ class Run:
         keras.mixed_precision.set_global_policy("float32")
         export_saved_model(
             model, pathlib.Path(out_dir) / "saved_model",
-            preprocessor=self.serving_preprocessor(), overwrite=True, **self.export_options)
+            preprocessor=self.serving_preprocessor(), overwrite=True,
+            generator=self.text_generator(model), **self.export_options)
+
+    def text_generator(self, model):
+        """The SavedModel's `generate` endpoint (a
+        `kobjectives.export.TextGenerator`), or None (the default: runs
+        whose model does not generate text)."""
+        return None
 
     # -- reloading -----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from kobjectives.data.sft import SFTExamples
 from kobjectives.data.sft import pack_sft_examples
 from kobjectives.data.sft import sft_dataset
 from kobjectives.data.sft import tokenize_sft_examples
+from kobjectives.export import TextGenerator
 from kobjectives.metrics import baselines
 from kobjectives.metrics.causal_lm_metrics import causal_lm_statistics
 from kobjectives.objectives import CausalLanguageModel
@@ -522,4 +523,12 @@ class SFTRun(Run):
         so `next_token_logits` predicts the answer's first token."""
         return ChatPromptPreprocessor(self.tokenizer, self.recipe.model.sequence_length,
                                       self.template, self.tokenizer.start_token_id)
+
+    def text_generator(self, model):
+        """Greedy generation of the assistant's answer to a raw user
+        prompt, ending at the template's end marker (the SavedModel's
+        `generate` signature)."""
+        end = self.tokenizer.token_to_id(self.template.end_marker)
+        return TextGenerator(model, self.serving_preprocessor(), self.tokenizer,
+                             stop_token_ids=[end])
 

@@ -38,6 +38,13 @@ LOAD = textwrap.dedent("""
     ids = out["token_ids"].numpy()
     # A prompt is "[CLS] tokens" with no end token: "a" is [CLS] a.
     assert ids[1, 0] == 2 and ids[1, 1] != 3 and (ids[1, 2:] == 0).all(), ids
+    # `generate` continues the text greedily: its first new token is the
+    # arg-max of next_token_logits, and the prompt stays as it was.
+    generated = model.signatures["generate"](text=tf.constant(["the module", "a"]))
+    new = generated["token_ids"].numpy()
+    assert (new[1, :2] == ids[1, :2]).all(), new
+    assert new[1, 2] == np.argmax(out["next_token_logits"].numpy()[1]), new
+    assert generated["text"].shape == (2,)
     print("OK", out["next_token_logits"].shape)
 """)
 

@@ -45,7 +45,10 @@ SERVE = textwrap.dedent("""
     model = tf.saved_model.load(sys.argv[1])
     out = model.signatures["serving_default"](
         text=tf.constant(["What does json.dumps do?", "x"]))
+    generated = model.signatures["generate"](text=tf.constant(["What does json.dumps do?"]))
     print(json.dumps({
+        "generated": generated["text"].numpy()[0].decode(),
+        "generated_ids": generated["token_ids"].numpy()[0].tolist(),
         "keys": sorted(out),
         "token_ids": out["token_ids"].numpy().tolist(),
         "next": out["next_token_logits"].numpy().tolist(),
@@ -165,6 +168,16 @@ def test_saved_model_serves_raw_prompts_in_the_chat_layout(sft_run):
     local = model.export_outputs({"token_ids": np.asarray([ids], "int32"),
                                   "padding_mask": mask[None]})["next_token_logits"]
     np.testing.assert_allclose(result["next"][0], local.numpy()[0], atol=1e-4)
+    # `generate` answers the raw prompt greedily up to <|end|>, as the run's
+    # own generator does in process.
+    generator = run.text_generator(model)
+    here = generator(tf.constant(["What does json.dumps do?"]))
+    assert result["generated_ids"] == here["token_ids"].numpy()[0].tolist()
+    assert result["generated_ids"][:len(expected)] == expected
+    assert result["generated"] == here["text"].numpy()[0].decode()
+    answer = result["generated_ids"][len(expected):]
+    end = answer.index(marker("<|end|>")) if marker("<|end|>") in answer else len(answer)
+    assert result["generated"] == tokenizer.detokenize(np.asarray(answer[:end], "int32"))
 
 
 # Trains a clm run first (about 80 s on 2 busy cores): under `-m slow`; the

@@ -107,3 +107,17 @@ from kobjectives.data.corpus_tasks import module_classification_task  # noqa: F4
 from kobjectives.data.corpus_tasks import prompt_completion_task  # noqa: F401
 from kobjectives.data.corpus_tasks import split_examples  # noqa: F401
 from kobjectives.data.sft import ChatPromptPreprocessor  # noqa: F401
+from kobjectives.data.preference import KTO_KEYS  # noqa: F401
+from kobjectives.data.preference import KTO_REFERENCE_LOGPS_KEYS  # noqa: F401
+from kobjectives.data.preference import PAIR_KEYS  # noqa: F401
+from kobjectives.data.preference import REFERENCE_LOGPS_KEYS  # noqa: F401
+from kobjectives.data.preference import KTOExamples  # noqa: F401
+from kobjectives.data.preference import PreferenceExamples  # noqa: F401
+from kobjectives.data.preference import corpus_preference_pairs  # noqa: F401
+from kobjectives.data.preference import kto_arrays  # noqa: F401
+from kobjectives.data.preference import kto_dataset  # noqa: F401
+from kobjectives.data.preference import kto_examples  # noqa: F401
+from kobjectives.data.preference import preference_arrays  # noqa: F401
+from kobjectives.data.preference import preference_dataset  # noqa: F401
+from kobjectives.data.preference import read_hh_rlhf_pairs  # noqa: F401
+from kobjectives.data.preference import tokenize_preference_pairs  # noqa: F401

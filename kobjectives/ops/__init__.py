@@ -89,3 +89,15 @@ from kobjectives.ops.spans import span_boundaries  # noqa: F401
 from kobjectives.ops.spans import span_counts  # noqa: F401
 from kobjectives.ops.sft import example_token_means  # noqa: F401
 from kobjectives.ops.sft import global_example_mean  # noqa: F401
+from kobjectives.ops.preference import average_log_probs  # noqa: F401
+from kobjectives.ops.preference import bradley_terry_loss  # noqa: F401
+from kobjectives.ops.preference import cpo_loss  # noqa: F401
+from kobjectives.ops.preference import dpo_loss  # noqa: F401
+from kobjectives.ops.preference import kto_kl_baseline  # noqa: F401
+from kobjectives.ops.preference import kto_loss  # noqa: F401
+from kobjectives.ops.preference import odds_ratio_loss  # noqa: F401
+from kobjectives.ops.preference import reward_centering  # noqa: F401
+from kobjectives.ops.preference import sequence_log_probs  # noqa: F401
+from kobjectives.ops.preference import sequence_log_probs_from_logits  # noqa: F401
+from kobjectives.ops.preference import simpo_loss  # noqa: F401
+from kobjectives.ops.preference import split_pairs  # noqa: F401

@@ -1,0 +1,447 @@
+import collections
+import gzip
+import json
+import re
+
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives.data.chat import add_chat_tokens
+from kobjectives.data.preference import KTO_KEYS
+from kobjectives.data.preference import PAIR_KEYS
+from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
+from kobjectives.data.preference import KTOExamples
+from kobjectives.data.preference import PreferenceExamples
+from kobjectives.data.preference import _kl_partners
+from kobjectives.data.preference import corpus_preference_pairs
+from kobjectives.data.preference import kto_arrays
+from kobjectives.data.preference import kto_dataset
+from kobjectives.data.preference import kto_examples
+from kobjectives.data.preference import preference_arrays
+from kobjectives.data.preference import preference_dataset
+from kobjectives.data.preference import read_hh_rlhf_pairs
+from kobjectives.data.preference import tokenize_preference_pairs
+from kobjectives.data.sft import tokenize_sft_examples
+
+WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", "?", "!", "."]
+VOCABULARY = add_chat_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)
+ID = {token: index for index, token in enumerate(VOCABULARY)}
+USER, ASSISTANT, END, SYSTEM = ID["<|user|>"], ID["<|assistant|>"], ID["<|end|>"], ID["<|system|>"]
+START = ID["[CLS]"]
+
+
+def _tokenizer():
+    return keras_hub.tokenizers.WordPieceTokenizer(VOCABULARY, lowercase=True)
+
+
+def _ids(text):
+    return [ID[word] for word in text.split()]
+
+
+def _chat(*contents, system=None):
+    turns = [{"role": "system", "content": system}] if system else []
+    roles = ["user", "assistant"]
+    return turns + [{"role": roles[i % 2], "content": c} for i, c in enumerate(contents)]
+
+
+def _examples(prompts, chosens, rejecteds, start=None):
+    arrays = [[np.asarray(ids, np.int32) for ids in column]
+              for column in (prompts, chosens, rejecteds)]
+    return PreferenceExamples(*arrays, start_token_id=start)
+
+
+# --- tokenization ---------------------------------------------------------------
+
+
+def test_tokenize_conversation_string_and_dict_pairs_exactly():
+    conversation = _chat("a b", "c", "d?", system="h")  # ends with the user's turn
+    pairs = [
+        (conversation, "e f!", "g"),
+        ("a b", "c", "d"),
+        {"prompt": _chat("a"), "chosen": "b", "rejected": "c c"},
+    ]
+    out = tokenize_preference_pairs(pairs, _tokenizer(), start_token_id=START)
+    assert len(out) == 3 and out.start_token_id == START
+    # The prompt: the whole rendered history (earlier assistant turns as
+    # context) and the assistant marker; completions end with <|end|>.
+    assert out.prompt_ids[0].tolist() == [
+        SYSTEM, ID["h"], END, USER, ID["a"], ID["b"], END, ASSISTANT, ID["c"], END,
+        USER, ID["d"], ID["?"], END, ASSISTANT]
+    assert out.chosen_ids[0].tolist() == _ids("e f !") + [END]
+    assert out.rejected_ids[0].tolist() == _ids("g") + [END]
+    # A string prompt has no markers (as SFT's prompt/completion pairs).
+    assert out.prompt_ids[1].tolist() == _ids("a b")
+    assert out.chosen_ids[1].tolist() == [ID["c"], END]
+    assert out.rejected_ids[1].tolist() == [ID["d"], END]
+    assert out.prompt_ids[2].tolist() == [USER, ID["a"], END, ASSISTANT]
+    assert out.rejected_ids[2].tolist() == [ID["c"], ID["c"], END]
+    assert out.lengths.tolist() == [1 + 15 + 4, 1 + 2 + 2, 1 + 4 + 3]
+    # prompt + chosen is exactly what SFT trains on for the same conversation.
+    sft = tokenize_sft_examples([conversation + [{"role": "assistant", "content": "e f!"}]],
+                                _tokenizer())
+    assert sft.token_ids[0].tolist() == out.prompt_ids[0].tolist() + out.chosen_ids[0].tolist()
+    assert sft.completion_mask[0].tolist()[-4:] == [1, 1, 1, 1]
+
+
+def test_bad_pairs_fail_clearly_naming_the_pair():
+    tokenizer = _tokenizer()
+    good = ("a", "b", "c")
+    with pytest.raises(ValueError, match=r"pairs\[1\]: chosen and rejected are the same text"):
+        tokenize_preference_pairs([good, ("a", "b c", "b c")], tokenizer)
+    with pytest.raises(ValueError, match=r"pairs\[1\]: chosen and rejected tokenize to the same"):
+        tokenize_preference_pairs([good, ("a", "B c", "b  c")], tokenizer)  # lowercased
+    with pytest.raises(ValueError, match=r"pairs\[0\]: the prompt has no token and there is no "
+                                         r"start_token_id"):
+        tokenize_preference_pairs([("", "b", "c")], tokenizer)
+    assert tokenize_preference_pairs([("", "b", "c")], tokenizer,
+                                     start_token_id=START).prompt_ids[0].tolist() == []
+    with pytest.raises(ValueError, match=r"pairs\[0\]: the prompt conversation ends with an? "
+                                         r"'assistant' turn"):
+        tokenize_preference_pairs([(_chat("a", "b"), "c", "d")], tokenizer)
+    with pytest.raises(ValueError, match=r"pairs\[0\]\[1\]: the 'assistant' turn is empty"):
+        tokenize_preference_pairs([(_chat("a"), " ", "d")], tokenizer)
+    with pytest.raises(ValueError, match=r"pairs\[0\]: the completion is empty"):
+        tokenize_preference_pairs([("a", "b", "  ")], tokenizer)
+    with pytest.raises(ValueError, match=r"pairs\[0\]\['completion'\]: the content contains the "
+                                         r"chat marker"):
+        tokenize_preference_pairs([("a", "b<|end|>", "c")], tokenizer)
+    with pytest.raises(ValueError, match=r"pairs\[0\]: a dict pair .* lacks \['rejected'\]"):
+        tokenize_preference_pairs([{"prompt": "a", "chosen": "b"}], tokenizer)
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(prompt, chosen, rejected\)"):
+        tokenize_preference_pairs([("a", "b")], tokenizer)
+    with pytest.raises(TypeError, match="not a single one"):
+        tokenize_preference_pairs(good, tokenizer)  # noqa: the triple itself
+    with pytest.raises(ValueError, match="empty"):
+        tokenize_preference_pairs([], tokenizer)
+    with pytest.raises(ValueError, match=r"marker '<\|user\|>' is not a token.*add_chat_tokens"):
+        tokenize_preference_pairs([(_chat("a"), "b", "c")],
+                                  keras_hub.tokenizers.WordPieceTokenizer(["[PAD]", "[UNK]", "a"]))
+
+
+# --- layout and truncation ---------------------------------------------------------
+
+
+def test_arrays_lay_out_start_prompt_and_completion_with_their_masks():
+    examples = _examples([[5, 6], [7]], [[8, END], [9, 10, END]], [[11, END], [12, END]],
+                         start=START)
+    out = preference_arrays(examples, sequence_length=6, pad_token_id=0)
+    assert sorted(out) == sorted(PAIR_KEYS)
+    assert out["chosen_token_ids"].tolist() == [[START, 5, 6, 8, END, 0], [START, 7, 9, 10, END, 0]]
+    assert out["rejected_token_ids"].tolist() == [[START, 5, 6, 11, END, 0],
+                                                  [START, 7, 12, END, 0, 0]]
+    assert out["chosen_completion_mask"].tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 1, 0]]
+    assert out["rejected_completion_mask"].tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]]
+    assert out["chosen_padding_mask"].astype(int).tolist() == [[1] * 5 + [0], [1] * 5 + [0]]
+    assert out["rejected_padding_mask"].astype(int).tolist() == [[1] * 5 + [0], [1] * 4 + [0] * 2]
+    assert out["chosen_token_ids"].dtype == np.int32
+    assert out["chosen_padding_mask"].dtype == bool
+    assert out["chosen_completion_mask"].dtype == np.int32
+
+
+def test_keep_end_cuts_the_prompt_start_first_then_the_completion_end():
+    prompt, short, long = [5, 6, 7, 8, 9], [13, END], [10, 11, 12, 14, 15, 16, END]
+    # room = 8 - 1 = 7: the prompt keeps its last 7 - 2 = 5 ... all fits.
+    fits = preference_arrays(_examples([prompt], [short], [[13, 13, END]], START), 9)
+    assert fits["chosen_token_ids"][0].tolist() == [START] + prompt + short + [0]
+    # Longer than the window: the prompt loses its first tokens, as many
+    # as the longer completion needs (room 7, longest 3 -> 4 prompt tokens).
+    out = preference_arrays(_examples([prompt], [short], [[13, 13, END]], START), 8)
+    assert out["chosen_token_ids"][0].tolist() == [START, 6, 7, 8, 9, 13, END, 0]
+    assert out["rejected_token_ids"][0].tolist() == [START, 6, 7, 8, 9, 13, 13, END]
+    # A long completion: the prompt keeps max_prompt_length (default half
+    # the room, 3) and the completions keep their first tokens.
+    out = preference_arrays(_examples([prompt], [long], [short], START), 8)
+    assert out["chosen_token_ids"][0].tolist() == [START, 7, 8, 9, 10, 11, 12, 14]
+    assert out["chosen_completion_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert out["rejected_token_ids"][0].tolist() == [START, 7, 8, 9, 13, END, 0, 0]
+    out = preference_arrays(_examples([prompt], [long], [short], START), 8, max_prompt_length=1)
+    assert out["chosen_token_ids"][0].tolist() == [START, 9, 10, 11, 12, 14, 15, 16]
+    # Without a start token, position 0 is the prompt's last token.
+    out = preference_arrays(_examples([prompt], [long], [short]), 4, max_prompt_length=1)
+    assert out["chosen_token_ids"][0].tolist() == [9, 10, 11, 12]
+    assert out["chosen_completion_mask"][0].tolist() == [0, 1, 1, 1]
+
+
+def test_keep_start_cuts_the_completion_end_and_never_the_prompt():
+    out = preference_arrays(_examples([[5, 6]], [[10, 11, 12, 14, END]], [[13, END]], START), 6,
+                            truncation="keep_start")
+    assert out["chosen_token_ids"][0].tolist() == [START, 5, 6, 10, 11, 12]
+    assert out["rejected_token_ids"][0].tolist() == [START, 5, 6, 13, END, 0]
+    with pytest.raises(ValueError, match=r"pairs\[1\]: the completion has no token left after "
+                                         r"truncation.*truncation='keep_end'"):
+        preference_arrays(_examples([[5], [5, 6, 7, 8, 9]], [[10], [10]], [[11], [11]], START), 6,
+                          truncation="keep_start")
+
+
+def test_error_truncation_and_bad_arguments_fail_clearly():
+    examples = _examples([[5], [5, 6, 7, 8, 9, 6]], [[10], [10]], [[11], [11]], START)
+    with pytest.raises(ValueError, match=r"pairs\[1\]: its prompt alone has 6 tokens and fills "
+                                         r"the 5 .*truncation='keep_end'"):
+        preference_arrays(examples, 6, truncation="error")
+    with pytest.raises(ValueError, match=r"pairs\[0\]: its prompt \(1 tokens\) and longer "
+                                         r"completion \(6\) exceed the 3"):
+        preference_arrays(_examples([[5]], [[10] * 6], [[11]], START), 4, truncation="error")
+    # Identical once truncated: a pair that prefers nothing.
+    with pytest.raises(ValueError, match=r"pairs\[0\]: chosen and rejected are the same once "
+                                         r"truncated.*first 2 completion tokens"):
+        preference_arrays(_examples([[5, 6]], [[10, 11, 12]], [[10, 11, 13]]), 4)
+    with pytest.raises(ValueError, match="`truncation` must be one of"):
+        preference_arrays(examples, 8, truncation="left")
+    with pytest.raises(ValueError, match=r"`max_prompt_length` \(5\) must leave room.*at most 4"):
+        preference_arrays(examples, 6, max_prompt_length=5)
+    with pytest.raises(ValueError, match="`sequence_length` must be an int >= 3"):
+        preference_arrays(examples, 2)
+    with pytest.raises(ValueError, match=r"pairs\[0\]: the prompt has no token"):
+        preference_arrays(_examples([[]], [[10]], [[11]]), 4)
+    with pytest.raises(ValueError, match=r"differ in length: \{'prompt_ids': 2, 'chosen_ids': 1"):
+        preference_arrays(PreferenceExamples([np.array([5])] * 2, [np.array([6])],
+                                             [np.array([7])] * 2), 4)
+    with pytest.raises(TypeError, match="PreferenceExamples"):
+        preference_arrays({"prompt_ids": []}, 4)
+    with pytest.raises(ValueError, match="3 pairs, fewer than batch_size=4.*drop_remainder"):
+        preference_dataset(_examples([[5]] * 3, [[10]] * 3, [[11]] * 3), 4, batch_size=4)
+
+
+# --- tf.data ----------------------------------------------------------------------
+
+
+def test_dataset_batches_static_shapes_reshuffled_with_extra_features():
+    count = 6
+    examples = _examples([[5 + i % 3] for i in range(count)], [[10, 20 + i] for i in range(count)],
+                         [[11, 20 + i] for i in range(count)], START)
+    reference = {"reference_chosen_logps": -np.arange(count, dtype=np.float64),
+                 "reference_rejected_logps": -10.0 - np.arange(count)}
+    dataset = preference_dataset(examples, 5, batch_size=4, seed=3, extra_features=reference)
+    spec = dataset.element_spec
+    assert sorted(spec) == sorted(PAIR_KEYS + REFERENCE_LOGPS_KEYS)
+    for key in PAIR_KEYS:
+        assert spec[key].shape == (4, 5)
+    assert spec["reference_chosen_logps"].shape == (4,)
+    assert spec["reference_chosen_logps"].dtype == tf.float32
+
+    def epoch():
+        batches = list(dataset.as_numpy_iterator())
+        assert len(batches) == 1  # 6 pairs, batches of 4, the remainder dropped
+        return batches[0]
+
+    first, second = epoch(), epoch()
+    for batch in (first, second):
+        # Every row carries its own pair's values through the shuffle.
+        index = batch["chosen_token_ids"][:, 3] - 20
+        np.testing.assert_array_equal(batch["reference_chosen_logps"], -index)
+        np.testing.assert_array_equal(batch["reference_rejected_logps"], -10.0 - index)
+        np.testing.assert_array_equal(batch["rejected_token_ids"][:, 3] - 20, index)
+    assert first["chosen_token_ids"][:, 3].tolist() != second["chosen_token_ids"][:, 3].tolist()
+    again = preference_dataset(examples, 5, batch_size=4, seed=3, extra_features=reference)
+    np.testing.assert_array_equal(next(again.as_numpy_iterator())["chosen_token_ids"],
+                                  first["chosen_token_ids"])
+    # In order, every pair once (to precompute per-pair values).
+    ordered = list(preference_dataset(examples, 5, 4, shuffle=False, drop_remainder=False)
+                   .as_numpy_iterator())
+    assert [b["chosen_token_ids"][:, 3].tolist() for b in ordered] == [[20, 21, 22, 23], [24, 25]]
+    assert ordered[0]["chosen_token_ids"][0].tolist() == [START, 5, 10, 20, 0]
+    # One forward pass: chosen and rejected concatenated on the batch axis.
+    batch = next(iter(dataset))
+    both = tf.concat([batch["chosen_token_ids"], batch["rejected_token_ids"]], 0)
+    chosen, rejected = tf.split(both, 2)
+    np.testing.assert_array_equal(chosen, batch["chosen_token_ids"])
+    np.testing.assert_array_equal(rejected, batch["rejected_token_ids"])
+    # Extra features are checked.
+    with pytest.raises(ValueError, match=r"extra_features\['reference_chosen_logps'\] has shape "
+                                         r"\(5,\).*number of examples \(6\)"):
+        preference_dataset(examples, 5, 4, extra_features={"reference_chosen_logps": np.zeros(5)})
+    with pytest.raises(ValueError, match=r"extra_features\['r'\]\[2\] is not finite"):
+        preference_dataset(examples, 5, 4, extra_features={"r": [0, 0, np.nan, 0, 0, 0.0]})
+    with pytest.raises(ValueError, match="dataset's own keys"):
+        preference_dataset(examples, 5, 4, extra_features={"chosen_token_ids": np.zeros(6)})
+
+
+# --- KTO ------------------------------------------------------------------------------
+
+
+def test_kto_examples_unpair_pairs_and_keep_unpaired_rows():
+    rows = kto_examples([
+        ("a", "b", "c"),
+        ("d", "e", False),
+        {"prompt": _chat("f"), "completion": "g", "label": True},
+        {"prompt": "h", "chosen": "a a", "rejected": "b b"},
+    ], _tokenizer())
+    assert rows.desirable.tolist() == [True, False, True, True, False, False]
+    assert rows.source_index.tolist() == [0, 1, 2, 3, 0, 3]
+    assert [r.tolist() for r in rows.prompt_ids] == [
+        _ids("a"), _ids("d"), [USER, ID["f"], END, ASSISTANT], _ids("h"), _ids("a"), _ids("h")]
+    assert [r.tolist() for r in rows.completion_ids] == [
+        [ID["b"], END], [ID["e"], END], [ID["g"], END], _ids("a a") + [END], [ID["c"], END],
+        _ids("b b") + [END]]
+    with pytest.raises(ValueError, match=r"examples\[1\]: chosen and rejected are the same"):
+        kto_examples([("a", "b", True), ("a", "c", "c")], _tokenizer())
+    with pytest.raises(TypeError, match=r"examples\[0\]: the third field must be a bool"):
+        kto_examples([("a", "b", 1)], _tokenizer())
+    with pytest.raises(ValueError, match=r"examples\[0\]: an unpaired dict .* lacks \['label'\]"):
+        kto_examples([{"prompt": "a", "completion": "b"}], _tokenizer())
+
+
+def test_kl_partners_shift_by_one_within_groups():
+    assert _kl_partners(4, 4).tolist() == [3, 0, 1, 2]  # TRL: [c[-1]] + c[:-1]
+    assert _kl_partners(6, 3).tolist() == [2, 0, 1, 5, 3, 4]
+    # A last group of one row would take its own completion: it joins the previous.
+    assert _kl_partners(5, 2).tolist() == [1, 0, 4, 2, 3]
+    assert _kl_partners(3, 8).tolist() == [2, 0, 1]
+
+
+def test_kto_dataset_rows_kl_rows_and_static_shapes():
+    rows = KTOExamples(
+        [np.array([5]), np.array([6, 7]), np.array([8]), np.array([9])],
+        [np.array([10, END]), np.array([11, END]), np.array([12, 13, END]), np.array([14, END])],
+        np.array([True, False, True, False]), np.arange(4), start_token_id=START)
+    out = kto_arrays(rows, 5, kl_batch_size=2)
+    assert sorted(out) == sorted(KTO_KEYS)
+    assert out["token_ids"].tolist() == [
+        [START, 5, 10, END, 0], [START, 6, 7, 11, END], [START, 8, 12, 13, END],
+        [START, 9, 14, END, 0]]
+    assert out["completion_mask"].tolist() == [
+        [0, 0, 1, 1, 0], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [0, 0, 1, 1, 0]]
+    # KL row i: prompt i with the completion of the previous row of its
+    # group of 2 (the first takes the last's); truncated by the same rule.
+    assert out["kl_token_ids"].tolist() == [
+        [START, 5, 11, END, 0], [START, 6, 7, 10, END], [START, 8, 14, END, 0],
+        [START, 9, 12, 13, END]]
+    assert out["kl_completion_mask"].tolist()[1] == [0, 0, 0, 1, 1]
+    assert out["kl_padding_mask"].astype(int).tolist()[0] == [1, 1, 1, 1, 0]
+    dataset = kto_dataset(rows, 5, batch_size=2, kl_batch_size=2, seed=1,
+                          extra_features={"reference_logps": [-1.0, -2.0, -3.0, -4.0],
+                                          "reference_kl_logps": np.zeros(4)})
+    spec = dataset.element_spec
+    assert spec["desirable"].shape == (2,) and spec["desirable"].dtype == tf.bool
+    for key in ("token_ids", "kl_token_ids", "completion_mask", "kl_padding_mask"):
+        assert spec[key].shape == (2, 5)
+    seen = {}
+    for batch in dataset.as_numpy_iterator():
+        for row, logp, desirable in zip(batch["token_ids"], batch["reference_logps"],
+                                        batch["desirable"]):
+            seen[row[1]] = (logp, desirable)
+    assert seen == {5: (-1.0, True), 6: (-2.0, False), 8: (-3.0, True), 9: (-4.0, False)}
+    # keep_start: a prompt filling the window leaves the completion empty.
+    long = KTOExamples([np.array([5, 6, 7, 8]), np.array([6])], [np.array([10]), np.array([11])],
+                       np.array([True, False]), np.arange(2), start_token_id=START)
+    with pytest.raises(ValueError, match=r"rows\[0\]: the completion has no token left"):
+        kto_arrays(long, 5, truncation="keep_start")
+    with pytest.raises(ValueError, match="KTO needs at least 2 rows"):
+        kto_arrays(KTOExamples([np.array([5])], [np.array([10])], np.array([True]),
+                               np.arange(1)), 4)
+
+
+# --- HH-RLHF ----------------------------------------------------------------------------
+
+
+def _write(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def test_read_hh_rlhf_pairs_splits_the_shared_prompt_and_refuses_the_reserved_subset(tmp_path):
+    two_turns = {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C?\n\nAssistant: D",
+                 "rejected": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C?\n\nAssistant: E"}
+    same = {"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: A\n\nAssistant: B"}
+    forked = {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C\n\nAssistant: D",
+              "rejected": "\n\nHuman: A\n\nAssistant: X\n\nHuman: C\n\nAssistant: E"}
+    _write(tmp_path / "helpful-base.test.jsonl.gz", [two_turns, forked, same, two_turns])
+    _write(tmp_path / "helpful-online.test.jsonl.gz", [two_turns])
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed.*helpful-base.test.jsonl.gz:2: the "
+                                         r"chosen and rejected dialogues differ before their last"):
+        pairs = read_hh_rlhf_pairs(tmp_path, subsets="helpful-base")
+    prompt = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+              {"role": "user", "content": "C?"}]
+    assert pairs == [(prompt, "D", "E"), (prompt, "D", "E")]
+    with pytest.raises(ValueError, match=r"jsonl.gz:2: the chosen and rejected dialogues differ "
+                                         r"before their last turn"):
+        read_hh_rlhf_pairs(tmp_path, subsets="helpful-base", invalid="error")
+    _write(tmp_path / "harmless-base.test.jsonl.gz", [same])
+    with pytest.raises(ValueError, match=r"gz:1: the chosen and rejected answers are the same"):
+        read_hh_rlhf_pairs(tmp_path, subsets="harmless-base", invalid="error")
+    assert read_hh_rlhf_pairs(tmp_path, subsets="helpful-base", limit=1) == pairs[:1]
+    with pytest.raises(ValueError, match=r"\['helpful-online'\] are reserved.*allow_reserved"):
+        read_hh_rlhf_pairs(tmp_path, subsets=["helpful-base", "helpful-online"])
+    assert read_hh_rlhf_pairs(tmp_path, subsets="helpful-online", allow_reserved=True) == pairs[:1]
+    with pytest.raises(FileNotFoundError, match="helpful-rejection-sampled"):
+        read_hh_rlhf_pairs(tmp_path)
+    derived = tmp_path / "pairs.jsonl"
+    derived.write_text("\n".join(json.dumps(row) for row in [
+        {"subset": "helpful-online", "prompt": "\n\nHuman: Q\n\nAssistant:", "chosen": " R",
+         "rejected": " S"},
+        {"subset": "harmless-base", "prompt": "\n\nHuman: Q\n\nAssistant:", "chosen": " T",
+         "rejected": " S"},
+    ]) + "\n")
+    assert read_hh_rlhf_pairs(derived) == [([{"role": "user", "content": "Q"}], "T", "S")]
+    _write(tmp_path / "harmless-base.test.jsonl.gz", [{"chosen": "\n\nHuman: A"}])
+    with pytest.raises(ValueError, match="jsonl.gz:1: the row has no 'rejected' field"):
+        read_hh_rlhf_pairs(tmp_path, subsets="harmless-base")
+
+
+def test_real_hh_rlhf_pairs_tokenize_into_static_batches(shared_data):
+    folder = shared_data / "hh_rlhf"
+    with pytest.warns(UserWarning, match="malformed"):
+        pairs = read_hh_rlhf_pairs(folder, subsets="helpful-base", limit=200)
+    with pytest.warns(UserWarning, match="malformed"):
+        derived = read_hh_rlhf_pairs(folder / "hh_test_prompt_chosen_rejected.jsonl",
+                                     subsets="helpful-base", limit=200)
+    assert derived == pairs  # the two layouts of the data give the same pairs
+    assert len(pairs) == 200
+    for prompt, chosen, rejected in pairs:
+        assert prompt[-1]["role"] == "user" and chosen != rejected
+    with pytest.raises(ValueError, match="reserved"):
+        read_hh_rlhf_pairs(folder, subsets="helpful-online")
+    words = collections.Counter(w for prompt, chosen, rejected in pairs for text in
+                                [turn["content"] for turn in prompt] + [chosen, rejected]
+                                for w in re.findall(r"\w+", text.lower()))
+    vocabulary = add_chat_tokens(["[PAD]", "[UNK]", "[CLS]"] + list(".,?!'") + sorted(words))
+    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(vocabulary, lowercase=True)
+    examples = tokenize_preference_pairs(pairs, tokenizer, start_token_id=2)
+    assert examples.lengths.max() > 128  # some are truncated
+    dataset = preference_dataset(examples, 128, batch_size=16, shuffle=False)
+    end = vocabulary.index("<|end|>")
+    assistant = vocabulary.index("<|assistant|>")
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == 200 // 16
+    for batch in batches:
+        for side in ("chosen", "rejected"):
+            ids, mask = batch[f"{side}_token_ids"], batch[f"{side}_completion_mask"]
+            assert ids.shape == (16, 128)
+            assert (ids[:, 0] == 2).all()
+            # The completion follows the assistant marker, and a completion that
+            # fits ends with <|end|> at its last real position.
+            first = mask.argmax(axis=1)
+            assert (ids[np.arange(16), first - 1] == assistant).all()
+            last = batch[f"{side}_padding_mask"].sum(axis=1) - 1
+            short = last < 127
+            assert (ids[np.arange(16), last][short] == end).all()
+
+
+# --- the embedded-corpus task -----------------------------------------------------------
+
+
+def test_corpus_preference_pairs_are_deterministic_and_prefer_the_true_answer():
+    pairs = corpus_preference_pairs(seed=0, limit=300)
+    assert len(pairs) == 300
+    assert corpus_preference_pairs(seed=0, limit=300) == pairs
+    other_seed = corpus_preference_pairs(seed=1, limit=300)
+    assert [p[:2] for p in other_seed] == [p[:2] for p in pairs]
+    assert [p[2] for p in other_seed] != [p[2] for p in pairs]
+    answers = {prompt[0]["content"]: chosen for prompt, chosen, _ in pairs}
+    assert len(answers) == 300
+    for prompt, chosen, rejected in pairs:
+        assert len(prompt) == 1 and prompt[0]["role"] == "user"
+        assert re.fullmatch(r"What does \S+ do\?", prompt[0]["content"])
+        assert chosen != rejected and rejected in answers.values()
+    # The tokenized task lays out without error.
+    words = sorted({w for _, chosen, _ in pairs for w in re.findall(r"\w+", chosen.lower())}
+                   | {w for p, _, _ in pairs for w in re.findall(r"\w+", p[0]["content"].lower())})
+    vocabulary = add_chat_tokens(["[PAD]", "[UNK]", "[CLS]"] + list(".,?!'()`:-_=*[]\"/<>") + words)
+    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(vocabulary, lowercase=True)
+    examples = tokenize_preference_pairs(pairs, tokenizer, start_token_id=2)
+    out = preference_arrays(examples, 96)
+    assert (out["chosen_completion_mask"].sum(axis=1) > 0).all()
+    assert (out["rejected_completion_mask"].sum(axis=1) > 0).all()

@@ -1,0 +1,591 @@
+"""Preference losses against an independent float64 NumPy transcription of
+TRL's formulas (DPOTrainer 1.13, CPOTrainer, ORPO, KTOTrainer,
+RewardTrainer), at ordinary and at large magnitudes (log-ratio gaps of
+hundreds of nats, where a naive float32 `log(sigmoid(x))` is infinite)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives import ops
+from kobjectives.ops import preference
+
+# -- the NumPy reference (float64, written from TRL's code) -----------------------
+
+
+def _logsig(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _sig(x):
+    return np.exp(_logsig(x))
+
+
+def _np_scores(l, f_type, alpha):
+    if f_type == "reverse_kl":
+        return l
+    if f_type == "forward_kl":
+        return 1.0 - np.exp(-l)
+    if f_type == "js_divergence":
+        return np.log(2.0) + _logsig(l)
+    if abs(alpha - 1.0) < 1e-6:
+        return l
+    t = np.minimum((alpha - 1.0) * l, 80.0)
+    return (np.exp(t) - 1.0) / (alpha - 1.0)
+
+
+def np_dpo(loss_type, pc, pr, rc, rr, beta, ls=0.0, nc=None, nr=None,
+           f_type="reverse_kl", alpha=0.5, tau=0.05):
+    pc, pr, rc, rr = (np.asarray(v, np.float64) for v in (pc, pr, rc, rr))
+    lc, lr = pc - rc, pr - rr
+    sc, sr = _np_scores(lc, f_type, alpha), _np_scores(lr, f_type, alpha)
+    d = sc - sr
+    if loss_type == "sigmoid":
+        return -_logsig(beta * d)
+    if loss_type == "hinge":
+        return np.maximum(0.0, 1.0 - beta * d)
+    if loss_type in ("ipo", "sigmoid_norm"):
+        ca = sc / np.maximum(np.asarray(nc, np.float64), 1.0)
+        ra = sr / np.maximum(np.asarray(nr, np.float64), 1.0)
+        if loss_type == "ipo":
+            return (ca - ra - 1.0 / (2.0 * beta)) ** 2
+        return -_logsig(beta * (ca - ra))
+    if loss_type == "exo_pair":
+        qw, log_qw = _sig(beta * d), _logsig(beta * d)
+        ql, log_ql = _sig(-beta * d), _logsig(-beta * d)
+        return qw * (log_qw - np.log1p(-ls)) + ql * (log_ql - np.log(ls))
+    if loss_type == "nca_pair":
+        cr, rj = beta * lc, beta * lr
+        return -_logsig(cr) - 0.5 * _logsig(-cr) - 0.5 * _logsig(-rj)
+    if loss_type == "robust":
+        clean = -(1 - ls) * _logsig(beta * d)
+        flipped = -ls * _logsig(-beta * d)
+        return (clean - flipped) / (1 - 2 * ls)
+    if loss_type == "bco_pair":
+        return -_logsig(beta * lc) - _logsig(-beta * lr)
+    if loss_type == "sppo_hard":
+        return (lc - 0.5 / beta) ** 2 + (lr + 0.5 / beta) ** 2
+    if loss_type in ("aot", "aot_unpaired"):
+        if loss_type == "aot":
+            delta = np.sort(pc - pr) - np.sort(rc - rr)
+        else:
+            delta = np.sort(lc) - np.sort(lr)
+        return -_logsig(beta * delta) * (1 - ls) - _logsig(-beta * delta) * ls
+    if loss_type == "apo_zero":
+        return (1 - _sig(beta * lc)) + _sig(beta * lr)
+    if loss_type == "apo_down":
+        return _sig(beta * lc) + (1 - _sig(beta * (lc - lr)))
+    if loss_type == "discopop":
+        logits = beta * d
+        mod = _sig(logits / tau)
+        return -_logsig(logits) * (1 - mod) + np.exp(-logits) * mod
+    if loss_type == "sft":
+        value = -pc.sum() / max(float(np.sum(nc)), 1.0)
+        return np.full(pc.shape, value)
+    raise AssertionError(loss_type)
+
+
+# Ordinary magnitudes, and gaps of hundreds of nats (beta 1): a naive float32
+# formula overflows there.
+SMALL = dict(
+    pc=[-10.0, -20.5, -3.25, -40.0], pr=[-12.0, -18.0, -7.5, -41.0],
+    rc=[-11.0, -21.0, -4.0, -38.0], rr=[-11.5, -17.0, -6.0, -43.0], beta=0.1)
+LARGE = dict(
+    pc=[-10.0, -50.0, -300.0, -5.0], pr=[-12.0, -40.0, -100.0, -305.0],
+    rc=[-11.0, -45.0, -100.0, -200.0], rr=[-11.0, -45.0, -100.0, -105.0], beta=1.0)
+LENGTHS = dict(nc=[5.0, 10.0, 2.0, 20.0], nr=[6.0, 8.0, 3.0, 0.0])  # 0 is clamped to 1
+SMOOTHING = {"exo_pair": 1e-3, "robust": 0.1, "aot": 0.1, "aot_unpaired": 0.2}
+
+
+def _call(loss_type, case, **kwargs):
+    ls = SMOOTHING.get(loss_type, 0.0) if isinstance(loss_type, str) else kwargs.pop("ls", 0.0)
+    return ops.dpo_loss(
+        case["pc"], case["pr"], case["rc"], case["rr"], beta=case["beta"],
+        loss_type=loss_type, label_smoothing=ls,
+        chosen_lengths=LENGTHS["nc"], rejected_lengths=LENGTHS["nr"], **kwargs)
+
+
+def _reference(loss_type, case, **kwargs):
+    return np_dpo(loss_type, case["pc"], case["pr"], case["rc"], case["rr"], case["beta"],
+                  ls=SMOOTHING.get(loss_type, 0.0), nc=LENGTHS["nc"], nr=LENGTHS["nr"], **kwargs)
+
+
+def test_large_inputs_overflow_a_naive_float32_formula():
+    gap = np.float32(LARGE["beta"]) * np.float32(-200.0)
+    with np.errstate(over="ignore", divide="ignore"):
+        naive = -np.log(np.float32(1.0) / (np.float32(1.0) + np.exp(-gap)))
+    assert not np.isfinite(naive)
+
+
+def test_dpo_types_match_numpy():
+    for loss_type in preference.DPO_LOSS_TYPES:
+        for case in (SMALL, LARGE):
+            losses, chosen, rejected = _call(loss_type, case)
+            for t in (losses, chosen, rejected):
+                assert t.shape == (4,) and t.dtype == tf.float32
+            np.testing.assert_allclose(losses.numpy(), _reference(loss_type, case),
+                                       rtol=2e-6, atol=2e-6, err_msg=loss_type)
+            beta = case["beta"]
+            np.testing.assert_allclose(chosen, beta * np.subtract(case["pc"], case["rc"]), rtol=1e-6)
+            np.testing.assert_allclose(rejected, beta * np.subtract(case["pr"], case["rr"]), rtol=1e-6)
+
+
+def test_dpo_gradients_finite_at_large_magnitudes_and_match_finite_differences():
+    for loss_type in preference.DPO_LOSS_TYPES:
+        _check_gradients(loss_type)
+
+
+def _check_gradients(loss_type):
+    for case in (LARGE, SMALL):
+        pc, pr = tf.Variable(case["pc"]), tf.Variable(case["pr"])
+        with tf.GradientTape() as tape:
+            losses, chosen, rejected = ops.dpo_loss(
+                pc, pr, case["rc"], case["rr"], beta=case["beta"], loss_type=loss_type,
+                label_smoothing=SMOOTHING.get(loss_type, 0.0),
+                chosen_lengths=LENGTHS["nc"], rejected_lengths=LENGTHS["nr"])
+            total = tf.reduce_sum(losses) + tf.reduce_sum(chosen + rejected)  # rewards: no grad
+        grads = [g.numpy() for g in tape.gradient(
+            total, [pc, pr], unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+        assert all(np.all(np.isfinite(g)) for g in grads), (loss_type, grads)
+    # At ordinary magnitudes: the gradient of the float64 reference, by central differences.
+    h = 1e-5
+    for arg, grad in zip(("pc", "pr"), grads):
+        expected = np.zeros(4)
+        for i in range(4):
+            up, down = dict(SMALL), dict(SMALL)
+            up[arg] = list(np.add(SMALL[arg], np.eye(4)[i] * h))
+            down[arg] = list(np.add(SMALL[arg], -np.eye(4)[i] * h))
+            expected[i] = (_reference(loss_type, up).sum() - _reference(loss_type, down).sum()) / (2 * h)
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5, err_msg=loss_type)
+
+
+def test_sigmoid_gradient_at_a_saturated_pair_is_exact():
+    pc = tf.Variable([-300.0])
+    with tf.GradientTape() as tape:
+        losses, _, _ = ops.dpo_loss(pc, [-100.0], [-100.0], [-100.0], beta=1.0)
+    np.testing.assert_allclose(losses.numpy(), [200.0], rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(losses, pc).numpy(), [-1.0], rtol=1e-6)
+
+
+def test_weighted_sum_of_types_is_the_weighted_sum_of_each():
+    types, weights = ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]
+    combined, chosen, _ = _call(types, SMALL, loss_weights=weights)
+    expected = sum(w * _reference(t, SMALL) for t, w in zip(types, weights))
+    np.testing.assert_allclose(combined.numpy(), expected, rtol=2e-6)
+    # default weights: 1 each; smoothing used by one type of the list
+    combined, _, _ = _call(("robust", "sigmoid"), SMALL, ls=0.1)
+    expected = (np_dpo("robust", **_np_args(SMALL), ls=0.1) + _reference("sigmoid", SMALL))
+    np.testing.assert_allclose(combined.numpy(), expected, rtol=2e-6)
+    # TRL's batch loss: sum_k w_k mean(loss_k) == mean(combined)
+    assert float(tf.reduce_mean(combined)) == pytest.approx(float(expected.mean()), rel=1e-6)
+
+
+def _np_args(case):
+    return dict(pc=case["pc"], pr=case["pr"], rc=case["rc"], rr=case["rr"], beta=case["beta"],
+                nc=LENGTHS["nc"], nr=LENGTHS["nr"])
+
+
+def test_sft_term_from_a_given_nll():
+    nll = [1.0, 2.0, 3.0, 4.0]
+    losses, _, _ = _call("sft", SMALL, policy_chosen_nll=nll)
+    np.testing.assert_array_equal(losses.numpy(), nll)
+
+
+def test_bco_delta_shifts_the_rewards():
+    losses, _, _ = _call("bco_pair", SMALL, bco_delta=0.3)
+    lc = np.subtract(SMALL["pc"], SMALL["rc"]) * SMALL["beta"]
+    lr = np.subtract(SMALL["pr"], SMALL["rr"]) * SMALL["beta"]
+    np.testing.assert_allclose(losses.numpy(), -_logsig(lc - 0.3) - _logsig(-(lr - 0.3)), rtol=2e-6)
+
+
+def test_f_divergences_match_numpy():
+    for f_type, alpha in [("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.5),
+                          ("alpha_divergence", 1.0), ("alpha_divergence", 2.5)]:
+        for loss_type in preference.F_DIVERGENCE_LOSS_TYPES:
+            losses, chosen, _ = _call(loss_type, SMALL, f_divergence_type=f_type,
+                                      f_alpha_divergence_coef=alpha)
+            expected = _reference(loss_type, SMALL, f_type=f_type, alpha=alpha)
+            np.testing.assert_allclose(losses.numpy(), expected, rtol=3e-6, atol=1e-6,
+                                       err_msg=f"{loss_type} {f_type} {alpha}")
+            # rewards stay beta * log-ratio under every divergence (TRL)
+            np.testing.assert_allclose(
+                chosen, SMALL["beta"] * np.subtract(SMALL["pc"], SMALL["rc"]), rtol=1e-6)
+
+
+def test_f_divergences_stay_finite_at_large_log_ratios():
+    for f_type, alpha in [("forward_kl", 0.5), ("alpha_divergence", 0.2),
+                          ("alpha_divergence", 3.0), ("js_divergence", 0.5)]:
+        _check_large_f_divergence(f_type, alpha)
+
+
+def _check_large_f_divergence(f_type, alpha):
+    pc = tf.Variable(LARGE["pc"])
+    with tf.GradientTape() as tape:
+        losses, _, _ = ops.dpo_loss(pc, LARGE["pr"], LARGE["rc"], LARGE["rr"], beta=0.1,
+                                    f_divergence_type=f_type, f_alpha_divergence_coef=alpha)
+    assert np.all(np.isfinite(losses.numpy()))
+    assert np.all(np.isfinite(tape.gradient(losses, pc).numpy()))
+    if f_type == "alpha_divergence":  # TRL clamps the exponent at 80 too
+        np.testing.assert_allclose(
+            losses.numpy(), np_dpo("sigmoid", **{k: LARGE[k] for k in ("pc", "pr", "rc", "rr")},
+                                   beta=0.1, f_type=f_type, alpha=alpha), rtol=1e-5)
+
+
+def test_dpo_error_cases():
+    args = (SMALL["pc"], SMALL["pr"], SMALL["rc"], SMALL["rr"])
+    with pytest.raises(ValueError, match="Unknown `loss_type` 'kto_pair'.*'sigmoid'.*'sigmoid_norm'"):
+        ops.dpo_loss(*args, loss_type="kto_pair")
+    with pytest.raises(ValueError, match="Unknown `loss_type`"):
+        ops.dpo_loss(*args, loss_type=["sigmoid", "nope"])
+    with pytest.raises(ValueError, match="non-empty"):
+        ops.dpo_loss(*args, loss_type=[])
+    for bad in (-0.1, 0.6, "0.1", True):
+        with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 0.5\]"):
+            ops.dpo_loss(*args, loss_type="robust", label_smoothing=bad)
+    for unused in ("sigmoid", "hinge", "ipo", "nca_pair", "bco_pair", "sppo_hard", "apo_zero",
+                   "apo_down", "discopop", "sft", "sigmoid_norm"):
+        with pytest.raises(ValueError, match="not used by"):
+            ops.dpo_loss(*args, loss_type=unused, label_smoothing=0.1,
+                         chosen_lengths=LENGTHS["nc"], rejected_lengths=LENGTHS["nr"])
+    with pytest.raises(ValueError, match="exo_pair.*> 0"):
+        ops.dpo_loss(*args, loss_type="exo_pair")
+    with pytest.raises(ValueError, match="robust.*< 0.5"):
+        ops.dpo_loss(*args, loss_type="robust", label_smoothing=0.5)
+    with pytest.raises(ValueError, match="Unknown `f_divergence_type`"):
+        ops.dpo_loss(*args, f_divergence_type="kl")
+    with pytest.raises(ValueError, match="only supported by loss types"):
+        ops.dpo_loss(*args, loss_type="nca_pair", f_divergence_type="js_divergence")
+    with pytest.raises(ValueError, match="`reference_rejected_logps` must have the shape"):
+        ops.dpo_loss(*args[:3], [-1.0, -2.0])
+    with pytest.raises(ValueError, match="rank 1"):
+        ops.dpo_loss([[-1.0]], [[-1.0]], [[-1.0]], [[-1.0]])
+    with pytest.raises(ValueError, match="`chosen_lengths` is required by loss type 'ipo'"):
+        ops.dpo_loss(*args, loss_type="ipo")
+    with pytest.raises(ValueError, match="`chosen_lengths` must have the shape|must have rank"):
+        ops.dpo_loss(*args, loss_type="sigmoid_norm", chosen_lengths=[1.0], rejected_lengths=[1.0])
+    with pytest.raises(ValueError, match="loss_weights"):
+        ops.dpo_loss(*args, loss_type=["sigmoid", "hinge"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="`beta` must be a positive"):
+        ops.dpo_loss(*args, beta=0.0)
+    with pytest.raises(ValueError, match="`discopop_tau`"):
+        ops.dpo_loss(*args, loss_type="discopop", discopop_tau=-1.0)
+
+
+def test_dpo_jit_compile_matches_eager():
+    def run(pc, pr, rc, rr):
+        outputs = []
+        for loss_type in [["sigmoid", "bco_pair", "sft"], "aot", "aot_unpaired", "ipo",
+                          "discopop", "exo_pair"]:
+            outputs.append(ops.dpo_loss(
+                pc, pr, rc, rr, beta=1.0, loss_type=loss_type,
+                label_smoothing=0.01 if loss_type in ("aot", "exo_pair") else 0.0,
+                chosen_lengths=LENGTHS["nc"], rejected_lengths=LENGTHS["nr"])[0])
+        outputs.append(ops.dpo_loss(pc, pr, rc, rr, f_divergence_type="alpha_divergence")[0])
+        return tf.stack(outputs)
+
+    inputs = [tf.constant(LARGE[k]) for k in ("pc", "pr", "rc", "rr")]
+    eager = run(*inputs)
+    compiled = tf.function(run, jit_compile=True)(*inputs)
+    assert np.all(np.isfinite(eager.numpy()))
+    np.testing.assert_allclose(compiled.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# -- sequence log-probabilities ---------------------------------------------------
+
+
+def _lm_data(seed=0, batch=4, length=7, hidden=8, vocab=11):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(batch, length, hidden)).astype("float32")
+    k = (rng.normal(size=(hidden, vocab)) * 0.5).astype("float32")
+    y = rng.integers(0, vocab, (batch, length)).astype("int32")
+    w = np.zeros((batch, length), "float32")
+    for b, (start, end) in enumerate([(2, 7), (3, 5), (1, 4), (6, 7)]):  # prompt, completion, padding
+        w[b, start:end] = 1.0
+    y[w == 0] = np.array([-100, 999, -1, 11])[np.arange(int((w == 0).sum())) % 4]  # garbage
+    return h, k, y, w
+
+
+def _np_sequence_log_probs(h, k, y, w):
+    logits = h.astype(np.float64) @ k.astype(np.float64)
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    token = np.take_along_axis(log_probs, np.where(w > 0, y, 0)[..., None], -1)[..., 0]
+    return (token * w).sum(-1), (w > 0).sum(-1).astype(np.float64)
+
+
+def test_sequence_log_probs_chunked_and_plain_match_hand_computation():
+    h, k, y, w = _lm_data()
+    expected_sums, expected_counts = _np_sequence_log_probs(h, k, y, w)
+    for chunk_size in (None, 1, 4, 64):
+        sums, counts = ops.sequence_log_probs(h, k, y, w, chunk_size=chunk_size)
+        assert sums.shape == (4,) and sums.dtype == tf.float32 and counts.dtype == tf.float32
+        np.testing.assert_allclose(sums.numpy(), expected_sums, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(counts.numpy(), expected_counts)
+    sums_l, counts_l = ops.sequence_log_probs_from_logits(h @ k, y, w)
+    np.testing.assert_allclose(sums_l.numpy(), expected_sums, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(counts_l.numpy(), expected_counts)
+    np.testing.assert_allclose(ops.average_log_probs(sums, counts).numpy(),
+                               expected_sums / expected_counts, rtol=1e-5)
+
+
+def test_masked_slots_never_poison_values_or_gradients():
+    h, k, y, w = _lm_data(seed=1)
+    poisoned = h.copy()
+    poisoned[w == 0] = np.nan
+    poisoned[0, 0, 0] = np.inf
+    coefficients = tf.constant([1.0, -2.0, 0.5, 3.0])
+
+    def value_and_grads(hidden, fn):
+        hidden, kernel = tf.Variable(hidden), tf.Variable(k)
+        with tf.GradientTape() as tape:
+            sums, _ = fn(hidden, kernel)
+            total = tf.reduce_sum(sums * coefficients)
+        return sums.numpy(), [g.numpy() for g in tape.gradient(total, [hidden, kernel])]
+
+    runs = {
+        "plain": lambda hh, kk: ops.sequence_log_probs(hh, kk, y, w),
+        "chunked": lambda hh, kk: ops.sequence_log_probs(hh, kk, y, w, chunk_size=3),
+        "logits": lambda hh, kk: ops.sequence_log_probs_from_logits(
+            tf.einsum("bld,dv->blv", hh, kk), y, w),
+    }
+    clean_values, clean_grads = value_and_grads(np.where(w[..., None] > 0, h, 0.0), runs["plain"])
+    for name, fn in runs.items():
+        values, grads = value_and_grads(poisoned, fn)
+        np.testing.assert_allclose(values, clean_values, rtol=1e-5, atol=1e-5, err_msg=name)
+        if name == "logits":  # NaN logits reach the einsum's own gradient: check the values only
+            continue
+        for g, clean in zip(grads, clean_grads):
+            assert np.all(np.isfinite(g)), name
+            np.testing.assert_allclose(g, clean, rtol=1e-4, atol=1e-5, err_msg=name)
+        assert np.all(grads[0][w == 0] == 0.0), name
+
+
+def test_chunked_and_plain_gradients_agree():
+    h, k, y, w = _lm_data(seed=2)
+    grads = []
+    for chunk_size in (None, 5):
+        hidden, kernel = tf.Variable(h), tf.Variable(k)
+        with tf.GradientTape() as tape:
+            sums, _ = ops.sequence_log_probs(hidden, kernel, y, w, chunk_size=chunk_size)
+            losses, _, _ = ops.dpo_loss(*ops.split_pairs(sums), [-3.0, -4.0], [-5.0, -2.0])
+            loss = tf.reduce_mean(losses)
+        grads.append([g.numpy() for g in tape.gradient(loss, [hidden, kernel])])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_hidden_gives_float32_sums():
+    h, k, y, w = _lm_data(seed=3)
+    h16 = tf.cast(h, tf.bfloat16)
+    expected, _ = _np_sequence_log_probs(
+        h16.numpy().astype(np.float32), tf.cast(tf.cast(k, tf.bfloat16), tf.float32).numpy(), y, w)
+    for chunk_size in (None, 4):
+        sums, counts = ops.sequence_log_probs(h16, k, y, w, chunk_size=chunk_size)
+        assert sums.dtype == tf.float32 and counts.dtype == tf.float32
+        np.testing.assert_allclose(sums.numpy(), expected, rtol=0.02, atol=0.05)
+    sums, _ = ops.sequence_log_probs_from_logits(tf.cast(h16 @ tf.cast(k, tf.bfloat16), tf.bfloat16), y, w)
+    assert sums.dtype == tf.float32
+
+
+def test_sequence_log_probs_errors_and_xla():
+    h, k, y, w = _lm_data(seed=4)
+    bad = y.copy()
+    bad[0, 3] = 11  # positive weight, outside the vocabulary
+    for chunk_size in (None, 4):
+        with pytest.raises(ValueError, match=r"integer ids in \[0, 11\)"):
+            ops.sequence_log_probs(h, k, bad, w, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match="int token ids"):
+        ops.sequence_log_probs(h, k, y.astype("float32"), w)
+    with pytest.raises(ValueError, match="leading shape"):
+        ops.sequence_log_probs(h, k, y[:, :3], w[:, :3])
+    with pytest.raises(ValueError, match="does not broadcast"):
+        ops.sequence_log_probs(h, k, y, w[:, :3])
+    with pytest.raises(ValueError, match="non-negative"):
+        ops.sequence_log_probs(h, k, y, -w)
+    # Under XLA: garbage at weight 0 is ignored, an invalid label of positive weight is NaN.
+    fn = tf.function(lambda hh, yy: ops.sequence_log_probs(hh, k, yy, w)[0], jit_compile=True)
+    expected, _ = _np_sequence_log_probs(h, k, y, w)
+    np.testing.assert_allclose(fn(h, y).numpy(), expected, rtol=1e-5, atol=1e-5)
+    poisoned = fn(h, bad).numpy()
+    assert np.isnan(poisoned[0]) and np.all(np.isfinite(poisoned[1:]))
+
+
+def test_split_pairs():
+    chosen, rejected = ops.split_pairs(tf.reshape(tf.range(12), [6, 2]))
+    np.testing.assert_array_equal(chosen.numpy(), [[0, 1], [2, 3], [4, 5]])
+    np.testing.assert_array_equal(rejected.numpy(), [[6, 7], [8, 9], [10, 11]])
+    with pytest.raises(ValueError, match="even first dimension"):
+        ops.split_pairs(tf.zeros([3]))
+    dynamic = tf.function(lambda v: ops.split_pairs(v)[1],
+                          input_signature=[tf.TensorSpec([None], tf.float32)])
+    np.testing.assert_array_equal(dynamic(tf.constant([1.0, 2.0, 3.0, 4.0])).numpy(), [3.0, 4.0])
+
+
+# -- SimPO, CPO, ORPO ---------------------------------------------------------------
+
+AVG_C = np.array([-0.8, -1.5, -200.0, -0.01])
+AVG_R = np.array([-1.2, -1.0, -0.5, -150.0])
+
+
+def test_simpo_matches_trl():
+    beta, gamma = 2.0, 0.5
+    for ls in (0.0, 0.2):
+        losses, chosen, rejected = ops.simpo_loss(AVG_C, AVG_R, beta=beta, gamma=gamma,
+                                                  label_smoothing=ls)
+        logits = (AVG_C - AVG_R) - gamma / beta  # TRL: gamma_logratios = simpo_gamma / beta
+        expected = -_logsig(beta * logits) * (1 - ls) - _logsig(-beta * logits) * ls
+        np.testing.assert_allclose(losses.numpy(), expected, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(chosen.numpy(), beta * AVG_C, rtol=1e-6)
+        np.testing.assert_allclose(rejected.numpy(), beta * AVG_R, rtol=1e-6)
+    cv = tf.Variable(AVG_C.astype("float32"))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(ops.simpo_loss(cv, AVG_R)[0])
+    assert np.all(np.isfinite(tape.gradient(total, cv).numpy()))
+
+
+def test_cpo_matches_trl():
+    for loss_type, ls in [("sigmoid", 0.0), ("sigmoid", 0.1), ("hinge", 0.0), ("ipo", 0.0),
+                          ("simpo", 0.1)]:
+        _check_cpo(loss_type, ls)
+
+
+def _check_cpo(loss_type, ls):
+    beta = 0.1
+    c, r = AVG_C * 20, AVG_R * 20  # summed log-probs for sigmoid/hinge
+    losses, chosen, rejected = ops.cpo_loss(c, r, beta=beta, loss_type=loss_type, label_smoothing=ls)
+    z = c - r
+    if loss_type == "simpo":
+        z = z - 0.5 / beta
+    expected = {
+        "sigmoid": -_logsig(beta * z) * (1 - ls) - _logsig(-beta * z) * ls,
+        "simpo": -_logsig(beta * z) * (1 - ls) - _logsig(-beta * z) * ls,
+        "hinge": np.maximum(0.0, 1 - beta * z),
+        "ipo": (z - 1 / (2 * beta)) ** 2,
+    }[loss_type]
+    np.testing.assert_allclose(losses.numpy(), expected, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(chosen.numpy(), beta * c, rtol=1e-6)
+    assert losses.shape == (4,)
+
+
+def test_cpo_and_simpo_errors():
+    with pytest.raises(ValueError, match="Unknown `loss_type` 'robust'.*'simpo'"):
+        ops.cpo_loss(AVG_C, AVG_R, loss_type="robust")
+    for loss_type in ("hinge", "ipo"):
+        with pytest.raises(ValueError, match="does not use `label_smoothing`"):
+            ops.cpo_loss(AVG_C, AVG_R, loss_type=loss_type, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.simpo_loss(AVG_C, AVG_R, label_smoothing=0.7)
+    with pytest.raises(ValueError, match="`rejected_logps` must have the shape"):
+        ops.simpo_loss(AVG_C, AVG_R[:2])
+    with pytest.raises(ValueError, match="gamma"):
+        ops.simpo_loss(AVG_C, AVG_R, gamma=float("nan"))
+
+
+def test_odds_ratio_matches_trl_and_is_accurate_near_zero():
+    beta = 0.1
+    c = np.array([-0.8, -1.5, -200.0, -1e-6, -0.3])
+    r = np.array([-1.2, -1.0, -0.5, -150.0, -1e-7])
+    losses, log_odds = ops.odds_ratio_loss(c, r, beta=beta)
+    # TRL: log_odds = (c - r) - (log1p(-exp(c)) - log1p(-exp(r))); losses = beta * logsigmoid(log_odds)
+    expected_log_odds = (c - r) - (np.log(-np.expm1(c)) - np.log(-np.expm1(r)))
+    np.testing.assert_allclose(log_odds.numpy(), expected_log_odds, rtol=1e-5)
+    np.testing.assert_allclose(losses.numpy(), -(beta * _logsig(expected_log_odds)), rtol=1e-5,
+                               atol=1e-7)
+    assert np.all(losses.numpy() >= 0)
+    cv, rv = tf.Variable(c.astype("float32")), tf.Variable(r.astype("float32"))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(ops.odds_ratio_loss(cv, rv, beta=beta)[0])
+    assert all(np.all(np.isfinite(g.numpy())) for g in tape.gradient(total, [cv, rv]))
+    with pytest.raises(ValueError, match="< 0"):
+        ops.odds_ratio_loss([0.0], [-1.0])
+    with pytest.raises(ValueError, match="< 0"):
+        ops.odds_ratio_loss([-1.0], [0.5])
+
+
+# -- KTO ------------------------------------------------------------------------------
+
+
+def test_kto_matches_trl():
+    for loss_type in ("kto", "apo_zero_unpaired"):
+        _check_kto(loss_type)
+
+
+def _check_kto(loss_type):
+    policy = np.array([-10.0, -20.0, -300.0, -5.0, -40.0])
+    reference = np.array([-11.0, -18.0, -100.0, -205.0, -40.5])
+    desirable = np.array([True, False, True, False, False])
+    kl_p, kl_r = np.array([-30.0, -12.0, -50.0]), np.array([-31.0, -12.5, -50.25])
+    beta, dw, uw = 0.5, 1.5, 0.75
+    kl = ops.kto_kl_baseline(kl_p, kl_r)
+    expected_kl = max(np.mean(kl_p - kl_r), 0.0)
+    assert float(kl) == pytest.approx(expected_kl)
+    losses, rewards = ops.kto_loss(policy, reference, desirable, kl, beta=beta, desirable_weight=dw,
+                                   undesirable_weight=uw, loss_type=loss_type)
+    l = policy - reference
+    if loss_type == "kto":
+        chosen = 1 - _sig(beta * (l - expected_kl))
+        rejected = 1 - _sig(beta * (expected_kl - l))
+    else:
+        chosen, rejected = 1 - _sig(beta * l), _sig(beta * l)
+    # TRL concatenates the chosen losses, then the rejected ones; the mean is the loss
+    trl = np.concatenate([dw * chosen[desirable], uw * rejected[~desirable]])
+    np.testing.assert_allclose(losses.numpy(), np.where(desirable, dw * chosen, uw * rejected),
+                               rtol=2e-6, atol=1e-7)
+    assert float(tf.reduce_mean(losses)) == pytest.approx(trl.mean(), rel=1e-6)
+    np.testing.assert_allclose(rewards.numpy(), beta * l, rtol=1e-6)
+    pv = tf.Variable(policy.astype("float32"))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(ops.kto_loss(pv, reference, desirable, kl, loss_type=loss_type)[0])
+    assert np.all(np.isfinite(tape.gradient(total, pv).numpy()))
+
+
+def test_kto_kl_baseline_clamps_has_no_gradient_and_averages_replicas(mirrored_strategy):
+    assert float(ops.kto_kl_baseline([-5.0, -6.0], [-4.0, -5.0])) == 0.0  # mean -1 -> 0
+    p = tf.Variable([-3.0, -5.0])
+    with tf.GradientTape() as tape:
+        kl = ops.kto_kl_baseline(p, [-4.0, -5.0])
+        losses, _ = ops.kto_loss([-1.0], [-2.0], [True], kl)
+    assert tape.gradient(kl, p) is None
+    # None: no KL batch (TRL's calculate_KL=False) -> reference point 0
+    np.testing.assert_allclose(ops.kto_loss([-1.0], [-2.0], [1], None, beta=1.0)[0].numpy(),
+                               [1 - _sig(1.0)], rtol=1e-6)
+    with pytest.raises(ValueError, match="`kl` must be a scalar"):
+        ops.kto_loss([-1.0], [-2.0], [True], [0.1, 0.2])
+    with pytest.raises(ValueError, match="Unknown `loss_type`"):
+        ops.kto_loss([-1.0], [-2.0], [True], 0.0, loss_type="bco")
+    # Two replicas: the mean of the replicas' means (TRL: gather(kl).mean()), then the clamp.
+    per_replica = {0: ([-1.0, -3.0], [-2.0, -3.0]), 1: ([-7.0], [-8.0])}
+    kl_means = [np.mean(np.subtract(*per_replica[i])) for i in (0, 1)]
+
+    def values(index):
+        def fn(context):
+            return tf.constant(per_replica[context.replica_id_in_sync_group][index])
+        return mirrored_strategy.experimental_distribute_values_from_function(fn)
+
+    result = mirrored_strategy.run(ops.kto_kl_baseline, args=(values(0), values(1)))
+    for value in mirrored_strategy.experimental_local_results(result):
+        assert float(value) == pytest.approx(np.mean(kl_means))
+
+
+# -- reward model ------------------------------------------------------------------------
+
+
+def test_bradley_terry_and_centering_match_trl():
+    chosen = np.array([2.0, -1.0, 250.0, -300.0])
+    rejected = np.array([1.0, 0.5, -250.0, 300.0])
+    margin = np.array([0.5, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(ops.bradley_terry_loss(chosen, rejected).numpy(),
+                               -_logsig(chosen - rejected), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ops.bradley_terry_loss(chosen, rejected, margin).numpy(),
+                               -_logsig(chosen - rejected - margin), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ops.reward_centering(chosen, rejected).numpy(),
+                               (chosen + rejected) ** 2, rtol=1e-6)
+    cv = tf.Variable(chosen.astype("float32"))
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(ops.bradley_terry_loss(cv, rejected))
+    np.testing.assert_allclose(tape.gradient(total, cv).numpy(), -_sig(rejected - chosen),
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="`rejected_rewards` must have the shape"):
+        ops.bradley_terry_loss(chosen, rejected[:2])
+    with pytest.raises(ValueError, match="`margin`.*does not broadcast"):
+        ops.bradley_terry_loss(chosen, rejected, margin[:3])

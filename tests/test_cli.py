@@ -189,6 +189,9 @@ def test_missing_data_files_fail_before_any_work(tmp_path, capsys, no_data):
     assert "data.files: " in capsys.readouterr().err
 
 
+# A whole run in a new process (about 40 s): the in-process driver is tested in
+# tests/runs/test_run.py, the CLI's parsing and early errors above.
+@pytest.mark.slow
 def test_train_mlm_writes_the_run_folder(tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "mlm", *TINY, "--out", str(out))

@@ -92,7 +92,9 @@ print("OK")
 """
 
 CASES = [
-    pytest.param("clm", id="clm"),
+    # clm too (about 35 s): tests/runs/test_load_run.py re-exports a run folder
+    # in the default suite.
+    pytest.param("clm", id="clm", marks=pytest.mark.slow),
     *(pytest.param(name, id=name, marks=pytest.mark.slow)
       for name in ("electra", "bert", "t5", "bart", "xlnet", "cpc", "simcse")),
     pytest.param("sft", id="sft", marks=pytest.mark.slow),

@@ -140,6 +140,9 @@ LOADER = textwrap.dedent(
 )
 
 
+# About 35 s; fresh-process serving is tested in the default suite by
+# tests/export (mlm, embeddings) and the clm, sft and tag runs.
+@pytest.mark.slow
 def test_export_serves_context_in_a_fresh_process(tmp_path):
     words = "the quick brown fox jumps over a lazy dog and cat sat on mat".split()
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words

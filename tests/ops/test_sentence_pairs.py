@@ -162,7 +162,7 @@ def test_truncation_drops_tokens_from_both_ends_at_random():
     # One long sentence per side: every pair is truncated.
     documents = tf.ragged.constant(
         [[[d * STRIDE + k for k in range(40)], [d * STRIDE + 40 + k for k in range(40)]]
-         for d in range(4000)], dtype=tf.int32, ragged_rank=2,
+         for d in range(1000)], dtype=tf.int32, ragged_rank=2,
     )
     s = ops.sample_sentence_pairs(
         documents, tf.constant([7, 7]), 20, "sop", short_seq_prob=0.0, negative_rate=0.0
@@ -173,7 +173,7 @@ def test_truncation_drops_tokens_from_both_ends_at_random():
         assert a1 - a0 == 10 and b1 - b0 == 10
         trimmed_front += [a0 / 30.0, (b0 - 40) / 30.0]  # 30 trimmed per segment
     # BERT drops each token from the front or the back with probability 1/2.
-    assert abs(np.mean(trimmed_front) - 0.5) < 0.01
+    assert abs(np.mean(trimmed_front) - 0.5) < 0.01  # 5 standard errors over 2000 segments
     assert 0.0 < np.min(trimmed_front) and np.max(trimmed_front) < 1.0
 
 

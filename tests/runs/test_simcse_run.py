@@ -86,6 +86,7 @@ def test_simcse_cli_tiny_run(tmp_path):
     assert metrics["untrained_spearman"] != metrics["stsb_dev_spearman"]
 
 
+@pytest.mark.slow  # about 20 s; the NLI triples pipeline is tested in tests/data
 def test_supervised_run_on_nli_triples(tmp_path):
     triples = _triples(tmp_path)
     recipe = load_recipe("simcse", overrides={

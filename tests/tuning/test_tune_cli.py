@@ -23,6 +23,8 @@ TINY = [
 ]
 
 
+# A whole search (about 40 s): tests/tuning/test_hypermodel.py searches in the default suite.
+@pytest.mark.slow
 def test_tune_in_process_reports_the_best_trial(tmp_path, capsys):
     """The default-suite version: `cli.main` in this process, one round."""
     out = tmp_path / "tune"

@@ -122,3 +122,65 @@ def constant_prediction_accuracy(token_id, targets):
         hits += float(((np.asarray(ids) == token_id) * weights).sum())
         total += float(weights.sum())
     return hits / total if total else 0.0
+
+
+def _token_rows(tokenizer, texts):
+    """Each text's token ids (a list of int arrays)."""
+    rows = []
+    batches = tf.data.Dataset.from_tensor_slices(list(texts)).batch(1024).map(tokenizer)
+    for ids in batches:
+        rows.extend(np.asarray(row, np.int64) for row in ids.numpy())
+    return rows
+
+
+class NaiveBayesBagOfWords:
+    """The bag-of-words baseline of text classification: multinomial naive
+    Bayes over token counts with add-one smoothing (McCallum and Nigam,
+    1998, "A Comparison of Event Models for Naive Bayes Text
+    Classification"). Trained on the run's training texts with the run's
+    tokenizer, so it sees exactly the data the model sees; special tokens
+    are ignored.
+
+    Args:
+        tokenizer: a keras-hub tokenizer (strings to ragged ids) with
+            `vocabulary_size()` and `special_token_ids`.
+        texts: list of str, the training texts (a sentence pair: join it).
+        labels: list of int class ids in `[0, num_classes)`.
+        num_classes: int.
+
+    Example:
+
+    >>> import keras_hub
+    >>> tokenizer = keras_hub.models.BertTokenizer(
+    ...     vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"])
+    >>> bow = NaiveBayesBagOfWords(tokenizer, ["good film", "bad film", "good"], [1, 0, 1], 2)
+    >>> bow.predict(["good", "bad", "film bad"]).tolist()
+    [1, 0, 0]
+    """
+
+    def __init__(self, tokenizer, texts, labels, num_classes):
+        labels = np.asarray(labels, np.int64)
+        if len(labels) != len(texts) or not len(labels):
+            raise ValueError(
+                f"`texts` ({len(texts)}) and `labels` ({len(labels)}) must be non-empty and "
+                "of the same length.")
+        self.tokenizer = tokenizer
+        vocabulary_size = tokenizer.vocabulary_size()
+        counts = np.zeros([num_classes, vocabulary_size], np.float64)
+        for ids, label in zip(_token_rows(tokenizer, texts), labels):
+            counts[label] += np.bincount(ids, minlength=vocabulary_size)
+        special = list(getattr(tokenizer, "special_token_ids", []) or [])
+        counts[:, special] = 0.0
+        smoothed = counts + 1.0
+        smoothed[:, special] = 0.0
+        probabilities = smoothed / smoothed.sum(axis=1, keepdims=True)
+        # Special tokens (probability 0) score 0: they never vote.
+        self.log_likelihood = np.log(np.where(probabilities > 0, probabilities, 1.0))
+        class_counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        self.log_prior = np.log((class_counts + 1.0) / (class_counts.sum() + num_classes))
+
+    def predict(self, texts):
+        """int64 `[len(texts)]`: the most probable class of each text."""
+        scores = [self.log_prior + self.log_likelihood[:, ids].sum(axis=1)
+                  for ids in _token_rows(self.tokenizer, texts)]
+        return np.argmax(np.asarray(scores).reshape(len(scores), -1), axis=1)

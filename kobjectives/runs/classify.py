@@ -21,6 +21,7 @@ import tensorflow as tf
 from kobjectives import data as data_lib
 from kobjectives.data import corpus_tasks
 from kobjectives.data import labelled_pipelines as pipelines
+from kobjectives.metrics import baselines
 from kobjectives.metrics.classification_metrics import ClassificationReport
 from kobjectives.objectives.sequence_classifier import POOLING
 from kobjectives.objectives.sequence_classifier import SequenceClassifier
@@ -341,6 +342,9 @@ class ClassifyRun(LabelledRun):
             "majority_class": self.label_names[majority],
             "majority_class_train_share": share,
         }
+        bag_of_words = baselines.NaiveBayesBagOfWords(
+            self.tokenizer, [_joined(t) for t, _ in self.train_documents],
+            [y for _, y in self.train_documents], num_classes)
         splits = [("val", self.validation_documents)]
         if self.heldout_examples:
             splits.append(("heldout", self.heldout_examples))
@@ -356,6 +360,13 @@ class ClassifyRun(LabelledRun):
                 f"{prefix}_majority_accuracy": float(np.mean(labels == majority)),
                 f"{prefix}_majority_macro_f1": _constant_macro_f1(labels, majority, num_classes),
             })
+            guessed = bag_of_words.predict([_joined(t) for t, _ in examples])
+            bow = ClassificationReport(num_classes)
+            bow.update_state(labels, guessed)
+            metrics.update({
+                f"{prefix}_bag_of_words_accuracy": float(np.mean(guessed == labels)),
+                f"{prefix}_bag_of_words_macro_f1": bow.report()["macro_f1"],
+            })
         last = splits[-1][0]
         plot_confusion_matrix(
             metrics[f"{last}_confusion_matrix"], self.label_names,
@@ -367,12 +378,14 @@ class ClassifyRun(LabelledRun):
         lines = [
             f"validation accuracy {metrics['val_accuracy']:.4f}, macro-F1 "
             f"{metrics['val_macro_f1']:.4f} vs majority-class baseline "
-            f"{metrics['val_majority_accuracy']:.4f} (always {metrics['majority_class']!r})"]
+            f"{metrics['val_majority_accuracy']:.4f} (always {metrics['majority_class']!r}), "
+            f"bag-of-words naive Bayes {metrics['val_bag_of_words_accuracy']:.4f}"]
         if "heldout_accuracy" in metrics:
             lines.append(
                 f"held-out ({metrics['heldout_file']}) accuracy "
                 f"{metrics['heldout_accuracy']:.4f}, macro-F1 {metrics['heldout_macro_f1']:.4f} "
-                f"vs majority-class baseline {metrics['heldout_majority_accuracy']:.4f}")
+                f"vs majority-class baseline {metrics['heldout_majority_accuracy']:.4f}, "
+                f"bag-of-words naive Bayes {metrics['heldout_bag_of_words_accuracy']:.4f}")
         return lines
 
     # -- export --------------------------------------------------------------------
@@ -381,6 +394,11 @@ class ClassifyRun(LabelledRun):
         """The SavedModel: raw text in; `logits`, `probabilities` `[B,
         classes]`, `label_ids` int32 `[B]` and `labels` string `[B]` out."""
         super().export(LabelledClassifier(model, self.label_names), out_dir)
+
+
+def _joined(text):
+    """A text, or a sentence pair joined by a space (for the bag of words)."""
+    return text if isinstance(text, str) else " ".join(text)
 
 
 def _constant_macro_f1(labels, predicted, num_classes):

@@ -96,6 +96,13 @@ def test_init_run_reports_scores_baseline_and_confusion_matrix(classify):
     support = (labels == majority).sum()
     assert metrics["val_majority_macro_f1"] == pytest.approx(
         2 * support / (len(labels) + support) / len(set(labels) | {majority}), abs=1e-4)
+    # The bag-of-words baseline: naive Bayes on the training texts, scored here.
+    from kobjectives.metrics.baselines import NaiveBayesBagOfWords
+    bow = NaiveBayesBagOfWords(run.tokenizer, [t for t, _ in run.train_documents],
+                               [y for _, y in run.train_documents], len(names))
+    guessed = bow.predict([t for t, _ in run.validation_documents])
+    assert metrics["val_bag_of_words_accuracy"] == pytest.approx(np.mean(guessed == labels))
+    assert 0.0 <= metrics["val_bag_of_words_macro_f1"] <= 1.0
     assert metrics["documents"] == {"train": len(run.train_documents),
                                     "validation": len(labels)}
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,3 +16,8 @@ from kobjectives.objectives.frozen import precompute_frozen_outputs  # noqa: F40
 from kobjectives.objectives.objective import Objective  # noqa: F401
 from kobjectives.objectives.sequence_classifier import SequenceClassifier  # noqa: F401
 from kobjectives.objectives.token_classifier import TokenClassifier  # noqa: F401
+from kobjectives.objectives.reward_model import RewardModel  # noqa: F401
+from kobjectives.objectives.preference_optimization import DirectPreferenceOptimization  # noqa: F401
+from kobjectives.objectives.preference_optimization import precompute_reference_log_probs  # noqa: F401
+from kobjectives.objectives.preference_optimization import KahnemanTverskyOptimization  # noqa: F401
+from kobjectives.objectives.preference_optimization import ReferenceFreePreferenceOptimization  # noqa: F401

@@ -1,0 +1,539 @@
+"""`DirectPreferenceOptimization`, `ReferenceFreePreferenceOptimization`,
+`KahnemanTverskyOptimization`: the losses against `dpo_loss` / `simpo_loss` /
+`cpo_loss` / `odds_ratio_loss` / `kto_loss` on log-probabilities computed by
+hand from the policy's logits, the frozen reference (precomputed, untrainable,
+unsaved), the step-0 identities, learning, XLA, strategies, saving, export
+and errors."""
+
+import functools
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kobjectives.data import KTO_REFERENCE_LOGPS_KEYS
+from kobjectives.data import REFERENCE_LOGPS_KEYS
+from kobjectives.data import PreferenceExamples
+from kobjectives.data import preference_dataset
+from kobjectives.export import export_saved_model
+from kobjectives.objectives import CausalLanguageModel
+from kobjectives.objectives import DirectPreferenceOptimization
+from kobjectives.objectives import FrozenModel
+from kobjectives.objectives import KahnemanTverskyOptimization
+from kobjectives.objectives import ReferenceFreePreferenceOptimization
+from kobjectives.objectives import precompute_reference_log_probs
+from kobjectives.objectives.preference_optimization import KTO_REFERENCE_LOG_PROBS_KEYS
+from kobjectives.objectives.preference_optimization import REFERENCE_LOG_PROBS_KEYS
+from kobjectives.ops.preference import cpo_loss
+from kobjectives.ops.preference import dpo_loss
+from kobjectives.ops.preference import kto_loss
+from kobjectives.ops.preference import odds_ratio_loss
+from kobjectives.ops.preference import simpo_loss
+from tests.harness import ObjectiveCase
+from tests.harness import assert_jit_matches_eager
+from tests.harness import assert_keras_round_trip_continues
+from tests.harness import assert_mirrored_matches_one_device
+from tests.harness import fit
+from tests.harness import one_device_fixture
+from tests.harness import tiny_backbone
+
+V, L, B, H = 30, 8, 8, 16
+
+gpt2 = functools.partial(tiny_backbone, "gpt2", V, L, hidden_dim=H)
+
+
+def lm(seed=None):
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return CausalLanguageModel(gpt2(), chunk_size=4)
+
+
+def copy_of(policy):
+    reference = lm()
+    reference.set_weights(policy.get_weights())
+    return reference
+
+
+def pairs(n=B, seed=0):
+    """A preference batch: a shared prompt of 2-3 tokens, completions of 1-4
+    tokens on each side, right padding (ids 0)."""
+    rng = np.random.default_rng(seed)
+    prompt_len = rng.integers(2, 4, n)
+    x = {}
+    for side in ("chosen", "rejected"):
+        total = prompt_len + rng.integers(1, 5, n)
+        pos = np.arange(L)[None, :]
+        mask = pos < total[:, None]
+        ids = rng.integers(3, V, (n, L))
+        ids[:, :3] = np.arange(3, 6)[None, :]  # the same prompt tokens on both sides
+        x[f"{side}_token_ids"] = np.where(mask, ids, 0).astype("int32")
+        x[f"{side}_padding_mask"] = mask
+        x[f"{side}_completion_mask"] = (mask & (pos >= prompt_len[:, None])).astype("int32")
+    return x
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def hand_logps(model, x, side):
+    """(sum, count) per row from the model's full logits, in numpy float64:
+    the completion token at t is scored by the logits at t - 1."""
+    prefix = f"{side}_" if side in ("chosen", "rejected") else side  # KTO: "" or "kl_"
+    inputs = {"token_ids": x[f"{prefix}token_ids"], "padding_mask": x[f"{prefix}padding_mask"]}
+    logp = log_softmax(model.logits(model(inputs)).numpy().astype("float64"))
+    ids, completion = x[f"{prefix}token_ids"], x[f"{prefix}completion_mask"]
+    sums, counts = np.zeros(len(ids)), np.zeros(len(ids))
+    for i in range(len(ids)):
+        for t in range(1, ids.shape[1]):
+            if completion[i, t]:
+                sums[i] += logp[i, t - 1, ids[i, t]]
+                counts[i] += 1
+    return sums, counts
+
+
+def with_reference(x, ref_c, ref_r):
+    return dict(x, reference_chosen_logps=np.asarray(ref_c, "float32"),
+                reference_rejected_logps=np.asarray(ref_r, "float32"))
+
+
+def test_keys_match_the_data_package():
+    assert REFERENCE_LOG_PROBS_KEYS == REFERENCE_LOGPS_KEYS
+    assert KTO_REFERENCE_LOG_PROBS_KEYS == KTO_REFERENCE_LOGPS_KEYS
+
+
+@pytest.mark.parametrize("loss_type, options", [
+    ("sigmoid", {}),
+    ("ipo", {}),
+    ("robust", {"label_smoothing": 0.2}),
+    ("sigmoid", {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3}),
+    (["sigmoid", "bco_pair", "sft"], {"loss_weights": [0.8, 0.2, 1.5]}),
+])
+def test_loss_and_rewards_equal_dpo_loss_on_hand_computed_log_probs(loss_type, options):
+    policy = lm(0)
+    x = pairs()
+    pc, nc = hand_logps(policy, x, "chosen")
+    pr, nr = hand_logps(policy, x, "rejected")
+    rng = np.random.default_rng(1)
+    rc, rr = pc + rng.normal(0, 1, B), pr + rng.normal(0, 1, B)
+    model = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5, chunk_size=3,
+                                         **options)
+    batch = with_reference(x, rc, rr)
+    out = model(batch)
+    np.testing.assert_allclose(out["chosen_logps"], pc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["rejected_logps"], pr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["rejected_lengths"], nr)
+    model.compile(optimizer="sgd")
+    loss = float(model.compute_loss(batch, y_pred=out))
+    losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=loss_type,
+                                        chosen_lengths=nc, rejected_lengths=nr, **options)
+    np.testing.assert_allclose(loss, float(np.mean(losses)), rtol=1e-5)
+    np.testing.assert_allclose(float(model.chosen_reward.result()), np.mean(chosen), atol=1e-5)
+    np.testing.assert_allclose(float(model.rejected_reward.result()), np.mean(rejected),
+                               atol=1e-5)
+    np.testing.assert_allclose(float(model.reward_margin.result()),
+                               np.mean(chosen - rejected), atol=1e-5)
+    np.testing.assert_allclose(float(model.reward_accuracy.result()),
+                               np.mean(chosen > rejected), atol=1e-6)
+    # One named loss per type, tracked unweighted.
+    types = [loss_type] if isinstance(loss_type, str) else loss_type
+    assert model.loss_names == tuple(types)
+    for name in types:
+        alone = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name, chosen_lengths=nc,
+                         rejected_lengths=nr, **{k: v for k, v in options.items()
+                                                 if k != "loss_weights"})[0]
+        np.testing.assert_allclose(float(model.loss_trackers[name].result()),
+                                   float(np.mean(alone)), rtol=1e-5)
+
+
+def test_full_logits_equal_chunked_and_a_backbone_is_wrapped(tmp_path):
+    policy = lm(0)
+    x = with_reference(pairs(), np.full(B, -9.0), np.full(B, -9.0))
+    chunked = DirectPreferenceOptimization(policy, chunk_size=3)
+    full = DirectPreferenceOptimization(policy)  # chunk_size None: the full logits
+    for key in ("chosen_logps", "rejected_logps"):
+        np.testing.assert_allclose(chunked(x)[key], full(x)[key], rtol=1e-6)
+    wrapped = DirectPreferenceOptimization(policy.backbone, reference=gpt2())
+    assert isinstance(wrapped.policy, CausalLanguageModel)
+    assert wrapped.policy.backbone is policy.backbone
+    assert isinstance(wrapped.reference.model, CausalLanguageModel)
+    np.testing.assert_allclose(wrapped(x)["chosen_logps"], full(x)["chosen_logps"], rtol=1e-6)
+    # A reference from a keras-hub preset (a backbone) is wrapped, its source kept.
+    wrapped.reference.model.backbone.save_to_preset(str(tmp_path / "preset"))
+    from_preset = DirectPreferenceOptimization(
+        policy, reference=FrozenModel.from_preset(tmp_path / "preset"))
+    assert from_preset.get_config()["reference"] == {"preset": str(tmp_path / "preset")}
+    np.testing.assert_allclose(
+        from_preset.compute_frozen_outputs("reference", x)["reference_chosen_logps"],
+        wrapped.compute_frozen_outputs("reference", x)["reference_chosen_logps"], rtol=1e-6)
+
+
+def test_simpo_cpo_and_orpo_equal_their_ops_on_hand_computed_log_probs():
+    policy = lm(0)
+    x = pairs()
+    pc, nc = hand_logps(policy, x, "chosen")
+    pr, nr = hand_logps(policy, x, "rejected")
+    ac, ar = pc / nc, pr / nr
+    nll = -pc.sum() / nc.sum()  # token mean over the batch's chosen completions
+
+    simpo = ReferenceFreePreferenceOptimization(policy, method="simpo", beta=2.0, gamma=0.3,
+                                                label_smoothing=0.1)
+    expected, chosen, _ = simpo_loss(ac, ar, beta=2.0, gamma=0.3, label_smoothing=0.1)
+    np.testing.assert_allclose(float(simpo.compute_loss(x, y_pred=simpo(x))),
+                               np.mean(expected), rtol=1e-5)  # nll_weight 0
+    np.testing.assert_allclose(float(simpo.chosen_reward.result()), np.mean(chosen), rtol=1e-5)
+    np.testing.assert_allclose(float(simpo.loss_trackers["nll"].result()), nll, rtol=1e-5)
+
+    orpo = ReferenceFreePreferenceOptimization(policy, method="orpo", beta=0.25)
+    odds, log_odds = odds_ratio_loss(ac, ar, beta=0.25)
+    np.testing.assert_allclose(float(orpo.compute_loss(x, y_pred=orpo(x))),
+                               nll + np.mean(odds), rtol=1e-5)
+    np.testing.assert_allclose(float(orpo.log_odds_ratio.result()), np.mean(log_odds),
+                               rtol=1e-5)
+
+    cpo = ReferenceFreePreferenceOptimization(policy, method="cpo", beta=0.5, nll_weight=0.3)
+    sigmoid = cpo_loss(pc, pr, beta=0.5)[0]  # summed log-probs, as TRL
+    np.testing.assert_allclose(float(cpo.compute_loss(x, y_pred=cpo(x))),
+                               np.mean(sigmoid) + 0.3 * nll, rtol=1e-5)
+    ipo = ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="ipo")
+    np.testing.assert_allclose(float(ipo.compute_loss(x, y_pred=ipo(x))),
+                               np.mean(cpo_loss(ac, ar, beta=0.1, loss_type="ipo")[0]) + nll,
+                               rtol=1e-5)  # averaged log-probs, as TRL
+
+
+def test_reference_equal_to_policy_gives_log_2_and_rewards_0():
+    policy = lm(0)
+    x = pairs()
+    model = DirectPreferenceOptimization(policy, reference=copy_of(policy), beta=0.1)
+    loss = float(model.compute_loss(x, y_pred=model(x)))
+    np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
+    assert float(model.chosen_reward.result()) == 0.0
+    assert float(model.reward_margin.result()) == 0.0
+    assert float(model.reward_accuracy.result()) == 0.0  # ties count as wrong
+
+
+def test_precomputed_reference_in_the_data_equals_the_frozen_reference():
+    # One pass of the reference over ordered data, written beside it.
+    x = pairs()
+    other = lm(5)
+    examples = PreferenceExamples(
+        [x["chosen_token_ids"][i, :2] for i in range(B)],
+        [x["chosen_token_ids"][i, 2:x["chosen_padding_mask"][i].sum()] for i in range(B)],
+        [x["rejected_token_ids"][i, 2:x["rejected_padding_mask"][i].sum()] for i in range(B)])
+    ordered = preference_dataset(examples, L, 3, shuffle=False, drop_remainder=False)
+    values = precompute_reference_log_probs(other, ordered, chunk_size=4)
+    assert sorted(values) == sorted(REFERENCE_LOGPS_KEYS)
+    raw = next(iter(preference_dataset(examples, L, B, shuffle=False)))
+    raw = {k: v.numpy() for k, v in raw.items()}
+    rc, _ = hand_logps(other, raw, "chosen")
+    np.testing.assert_allclose(values["reference_chosen_logps"], rc, rtol=1e-5, atol=1e-5)
+    train = preference_dataset(examples, L, 4, shuffle=True, seed=3, extra_features=values)
+    frozen = DirectPreferenceOptimization(lm(0), reference=other, beta=0.1)
+    # The same values from the objective itself.
+    again = precompute_reference_log_probs(frozen, ordered)
+    np.testing.assert_allclose(again["reference_rejected_logps"],
+                               values["reference_rejected_logps"], rtol=1e-5, atol=1e-5)
+    free = DirectPreferenceOptimization(lm(0), beta=0.1)
+    for batch in train:
+        stripped = {k: v for k, v in batch.items() if k not in REFERENCE_LOGPS_KEYS}
+        np.testing.assert_allclose(
+            float(free.compute_loss(batch, y_pred=free(batch))),
+            float(frozen.compute_loss(stripped, y_pred=frozen(stripped))), rtol=1e-5)
+
+
+def test_reference_is_not_trainable_nor_saved(tmp_path):
+    policy = lm(0)
+    reference = lm(1)
+    model = DirectPreferenceOptimization(policy, reference=reference)
+    assert not reference.trainable
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    before = [v.numpy().copy() for v in reference.weights]
+    model.fit(pairs(), batch_size=4, epochs=1, verbose=0)
+    reference_ids = {id(v) for v in reference.weights}
+    assert reference_ids.isdisjoint(id(v) for v in model.trainable_variables)
+    assert reference_ids.isdisjoint(id(v) for v in model.weights)
+    assert len(model.trainable_variables) == len(policy.trainable_variables) > 0
+    for a, v in zip(before, reference.weights):
+        np.testing.assert_array_equal(a, v.numpy())  # unchanged by training
+
+    def saved_shapes(m, path):
+        m.save_weights(path)
+        shapes = []
+        with h5py.File(path) as f:
+            f.visititems(lambda n, o: shapes.append((n, o.shape))
+                         if isinstance(o, h5py.Dataset) and not n.startswith("optimizer")
+                         else None)
+        return sorted(shapes)
+
+    alone = DirectPreferenceOptimization(lm(0))
+    saved = saved_shapes(model, tmp_path / "a.weights.h5")
+    assert saved == saved_shapes(alone, tmp_path / "b.weights.h5")
+    assert sum(np.prod(shape) for _, shape in saved) == sum(
+        np.prod(w.shape) for w in policy.weights)
+
+
+def test_round_trip_with_a_reference_from_file_and_savedmodel_export(tmp_path):
+    reference = lm(3)
+    path = tmp_path / "reference.keras"
+    reference.save(path)
+    model = DirectPreferenceOptimization(lm(0), reference=FrozenModel.from_file(path), beta=0.5,
+                                         loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+    x = pairs()
+    expected = float(model.compute_loss(x, y_pred=model(x)))
+    model.save(tmp_path / "dpo.keras")
+    restored = keras.saving.load_model(tmp_path / "dpo.keras")
+    assert restored.reference.source == {"file": str(path)}
+    assert restored.loss_weights == {"sigmoid": 1.0, "sft": 0.5}
+    np.testing.assert_allclose(float(restored.compute_loss(x, y_pred=restored(x))), expected,
+                               rtol=1e-6)
+    assert restored.serving_model() is restored.policy
+    assert getattr(restored, restored.exported_model) is restored.policy.backbone
+    # The SavedModel serves the policy alone: its logits, no reference.
+    loaded = tf.saved_model.load(export_saved_model(restored, tmp_path / "serving"))
+    ids, mask = x["chosen_token_ids"], x["chosen_padding_mask"].astype("int32")
+    out = loaded.signatures["serving_default"](token_ids=tf.constant(ids),
+                                               padding_mask=tf.constant(mask))
+    assert out["logits"].shape == (B, L, V)
+    expected_logits = restored.policy.logits(restored.policy({"token_ids": ids,
+                                                              "padding_mask": mask}))
+    np.testing.assert_allclose(out["logits"], expected_logits, atol=1e-5)
+    policy_count = sum(int(np.prod(w.shape)) for w in restored.policy.weights)
+    assert sum(int(np.prod(v.shape)) for v in loaded.variables) == policy_count
+
+
+def _reference_values():
+    keras.utils.set_random_seed(11)
+    reference = lm()
+    x = pairs()
+    rc, _ = hand_logps(reference, x, "chosen")
+    rr, _ = hand_logps(reference, x, "rejected")
+    return with_reference(x, rc, rr)
+
+
+PRECOMPUTED = _reference_values()
+METRICS = ("reward_accuracy", "chosen_reward", "rejected_reward", "reward_margin",
+           "sigmoid_loss", "sft_loss")
+CASE = ObjectiveCase(
+    build=lambda: DirectPreferenceOptimization(
+        lm(), reference=lm(), beta=1.0, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.1],
+        chunk_size=4),
+    data={"x": pairs(), "batch_size": 4}, metrics=METRICS)
+ROUND_TRIP = ObjectiveCase(
+    build=lambda: DirectPreferenceOptimization(lm(), beta=1.0, loss_type=["sigmoid", "sft"]),
+    data={"x": PRECOMPUTED, "batch_size": 4}, metrics=METRICS,
+    optimizer=lambda: keras.optimizers.Adam(1e-2))
+
+one_device = one_device_fixture(CASE)
+
+
+def test_jit_compile_matches_graph_and_learns(one_device):
+    assert_jit_matches_eager(CASE, one_device=one_device)
+
+
+def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
+    assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
+
+
+def test_keras_round_trip_continues_identically(tmp_path):
+    restored = assert_keras_round_trip_continues(ROUND_TRIP, tmp_path / "dpo.keras")
+    assert restored.reference is None and restored.loss_type == ["sigmoid", "sft"]
+
+
+def test_training_raises_reward_accuracy():
+    keras.utils.set_random_seed(0)
+    policy = lm()
+    model = DirectPreferenceOptimization(policy, reference=copy_of(policy), beta=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = pairs()
+    start = model.evaluate(x, batch_size=B, verbose=0, return_dict=True)
+    assert start["reward_accuracy"] == 0.0 and abs(start["loss"] - np.log(2)) < 1e-6
+    model.fit(x, batch_size=4, epochs=15, verbose=0)
+    end = model.evaluate(x, batch_size=B, verbose=0, return_dict=True)
+    assert end["reward_accuracy"] >= 0.75, end
+    assert end["loss"] < 0.5 and end["reward_margin"] > 0, end
+
+
+def test_errors():
+    policy = lm(0)
+    with pytest.raises(ValueError, match="Unknown `loss_type`"):
+        DirectPreferenceOptimization(policy, loss_type="dpo")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        DirectPreferenceOptimization(policy, loss_type="sigmoid", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="exo_pair"):
+        DirectPreferenceOptimization(policy, loss_type="exo_pair")
+    with pytest.raises(ValueError, match="f_divergence_type"):
+        DirectPreferenceOptimization(policy, loss_type="bco_pair", f_divergence_type="forward_kl")
+    with pytest.raises(ValueError, match="Unknown `f_divergence_type`"):
+        DirectPreferenceOptimization(policy, f_divergence_type="kl")
+    with pytest.raises(ValueError, match="one weight per loss type"):
+        DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="twice"):
+        DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sigmoid"])
+    with pytest.raises(ValueError, match="beta"):
+        DirectPreferenceOptimization(policy, beta=0.0)
+    with pytest.raises(ValueError, match="shares weights"):
+        DirectPreferenceOptimization(policy, reference=policy)
+    with pytest.raises(TypeError, match="CausalLanguageModel"):
+        DirectPreferenceOptimization("gpt2")
+    model = DirectPreferenceOptimization(policy)
+    x = pairs()
+    with pytest.raises(ValueError, match="no reference model and the batch holds no"):
+        model.compute_loss(x, y_pred=model(x))
+    bad = dict(x)
+    del bad["rejected_completion_mask"]
+    with pytest.raises(ValueError, match="rejected_completion_mask"):
+        model(bad)
+    # loss_type="sft" alone needs no reference.
+    sft = DirectPreferenceOptimization(policy, loss_type="sft")
+    pc, nc = hand_logps(policy, x, "chosen")
+    np.testing.assert_allclose(float(sft.compute_loss(x, y_pred=sft(x))), -pc.sum() / nc.sum(),
+                               rtol=1e-5)
+
+
+def test_reference_free_errors_and_config():
+    policy = lm(0)
+    with pytest.raises(ValueError, match="Unknown `method`"):
+        ReferenceFreePreferenceOptimization(policy, method="dpo")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ReferenceFreePreferenceOptimization(policy, method="orpo", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="hinge",
+                                            label_smoothing=0.1)
+    with pytest.raises(ValueError, match="gamma"):
+        ReferenceFreePreferenceOptimization(policy, method="orpo", gamma=1.0)
+    with pytest.raises(ValueError, match="cpo_loss_type"):
+        ReferenceFreePreferenceOptimization(policy, method="simpo", cpo_loss_type="ipo")
+    with pytest.raises(ValueError, match="Unknown `cpo_loss_type`"):
+        ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="robust")
+    with pytest.raises(ValueError, match="nll_weight"):
+        ReferenceFreePreferenceOptimization(policy, loss_weights={"nll": 1.0})
+    model = ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="simpo",
+                                                gamma=0.7, nll_weight=0.2)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert type(clone) is ReferenceFreePreferenceOptimization
+    assert clone.get_config() == model.get_config()
+    assert clone.loss_weights == {"cpo": 1.0, "nll": 0.2} and clone.gamma == 0.7
+
+
+ORPO_CASE = ObjectiveCase(
+    build=lambda: ReferenceFreePreferenceOptimization(lm(), method="orpo", beta=0.5,
+                                                      chunk_size=4),
+    data={"x": pairs(), "batch_size": 4},
+    metrics=("reward_accuracy", "reward_margin", "log_odds_ratio", "odds_ratio_loss",
+             "nll_loss"))
+
+
+@pytest.fixture(scope="module")
+def orpo_one_device():
+    keras.mixed_precision.set_global_policy("float32")
+    return fit(ORPO_CASE)
+
+
+def test_reference_free_jit_matches_graph_and_learns(orpo_one_device):
+    assert_jit_matches_eager(ORPO_CASE, one_device=orpo_one_device)
+
+
+def test_reference_free_mirrored_matches_one_device(mirrored_strategy, orpo_one_device):
+    # The NLL is a token mean over the global batch: replicas hold different counts.
+    assert_mirrored_matches_one_device(ORPO_CASE, mirrored_strategy, one_device=orpo_one_device)
+
+
+# -- KTO ----------------------------------------------------------------------------------
+
+
+def kto_rows(n=B, seed=0):
+    """A KTO batch: rows, their KL rows (another completion) and labels."""
+    x = pairs(n, seed)
+    out = {key.replace("chosen_", ""): value for key, value in x.items()
+           if key.startswith("chosen_")}
+    out.update({key.replace("rejected_", "kl_"): value for key, value in x.items()
+                if key.startswith("rejected_")})
+    out["desirable"] = np.arange(n) % 3 != 0
+    return out
+
+
+def test_kto_equals_kto_loss_on_hand_computed_log_probs_and_frozen_equals_precomputed():
+    policy = lm(0)
+    x = kto_rows()
+    pl, _ = hand_logps(policy, x, "")
+    pkl, _ = hand_logps(policy, x, "kl_")
+    rng = np.random.default_rng(2)
+    rl, rkl = pl + rng.normal(0, 1, B), pkl - 0.5 + rng.normal(0, 0.1, B)
+    kl = max(np.mean(pkl - rkl), 0.0)
+    assert kl > 0.3  # the reference point matters
+    batch = dict(x, reference_logps=rl.astype("float32"),
+                 reference_kl_logps=rkl.astype("float32"))
+    model = KahnemanTverskyOptimization(policy, beta=0.5, desirable_weight=1.5, chunk_size=4)
+    model.compile(optimizer="sgd")
+    loss = float(model.compute_loss(batch, y_pred=model(batch)))
+    losses, rewards = kto_loss(pl, rl, x["desirable"], kl, beta=0.5, desirable_weight=1.5)
+    np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5)
+    np.testing.assert_allclose(float(model.kl.result()), kl, rtol=1e-5)
+    rewards = np.asarray(rewards)
+    np.testing.assert_allclose(float(model.chosen_reward.result()),
+                               np.mean(rewards[x["desirable"]]), rtol=1e-5)
+    np.testing.assert_allclose(float(model.rejected_reward.result()),
+                               np.mean(rewards[~x["desirable"]]), rtol=1e-5)
+
+    reference = lm(4)
+    frozen = KahnemanTverskyOptimization(lm(0), reference=reference, beta=0.5)
+    values = precompute_reference_log_probs(
+        reference, tf.data.Dataset.from_tensor_slices(x).batch(3))
+    rl, _ = hand_logps(reference, x, "")
+    np.testing.assert_allclose(values["reference_logps"], rl, rtol=1e-5, atol=1e-5)
+    free = KahnemanTverskyOptimization(lm(0), beta=0.5)
+    precomputed = dict(x, **values)
+    np.testing.assert_allclose(float(frozen.compute_loss(x, y_pred=frozen(x))),
+                               float(free.compute_loss(precomputed, y_pred=free(precomputed))),
+                               rtol=1e-5)
+
+
+KTO_CASE = ObjectiveCase(
+    build=lambda: KahnemanTverskyOptimization(lm(), reference=lm(), beta=1.0, chunk_size=4),
+    data={"x": kto_rows(), "batch_size": 4}, metrics=("chosen_reward", "rejected_reward", "kl"))
+
+
+@pytest.fixture(scope="module")
+def kto_one_device():
+    keras.mixed_precision.set_global_policy("float32")
+    return fit(KTO_CASE)
+
+
+def test_kto_jit_matches_graph_and_learns(kto_one_device):
+    assert_jit_matches_eager(KTO_CASE, one_device=kto_one_device)
+
+
+def test_kto_mirrored_matches_one_device(mirrored_strategy, kto_one_device):
+    # The KL reference point is all-reduced over the replicas.
+    assert_mirrored_matches_one_device(KTO_CASE, mirrored_strategy, one_device=kto_one_device)
+
+
+def test_kto_errors_and_config():
+    policy = lm(0)
+    with pytest.raises(ValueError, match="loss_type"):
+        KahnemanTverskyOptimization(policy, loss_type="sigmoid")
+    with pytest.raises(ValueError, match="desirable_weight"):
+        KahnemanTverskyOptimization(policy, desirable_weight=0.0)
+    model = KahnemanTverskyOptimization(policy)
+    x = kto_rows()
+    with pytest.raises(ValueError, match="no reference model"):
+        model.compute_loss(x, y_pred=model(x))
+    with pytest.raises(ValueError, match="desirable"):
+        model({k: v for k, v in x.items() if k != "desirable"})
+
+    model = KahnemanTverskyOptimization(lm(0), beta=0.3, undesirable_weight=2.0,
+                                        loss_type="apo_zero_unpaired")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert type(clone) is KahnemanTverskyOptimization and clone.reference is None
+    assert clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    x = dict(x, reference_logps=np.full(B, -5.0, "float32"),
+             reference_kl_logps=np.zeros(B, "float32"))
+    pl, _ = hand_logps(model.policy, x, "")
+    expected, _ = kto_loss(pl, x["reference_logps"], x["desirable"], None, beta=0.3,
+                           undesirable_weight=2.0, loss_type="apo_zero_unpaired")
+    np.testing.assert_allclose(float(clone.compute_loss(x, y_pred=clone(x))),
+                               np.mean(expected), rtol=1e-5)

@@ -1,0 +1,129 @@
+"""`kobjectives train reward`: one tiny trained run (module-scoped) checked
+for its metrics against a recomputation, the length baseline, the
+SavedModel served in a clean process, and the errors at recipe time."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from kobjectives.recipe import RecipeError
+from kobjectives.runs import export_run_dir
+from kobjectives.runs.reward import render_pair_texts
+from tests.harness import tiny_run
+
+REWARD = {
+    "data.max_documents": 120,
+    "model.sequence_length": 48,
+    "tokenizer.vocabulary_size": 300,
+    "training.steps": 20,
+    "training.epochs": 1,
+    "training.batch_size": 8,
+    "training.learning_rate": 3e-3,
+    "training.warmup_steps": 2,
+    "training.validation_batches": 2,
+    "reward.center_rewards_coefficient": 0.01,
+}
+
+SERVE = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    texts = json.loads(sys.argv[2])
+    out = tf.saved_model.load(sys.argv[1]).signatures["serving_default"](text=tf.constant(texts))
+    again = tf.saved_model.load(sys.argv[3]).signatures["serving_default"](
+        text=tf.constant(texts))
+    print(json.dumps({
+        "again": again["reward"].numpy().tolist(),
+        "keys": sorted(out),
+        "reward": out["reward"].numpy().tolist(),
+        "token_ids": out["token_ids"].numpy().tolist(),
+        "foreign": [m for m in ("keras_hub", "kobjectives") if m in sys.modules],
+    }))
+""")
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    """A tiny trained `reward` run: `(run, metrics, folder)`."""
+    out = tmp_path_factory.mktemp("reward") / "run"
+    run = tiny_run("reward", out, REWARD)
+    metrics = run.train()
+    return run, metrics, out
+
+
+def test_metrics_equal_a_recomputation_and_name_the_baselines(reward_run):
+    run, metrics, out = reward_run
+    assert json.loads((out / "metrics.json").read_text())["recipe"] == "reward"
+    assert metrics["backbone"] == "gpt2_tiny" and metrics["dataset"] == "corpus"
+    for key in ("val_loss", "val_reward_accuracy", "val_reward_margin",
+                "length_baseline_accuracy"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["chance_accuracy"] == 0.5
+    examples = run.validation_examples
+    assert metrics["val_pairs"] == len(examples) == metrics["documents"]["validation"]
+    # The held-out metrics are those of the saved model, pair by pair.
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    chosen, rejected = run.pair_rewards(model, examples, 5)
+    np.testing.assert_allclose(metrics["val_reward_accuracy"], np.mean(chosen > rejected))
+    np.testing.assert_allclose(metrics["val_reward_margin"], np.mean(chosen - rejected),
+                               rtol=1e-5, atol=1e-6)
+    lengths = [(len(c), len(r)) for c, r in zip(examples.chosen_ids, examples.rejected_ids)]
+    expected = np.mean([0.5 if c == r else float(c > r) for c, r in lengths])
+    assert metrics["length_baseline_accuracy"] == pytest.approx(expected)
+    assert metrics["train_loss_last_round"] < math.log(2) + 0.5  # not diverged
+
+
+def test_saved_model_scores_rendered_text_as_the_model_scores_the_pair(reward_run, tmp_path):
+    run, _, out = reward_run
+    export_run_dir(out, tmp_path / "again")  # `kobjectives export RUN_DIR`
+    # Pairs that fit the window whole (a longer one is cut: 'keep_end' in
+    # training, its first tokens at serving time).
+    documents = run.validation_documents + run.train_documents
+    fits = run.tokenized(documents).lengths + 1 <= 48
+    pairs = [pair for pair, fit in zip(documents, fits) if fit][:2] + [
+        ([{"role": "user", "content": "What does json.dumps do?"}],
+         "Serialize obj to a JSON formatted str.", "Deserialize s to a Python object.")]
+    assert len(pairs) == 3
+    texts = [text for pair in pairs for text in render_pair_texts(pair)]
+    served = subprocess.run([sys.executable, "-c", SERVE, str(out / "saved_model"),
+                             json.dumps(texts), str(tmp_path / "again" / "saved_model")],
+                            capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    result = json.loads(served.stdout.strip().splitlines()[-1])
+    assert result["foreign"] == []
+    np.testing.assert_allclose(result["again"], result["reward"], atol=1e-6)
+    assert result["keys"] == ["padding_mask", "reward", "token_ids"]
+    # The rendered text becomes the training layout's ids ...
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    examples = run.tokenized(pairs)
+    served_ids = np.asarray(result["token_ids"])
+    for index in range(len(pairs)):
+        start = [examples.start_token_id]
+        for offset, completion in enumerate((examples.chosen_ids[index],
+                                             examples.rejected_ids[index])):
+            expected = start + list(examples.prompt_ids[index]) + list(completion)
+            row = served_ids[2 * index + offset]
+            assert row[:len(expected)].tolist() == expected
+            assert not row[len(expected):].any()
+    # ... and its reward is the in-process reward of the pair.
+    chosen, rejected = run.pair_rewards(model, examples, 3)
+    np.testing.assert_allclose(result["reward"][0::2], chosen, atol=1e-4)
+    np.testing.assert_allclose(result["reward"][1::2], rejected, atol=1e-4)
+
+
+def test_recipe_errors_are_named(tmp_path):
+    with pytest.raises(RecipeError, match="helpful-online"):
+        tiny_run("reward", tmp_path, {"data.hh_rlhf_subsets": ["helpful-online"]})
+    with pytest.raises(RecipeError, match="data.files"):
+        tiny_run("reward", tmp_path, {"data.files": [str(tmp_path / "*.txt")]})
+    with pytest.raises(RecipeError, match="data.shared_dir"):
+        tiny_run("reward", tmp_path, {"data.dataset": "hh_rlhf",
+                                      "data.shared_dir": str(tmp_path / "none")})
+    with pytest.raises(RecipeError, match="reward.pooling"):
+        tiny_run("reward", tmp_path, {"reward.pooling": "pooled"})

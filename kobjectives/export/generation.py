@@ -118,8 +118,15 @@ class TextGenerator(tf.Module):
 
     def __call__(self, text):
         features = self.preprocessor(tf.convert_to_tensor(text))
-        token_ids = tf.cast(features["token_ids"], tf.int32)
-        prompt_mask = tf.cast(features["padding_mask"], tf.bool)
+        return self.generate(features["token_ids"], features["padding_mask"])
+
+    def generate(self, token_ids, padding_mask):
+        """Generation from tokenized prompts: `token_ids` `[batch, length]`
+        holding each prompt left-aligned (`padding_mask` marks its tokens)
+        and room after it. Returns `{"text", "token_ids"}` as calling with
+        raw text does."""
+        token_ids = tf.cast(token_ids, tf.int32)
+        prompt_mask = tf.cast(padding_mask, tf.bool)
         lengths = tf.reduce_sum(tf.cast(prompt_mask, tf.int32), axis=-1)
         index = tf.maximum(tf.reduce_min(lengths), 1)
 

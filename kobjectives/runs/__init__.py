@@ -27,7 +27,7 @@ RUNS = {}
 """Registered `Run` classes by recipe name."""
 
 # The modules that register runs, imported on first use.
-_MODULES = ("mlm", "denoising", "clm", "cpc", "xlnet", "simcse", "sentence_pairs", "electra", "classify", "sft", "tag", "reward", "seq2seq_sft")
+_MODULES = ("mlm", "denoising", "clm", "cpc", "xlnet", "simcse", "sentence_pairs", "electra", "classify", "sft", "tag", "reward", "seq2seq_sft", "dpo")
 
 
 def register(cls):

@@ -14,7 +14,7 @@ import pytest
 
 from kobjectives.recipe import RecipeError
 from kobjectives.runs import export_run_dir
-from kobjectives.runs.reward import render_pair_texts
+from kobjectives.runs.preference_pairs import render_pair_texts
 from tests.harness import tiny_run
 
 REWARD = {
@@ -84,7 +84,7 @@ def test_saved_model_scores_rendered_text_as_the_model_scores_the_pair(reward_ru
     export_run_dir(out, tmp_path / "again")  # `kobjectives export RUN_DIR`
     # Pairs that fit the window whole (a longer one is cut: 'keep_end' in
     # training, its first tokens at serving time).
-    documents = run.validation_documents + run.train_documents
+    documents = run.pairs["validation"] + run.pairs["train"]
     fits = run.tokenized(documents).lengths + 1 <= 48
     pairs = [pair for pair, fit in zip(documents, fits) if fit][:2] + [
         ([{"role": "user", "content": "What does json.dumps do?"}],

@@ -1,0 +1,405 @@
+"""The preference-optimization run behind `kobjectives train dpo`: a causal
+LM policy (an SFT run folder with `--init`) trained on preference pairs with
+the DPO family, SimPO, CPO or ORPO; the reference log-probabilities
+precomputed in one pass (or a frozen reference run online); held-out
+implicit-reward accuracy against the starting policy, and optionally the win
+rate of its generations over the starting policy's as judged by a reward
+model. Exported as raw prompts in, generated answers out. See
+`docs/preference_optimization.md`."""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from kobjectives import backbones
+from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
+from kobjectives.data.sft import ChatPromptPreprocessor
+from kobjectives.export import TextGenerator
+from kobjectives.objectives import DirectPreferenceOptimization
+from kobjectives.objectives import FrozenModel
+from kobjectives.objectives import ReferenceFreePreferenceOptimization
+from kobjectives.objectives import precompute_reference_log_probs
+from kobjectives.recipe import ModelConfig
+from kobjectives.recipe import Recipe
+from kobjectives.recipe import Section
+from kobjectives.recipe import TokenizerConfig
+from kobjectives.recipe import TrainingConfig
+from kobjectives.recipe import option
+from kobjectives.recipe import section
+from kobjectives.runs import register
+from kobjectives.runs.preference_pairs import PreferenceDataConfig
+from kobjectives.runs.preference_pairs import PreferencePairsRun
+from kobjectives.runs.preference_pairs import length_baseline_accuracy
+from kobjectives.runs.preference_pairs import render_pair_texts
+
+METHODS = ("dpo", "simpo", "cpo", "orpo")
+"""The `preference.method` choices: the DPO family
+(`DirectPreferenceOptimization`, with `preference.loss_type`) or a
+reference-free method (`ReferenceFreePreferenceOptimization`)."""
+
+REFERENCE_PRESET = "reference"
+"""The folder (in the run folder) of the starting policy as a keras-hub
+preset: the source of the frozen reference of `preference.reference =
+'online'`."""
+
+JUDGE_SAVED_MODEL = "saved_model"
+"""The folder of a reward run's SavedModel, inside its run folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig(Section):
+    """The preference objective, its reference and the win-rate judge."""
+
+    method: str = option(
+        "dpo", "'dpo': the DPO family (preference.loss_type); 'simpo', 'cpo', 'orpo': "
+        "reference-free", choices=METHODS)
+    loss_type: tuple[str, ...] = option(
+        ("sigmoid",), "method 'dpo': TRL's loss types, one or several (summed, weight 1 "
+        "each): sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, "
+        "aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft")
+    beta: float = option(
+        0.0, "the temperature (0: the method's default: 0.1 for dpo, cpo and orpo, 2.0 for "
+        "simpo)", within="[0, inf)")
+    gamma: float = option(
+        0.0, "SimPO's target reward margin (method 'simpo'; 0: its default 0.5)",
+        within="[0, inf)")
+    label_smoothing: float = option(
+        0.0, "label smoothing, for the types that use it (exo_pair, robust, aot, simpo, cpo)",
+        within="[0, 0.5]")
+    reference: str = option(
+        "precomputed", "method 'dpo': 'precomputed' (the starting policy's log-probabilities "
+        "computed in one pass before training and carried by the data: no reference held "
+        "while training) or 'online' (a frozen copy run every step)",
+        choices=("precomputed", "online"))
+    chunk_size: int = option(
+        0, "positions whose [chunk, vocabulary] logits exist at once (0: all)",
+        within="[0, inf)")
+    judge: str = option(
+        "", "a `kobjectives train reward` run folder (with its SavedModel): after training, "
+        "the policy's and the starting policy's greedy answers to held-out prompts are "
+        "scored by it, giving the win rate (empty: no win rate)")
+    judge_prompts: int = option(
+        64, "held-out prompts answered for the win rate", within="[1, inf)")
+    max_new_tokens: int = option(
+        48, "the most tokens of a generated answer (win rate and export)", within="[1, inf)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPORecipe(Recipe):
+    """A causal LM policy trained on preference pairs (the DPO family,
+    SimPO, CPO, ORPO), started from an SFT run (`--init`)."""
+
+    data: PreferenceDataConfig = section(PreferenceDataConfig)
+    tokenizer: TokenizerConfig = section(TokenizerConfig, max_training_documents=2000)
+    model: ModelConfig = section(ModelConfig, backbone="gpt2_tiny", sequence_length=128,
+                                 dropout=0.0)
+    preference: PreferenceConfig = section(PreferenceConfig)
+    training: TrainingConfig = section(
+        TrainingConfig, steps=200, epochs=2, batch_size=16, learning_rate=5e-5,
+        warmup_steps=20)
+
+
+def implicit_reward_statistics(policy, reference, beta):
+    """Held-out figures of a policy against its reference.
+
+    Args:
+        policy: dict of float arrays `[pairs]`: `chosen`, `rejected`, the
+            policy's summed completion log-probabilities.
+        reference: the same of the reference policy.
+        beta: float, the DPO temperature of the implicit reward
+            `beta * (log pi(y|x) - log pi_ref(y|x))`.
+
+    Returns:
+        A dict of floats: `implicit_reward_accuracy` (the share of pairs
+        whose chosen implicit reward exceeds the rejected one; a tie is
+        wrong), `reward_margin`, `chosen_reward`, `rejected_reward` (means),
+        `policy_log_prob_accuracy` (chosen more likely than rejected under
+        the policy) and `reference_log_prob_accuracy` (under the reference).
+    """
+    chosen = beta * (policy["chosen"] - reference["chosen"])
+    rejected = beta * (policy["rejected"] - reference["rejected"])
+    return {
+        "implicit_reward_accuracy": float(np.mean(chosen > rejected)),
+        "reward_margin": float(np.mean(chosen - rejected)),
+        "chosen_reward": float(np.mean(chosen)),
+        "rejected_reward": float(np.mean(rejected)),
+        "policy_log_prob_accuracy": float(np.mean(policy["chosen"] > policy["rejected"])),
+        "reference_log_prob_accuracy": float(np.mean(reference["chosen"] >
+                                                     reference["rejected"])),
+    }
+
+
+def win_rate(policy_scores, reference_scores):
+    """The share of prompts whose policy answer scores above the reference
+    policy's, a tie counting one half (the DPO paper's protocol)."""
+    policy_scores, reference_scores = np.asarray(policy_scores), np.asarray(reference_scores)
+    return float(np.mean(np.where(policy_scores == reference_scores, 0.5,
+                                  policy_scores > reference_scores)))
+
+
+@register
+class DPORun(PreferencePairsRun):
+    """`kobjectives train dpo`: a causal-LM policy trained on preference
+    pairs. `preference.method = 'dpo'` trains `DirectPreferenceOptimization`
+    with `preference.loss_type` (one type or a sum); `'simpo'`, `'cpo'`,
+    `'orpo'` train `ReferenceFreePreferenceOptimization`. The starting
+    policy (`--init`, an SFT run folder; else a fresh backbone) is the
+    reference: its log-probabilities of every pair are computed once before
+    training (`precompute_reference_log_probs`) and carried by the data,
+    or (`preference.reference = 'online'`) a frozen copy runs every step.
+    Held-out: the policy's implicit-reward accuracy against the reference,
+    the log-probability preference of both, and the length baseline; with
+    `preference.judge` (a reward run), the win rate of the policy's greedy
+    answers over the reference's. Serves raw user prompts: generated
+    answers out (the SavedModel's `generate` signature)."""
+
+    name = "dpo"
+    recipe_class = DPORecipe
+    title = "preference optimization"
+    search_space = {
+        "training.learning_rate": ("float", 1e-5, 1e-3, "log"),
+        "preference.beta": ("float", 0.01, 0.5, "log"),
+        "training.warmup_steps": ("int", 0, 50),
+    }
+    start_weights = None
+    reference_preset = None
+    reference_values = None
+
+    # -- checks ------------------------------------------------------------------
+
+    def check(self):
+        yield from super().check()
+        config = self.recipe.preference
+        if config.method != "dpo" and config.reference != "precomputed":
+            yield (f"preference.reference = {config.reference!r}: method "
+                   f"{config.method!r} uses no reference in training; leave it 'precomputed' "
+                   "(the starting policy's values are still computed for the held-out figures)")
+        if config.judge:
+            judge = pathlib.Path(config.judge).expanduser() / JUDGE_SAVED_MODEL
+            if not (judge / "saved_model.pb").is_file():
+                yield (f"preference.judge = {config.judge!r}: no SavedModel at {judge}; give "
+                       "a `kobjectives train reward` run folder trained with "
+                       "training.saved_model = true (or `kobjectives export` it first)")
+        try:
+            self._objective(_probe_backbone(), None)
+        except (ValueError, TypeError) as error:
+            yield f"preference ({config.method}): {error}"
+
+    # -- data --------------------------------------------------------------------
+
+    def prepare(self):
+        """The pairs and tokenizer (`PreferencePairsRun.prepare`), then the
+        starting policy: its weights (the policy starts from them, the
+        online reference copies them) and its log-probabilities of every
+        pair (the training pairs only when the reference is precomputed)."""
+        super().prepare()
+        config = self.recipe.preference
+        start = self.build_backbone()
+        self.start_weights = start.get_weights()
+        splits = [s for s in self.examples
+                  if s != "train" or self.uses_precomputed_reference()]
+        self.reference_values = {}
+        for split in splits:
+            values = precompute_reference_log_probs(
+                start, self.pair_dataset(split, self.recipe.training.batch_size, ordered=True),
+                chunk_size=config.chunk_size or None)
+            self.reference_values[split] = values
+        if not self.uses_precomputed_reference() and config.method == "dpo":
+            from kobjectives.distribute.fault_tolerance import worker_dir
+
+            # The frozen reference is saved by its source: the starting policy as a preset.
+            self.reference_preset = backbones.save_preset(
+                start, self.tokenizer, worker_dir(self._out_dir()) / REFERENCE_PRESET)
+        self.log(f"reference: the starting policy's log-probabilities of "
+                 f"{', '.join(f'{len(self.examples[s])} {s}' for s in splits)} pairs "
+                 "computed once" + ("" if self.uses_precomputed_reference() else
+                                   "; a frozen copy runs every training step"))
+        del start
+
+    def uses_precomputed_reference(self):
+        """Whether the training batches carry the reference's values."""
+        config = self.recipe.preference
+        return config.method == "dpo" and config.reference == "precomputed"
+
+    def extra_features(self, split):
+        """The precomputed reference log-probabilities of `split`, when the
+        objective reads them."""
+        if self.recipe.preference.method != "dpo" or (
+                split == "train" and not self.uses_precomputed_reference()):
+            return None
+        return (self.reference_values or {}).get(split)
+
+    # -- model -------------------------------------------------------------------
+
+    def _objective(self, policy, reference):
+        config = self.recipe.preference
+        options = dict(chunk_size=config.chunk_size or None)
+        if config.beta:
+            options["beta"] = config.beta
+        if config.method == "dpo":
+            return DirectPreferenceOptimization(
+                policy, reference, loss_type=list(config.loss_type),
+                label_smoothing=config.label_smoothing, **options)
+        if config.gamma:
+            options["gamma"] = config.gamma
+        if config.label_smoothing:
+            options["label_smoothing"] = config.label_smoothing
+        return ReferenceFreePreferenceOptimization(policy, method=config.method, **options)
+
+    def _starting_backbone(self):
+        backbone = self.build_backbone()
+        if self.start_weights is not None:
+            backbone.set_weights(self.start_weights)
+        return backbone
+
+    def build_objective(self):
+        """The objective over the starting policy; the online reference a
+        frozen copy of it."""
+        online = (self.recipe.preference.method == "dpo"
+                  and not self.uses_precomputed_reference())
+        reference = FrozenModel.from_preset(self.reference_preset) if online else None
+        return self._objective(self._starting_backbone(), reference)
+
+    def beta(self, model):
+        """The implicit reward's temperature: the objective's `beta`."""
+        return float(getattr(model, "beta", None) or 0.1)
+
+    # -- evaluation ----------------------------------------------------------------
+
+    def policy_log_probs(self, model, split):
+        """`{"chosen", "rejected"}`: the policy's summed completion
+        log-probabilities of every pair of `split`, in order."""
+        values = precompute_reference_log_probs(
+            model.policy, self.pair_dataset(split, self.recipe.training.batch_size,
+                                            ordered=True),
+            chunk_size=self.recipe.preference.chunk_size or None)
+        return dict(zip(("chosen", "rejected"), (values[k] for k in REFERENCE_LOGPS_KEYS)))
+
+    def evaluate(self, fitted):
+        config = self.recipe.preference
+        beta = self.beta(fitted.model)
+        metrics = {
+            "backbone": self.recipe.model.init or self.recipe.model.backbone,
+            "dataset": self.recipe.data.dataset,
+            "sequence_length": self.recipe.model.sequence_length,
+            "method": config.method,
+            "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,
+            "beta": beta,
+            "reference": config.reference,
+            "val_loss": fitted.evaluation["loss"],
+        }
+        for split, prefix in (("validation", "val"), ("heldout", "heldout")):
+            if split not in self.examples:
+                continue
+            reference = dict(zip(("chosen", "rejected"), (
+                self.reference_values[split][k] for k in REFERENCE_LOGPS_KEYS)))
+            statistics = implicit_reward_statistics(
+                self.policy_log_probs(fitted.model, split), reference, beta)
+            metrics.update({f"{prefix}_{k}": v for k, v in statistics.items()})
+            metrics[f"{prefix}_length_baseline_accuracy"] = length_baseline_accuracy(
+                self.examples[split])
+            metrics[f"{prefix}_pairs"] = len(self.examples[split])
+        if config.judge:
+            metrics.update(self.judged(fitted.model))
+        return metrics
+
+    def judged(self, model):
+        """The win rate of the policy's greedy answers over the starting
+        policy's on the first `preference.judge_prompts` prompts of the
+        held-out split (else validation), scored by the judge's SavedModel."""
+        import tensorflow as tf
+
+        config = self.recipe.preference
+        split = "heldout" if "heldout" in self.examples else "validation"
+        count = min(config.judge_prompts, len(self.examples[split]))
+        prompts = [pair[0] for pair in self.pairs[split][:count]]
+        start = self._objective(self._starting_backbone(), None)
+        answers = {name: self.generate(objective, self.examples[split].prompt_ids[:count])
+                   for name, objective in (("policy", model), ("reference", start))}
+        judge = tf.saved_model.load(str(pathlib.Path(config.judge).expanduser() /
+                                        JUDGE_SAVED_MODEL)).signatures["serving_default"]
+        scores = {}
+        for name, texts in answers.items():
+            rendered = [render_pair_texts((p, t, t), self.template)[0]
+                        for p, t in zip(prompts, texts)]
+            scores[name] = np.concatenate([
+                judge(text=tf.constant(rendered[i:i + 16]))["reward"].numpy()
+                for i in range(0, len(rendered), 16)])
+        prefix = "heldout" if split == "heldout" else "val"
+        return {
+            f"{prefix}_win_rate": win_rate(scores["policy"], scores["reference"]),
+            f"{prefix}_judged_prompts": count,
+            f"{prefix}_identical_answers": float(np.mean(
+                [a == b for a, b in zip(answers["policy"], answers["reference"])])),
+            f"{prefix}_policy_judge_reward": float(np.mean(scores["policy"])),
+            f"{prefix}_reference_judge_reward": float(np.mean(scores["reference"])),
+            "judge": config.judge,
+        }
+
+    def generate(self, objective, prompt_ids, batch_size=16):
+        """Greedy answers (str) of `objective`'s policy to tokenized prompts
+        (each `[start] prompt` keeping its last tokens so that
+        `preference.max_new_tokens` fit in the window)."""
+        length = self.recipe.model.sequence_length
+        room = length - self.recipe.preference.max_new_tokens
+        generator = self.text_generator(objective)
+        answers = []
+        for begin in range(0, len(prompt_ids), batch_size):
+            rows = [np.concatenate([[self.tokenizer.start_token_id], p])[-room:]
+                    for p in prompt_ids[begin:begin + batch_size]]
+            token_ids = np.full((len(rows), length), self.tokenizer.pad_token_id, np.int32)
+            mask = np.zeros((len(rows), length), np.int32)
+            for i, row in enumerate(rows):
+                token_ids[i, :len(row)] = row
+                mask[i, :len(row)] = 1
+            out = generator.generate(token_ids, mask)
+            answers.extend(t.decode("utf-8") for t in out["text"].numpy())
+        return answers
+
+    def summary(self, metrics):
+        lines = [
+            f"held-out implicit-reward accuracy {metrics['val_implicit_reward_accuracy']:.4f} "
+            f"vs the starting policy's log-probability preference "
+            f"{metrics['val_reference_log_prob_accuracy']:.4f}, length baseline "
+            f"{metrics['val_length_baseline_accuracy']:.4f} and chance 0.5 "
+            f"({metrics['val_pairs']} pairs); mean margin {metrics['val_reward_margin']:.4f}",
+        ]
+        if "heldout_implicit_reward_accuracy" in metrics:
+            lines.append(
+                f"held-out {list(self.recipe.data.heldout_subsets)}: implicit-reward accuracy "
+                f"{metrics['heldout_implicit_reward_accuracy']:.4f} "
+                f"({metrics['heldout_pairs']} pairs)")
+        for prefix in ("val", "heldout"):
+            if f"{prefix}_win_rate" in metrics:
+                lines.append(
+                    f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f} "
+                    f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by "
+                    f"{metrics['judge']})")
+        return lines
+
+    # -- export --------------------------------------------------------------------
+
+    def serving_preprocessor(self):
+        """`ChatPromptPreprocessor`: a raw user prompt as the chat
+        generation prompt."""
+        return ChatPromptPreprocessor(self.tokenizer, self.recipe.model.sequence_length,
+                                      self.template, self.tokenizer.start_token_id)
+
+    def text_generator(self, model):
+        """Greedy generation of the policy's answer to a raw user prompt,
+        ending at the template's end marker."""
+        end = self.tokenizer.token_to_id(self.template.end_marker)
+        return TextGenerator(model, self.serving_preprocessor(), self.tokenizer,
+                             stop_token_ids=[end],
+                             max_new_tokens=self.recipe.preference.max_new_tokens)
+
+
+def _probe_backbone():
+    """A one-layer causal backbone, to check the objective's options before
+    any data is read."""
+    import keras_hub
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=8, num_layers=1, num_heads=1, hidden_dim=4, intermediate_dim=4,
+        max_sequence_length=4)

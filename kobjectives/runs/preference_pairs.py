@@ -1,0 +1,280 @@
+"""The base of the runs trained on preference pairs (`kobjectives train
+reward`, `kobjectives train dpo`): the pairs (the embedded-corpus task or
+HH-RLHF), their split, the chat tokenizer (an init's vocabulary or one
+trained on the pairs), the `tf.data` pipelines, and the reserved HH-RLHF
+subsets read for the final evaluation only."""
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from kobjectives import backbones
+from kobjectives import data as data_lib
+from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
+from kobjectives.data.chat import HH_RLHF_SUBSETS
+from kobjectives.data.chat import HH_RLHF_TRAIN_SUBSETS
+from kobjectives.data.chat import RESERVED_HH_RLHF_SUBSETS
+from kobjectives.data.preference import TRUNCATIONS
+from kobjectives.recipe import DataConfig
+from kobjectives.recipe import option
+from kobjectives.runs.run import Run
+from kobjectives.runs.sft import chat_tokenizer
+from kobjectives.runs.sft import grow_token_embedding
+
+DATASETS = ("corpus", "hh_rlhf")
+"""The `data.dataset` choices of the preference runs."""
+
+_WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceDataConfig(DataConfig):
+    """The preference pairs: the embedded-corpus task or HH-RLHF
+    (`data.max_documents` counts pairs)."""
+
+    dataset: str = option(
+        "corpus", "'corpus': 'What does json.dumps do?' answered by its docstring (chosen) or "
+        "a sibling name's (rejected); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
+        choices=DATASETS)
+    shared_dir: str = option("../shared/data", "the shared datasets folder (data.dataset = "
+                             "'hh_rlhf'), relative to the working directory")
+    hh_rlhf_subsets: tuple[str, ...] = option(
+        HH_RLHF_TRAIN_SUBSETS, "HH-RLHF subsets trained on (train subsets only; "
+        "'helpful-online' is reserved for final evaluation)")
+    heldout_subsets: tuple[str, ...] = option(
+        (), "HH-RLHF subsets scored once after training and never trained on: the final "
+        "evaluation (e.g. ['helpful-online']); empty: none")
+    truncation: str = option(
+        "keep_end", "a pair longer than model.sequence_length: 'keep_end' (cut the prompt's "
+        "start, then the completions' ends; TRL's), 'keep_start', 'error'",
+        choices=TRUNCATIONS)
+
+    def check(self):
+        yield from super().check()
+        unknown = [s for s in self.hh_rlhf_subsets if s not in HH_RLHF_SUBSETS]
+        reserved = [s for s in self.hh_rlhf_subsets if s in RESERVED_HH_RLHF_SUBSETS]
+        if not self.hh_rlhf_subsets or unknown:
+            yield (f"hh_rlhf_subsets = {list(self.hh_rlhf_subsets)}: unknown subset(s) "
+                   f"{unknown}; choose from {list(HH_RLHF_TRAIN_SUBSETS)}")
+        elif reserved:
+            yield (f"hh_rlhf_subsets = {list(self.hh_rlhf_subsets)}: {reserved} is reserved "
+                   f"for final evaluation, never trained on; choose from "
+                   f"{list(HH_RLHF_TRAIN_SUBSETS)}")
+        unknown = [s for s in self.heldout_subsets if s not in HH_RLHF_SUBSETS]
+        trained = [s for s in self.heldout_subsets if s in self.hh_rlhf_subsets]
+        if unknown:
+            yield (f"heldout_subsets = {list(self.heldout_subsets)}: unknown subset(s) "
+                   f"{unknown}; choose from {list(HH_RLHF_SUBSETS)}")
+        elif trained:
+            yield (f"heldout_subsets = {list(self.heldout_subsets)}: {trained} is also "
+                   "trained on (data.hh_rlhf_subsets); a held-out subset must not be")
+        elif self.heldout_subsets and self.dataset != "hh_rlhf":
+            yield (f"heldout_subsets = {list(self.heldout_subsets)}: held-out subsets are "
+                   "HH-RLHF's; set data.dataset = 'hh_rlhf' or leave them empty")
+
+
+def render_pair_texts(pair, template=DEFAULT_CHAT_TEMPLATE):
+    """`(chosen_text, rejected_text)`: a `(prompt, chosen, rejected)` pair
+    as the rendered texts a reward SavedModel scores (the prompt's
+    generation prompt, then the completion and the end marker)."""
+    prompt, chosen, rejected = (pair["prompt"], pair["chosen"], pair["rejected"]) if \
+        isinstance(pair, dict) else pair
+    head = prompt if isinstance(prompt, str) else template.generation_prompt(prompt)
+    return (f"{head}{chosen}{template.end_marker}\n",
+            f"{head}{rejected}{template.end_marker}\n")
+
+
+def length_baseline_accuracy(examples):
+    """The share of pairs of `examples` whose chosen completion has more
+    tokens than the rejected one (a tie counts one half): the 'prefer the
+    longer answer' baseline."""
+    chosen = np.array([len(c) for c in examples.chosen_ids])
+    rejected = np.array([len(r) for r in examples.rejected_ids])
+    return float(np.mean(np.where(chosen == rejected, 0.5, chosen > rejected)))
+
+
+class PreferencePairsRun(Run):
+    """A run trained on `(prompt, chosen, rejected)` pairs: subclasses add
+    the recipe's objective section, `build_objective`, `evaluate` and
+    export. `self.examples[split]` holds the tokenized pairs
+    (`kobjectives.data.PreferenceExamples`) of `"train"`, `"validation"`
+    and, with `data.heldout_subsets`, `"heldout"`."""
+
+    backbone_kind = "causal"
+    # The serving preprocessors map the chat markers themselves.
+    export_options = {"special_tokens_in_strings": False}
+    template = DEFAULT_CHAT_TEMPLATE
+    examples = None
+    pairs = None
+
+    # -- checks ------------------------------------------------------------------
+
+    def check(self):
+        problems = list(super().check())
+        data = self.recipe.data
+        for key, value in (("data.files", list(data.files)), ("data.tfds", data.tfds)):
+            if value:
+                problems.append(
+                    f"{key} = {value!r}: the {self.name} run reads data.dataset "
+                    f"({' or '.join(map(repr, DATASETS))}); leave {key} empty")
+        if data.dataset == "hh_rlhf":
+            folder = pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf"
+            if not folder.is_dir():
+                problems.append(
+                    f"data.shared_dir = {data.shared_dir!r}: no hh_rlhf/ folder there "
+                    f"({folder.resolve()}); give the folder holding the shared datasets, or "
+                    "use data.dataset = 'corpus'")
+        init = self.recipe.model.init
+        if init and not problems:
+            tokenizer = pathlib.Path(backbones.preset_location(init)) / "tokenizer.json"
+            kind = json.loads(tokenizer.read_text()).get("class_name") \
+                if tokenizer.is_file() else None
+            if kind not in _WORDPIECE_TOKENIZERS:
+                kind = kind or "not a local tokenizer.json"
+                problems.append(
+                    f"model.init = {init!r}: its tokenizer ({kind}) is not a WordPiece "
+                    "vocabulary the chat markers can be appended to. "
+                    "Start from a `kobjectives train sft` (or clm) run folder, or train from "
+                    "scratch (leave model.init empty)")
+        yield from problems
+
+    # -- data and tokenizer ------------------------------------------------------
+
+    def load_pairs(self, subsets=None):
+        """The `(prompt, chosen, rejected)` pairs of `data.dataset` (at most
+        `data.max_documents`); `subsets`: HH-RLHF subsets read instead of
+        `data.hh_rlhf_subsets` (the held-out ones)."""
+        data = self.recipe.data
+        limit = data.max_documents or None
+        if data.dataset == "hh_rlhf":
+            pairs = data_lib.read_hh_rlhf_pairs(
+                pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
+                subsets=subsets or data.hh_rlhf_subsets, allow_reserved=bool(subsets),
+                limit=limit)
+        else:
+            pairs = data_lib.corpus_preference_pairs(
+                seed=self.recipe.training.seed, limit=limit,
+                max_characters=min(300, 2 * self.recipe.model.sequence_length),
+                template=self.template)
+        return [(p["prompt"], p["chosen"], p["rejected"]) if isinstance(p, dict) else tuple(p)
+                for p in pairs]
+
+    def prepare(self):
+        """The pairs split into train and validation (a stable hash of
+        each), the held-out subsets' pairs, the tokenizer with the chat
+        markers (the init's vocabulary, else WordPiece trained on the
+        training pairs' text) and the tokenized pairs."""
+        out_dir = self._out_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data = self.recipe.data
+        pairs = self.load_pairs()
+        train, validation = data_lib.split_examples(
+            pairs, data.validation_fraction, seed=self.recipe.training.seed)
+        self.pairs = {"train": train, "validation": validation}
+        if data.heldout_subsets:
+            self.pairs["heldout"] = self.load_pairs(data.heldout_subsets)
+        self.log(f"data: {len(pairs)} {data.dataset} pairs ({len(train)} train, "
+                 f"{len(validation)} validation)" + (
+                     f"; {len(self.pairs['heldout'])} held-out pairs of "
+                     f"{list(data.heldout_subsets)}, scored after training only"
+                     if data.heldout_subsets else ""))
+        if self.recipe.model.init:
+            base = backbones.load_tokenizer(self.recipe.model.init)
+            self.lowercase = base.get_config().get("lowercase", self.recipe.tokenizer.lowercase)
+            self.tokenizer = chat_tokenizer(base.get_vocabulary(), self.lowercase, self.template)
+            self.log(f"tokenizer: from {self.recipe.model.init} "
+                     f"({self.tokenizer.vocabulary_size()} tokens with the chat markers)")
+        else:
+            config = self.recipe.tokenizer
+            texts = []
+            for prompt, chosen, rejected in train:
+                context = prompt if isinstance(prompt, str) else "\n".join(
+                    turn["content"] for turn in prompt)
+                texts.append("\n".join((context, chosen, rejected)))
+            vocabulary = data_lib.train_wordpiece(
+                texts, config.vocabulary_size, lowercase=config.lowercase,
+                max_training_documents=config.max_training_documents or None)
+            self.lowercase = config.lowercase
+            self.tokenizer = chat_tokenizer(vocabulary, config.lowercase, self.template)
+            self.log(f"tokenizer: WordPiece, {self.tokenizer.vocabulary_size()} pieces "
+                     "(chat markers included)")
+        data_lib.save_vocabulary(self.vocabulary, out_dir)
+        self.examples = {split: self.tokenized(p) for split, p in self.pairs.items()}
+
+    @property
+    def train_examples(self):
+        return None if self.examples is None else self.examples["train"]
+
+    @property
+    def validation_examples(self):
+        return None if self.examples is None else self.examples["validation"]
+
+    def tokenized(self, pairs):
+        return data_lib.tokenize_preference_pairs(
+            pairs, self.tokenizer, self.template, start_token_id=self.tokenizer.start_token_id)
+
+    def document_counts(self):
+        return {split: len(pairs) for split, pairs in self.pairs.items()}
+
+    def extra_features(self, split):
+        """Per-pair arrays added to the batches of `split` (a dict, or
+        None): the DPO run's precomputed reference log-probabilities."""
+        return None
+
+    def _shard(self, split, input_context):
+        """`(examples, extra_features)` of `split`, this input pipeline's
+        share under `tf.distribute`."""
+        examples, extra = self.examples[split], self.extra_features(split)
+        if input_context is None or input_context.num_input_pipelines <= 1:
+            return examples, extra
+        step, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+        examples = data_lib.PreferenceExamples(
+            examples.prompt_ids[index::step], examples.chosen_ids[index::step],
+            examples.rejected_ids[index::step], examples.start_token_id)
+        extra = None if extra is None else {k: v[index::step] for k, v in extra.items()}
+        return examples, extra
+
+    def pair_dataset(self, split, batch_size, ordered=False, input_context=None, **options):
+        """Batches of the pairs of `split` (`preference_dataset`):
+        `ordered` gives every pair once, in order (the last batch smaller);
+        otherwise shuffled and repeated. `options` go to
+        `preference_dataset`."""
+        examples, extra = self._shard(split, input_context)
+        options = dict(sequence_length=self.recipe.model.sequence_length,
+                       batch_size=batch_size, truncation=self.recipe.data.truncation,
+                       pad_token_id=self.tokenizer.pad_token_id, extra_features=extra,
+                       **options)
+        if ordered:
+            options.setdefault("drop_remainder", False)
+            return data_lib.preference_dataset(examples, shuffle=False, **options)
+        return data_lib.preference_dataset(examples, shuffle=True, repeat=True,
+                                           seed=self.recipe.training.seed, **options)
+
+    def make_dataset(self, split, batch_size, input_context=None):
+        """`"train"`: shuffled, repeated batches; `"validation"`: at most
+        `training.validation_batches` full batches, cached."""
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+        if split == "train":
+            return self.pair_dataset(split, batch_size, input_context=input_context)
+        dataset = self.pair_dataset(split, batch_size, ordered=True, input_context=input_context,
+                                    drop_remainder=True, cache=True)
+        return self.finite_validation(dataset.take(self.recipe.training.validation_batches),
+                                      len(self._shard(split, input_context)[0]), batch_size)
+
+    # -- model -------------------------------------------------------------------
+
+    def build_backbone(self, sequence_length=None, **overrides):
+        """The base's backbone; an init's token embedding grown by the chat
+        markers its vocabulary lacked (`grow_token_embedding`)."""
+        backbone = super().build_backbone(sequence_length, **overrides)
+        if self.recipe.model.init and backbone.vocabulary_size < self.tokenizer.vocabulary_size():
+            backbone = grow_token_embedding(backbone, self.tokenizer.vocabulary_size())
+        return backbone
+
+    def load_tokenizer(self):
+        tokenizer = super().load_tokenizer()
+        self.lowercase = tokenizer.get_config().get("lowercase", False)
+        return tokenizer

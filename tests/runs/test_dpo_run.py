@@ -1,0 +1,149 @@
+"""`kobjectives train dpo`: a tiny SFT run, then DPO from it (module-scoped),
+checked for its reference (the SFT policy's log-probabilities), its held-out
+figures against a recomputation, precomputed equal to online training, the
+win-rate protocol with a reward-run judge, generation, and the errors at
+recipe time."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from kobjectives import backbones
+from kobjectives.objectives import precompute_reference_log_probs
+from kobjectives.recipe import RecipeError
+from kobjectives.runs.dpo import implicit_reward_statistics
+from kobjectives.runs.dpo import win_rate
+from kobjectives.runs.sft import grow_token_embedding
+from tests.harness import tiny_run
+
+SFT = {
+    "data.max_documents": 160,
+    "model.sequence_length": 48,
+    "tokenizer.vocabulary_size": 300,
+    "training.steps": 12,
+    "training.batch_size": 8,
+    "training.learning_rate": 5e-3,
+    "training.saved_model": False,
+    "sft.chunk_size": 64,
+}
+
+DPO = {
+    "data.max_documents": 80,
+    "model.sequence_length": 48,
+    "training.steps": 6,
+    "training.batch_size": 8,
+    "training.learning_rate": 1e-3,
+    "training.validation_batches": 2,
+    "training.saved_model": False,
+}
+
+
+@pytest.fixture(scope="module")
+def sft_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dpo") / "sft"
+    tiny_run("sft", out, SFT).train()
+    return out
+
+
+@pytest.fixture(scope="module")
+def dpo_run(sft_folder, tmp_path_factory):
+    """A tiny `dpo` run from the SFT run: `(run, metrics, folder)`."""
+    out = tmp_path_factory.mktemp("dpo") / "run"
+    run = tiny_run("dpo", out, {**DPO, "model.init": str(sft_folder)})
+    return run, run.train(), out
+
+
+def test_statistics_and_win_rate_on_hand_computed_cases():
+    policy = {"chosen": np.array([-1.0, -4.0, -2.0]), "rejected": np.array([-3.0, -2.0, -2.0])}
+    reference = {"chosen": np.array([-2.0, -3.0, -2.0]), "rejected": np.array([-2.0, -3.0, -2.0])}
+    # Implicit rewards 0.5 * (policy - reference): chosen [0.5, -0.5, 0], rejected [-0.5, 0.5, 0].
+    out = implicit_reward_statistics(policy, reference, beta=0.5)
+    assert out["implicit_reward_accuracy"] == pytest.approx(1 / 3)  # the tie is wrong
+    assert out["reward_margin"] == pytest.approx((1.0 - 1.0 + 0.0) / 3)
+    assert out["chosen_reward"] == pytest.approx(0.0)
+    assert out["policy_log_prob_accuracy"] == pytest.approx(1 / 3)
+    assert out["reference_log_prob_accuracy"] == 0.0
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2.5 / 4)
+
+
+def test_reference_is_the_sft_policy_and_metrics_equal_a_recomputation(dpo_run, sft_folder):
+    run, metrics, out = dpo_run
+    assert metrics["recipe"] == "dpo" and metrics["method"] == "dpo"
+    assert metrics["loss_type"] == ["sigmoid"] and metrics["beta"] == pytest.approx(0.1)
+    # The reference values are the SFT run's policy's, the markers' rows grown alike.
+    start = backbones.load_backbone(str(sft_folder), dropout=0.0)
+    if start.vocabulary_size < run.tokenizer.vocabulary_size():
+        start = grow_token_embedding(start, run.tokenizer.vocabulary_size())
+    expected = precompute_reference_log_probs(start, run.pair_dataset("validation", 5, ordered=True))
+    for key, value in expected.items():
+        np.testing.assert_allclose(run.reference_values["validation"][key], value, atol=1e-4)
+        np.testing.assert_allclose(run.reference_values["train"][key][:3], precompute_reference_log_probs(
+            start, run.pair_dataset("train", 3, ordered=True).take(1))[key], atol=1e-4)
+    # The held-out figures are the saved policy's against those values.
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    policy = run.policy_log_probs(model, "validation")
+    reference = {"chosen": expected["reference_chosen_logps"],
+                 "rejected": expected["reference_rejected_logps"]}
+    again = implicit_reward_statistics(policy, reference, 0.1)
+    for key, value in again.items():
+        assert metrics[f"val_{key}"] == pytest.approx(value, abs=1e-4), key
+    assert metrics["val_pairs"] == len(run.examples["validation"])
+    assert 0.0 <= metrics["val_length_baseline_accuracy"] <= 1.0
+    # Training moved the policy away from the reference: the margins are no longer 0.
+    assert abs(metrics["val_reward_margin"]) > 1e-4
+    assert math.isfinite(metrics["train_loss_last_round"])
+
+
+def test_online_reference_trains_as_the_precomputed_one(dpo_run, sft_folder, tmp_path):
+    _, metrics, _ = dpo_run
+    online = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                        "preference.reference": "online"})
+    again = online.train()
+    assert "train" not in online.reference_values  # the frozen copy computes them
+    assert not online.uses_precomputed_reference()
+    assert again["train_loss_first_round"] == pytest.approx(metrics["train_loss_first_round"],
+                                                            abs=1e-4)
+    assert again["val_implicit_reward_accuracy"] == pytest.approx(
+        metrics["val_implicit_reward_accuracy"])
+    assert again["val_reward_margin"] == pytest.approx(metrics["val_reward_margin"], abs=1e-4)
+
+
+def test_win_rate_protocol_and_generation(dpo_run, tmp_path):
+    run, _, out = dpo_run
+    judge = tmp_path / "judge"
+    tiny_run("reward", judge, {"data.max_documents": 60, "model.sequence_length": 48,
+                               "training.steps": 2}).train()
+    run = run.with_recipe(run.recipe.replace({"preference.judge": str(judge),
+                                              "preference.judge_prompts": 5,
+                                              "preference.max_new_tokens": 6}))
+    # The starting policy judged against itself: the same answers, a win rate of exactly 1/2.
+    start = run._objective(run._starting_backbone(), None)
+    same = run.judged(start)
+    assert same["val_judged_prompts"] == 5 and same["val_identical_answers"] == 1.0
+    assert same["val_win_rate"] == 0.5
+    assert same["val_policy_judge_reward"] == pytest.approx(same["val_reference_judge_reward"])
+    # Answers are the greedy continuations of the prompt, at most max_new_tokens long.
+    answers = run.generate(start, run.examples["validation"].prompt_ids[:2])
+    assert len(answers) == 2
+    assert all(isinstance(a, str) and len(a.split()) <= 6 for a in answers)
+    served = run.text_generator(start)(["What does json.dumps do?"])
+    assert served["text"].shape == (1,)
+
+
+def test_recipe_errors_are_named_before_any_data(tmp_path):
+    with pytest.raises(RecipeError, match="preference.*loss_type.*sigmoidd|sigmoidd"):
+        tiny_run("dpo", tmp_path, {"preference.loss_type": ["sigmoidd"]})
+    with pytest.raises(RecipeError, match="label_smoothing|label smoothing"):
+        tiny_run("dpo", tmp_path, {"preference.loss_type": ["hinge"],
+                                   "preference.label_smoothing": 0.2})  # hinge ignores it
+    with pytest.raises(RecipeError, match="preference.reference"):
+        tiny_run("dpo", tmp_path, {"preference.method": "simpo",
+                                   "preference.reference": "online"})
+    with pytest.raises(RecipeError, match="preference.judge"):
+        tiny_run("dpo", tmp_path, {"preference.judge": str(tmp_path / "none")})
+    with pytest.raises(RecipeError, match="heldout_subsets"):
+        tiny_run("dpo", tmp_path, {"data.heldout_subsets": ["helpful-online"]})
+    with pytest.raises(RecipeError, match="helpful-online"):
+        tiny_run("dpo", tmp_path, {"data.hh_rlhf_subsets": ["helpful-online"]})

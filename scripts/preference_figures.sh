@@ -13,9 +13,10 @@ SHARED=${SHARED:-../shared/data}
 mkdir -p "$OUT"
 HH=(--set data.dataset=hh_rlhf --set "data.shared_dir=$SHARED" --set model.sequence_length=256)
 FINAL=(--set data.heldout_subsets=helpful-online)
-PREF=(--init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=400
-      --set training.learning_rate=1e-4 --set "preference.judge=$OUT/reward"
-      --set training.saved_model=false)
+# JUDGE=0 leaves the win rate out (the runs then need no reward run).
+PREF=(--init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=300
+      --set training.learning_rate=1e-4 --set training.saved_model=false)
+if [ "${JUDGE:-1}" != 0 ]; then PREF+=(--set "preference.judge=$OUT/reward"); fi
 run() { local name=$1; shift; echo "== $name: kobjectives train $*"; \
   kobjectives train "$@" --out "$OUT/$name" > "$OUT/$name.log" 2>&1; \
   tail -n 4 "$OUT/$name.log"; }
@@ -24,7 +25,7 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
     sft) run $n sft "${HH[@]}" --set sft.overlong=truncate --set training.steps=2000 \
       --set training.saved_model=false ;;
     # The judge keeps its SavedModel (the DPO runs score answers with it).
-    reward) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=900 ;;
+    reward) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=600 ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
     dpo_ipo) run $n dpo "${PREF[@]}" --set preference.loss_type=ipo ;;
     dpo_hinge) run $n dpo "${PREF[@]}" --set preference.loss_type=hinge ;;

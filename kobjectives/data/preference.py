@@ -665,6 +665,44 @@ def preference_arrays(examples, sequence_length, truncation="keep_end", max_prom
     return arrays
 
 
+def collapsed_pairs(examples, sequence_length, truncation="keep_end", max_prompt_length=None):
+    """The indices of the pairs that `preference_arrays` refuses because
+    chosen and rejected are identical once truncated (long answers that
+    differ only past the window): drop them before building the data.
+
+    Args:
+        examples: `PreferenceExamples`.
+        sequence_length, truncation, max_prompt_length: as
+            `preference_arrays`.
+
+    Returns:
+        A sorted list of int indices into `examples`.
+
+    Example:
+
+    >>> examples = PreferenceExamples(
+    ...     [np.array([5])] * 2, [np.array([8, 9, 9]), np.array([8])],
+    ...     [np.array([8, 9, 7]), np.array([7])], start_token_id=2)
+    >>> collapsed_pairs(examples, sequence_length=4)  # pair 0 keeps [8, 9] on both sides
+    [0]
+    """
+    _check_container(examples, PreferenceExamples, "tokenize_preference_pairs")
+    _check_truncation(truncation)
+    _, room, max_prompt_length = _resolve_lengths(
+        sequence_length, examples.start_token_id, max_prompt_length)
+    collapsed = []
+    for index, (prompt, chosen, rejected) in enumerate(zip(
+            examples.prompt_ids, examples.chosen_ids, examples.rejected_ids)):
+        if not len(chosen) or not len(rejected):
+            continue
+        _, (chosen_kept, rejected_kept) = _kept_lengths(
+            len(prompt), (len(chosen), len(rejected)), room, truncation, max_prompt_length,
+            f"pairs[{index}]")
+        if np.array_equal(chosen[:chosen_kept], rejected[:rejected_kept]):
+            collapsed.append(index)
+    return collapsed
+
+
 def _kl_partners(count, group_size):
     """The row whose completion each row takes for KTO's KL term: the
     previous row of its group of `group_size` consecutive rows (the first

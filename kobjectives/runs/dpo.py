@@ -213,8 +213,8 @@ class DPORun(PreferencePairsRun):
                 start, self.tokenizer, worker_dir(self._out_dir()) / REFERENCE_PRESET)
         self.log(f"reference: the starting policy's log-probabilities of "
                  f"{', '.join(f'{len(self.examples[s])} {s}' for s in splits)} pairs "
-                 "computed once" + ("" if self.uses_precomputed_reference() else
-                                   "; a frozen copy runs every training step"))
+                 "computed once" + ("; a frozen copy runs every training step"
+                                   if self.reference_preset else ""))
         del start
 
     def uses_precomputed_reference(self):
@@ -288,6 +288,7 @@ class DPORun(PreferencePairsRun):
             "beta": beta,
             "reference": config.reference,
             "val_loss": fitted.evaluation["loss"],
+            "dropped_pairs": dict(self.dropped or {}),
         }
         for split, prefix in (("validation", "val"), ("heldout", "heldout")):
             if split not in self.examples:

@@ -14,35 +14,27 @@ from kobjectives import backbones
 from kobjectives import data as data_lib
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
 from kobjectives.data.chat import HH_RLHF_SUBSETS
-from kobjectives.data.chat import HH_RLHF_TRAIN_SUBSETS
-from kobjectives.data.chat import RESERVED_HH_RLHF_SUBSETS
 from kobjectives.data.preference import TRUNCATIONS
-from kobjectives.recipe import DataConfig
 from kobjectives.recipe import option
 from kobjectives.runs.run import Run
+from kobjectives.runs.sft import DATASETS
+from kobjectives.runs.sft import SFTDataConfig
 from kobjectives.runs.sft import chat_tokenizer
 from kobjectives.runs.sft import grow_token_embedding
-
-DATASETS = ("corpus", "hh_rlhf")
-"""The `data.dataset` choices of the preference runs."""
 
 _WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
 
 
 @dataclasses.dataclass(frozen=True)
-class PreferenceDataConfig(DataConfig):
+class PreferenceDataConfig(SFTDataConfig):
     """The preference pairs: the embedded-corpus task or HH-RLHF
-    (`data.max_documents` counts pairs)."""
+    (`data.max_documents` counts pairs); the SFT run's HH-RLHF options and
+    checks."""
 
     dataset: str = option(
         "corpus", "'corpus': 'What does json.dumps do?' answered by its docstring (chosen) or "
         "a sibling name's (rejected); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
         choices=DATASETS)
-    shared_dir: str = option("../shared/data", "the shared datasets folder (data.dataset = "
-                             "'hh_rlhf'), relative to the working directory")
-    hh_rlhf_subsets: tuple[str, ...] = option(
-        HH_RLHF_TRAIN_SUBSETS, "HH-RLHF subsets trained on (train subsets only; "
-        "'helpful-online' is reserved for final evaluation)")
     heldout_subsets: tuple[str, ...] = option(
         (), "HH-RLHF subsets scored once after training and never trained on: the final "
         "evaluation (e.g. ['helpful-online']); empty: none")
@@ -53,15 +45,6 @@ class PreferenceDataConfig(DataConfig):
 
     def check(self):
         yield from super().check()
-        unknown = [s for s in self.hh_rlhf_subsets if s not in HH_RLHF_SUBSETS]
-        reserved = [s for s in self.hh_rlhf_subsets if s in RESERVED_HH_RLHF_SUBSETS]
-        if not self.hh_rlhf_subsets or unknown:
-            yield (f"hh_rlhf_subsets = {list(self.hh_rlhf_subsets)}: unknown subset(s) "
-                   f"{unknown}; choose from {list(HH_RLHF_TRAIN_SUBSETS)}")
-        elif reserved:
-            yield (f"hh_rlhf_subsets = {list(self.hh_rlhf_subsets)}: {reserved} is reserved "
-                   f"for final evaluation, never trained on; choose from "
-                   f"{list(HH_RLHF_TRAIN_SUBSETS)}")
         unknown = [s for s in self.heldout_subsets if s not in HH_RLHF_SUBSETS]
         trained = [s for s in self.heldout_subsets if s in self.hh_rlhf_subsets]
         if unknown:
@@ -108,6 +91,7 @@ class PreferencePairsRun(Run):
     template = DEFAULT_CHAT_TEMPLATE
     examples = None
     pairs = None
+    dropped = None
 
     # -- checks ------------------------------------------------------------------
 
@@ -202,6 +186,27 @@ class PreferencePairsRun(Run):
                      "(chat markers included)")
         data_lib.save_vocabulary(self.vocabulary, out_dir)
         self.examples = {split: self.tokenized(p) for split, p in self.pairs.items()}
+        self.drop_collapsed_pairs()
+
+    def drop_collapsed_pairs(self):
+        """Drops the pairs whose chosen and rejected answers are identical
+        once cut to the window (`collapsed_pairs`; they prefer nothing),
+        logging and recording (`self.dropped`) how many per split."""
+        self.dropped = {}
+        for split, examples in self.examples.items():
+            collapsed = set(data_lib.collapsed_pairs(
+                examples, self.recipe.model.sequence_length, self.recipe.data.truncation))
+            if not collapsed:
+                continue
+            keep = [i for i in range(len(examples)) if i not in collapsed]
+            self.pairs[split] = [self.pairs[split][i] for i in keep]
+            self.examples[split] = data_lib.PreferenceExamples(
+                [examples.prompt_ids[i] for i in keep], [examples.chosen_ids[i] for i in keep],
+                [examples.rejected_ids[i] for i in keep], examples.start_token_id)
+            self.dropped[split] = len(collapsed)
+            self.log(f"{split}: {len(collapsed)} of {len(examples)} pairs dropped: chosen and "
+                     f"rejected are identical once cut to {self.recipe.model.sequence_length} "
+                     "tokens")
 
     @property
     def train_examples(self):

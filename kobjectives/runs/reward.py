@@ -150,6 +150,7 @@ class RewardRun(PreferencePairsRun):
             "sequence_length": self.recipe.model.sequence_length,
             "val_loss": fitted.evaluation["loss"],
             "chance_accuracy": 0.5,
+            "dropped_pairs": dict(self.dropped or {}),
         }
         for split, prefix in (("validation", "val"), ("heldout", "heldout")):
             if split not in self.examples:

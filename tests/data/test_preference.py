@@ -15,6 +15,7 @@ from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import KTOExamples
 from kobjectives.data.preference import PreferenceExamples
 from kobjectives.data.preference import _kl_partners
+from kobjectives.data.preference import collapsed_pairs
 from kobjectives.data.preference import corpus_preference_pairs
 from kobjectives.data.preference import kto_arrays
 from kobjectives.data.preference import kto_dataset
@@ -445,3 +446,24 @@ def test_corpus_preference_pairs_are_deterministic_and_prefer_the_true_answer():
     out = preference_arrays(examples, 96)
     assert (out["chosen_completion_mask"].sum(axis=1) > 0).all()
     assert (out["rejected_completion_mask"].sum(axis=1) > 0).all()
+
+
+@pytest.mark.parametrize("truncation", ["keep_end", "keep_start"])
+def test_collapsed_pairs_are_exactly_those_preference_arrays_refuses(truncation):
+    rng = np.random.default_rng(0)
+    prompts, chosen, rejected = [], [], []
+    for _ in range(40):
+        prompts.append(rng.integers(5, 9, rng.integers(1, 4)))
+        shared = rng.integers(5, 9, rng.integers(1, 8))
+        chosen.append(np.concatenate([shared, rng.integers(5, 9, rng.integers(0, 3))]))
+        rejected.append(np.concatenate([shared, rng.integers(9, 12, rng.integers(1, 3))]))
+    examples = PreferenceExamples(prompts, chosen, rejected, start_token_id=2)
+    collapsed = collapsed_pairs(examples, 8, truncation)
+    assert collapsed  # the random pairs include some that differ only past the window
+    for index in range(len(examples)):
+        one = PreferenceExamples([prompts[index]], [chosen[index]], [rejected[index]], 2)
+        if index in collapsed:
+            with pytest.raises(ValueError, match="same once truncated"):
+                preference_arrays(one, 8, truncation)
+        else:
+            preference_arrays(one, 8, truncation)

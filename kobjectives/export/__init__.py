@@ -12,3 +12,4 @@ from kobjectives.export.preprocessors import PairTextPreprocessor  # noqa: F401
 from kobjectives.export.preprocessors import PromptPreprocessor  # noqa: F401
 from kobjectives.export.generation import GENERATE  # noqa: F401
 from kobjectives.export.generation import TextGenerator  # noqa: F401
+from kobjectives.export.generation import Seq2SeqTextGenerator  # noqa: F401

@@ -188,11 +188,7 @@ def export_saved_model(
         scopes.append(_special_tokens_in_strings(preprocessor))
     endpoints = {}
     if generator is not None:
-        if not callable(generator) or not isinstance(generator, tf.Module):
-            raise TypeError(
-                "`generator` must be a kobjectives.export.TextGenerator. Received: "
-                f"{type(generator).__name__}"
-            )
+        _check_generator(generator, "kobjectives.export.TextGenerator")
         endpoints[GENERATE] = generator
     _archive(
         objective, export_dir, preprocessor, serve_text, serve_token_ids,
@@ -243,15 +239,29 @@ def _archive(model, export_dir, preprocessor, serve_text, serve_token_ids,
             archive.add_endpoint(
                 SERVING_DEFAULT, serve_token_ids, input_signature=[token_specs]
             )
-        for name, module in (text_endpoints or {}).items():
-            holder = tf.Module()
-            holder.module = module
-            archive.track(holder)
-            archive.add_endpoint(
-                name, module.__call__,
-                input_signature=[tf.TensorSpec([None], tf.string, name=_TEXT_INPUT)],
-            )
+        _add_text_endpoints(archive, text_endpoints or {})
         _write(archive, export_dir, verbose)
+
+
+def _check_generator(generator, expected):
+    if not callable(generator) or not isinstance(generator, tf.Module):
+        raise TypeError(
+            f"`generator` must be a {expected}. Received: {type(generator).__name__}"
+        )
+
+
+def _add_text_endpoints(archive, endpoints):
+    """Adds `endpoints` (name -> a callable `tf.Module` of a string `[B]`
+    tensor, e.g. a generator) to `archive`, tracking each for its resources
+    and variables; call inside the tracing scopes."""
+    for name, module in endpoints.items():
+        holder = tf.Module()
+        holder.module = module
+        archive.track(holder)
+        archive.add_endpoint(
+            name, module.__call__,
+            input_signature=[tf.TensorSpec([None], tf.string, name=_TEXT_INPUT)],
+        )
 
 
 def _write(archive, export_dir, verbose):

@@ -13,18 +13,24 @@ imported from `kobjectives.objectives`):
 - `padding_token_id` (optional int, default 0): pads the encoder text; a
   decoder id equal to it after position 0 is masked.
 - `serving_model()` (optional): the layer to serve (default the object).
+
+With a `generator` (`kobjectives.export.Seq2SeqTextGenerator`) the
+SavedModel also generates: raw input text -> the decoded target text.
 """
 
 import contextlib
 import os
 
 import keras
-import keras_hub
 import tensorflow as tf
 
+from kobjectives.export.generation import GENERATE
+from kobjectives.export.generation import _EncoderInputs
 from kobjectives.export.saved_model import SERVE_TOKEN_IDS
 from kobjectives.export.saved_model import SERVING_DEFAULT
+from kobjectives.export.saved_model import _add_text_endpoints
 from kobjectives.export.saved_model import _check_export_dir
+from kobjectives.export.saved_model import _check_generator
 from kobjectives.export.saved_model import _check_objective
 from kobjectives.export.saved_model import _compute_dtype_scope
 from kobjectives.export.saved_model import _write
@@ -38,6 +44,7 @@ def export_seq2seq_saved_model(
     eos_token_id=None,
     overwrite=False,
     compute_dtype="float32",
+    generator=None,
 ):
     """Exports an encoder-decoder objective (e.g. `DenoisingSeq2Seq`) as an
     inference SavedModel, through the interface in this module's docstring.
@@ -58,6 +65,12 @@ def export_seq2seq_saved_model(
       `encoder_token_ids` and `encoder_padding_mask` used. The text is
       tokenized, truncated to `encoder_sequence_length - 1`, ended with
       `eos_token_id` and padded, as in training.
+    - `generate` (with a `generator`, the same key as the causal export's,
+      `kobjectives.export.GENERATE`): `text` string `[B]` (the raw input)
+      -> the generated `text` string `[B]` (cut at the stop token) and
+      `token_ids` int32 `[B, T]` (the decoder window: the start id, then
+      the generation; `T` the generator's `target_length`). Greedy by
+      default, recomputing the window at every step (no cache).
 
     Loads with `tf.saved_model.load` and only TensorFlow (plus
     `import tensorflow_text` for the text signature).
@@ -74,12 +87,15 @@ def export_seq2seq_saved_model(
         overwrite: replace a non-empty `export_dir`.
         compute_dtype: `"float32"` (serve in float32 whatever the training
             policy) or None (keep the objective's policy).
+        generator: optional `kobjectives.export.Seq2SeqTextGenerator` of
+            this objective: adds the `generate` signature.
 
     Returns:
         The export directory (str).
 
     Raises:
-        TypeError: the objective has no `export_outputs`.
+        TypeError: the objective has no `export_outputs`, or `generator`
+            is not a generator (`tf.Module`).
         ValueError: the objective is not built, or a tokenizer without an
             `encoder_sequence_length` of at least 2.
         FileExistsError: `export_dir` is non-empty and `overwrite` is False.
@@ -94,6 +110,8 @@ def export_seq2seq_saved_model(
                                encoder_sequence_length=64, eos_token_id=3)
     served = tf.saved_model.load("serving/t5").signatures["serving_default"]
     served(text=tf.constant(["a <extra_id_0> b"]), decoder_token_ids=tf.constant([[0]]))
+    # with generator=kobjectives.export.Seq2SeqTextGenerator(model, tokenizer, 64, 32, 3):
+    # tf.saved_model.load(...).signatures["generate"](text=tf.constant(["a b"]))["text"]
     ```
     """
     serving_model = getattr(objective, "serving_model", None)
@@ -115,6 +133,8 @@ def export_seq2seq_saved_model(
             "`compute_dtype` must be 'float32' or None (the objective's own "
             f"policy). Received: compute_dtype={compute_dtype!r}"
         )
+    if generator is not None:
+        _check_generator(generator, "kobjectives.export.Seq2SeqTextGenerator")
     pad = int(getattr(objective, "padding_token_id", 0))
 
     def forward(inputs):
@@ -143,24 +163,15 @@ def export_seq2seq_saved_model(
             holder = tf.Module()
             holder.tokenizer = tokenizer
             archive.track(holder)
-            packer = keras_hub.layers.StartEndPacker(
-                sequence_length=encoder_sequence_length,
-                end_value=eos_token_id,
-                pad_value=pad,
-                return_padding_mask=True,
-            )
+            encoder_inputs = _EncoderInputs(tokenizer, encoder_sequence_length, eos_token_id, pad)
 
             def serve_text(text, decoder_token_ids):
-                ids = tokenizer(text)
-                if not isinstance(ids, tf.RaggedTensor):
-                    ids = tf.RaggedTensor.from_tensor(ids, padding=pad)
-                encoder_ids, encoder_mask = packer(ids)
+                encoder = encoder_inputs(text)
                 decoder_token_ids = tf.cast(decoder_token_ids, tf.int32)
                 first = tf.equal(tf.range(tf.shape(decoder_token_ids)[1]), 0)[None, :]
                 decoder_mask = tf.logical_or(tf.not_equal(decoder_token_ids, pad), first)
                 inputs = {
-                    "encoder_token_ids": tf.cast(encoder_ids, tf.int32),
-                    "encoder_padding_mask": tf.cast(encoder_mask, tf.int32),
+                    **encoder,
                     "decoder_token_ids": decoder_token_ids,
                     "decoder_padding_mask": tf.cast(decoder_mask, tf.int32),
                 }
@@ -178,5 +189,7 @@ def export_seq2seq_saved_model(
                 ],
             )
             archive.add_endpoint(SERVE_TOKEN_IDS, forward, input_signature=[id_specs])
+        if generator is not None:
+            _add_text_endpoints(archive, {GENERATE: generator})
         _write(archive, export_dir, False)
     return export_dir

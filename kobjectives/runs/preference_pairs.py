@@ -97,19 +97,6 @@ class PreferencePairsRun(Run):
 
     def check(self):
         problems = list(super().check())
-        data = self.recipe.data
-        for key, value in (("data.files", list(data.files)), ("data.tfds", data.tfds)):
-            if value:
-                problems.append(
-                    f"{key} = {value!r}: the {self.name} run reads data.dataset "
-                    f"({' or '.join(map(repr, DATASETS))}); leave {key} empty")
-        if data.dataset == "hh_rlhf":
-            folder = pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf"
-            if not folder.is_dir():
-                problems.append(
-                    f"data.shared_dir = {data.shared_dir!r}: no hh_rlhf/ folder there "
-                    f"({folder.resolve()}); give the folder holding the shared datasets, or "
-                    "use data.dataset = 'corpus'")
         init = self.recipe.model.init
         if init and not problems:
             tokenizer = pathlib.Path(backbones.preset_location(init)) / "tokenizer.json"

@@ -17,6 +17,7 @@ from kobjectives import data as data_lib
 from kobjectives.data.seq2seq_sft import dialogue_pair
 from kobjectives.data.seq2seq_sft import seq2seq_sft_dataset
 from kobjectives.data.seq2seq_sft import tokenize_seq2seq_pairs
+from kobjectives.export import Seq2SeqTextGenerator
 from kobjectives.export.seq2seq import export_seq2seq_saved_model
 from kobjectives.metrics import denoising_baselines
 from kobjectives.objectives import DenoisingSeq2Seq
@@ -34,7 +35,6 @@ from kobjectives.runs.denoising import _quiet
 from kobjectives.runs.denoising import special_token_id
 from kobjectives.runs.run import RECIPE_FILE
 from kobjectives.runs.run import Run
-from kobjectives.runs.sft import DATASETS
 from kobjectives.runs.sft import SFTDataConfig
 
 NO_PACKING_REASON = (
@@ -93,7 +93,8 @@ class Seq2SeqSFTRun(Run):
     target tokens. One example per row: no packing (`NO_PACKING_REASON`).
     Held-out target perplexity and token accuracy next to a unigram model of
     the training targets. Serves raw input text (teacher-forced logits for
-    given decoder ids, `export_seq2seq_saved_model`)."""
+    given decoder ids, and greedy generation of the target,
+    `export_seq2seq_saved_model`)."""
 
     name = "seq2seq_sft"
     recipe_class = Seq2SeqSFTRecipe
@@ -112,23 +113,7 @@ class Seq2SeqSFTRun(Run):
 
     def check(self):
         problems = list(super().check())
-        data, model = self.recipe.data, self.recipe.model
-        sources = " or ".join(map(repr, DATASETS))
-        if data.files:
-            problems.append(
-                f"data.files = {list(data.files)}: the seq2seq_sft run reads data.dataset "
-                f"({sources}), not text files; leave data.files empty")
-        if data.tfds:
-            problems.append(
-                f"data.tfds = {data.tfds!r}: the seq2seq_sft run reads data.dataset "
-                f"({sources}); leave data.tfds empty")
-        if data.dataset == "hh_rlhf":
-            folder = pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf"
-            if not folder.is_dir():
-                problems.append(
-                    f"data.shared_dir = {data.shared_dir!r}: no hh_rlhf/ folder there "
-                    f"({folder.resolve()}); give the folder holding the shared datasets, or "
-                    "use data.dataset = 'corpus'")
+        model = self.recipe.model
         if not problems and self.is_bart() and model.target_length < 3:
             problems.append(
                 f"model.target_length = {model.target_length}: a BART target holds a start "
@@ -426,11 +411,28 @@ class Seq2SeqSFTRun(Run):
         first `model.sequence_length - 1` tokens and ended as in training)
         and `decoder_token_ids` (the decoder start id, then the target so
         far), and returns the teacher-forced `logits` (float32) and
-        `encoder_sequence_output`. It does not generate: greedy decoding
-        is the caller's loop over `decoder_token_ids`."""
+        `encoder_sequence_output`; `generate` takes `text` (the raw input,
+        read the same way) and returns the generated target `text` (greedy,
+        ended at the end token, which is not part of it) and the decoder
+        `token_ids` `[B, model.target_length]` (`text_generator`)."""
         _quiet()
         keras.mixed_precision.set_global_policy("float32")
         export_seq2seq_saved_model(
             model, pathlib.Path(out_dir) / "saved_model", tokenizer=self.tokenizer,
             encoder_sequence_length=self.recipe.model.sequence_length,
-            eos_token_id=self.token_id("end"), overwrite=True)
+            eos_token_id=self.token_id("end"), overwrite=True,
+            generator=self.text_generator(model))
+
+    def text_generator(self, model):
+        """Greedy generation of the target from raw input text (the
+        SavedModel's `generate` signature): the encoder reads the input as
+        in training, the decoder starts as in training (T5: the decoder
+        start id; BART: `[end] [start]`, its start token forced) and stops
+        at the end token, within `model.target_length` decoder ids."""
+        prompt = (model.decoder_start_token_id,)
+        if self.is_bart():
+            prompt += (self.token_id("start"),)
+        return Seq2SeqTextGenerator(
+            model, self.tokenizer, encoder_sequence_length=self.recipe.model.sequence_length,
+            target_length=self.recipe.model.target_length, eos_token_id=self.token_id("end"),
+            decoder_prompt_ids=prompt, stop_token_ids=[self.token_id("end")])

@@ -59,6 +59,17 @@ class SFTDataConfig(DataConfig):
 
     def check(self):
         yield from super().check()
+        sources = " or ".join(map(repr, DATASETS))
+        for key, value in (("files", list(self.files)), ("tfds", self.tfds)):
+            if value:
+                yield (f"{key} = {value!r}: this run reads data.dataset ({sources}), "
+                       f"not data.{key}; leave data.{key} empty")
+        if self.dataset == "hh_rlhf":
+            folder = pathlib.Path(self.shared_dir).expanduser() / "hh_rlhf"
+            if not folder.is_dir():
+                yield (f"shared_dir = {self.shared_dir!r}: no hh_rlhf/ folder there "
+                       f"({folder.resolve()}); give the folder holding the shared datasets, "
+                       "or use data.dataset = 'corpus'")
         unknown = [s for s in self.hh_rlhf_subsets if s not in HH_RLHF_SUBSETS]
         reserved = [s for s in self.hh_rlhf_subsets if s in RESERVED_HH_RLHF_SUBSETS]
         if not self.hh_rlhf_subsets or unknown:
@@ -258,22 +269,6 @@ class SFTRun(Run):
 
     def check(self):
         problems = list(super().check())
-        data = self.recipe.data
-        if data.files:
-            problems.append(
-                f"data.files = {list(data.files)}: the sft run reads data.dataset "
-                f"({' or '.join(map(repr, DATASETS))}), not text files; leave data.files empty")
-        if data.tfds:
-            problems.append(
-                f"data.tfds = {data.tfds!r}: the sft run reads data.dataset "
-                f"({' or '.join(map(repr, DATASETS))}); leave data.tfds empty")
-        if data.dataset == "hh_rlhf":
-            folder = pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf"
-            if not folder.is_dir():
-                problems.append(
-                    f"data.shared_dir = {data.shared_dir!r}: no hh_rlhf/ folder there "
-                    f"({folder.resolve()}); give the folder holding the shared datasets, or "
-                    "use data.dataset = 'corpus'")
         if not problems:
             problems += list(self._model_problems())
         yield from problems

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kobjectives.export import GENERATE
+from kobjectives.export import Seq2SeqTextGenerator
 from kobjectives.export.seq2seq import export_seq2seq_saved_model
 from kobjectives.objectives import DenoisingSeq2Seq
 
@@ -78,3 +80,29 @@ def test_bad_objectives_and_lengths_fail_with_the_fix(tmp_path):
     model(_data())
     with pytest.raises(ValueError, match="encoder_sequence_length"):
         export_seq2seq_saved_model(model, tmp_path / "c", tokenizer=lambda t: t)
+    with pytest.raises(TypeError, match="generator"):
+        export_seq2seq_saved_model(model, tmp_path / "d", generator=lambda text: text)
+
+
+def test_generate_signature_serves_the_in_process_generation(tmp_path):
+    model = _model()
+    model(_data())
+    rng = np.random.default_rng(1)
+    for variable in model.weights:  # wider than the initialization: varied tokens
+        variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
+    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=VOCAB, oov_token="[UNK]", special_tokens=["[PAD]", "[SEP]", "<extra_id_0>"],
+        special_tokens_in_strings=True)
+    generator = Seq2SeqTextGenerator(model, tokenizer, encoder_sequence_length=S,
+                                     target_length=T + 2, eos_token_id=3)
+    # (No text signature beside it: the generator holds its own tokenizer.)
+    export_seq2seq_saved_model(model, tmp_path / "export", generator=generator)
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    assert sorted(loaded.signatures) == [GENERATE, "serving_default"]
+    text = tf.constant(["w1 <extra_id_0> w2", "w3", "w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14"])
+    served = loaded.signatures[GENERATE](text=text)
+    expected = generator(text)
+    assert served["token_ids"].shape == (3, T + 2) and served["token_ids"].dtype == tf.int32
+    np.testing.assert_array_equal(served["token_ids"], expected["token_ids"])
+    assert served["text"].numpy().tolist() == expected["text"].numpy().tolist()
+    assert len(set(served["token_ids"].numpy()[:, 1:].ravel().tolist())) > 1

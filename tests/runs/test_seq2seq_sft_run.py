@@ -46,11 +46,15 @@ SERVE = textwrap.dedent("""
     decoder = json.loads(sys.argv[3])
     out = model.signatures["serving_default"](
         text=tf.constant([sys.argv[2], "x"]), decoder_token_ids=tf.constant(decoder))
+    generated = model.signatures["generate"](text=tf.constant([sys.argv[2], "x"]))
     print(json.dumps({
         "signatures": sorted(model.signatures),
         "encoder_token_ids": out["encoder_token_ids"].numpy().tolist(),
         "encoder_padding_mask": out["encoder_padding_mask"].numpy().tolist(),
         "logits": out["logits"].numpy().tolist(),
+        "generated_text": [t.decode() for t in generated["text"].numpy().tolist()],
+        "generated_text_dtype": generated["text"].dtype.name,
+        "generated_token_ids": generated["token_ids"].numpy().tolist(),
         "foreign": [m for m in ("keras_hub", "kobjectives") if m in sys.modules],
     }))
 """)
@@ -144,7 +148,7 @@ def test_saved_model_serves_raw_input_text_as_in_training(s2s_run):
     assert served.returncode == 0, served.stderr[-3000:]
     result = json.loads(served.stdout.strip().splitlines()[-1])
     assert result["foreign"] == []
-    assert result["signatures"] == ["serve_token_ids", "serving_default"]
+    assert result["signatures"] == ["generate", "serve_token_ids", "serving_default"]
     # The raw text is read as training read it (cut to its first 23 tokens, then [SEP]).
     encoder = np.asarray(result["encoder_token_ids"])
     np.testing.assert_array_equal(encoder[0], run.validation_examples.encoder_token_ids[0])
@@ -160,6 +164,14 @@ def test_saved_model_serves_raw_input_text_as_in_training(s2s_run):
     # ... and position 0 is the training prediction of the first target token.
     x = {k: v[:1] for k, v in run.validation_examples.x().items()}
     np.testing.assert_allclose(np.asarray(result["logits"])[0, :3], model(x)[0, :3], atol=1e-4)
+    # `generate`: text out per input, the decoder window starting with the
+    # start id, the same greedy ids as the run's generator in process.
+    assert result["generated_text_dtype"] == "string" and len(result["generated_text"]) == 2
+    ids = np.asarray(result["generated_token_ids"])
+    assert ids.shape == (2, 24) and (ids[:, 0] == run.token_id("pad")).all()
+    local = run.text_generator(model)(tf.constant([pair["input"], "x"]))
+    np.testing.assert_array_equal(ids, local["token_ids"])
+    assert result["generated_text"] == [t.decode() for t in local["text"].numpy().tolist()]
 
 
 def test_bart_targets_start_with_a_given_unscored_token_and_decode_from_end(tmp_path):
@@ -253,7 +265,7 @@ def test_the_reserved_subset_is_refused_before_any_work(tmp_path):
 
 def test_bad_sources_and_backbones_fail_at_check_time(tmp_path):
     cls = run_class("seq2seq_sft")
-    with pytest.raises(RecipeError, match="data.files .*the seq2seq_sft run reads data.dataset"):
+    with pytest.raises(RecipeError, match="data.files .*this run reads data.dataset"):
         cls({"data": {"files": [__file__]}}, tmp_path)
     with pytest.raises(RecipeError, match="data.shared_dir = .*no hh_rlhf/ folder"):
         cls({"data": {"dataset": "hh_rlhf", "shared_dir": str(tmp_path)}}, tmp_path)

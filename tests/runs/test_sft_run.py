@@ -244,7 +244,7 @@ def test_bad_recipe_values_fail_at_recipe_time(overrides, match):
 
 def test_bad_data_sources_fail_at_check_time(tmp_path):
     cls = run_class("sft")
-    with pytest.raises(RecipeError, match="data.files .*the sft run reads data.dataset"):
+    with pytest.raises(RecipeError, match="data.files .*this run reads data.dataset"):
         cls({"data": {"files": [__file__]}}, tmp_path)
     with pytest.raises(RecipeError, match="data.shared_dir = .*no hh_rlhf/ folder"):
         cls({"data": {"dataset": "hh_rlhf", "shared_dir": str(tmp_path)}}, tmp_path)

@@ -3,7 +3,7 @@
 # default recipe with the named data; run folders under runs/figures/.
 # Usage (from the repository root): bash scripts/fine_tuning_figures.sh [names...]
 # Names: classify_corpus tag_corpus sft_corpus sft_all_tokens mlm_sst2 sst2_scratch
-#        sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp
+#        sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus
 # Reserved splits are never read: SST-2 and ChnSentiCorp score on dev, CoNLL on
 # dev.txt, CLUENER2020 on a slice held out from train.txt (its dev.txt is reserved).
 set -euo pipefail
@@ -19,7 +19,7 @@ mlm_text() {  # SST-2 train sentences (no labels) and WikiText-2 valid.txt
   tail -n +2 "$SHARED/sst2/train.tsv" | cut -f2 > "$OUT/sst2_train_sentences.txt"
   echo "$OUT/sst2_train_sentences.txt,$SHARED/wikitext2/valid.txt"
 }
-for name in "${@:-classify_corpus tag_corpus sft_corpus sft_all_tokens mlm_sst2 sst2_scratch sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp}"; do
+for name in "${@:-classify_corpus tag_corpus sft_corpus sft_all_tokens mlm_sst2 sst2_scratch sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus}"; do
   for n in $name; do case $n in
     classify_corpus) run $n classify ;;
     tag_corpus) run $n tag ;;
@@ -35,6 +35,7 @@ for name in "${@:-classify_corpus tag_corpus sft_corpus sft_all_tokens mlm_sst2 
     cluener) run $n tag --set data.dataset=cluener2020 --set tagging.use_crf=false ;;
     cluener_crf) run $n tag --set data.dataset=cluener2020 --set tagging.use_crf=true ;;
     chnsenticorp) run $n classify --set data.dataset=chnsenticorp ;;
+    seq2seq_corpus) run $n seq2seq_sft ;;
     *) echo "unknown figure $n"; exit 2 ;;
   esac; done
 done

@@ -6,7 +6,8 @@
 # judged by the reward model (win rate over the SFT policy's greedy answers).
 # Run folders under runs/preference/. Usage (from the repository root):
 #   bash scripts/preference_figures.sh [names...]
-# Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo
+# Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_helpful
+# (reward_helpful: the reward model on the two helpful train subsets only, not in the default list)
 set -euo pipefail
 OUT=${OUT:-runs/preference}
 SHARED=${SHARED:-../shared/data}
@@ -26,6 +27,9 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
       --set training.saved_model=false ;;
     # The judge keeps its SavedModel (the DPO runs score answers with it).
     reward) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=600 ;;
+    reward_helpful) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" \
+      --set data.hh_rlhf_subsets=helpful-base,helpful-rejection-sampled --set training.steps=600 \
+      --set training.saved_model=false ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
     dpo_ipo) run $n dpo "${PREF[@]}" --set preference.loss_type=ipo ;;
     dpo_hinge) run $n dpo "${PREF[@]}" --set preference.loss_type=hinge ;;

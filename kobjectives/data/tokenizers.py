@@ -19,6 +19,7 @@ Special-token conventions, relied on by the masking and packing layers:
 (WordPiece ids are those of the default `reserved_tokens`.)
 """
 
+import functools
 import os
 
 from kobjectives.data.split import check_documents
@@ -144,8 +145,6 @@ def train_wordpiece(
     >>> "cat" in vocabulary
     True
     """
-    import tensorflow as tf
-    from keras_hub.tokenizers import compute_word_piece_vocabulary
 
     documents = _check_documents(documents)
     reserved_tokens = list(reserved_tokens)
@@ -175,7 +174,23 @@ def train_wordpiece(
             f"vocabulary_size={vocabulary_size!r}"
         )
     documents = _subsample(documents, max_training_documents)
-    dataset = tf.data.Dataset.from_tensor_slices(documents).batch(512)
+    return list(_learn_wordpiece(
+        tuple(documents), vocabulary_size, bool(lowercase),
+        bool(strip_accents), bool(split_on_cjk), tuple(reserved_tokens)))
+
+
+@functools.lru_cache(maxsize=4)
+def _learn_wordpiece(documents, vocabulary_size, lowercase, strip_accents,
+                     split_on_cjk, reserved_tokens):
+    """tf-text's learner, cached by the documents and the settings: it is
+    deterministic, and slow enough (seconds even on a few hundred documents)
+    that runs repeated in one process (KerasTuner trials, tests) should
+    learn each vocabulary once. The last few document tuples stay
+    referenced while cached."""
+    import tensorflow as tf
+    from keras_hub.tokenizers import compute_word_piece_vocabulary
+
+    dataset = tf.data.Dataset.from_tensor_slices(list(documents)).batch(512)
     vocabulary = compute_word_piece_vocabulary(
         dataset,
         vocabulary_size,
@@ -184,14 +199,14 @@ def train_wordpiece(
         split=True,
         split_on_cjk=split_on_cjk,
         suffix_indicator=SUFFIX_INDICATOR,
-        reserved_tokens=reserved_tokens,
+        reserved_tokens=list(reserved_tokens),
     )
     reserved = set(reserved_tokens)
-    return [
+    return tuple(
         token
         for token in vocabulary
         if token in reserved or not any(char.isspace() for char in token)
-    ]
+    )
 
 
 def continuation_token_ids(vocabulary, suffix_indicator=SUFFIX_INDICATOR):

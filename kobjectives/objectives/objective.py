@@ -362,13 +362,35 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
         """`keras.Model.fit`; with a backup callback waiting to restore
         (`kobjectives.distribute.RunBackup`, `keras.callbacks.BackupAndRestore`)
         an unbuilt objective is first built from `x`'s first batch, since the
-        restore needs the variables to exist."""
+        restore needs the variables to exist; otherwise, for a `tf.data`
+        `x`, from its element spec, so the train step is traced once."""
         callbacks = kwargs.get("callbacks")
         if len(args) >= 5 and callbacks is None:
             callbacks = args[4]  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
         if not self.built and _backup_waiting(callbacks):
             self.build_from_dataset(x)
+        else:
+            self._build_from_element_spec(x)
         return super().fit(x, *args, **kwargs)
+
+    def _build_from_element_spec(self, dataset):
+        """Builds the objective and its optimizer from `dataset`'s element
+        spec (symbolically, as Keras does under a strategy; no data is read)
+        before `fit` traces its step. Without a strategy Keras defers the
+        build to the first trace, where creating the optimizer's variables
+        makes `tf.function` trace the whole train step twice; building first
+        traces it once (seconds per `fit` of a small model). Skipped where a
+        dimension other than the batch is unknown, or all is built."""
+        if not isinstance(dataset, tf.data.Dataset) or getattr(self, "optimizer", None) is None:
+            return
+        if self.optimizer.built and all(layer.built for layer in self.layers):
+            return
+        specs = tf.nest.flatten(dataset.element_spec)
+        if not all(isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None
+                   and spec.shape[1:].is_fully_defined() for spec in specs):
+            return
+        with self.distribute_strategy.scope():
+            compat.symbolic_build(self, dataset.element_spec)
 
     def build_from_dataset(self, dataset):
         """Builds the objective (and its optimizer) from one batch of a

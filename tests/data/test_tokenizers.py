@@ -125,6 +125,22 @@ def test_wordpiece_case_sensitive_training(documents):
     assert tokenizer.token_to_id("[UNK]") not in ids
 
 
+def test_wordpiece_learns_each_vocabulary_once_per_process(documents):
+    from kobjectives.data.tokenizers import _learn_wordpiece
+
+    first = kdata.train_wordpiece(documents[:40], vocabulary_size=200)
+    misses = _learn_wordpiece.cache_info().misses
+    first.append("changed by the caller")
+    again = kdata.train_wordpiece(list(documents[:40]), vocabulary_size=200)
+    # Same documents and settings: no new learning, the same fresh list.
+    assert _learn_wordpiece.cache_info().misses == misses
+    assert again == first[:-1] and again is not first
+    # Any other setting learns again.
+    other = kdata.train_wordpiece(documents[:40], vocabulary_size=200, lowercase=False)
+    assert _learn_wordpiece.cache_info().misses == misses + 1
+    assert other != again
+
+
 def test_wordpiece_errors(documents):
     with pytest.raises(ValueError, match="empty"):
         kdata.train_wordpiece([], vocabulary_size=100)

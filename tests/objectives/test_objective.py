@@ -84,6 +84,36 @@ def test_frozen_model_is_not_trained_tracked_or_saved(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_traces_the_train_step_once_and_trains_as_before(jit_compile):
+    """Keras (no strategy) builds at the first trace, where the optimizer's
+    new variables make `tf.function` trace the step twice; the objective
+    is built from the element spec first (batch dimension unknown here)."""
+
+    def train(build_first):
+        traces = []
+
+        class Counted(Student):
+            def train_step(self, data):
+                traces.append(1)
+                return super().train_step(data)
+
+        model = Counted(net(0), net(1))
+        if not build_first:
+            model._build_from_element_spec = lambda dataset: None
+        model.compile(optimizer="adam", jit_compile=jit_compile)
+        assert dataset().element_spec["features"].shape.as_list() == [None, 3]
+        history = model.fit(dataset(), epochs=2, verbose=0).history
+        return len(traces), history, [w.numpy() for w in model.weights]
+
+    traces, history, weights = train(build_first=True)
+    keras_traces, keras_history, keras_weights = train(build_first=False)
+    assert (traces, keras_traces) == (1, 2)
+    np.testing.assert_allclose(history["loss"], keras_history["loss"], rtol=1e-6)
+    for a, b in zip(weights, keras_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_named_losses_are_weighted_summed_and_tracked():
     model = Student(net(0), net(1), loss_weights={"l2": 0.25})
     assert model.loss_weights == {"match": 1.0, "l2": 0.25}

@@ -1,7 +1,8 @@
 """The preference-optimization run behind `kobjectives train dpo`: a causal
 LM policy (an SFT run folder with `--init`) trained on preference pairs with
-the DPO family, SimPO, CPO or ORPO; the reference log-probabilities
-precomputed in one pass (or a frozen reference run online); held-out
+the DPO family, SimPO, CPO, ORPO or KTO (each pair unpaired into a desirable
+and an undesirable row); the reference log-probabilities precomputed in one
+pass (or a frozen reference run online); held-out
 implicit-reward accuracy against the starting policy, and optionally the win
 rate of its generations over the starting policy's as judged by a reward
 model. Exported as raw prompts in, generated answers out. See
@@ -14,10 +15,13 @@ import numpy as np
 
 from kobjectives import backbones
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
+from kobjectives.data.preference import kto_dataset
+from kobjectives.data.preference import kto_examples
 from kobjectives.data.sft import ChatPromptPreprocessor
 from kobjectives.export import TextGenerator
 from kobjectives.objectives import DirectPreferenceOptimization
 from kobjectives.objectives import FrozenModel
+from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import ReferenceFreePreferenceOptimization
 from kobjectives.objectives import precompute_reference_log_probs
 from kobjectives.recipe import ModelConfig
@@ -33,10 +37,19 @@ from kobjectives.runs.preference_pairs import PreferencePairsRun
 from kobjectives.runs.preference_pairs import length_baseline_accuracy
 from kobjectives.runs.preference_pairs import render_pair_texts
 
-METHODS = ("dpo", "simpo", "cpo", "orpo")
+METHODS = ("dpo", "simpo", "cpo", "orpo", "kto")
 """The `preference.method` choices: the DPO family
-(`DirectPreferenceOptimization`, with `preference.loss_type`) or a
-reference-free method (`ReferenceFreePreferenceOptimization`)."""
+(`DirectPreferenceOptimization`, with `preference.loss_type`), a
+reference-free method (`ReferenceFreePreferenceOptimization`) or KTO
+(`KahnemanTverskyOptimization` on the pairs unpaired by `kto_examples`)."""
+
+REFERENCE_METHODS = ("dpo", "kto")
+"""The methods whose objective reads the reference in training (precomputed
+or online)."""
+
+KTO_WEIGHT_DEFAULT = 1.0
+"""The default of `preference.desirable_weight` and `undesirable_weight`:
+`KahnemanTverskyOptimization`'s (TRL's)."""
 
 REFERENCE_PRESET = "reference"
 """The folder (in the run folder) of the starting policy as a keras-hub
@@ -53,24 +66,31 @@ class PreferenceConfig(Section):
 
     method: str = option(
         "dpo", "'dpo': the DPO family (preference.loss_type); 'simpo', 'cpo', 'orpo': "
-        "reference-free", choices=METHODS)
+        "reference-free; 'kto': KTO, each pair's chosen answer a desirable row and its "
+        "rejected answer an undesirable row (kto_examples)", choices=METHODS)
     loss_type: tuple[str, ...] = option(
         ("sigmoid",), "method 'dpo': TRL's loss types, one or several (summed, weight 1 "
         "each): sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, "
         "aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft")
     beta: float = option(
-        0.0, "the temperature (0: the method's default: 0.1 for dpo, cpo and orpo, 2.0 for "
-        "simpo)", within="[0, inf)")
+        0.0, "the temperature (0: the method's default: 0.1 for dpo, cpo, orpo and kto, 2.0 "
+        "for simpo)", within="[0, inf)")
     gamma: float = option(
         0.0, "SimPO's target reward margin (method 'simpo'; 0: its default 0.5)",
         within="[0, inf)")
     label_smoothing: float = option(
         0.0, "label smoothing, for the types that use it (exo_pair, robust, aot, simpo, cpo)",
         within="[0, 0.5]")
+    desirable_weight: float = option(
+        KTO_WEIGHT_DEFAULT, "method 'kto': lambda_D, the weight of a desirable row's loss",
+        within="(0, inf)")
+    undesirable_weight: float = option(
+        KTO_WEIGHT_DEFAULT, "method 'kto': lambda_U, the weight of an undesirable row's loss",
+        within="(0, inf)")
     reference: str = option(
-        "precomputed", "method 'dpo': 'precomputed' (the starting policy's log-probabilities "
-        "computed in one pass before training and carried by the data: no reference held "
-        "while training) or 'online' (a frozen copy run every step)",
+        "precomputed", "methods 'dpo', 'kto': 'precomputed' (the starting policy's "
+        "log-probabilities computed in one pass before training and carried by the data: no "
+        "reference held while training) or 'online' (a frozen copy run every step)",
         choices=("precomputed", "online"))
     chunk_size: int = option(
         0, "positions whose [chunk, vocabulary] logits exist at once (0: all)",
@@ -84,11 +104,31 @@ class PreferenceConfig(Section):
     max_new_tokens: int = option(
         48, "the most tokens of a generated answer (win rate and export)", within="[1, inf)")
 
+    def check(self):
+        """The keys one method reads and another cannot use."""
+        for key in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, key)
+            if self.method != "kto" and value != KTO_WEIGHT_DEFAULT:
+                yield (f"{key} = {value!r}: only method 'kto' weighs its rows; leave it "
+                       f"{KTO_WEIGHT_DEFAULT} with method {self.method!r}, or set "
+                       "preference.method = 'kto'")
+        if self.method != "kto":
+            return
+        default = type(self)()
+        if self.loss_type != default.loss_type:
+            yield (f"loss_type = {list(self.loss_type)}: method 'kto' has one loss (KTO's), "
+                   "not the DPO family's types; leave preference.loss_type unset "
+                   f"({list(default.loss_type)}) or set preference.method = 'dpo'")
+        for key, why in (("label_smoothing", "KTO has no label smoothing"),
+                         ("gamma", "the target margin is SimPO's")):
+            if getattr(self, key):
+                yield (f"{key} = {getattr(self, key)!r}: {why}; leave it 0 with method 'kto'")
+
 
 @dataclasses.dataclass(frozen=True)
 class DPORecipe(Recipe):
     """A causal LM policy trained on preference pairs (the DPO family,
-    SimPO, CPO, ORPO), started from an SFT run (`--init`)."""
+    SimPO, CPO, ORPO, KTO), started from an SFT run (`--init`)."""
 
     data: PreferenceDataConfig = section(PreferenceDataConfig)
     tokenizer: TokenizerConfig = section(TokenizerConfig, max_training_documents=2000)
@@ -143,11 +183,15 @@ class DPORun(PreferencePairsRun):
     """`kobjectives train dpo`: a causal-LM policy trained on preference
     pairs. `preference.method = 'dpo'` trains `DirectPreferenceOptimization`
     with `preference.loss_type` (one type or a sum); `'simpo'`, `'cpo'`,
-    `'orpo'` train `ReferenceFreePreferenceOptimization`. The starting
-    policy (`--init`, an SFT run folder; else a fresh backbone) is the
-    reference: its log-probabilities of every pair are computed once before
-    training (`precompute_reference_log_probs`) and carried by the data,
-    or (`preference.reference = 'online'`) a frozen copy runs every step.
+    `'orpo'` train `ReferenceFreePreferenceOptimization`; `'kto'` trains
+    `KahnemanTverskyOptimization` on the pairs unpaired (`kto_examples`:
+    each pair's chosen answer a desirable row, its rejected answer an
+    undesirable row; `kto_dataset` gives each row its mismatched KL row).
+    The starting policy (`--init`, an SFT run folder; else a fresh
+    backbone) is the reference: its log-probabilities of every training
+    pair (KTO: row and KL row) are computed once before training
+    (`precompute_reference_log_probs`) and carried by the data, or
+    (`preference.reference = 'online'`) a frozen copy runs every step.
     Held-out: the policy's implicit-reward accuracy against the reference,
     the log-probability preference of both, and the length baseline; with
     `preference.judge` (a reward run), the win rate of the policy's greedy
@@ -165,13 +209,15 @@ class DPORun(PreferencePairsRun):
     start_weights = None
     reference_preset = None
     reference_values = None
+    kto_rows = None
+    kto_reference_values = None
 
     # -- checks ------------------------------------------------------------------
 
     def check(self):
         yield from super().check()
         config = self.recipe.preference
-        if config.method != "dpo" and config.reference != "precomputed":
+        if config.method not in REFERENCE_METHODS and config.reference != "precomputed":
             yield (f"preference.reference = {config.reference!r}: method "
                    f"{config.method!r} uses no reference in training; leave it 'precomputed' "
                    "(the starting policy's values are still computed for the held-out figures)")
@@ -189,30 +235,49 @@ class DPORun(PreferencePairsRun):
     # -- data --------------------------------------------------------------------
 
     def prepare(self):
-        """The pairs and tokenizer (`PreferencePairsRun.prepare`), then the
-        starting policy: its weights (the policy starts from them, the
-        online reference copies them) and its log-probabilities of every
-        pair (the training pairs only when the reference is precomputed)."""
+        """The pairs and tokenizer (`PreferencePairsRun.prepare`); for KTO
+        the train and validation pairs unpaired into rows (`kto_examples`);
+        then the starting policy: its weights (the policy starts from them,
+        the online reference copies them) and its log-probabilities of
+        every pair (the training pairs only when DPO's reference is
+        precomputed) and, for KTO with the reference precomputed, of every
+        train and validation row and KL row."""
         super().prepare()
         config = self.recipe.preference
+        batch_size = self.recipe.training.batch_size
+        if config.method == "kto":
+            self.kto_rows = {
+                split: kto_examples(self.pairs[split], self.tokenizer, self.template,
+                                    start_token_id=self.tokenizer.start_token_id)
+                for split in ("train", "validation")}
+            self.log("kto: each pair a desirable and an undesirable row: " + ", ".join(
+                f"{len(rows)} {split} rows" for split, rows in self.kto_rows.items()))
         start = self.build_backbone()
         self.start_weights = start.get_weights()
         splits = [s for s in self.examples
-                  if s != "train" or self.uses_precomputed_reference()]
+                  if s != "train" or (config.method == "dpo"
+                                      and self.uses_precomputed_reference())]
         self.reference_values = {}
         for split in splits:
             values = precompute_reference_log_probs(
-                start, self.pair_dataset(split, self.recipe.training.batch_size, ordered=True),
+                start, self.pair_dataset(split, batch_size, ordered=True),
                 chunk_size=config.chunk_size or None)
             self.reference_values[split] = values
-        if not self.uses_precomputed_reference() and config.method == "dpo":
+        done = [f"{len(self.examples[s])} {s} pairs" for s in splits]
+        if config.method == "kto" and self.uses_precomputed_reference():
+            self.kto_reference_values = {}
+            for split, rows in self.kto_rows.items():
+                self.kto_reference_values[split] = precompute_reference_log_probs(
+                    start, self.kto_row_dataset(split, batch_size, ordered=True),
+                    chunk_size=config.chunk_size or None)
+                done.append(f"{len(rows)} {split} rows and their KL rows")
+        if not self.uses_precomputed_reference() and config.method in REFERENCE_METHODS:
             from kobjectives.distribute.fault_tolerance import worker_dir
 
             # The frozen reference is saved by its source: the starting policy as a preset.
             self.reference_preset = backbones.save_preset(
                 start, self.tokenizer, worker_dir(self._out_dir()) / REFERENCE_PRESET)
-        self.log(f"reference: the starting policy's log-probabilities of "
-                 f"{', '.join(f'{len(self.examples[s])} {s}' for s in splits)} pairs "
+        self.log(f"reference: the starting policy's log-probabilities of {', '.join(done)} "
                  "computed once" + ("; a frozen copy runs every training step"
                                    if self.reference_preset else ""))
         del start
@@ -220,7 +285,54 @@ class DPORun(PreferencePairsRun):
     def uses_precomputed_reference(self):
         """Whether the training batches carry the reference's values."""
         config = self.recipe.preference
-        return config.method == "dpo" and config.reference == "precomputed"
+        return config.method in REFERENCE_METHODS and config.reference == "precomputed"
+
+    def kto_row_dataset(self, split, batch_size, ordered=False, input_context=None,
+                        **options):
+        """Batches of the KTO rows of `split` (`kto_dataset`), with their
+        precomputed reference values when there are: `ordered` gives every
+        row once, in order; otherwise shuffled (seeded) and repeated. The KL
+        rows are paired once over the whole split, in groups of
+        `training.batch_size` rows (TRL's KL batch), so the precomputed
+        values stay theirs; under an `input_context` with several input
+        pipelines each takes every n-th batch."""
+        options = dict(
+            sequence_length=self.recipe.model.sequence_length, batch_size=batch_size,
+            truncation=self.recipe.data.truncation, pad_token_id=self.tokenizer.pad_token_id,
+            kl_batch_size=max(2, self.recipe.training.batch_size),
+            extra_features=(self.kto_reference_values or {}).get(split), **options)
+        if ordered:
+            options.setdefault("drop_remainder", False)
+            options.setdefault("shuffle", False)
+        else:
+            options.setdefault("shuffle", True)
+            options.setdefault("repeat", True)
+            options.setdefault("seed", self.recipe.training.seed)
+        dataset = kto_dataset(self.kto_rows[split], **options)
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            dataset = dataset.shard(input_context.num_input_pipelines,
+                                    input_context.input_pipeline_id)
+        return dataset
+
+    def make_dataset(self, split, batch_size, input_context=None):
+        """Pairs (`PreferencePairsRun.make_dataset`), or for KTO its rows:
+        `"train"` shuffled and repeated; `"validation"` the first
+        `training.validation_batches` batches of the validation rows
+        shuffled once (seeded: rows are laid out desirable first, so in
+        order a batch would hold one kind), then fixed."""
+        if self.recipe.preference.method != "kto":
+            return super().make_dataset(split, batch_size, input_context=input_context)
+        if split not in ("train", "validation"):
+            raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
+        if split == "train":
+            return self.kto_row_dataset(split, batch_size, input_context=input_context)
+        dataset = self.kto_row_dataset(
+            split, batch_size, input_context=input_context, shuffle=True, repeat=False,
+            seed=self.recipe.training.seed + 1, drop_remainder=True)
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        return self.finite_validation(
+            dataset.take(self.recipe.training.validation_batches).cache(),
+            len(self.kto_rows[split]) // pipelines, batch_size)
 
     def extra_features(self, split):
         """The precomputed reference log-probabilities of `split`, when the
@@ -237,6 +349,10 @@ class DPORun(PreferencePairsRun):
         options = dict(chunk_size=config.chunk_size or None)
         if config.beta:
             options["beta"] = config.beta
+        if config.method == "kto":
+            return KahnemanTverskyOptimization(
+                policy, reference, desirable_weight=config.desirable_weight,
+                undesirable_weight=config.undesirable_weight, **options)
         if config.method == "dpo":
             return DirectPreferenceOptimization(
                 policy, reference, loss_type=list(config.loss_type),
@@ -256,7 +372,7 @@ class DPORun(PreferencePairsRun):
     def build_objective(self):
         """The objective over the starting policy; the online reference a
         frozen copy of it."""
-        online = (self.recipe.preference.method == "dpo"
+        online = (self.recipe.preference.method in REFERENCE_METHODS
                   and not self.uses_precomputed_reference())
         reference = FrozenModel.from_preset(self.reference_preset) if online else None
         return self._objective(self._starting_backbone(), reference)
@@ -286,6 +402,10 @@ class DPORun(PreferencePairsRun):
             "method": config.method,
             "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,
             "beta": beta,
+            **({"desirable_weight": config.desirable_weight,
+                "undesirable_weight": config.undesirable_weight,
+                "kto_rows": {s: len(r) for s, r in self.kto_rows.items()}}
+               if config.method == "kto" else {}),
             "reference": config.reference,
             "val_loss": fitted.evaluation["loss"],
             "dropped_pairs": dict(self.dropped or {}),

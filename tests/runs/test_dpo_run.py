@@ -1,8 +1,9 @@
 """`kobjectives train dpo`: a tiny SFT run, then DPO from it (module-scoped),
 checked for its reference (the SFT policy's log-probabilities), its held-out
 figures against a recomputation, precomputed equal to online training, the
-win-rate protocol with a reward-run judge, generation, and the errors at
-recipe time."""
+win-rate protocol with a reward-run judge, generation, KTO on the pairs
+unpaired (its step-0 loss by hand, the same held-out figures), and the errors
+at recipe time."""
 
 import math
 
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 
 from kobjectives import backbones
+from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
+from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import precompute_reference_log_probs
 from kobjectives.recipe import RecipeError
+from kobjectives.runs.dpo import _probe_backbone
 from kobjectives.runs.dpo import implicit_reward_statistics
 from kobjectives.runs.dpo import win_rate
 from kobjectives.runs.sft import grow_token_embedding
@@ -154,3 +158,73 @@ def test_recipe_errors_are_named_before_any_data(tmp_path):
         tiny_run("dpo", tmp_path, {"data.heldout_subsets": ["helpful-online"]})
     with pytest.raises(RecipeError, match="helpful-online"):
         tiny_run("dpo", tmp_path, {"data.hh_rlhf_subsets": ["helpful-online"]})
+
+
+def test_kto_recipe_errors_name_the_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"preference\.desirable_weight = 2\.0: only method 'kto'"):
+        tiny_run("dpo", tmp_path, {"preference.desirable_weight": 2.0})  # method dpo
+    with pytest.raises(RecipeError, match=r"preference\.undesirable_weight = 1\.5: .*'simpo'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "simpo",
+                                   "preference.undesirable_weight": 1.5})
+    with pytest.raises(RecipeError, match=r"preference\.undesirable_weight = 0\.0: must be in "):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto",
+                                   "preference.undesirable_weight": 0.0})
+    with pytest.raises(RecipeError, match=r"preference\.loss_type = \['ipo'\]: method 'kto'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.loss_type": ["ipo"]})
+    with pytest.raises(RecipeError, match=r"preference\.label_smoothing = 0\.1: KTO has no"):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto",
+                                   "preference.label_smoothing": 0.1})
+    with pytest.raises(RecipeError, match=r"preference\.gamma = 0\.5: .*'kto'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.gamma": 0.5})
+    # A valid KTO recipe, online reference included (KTO holds a frozen reference as DPO).
+    run = tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.reference": "online",
+                                     "preference.desirable_weight": 1.33})
+    objective = run._objective(_probe_backbone(), None)
+    assert isinstance(objective, KahnemanTverskyOptimization)
+    assert (objective.beta, objective.desirable_weight, objective.undesirable_weight,
+            objective.loss_type) == (0.1, 1.33, 1.0, "kto")
+
+
+def test_kto_trains_the_pairs_unpaired_and_reports_the_dpo_figures(sft_folder, tmp_path):
+    # Two steps, two rounds: the first round's loss is step 0's alone.
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "preference.method": "kto",
+                                     "preference.undesirable_weight": 1.5,
+                                     "training.steps": 2, "training.epochs": 2})
+    metrics = run.train()
+    assert metrics["method"] == "kto" and metrics["loss_type"] == "kto"
+    assert metrics["beta"] == pytest.approx(0.1)  # beta 0: KTO's default
+    assert (metrics["desirable_weight"], metrics["undesirable_weight"]) == (1.0, 1.5)
+    # Each kept pair is two rows: its chosen answer desirable (in pair order), then its
+    # rejected answer undesirable; only pairs' values are computed for evaluation.
+    for split in ("train", "validation"):
+        rows, pairs = run.kto_rows[split], run.examples[split]
+        count = len(pairs)
+        assert len(rows) == 2 * count == metrics["kto_rows"][split]
+        assert rows.desirable.tolist() == [True] * count + [False] * count
+        for i in range(count):
+            np.testing.assert_array_equal(rows.prompt_ids[i], pairs.prompt_ids[i])
+            np.testing.assert_array_equal(rows.completion_ids[i], pairs.chosen_ids[i])
+            np.testing.assert_array_equal(rows.completion_ids[count + i], pairs.rejected_ids[i])
+        assert len(run.kto_reference_values[split]["reference_kl_logps"]) == 2 * count
+    assert "train" not in run.reference_values
+    # Step 0: the policy is its reference, so every log-ratio and the KL reference point
+    # are 0 and a row costs its weight times 1 - sig(0) = 1/2 (the rows precomputed with
+    # their own KL rows). The first batch is rebuilt from the same seed.
+    keras.utils.set_random_seed(run.recipe.training.seed)
+    desirable = next(iter(run.make_dataset("train", DPO["training.batch_size"])))[
+        "desirable"].numpy()
+    expected = 0.5 * np.mean(np.where(desirable, 1.0, 1.5))
+    assert metrics["train_loss_first_round"] == pytest.approx(expected, abs=1e-5)
+    assert math.isfinite(metrics["train_loss_last_round"]) and math.isfinite(metrics["val_loss"])
+    # Held-out: the dpo method's implicit-reward figures over exactly the validation pairs.
+    assert metrics["val_pairs"] == len(run.examples["validation"])
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert isinstance(model, KahnemanTverskyOptimization)
+    policy = run.policy_log_probs(model, "validation")
+    assert len(policy["chosen"]) == metrics["val_pairs"]
+    reference = dict(zip(("chosen", "rejected"), (
+        run.reference_values["validation"][key] for key in REFERENCE_LOGPS_KEYS)))
+    again = implicit_reward_statistics(policy, reference, 0.1)
+    for key, value in again.items():
+        assert metrics[f"val_{key}"] == pytest.approx(value, abs=1e-4), key

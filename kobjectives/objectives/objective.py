@@ -2,6 +2,7 @@
 plumbing objectives share to run a backbone."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kobjectives import compat
@@ -369,28 +370,32 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
             callbacks = args[4]  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
         if not self.built and _backup_waiting(callbacks):
             self.build_from_dataset(x)
+        elif isinstance(x, tf.data.Dataset):
+            self._build_from_element_spec(x.element_spec)
         else:
-            self._build_from_element_spec(x)
+            y = args[0] if args else kwargs.get("y")
+            self._build_from_element_spec(
+                _array_spec((x, y, kwargs.get("sample_weight"))))
         return super().fit(x, *args, **kwargs)
 
-    def _build_from_element_spec(self, dataset):
-        """Builds the objective and its optimizer from `dataset`'s element
-        spec (symbolically, as Keras does under a strategy; no data is read)
+    def _build_from_element_spec(self, element_spec):
+        """Builds the objective and its optimizer from the spec of a batch
+        (symbolically, as Keras does under a strategy; no data is read)
         before `fit` traces its step. Without a strategy Keras defers the
         build to the first trace, where creating the optimizer's variables
         makes `tf.function` trace the whole train step twice; building first
         traces it once (seconds per `fit` of a small model). Skipped where a
         dimension other than the batch is unknown, or all is built."""
-        if not isinstance(dataset, tf.data.Dataset) or getattr(self, "optimizer", None) is None:
+        if element_spec is None or getattr(self, "optimizer", None) is None:
             return
         if self.optimizer.built and all(layer.built for layer in self.layers):
             return
-        specs = tf.nest.flatten(dataset.element_spec)
+        specs = tf.nest.flatten(element_spec)
         if not all(isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None
                    and spec.shape[1:].is_fully_defined() for spec in specs):
             return
         with self.distribute_strategy.scope():
-            compat.symbolic_build(self, dataset.element_spec)
+            compat.symbolic_build(self, element_spec)
 
     def build_from_dataset(self, dataset):
         """Builds the objective (and its optimizer) from one batch of a
@@ -406,6 +411,26 @@ def unscale_for_distribution(value):
     (what Keras logs)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return value * replicas if replicas > 1 else value
+
+
+def _array_spec(data):
+    """`(x, y, sample_weight)` of `fit`'s array inputs as `tf.TensorSpec`s with
+    an unknown batch (floats as Keras feeds them, `floatx`); None where any
+    leaf is not a NumPy array or a tensor."""
+    x, y, sample_weight = data
+    data = tuple(part for part in (x, y, sample_weight) if part is not None) \
+        if sample_weight is None else (x, y, sample_weight)
+    leaves = tf.nest.flatten(data)
+    if not leaves or not all(isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves):
+        return None
+
+    def spec(leaf):
+        dtype = tf.as_dtype(leaf.dtype)
+        if dtype.is_floating:
+            dtype = tf.as_dtype(keras.config.floatx())
+        return tf.TensorSpec([None, *leaf.shape[1:]], dtype)
+
+    return tf.nest.map_structure(spec, data)
 
 
 def _backup_waiting(callbacks):

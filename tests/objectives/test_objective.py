@@ -84,11 +84,12 @@ def test_frozen_model_is_not_trained_tracked_or_saved(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_fit_traces_the_train_step_once_and_trains_as_before(jit_compile):
+@pytest.mark.parametrize("jit_compile,arrays", [(False, False), (True, False), (True, True)])
+def test_fit_traces_the_train_step_once_and_trains_as_before(jit_compile, arrays):
     """Keras (no strategy) builds at the first trace, where the optimizer's
     new variables make `tf.function` trace the step twice; the objective
-    is built from the element spec first (batch dimension unknown here)."""
+    is built from the element spec (or the arrays' shapes) first, the batch
+    dimension unknown."""
 
     def train(build_first):
         traces = []
@@ -100,10 +101,12 @@ def test_fit_traces_the_train_step_once_and_trains_as_before(jit_compile):
 
         model = Counted(net(0), net(1))
         if not build_first:
-            model._build_from_element_spec = lambda dataset: None
+            model._build_from_element_spec = lambda spec: None
         model.compile(optimizer="adam", jit_compile=jit_compile)
         assert dataset().element_spec["features"].shape.as_list() == [None, 3]
-        history = model.fit(dataset(), epochs=2, verbose=0).history
+        data = dict(x={"features": X, "weights": W}, batch_size=8, shuffle=False) \
+            if arrays else dict(x=dataset())
+        history = model.fit(**data, epochs=2, verbose=0).history
         return len(traces), history, [w.numpy() for w in model.weights]
 
     traces, history, weights = train(build_first=True)

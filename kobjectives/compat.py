@@ -12,7 +12,7 @@ revisited (and, once upstream has a public way, deleted):
 | `share_embedding_table` | `Embedding._embeddings`, `Layer._untrack_variable`, `Layer._tracker` | two embedding layers over one variable (ELECTRA) |
 | `loss_tracker` | `Trainer._loss_tracker` | the `loss` log, for a `train_step` that computes its own gradients |
 | `is_multi_worker` | `MultiWorkerMirroredStrategy.extended._in_multi_worker_mode` | whether Keras reduces step logs on axis 0 |
-| `symbolic_build` | `Trainer._symbolic_build` | builds a model and its optimizer from one batch, without a step (resume needs the variables) |
+| `symbolic_build` | `Trainer._symbolic_build` | builds a model and its optimizer from one batch or its spec, without a step (resume needs the variables; `Objective.fit` builds first so the step is traced once) |
 | `TrainerWorkarounds` | `TensorFlowTrainer._maybe_symbolic_build`, `TensorFlowTrainer._make_function` | two Keras 3.15 bugs under `tf.distribute` (see `docs/distributed.md`) |
 
 keras-hub private names: none are used.

@@ -2,7 +2,7 @@
 # The held-out figures of the fine-tuning rows of the README (issue 16), each a
 # default recipe with the named data; run folders under runs/figures/.
 # Usage (from the repository root): bash scripts/fine_tuning_figures.sh [names...]
-# Names: classify_corpus classify_corpus_mean tag_corpus sft_corpus sft_all_tokens mlm_sst2 sst2_scratch
+# Names: classify_corpus classify_corpus_mean tag_corpus tag_corpus_crf sft_corpus sft_all_tokens mlm_sst2 sst2_scratch
 #        sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus
 # Reserved splits are never read: SST-2 and ChnSentiCorp score on dev, CoNLL on
 # dev.txt, CLUENER2020 on a slice held out from train.txt (its dev.txt is reserved).
@@ -19,11 +19,12 @@ mlm_text() {  # SST-2 train sentences (no labels) and WikiText-2 valid.txt
   tail -n +2 "$SHARED/sst2/train.tsv" | cut -f2 > "$OUT/sst2_train_sentences.txt"
   echo "$OUT/sst2_train_sentences.txt,$SHARED/wikitext2/valid.txt"
 }
-for name in "${@:-classify_corpus classify_corpus_mean tag_corpus sft_corpus sft_all_tokens mlm_sst2 sst2_scratch sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus}"; do
+for name in "${@:-classify_corpus classify_corpus_mean tag_corpus tag_corpus_crf sft_corpus sft_all_tokens mlm_sst2 sst2_scratch sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus}"; do
   for n in $name; do case $n in
     classify_corpus) run $n classify ;;
     classify_corpus_mean) run $n classify --set classifier.pooling=mean ;;
     tag_corpus) run $n tag ;;
+    tag_corpus_crf) run $n tag --set tagging.use_crf=true ;;
     sft_corpus) run $n sft ;;
     sft_all_tokens) run $n sft --set sft.loss_on=all ;;
     mlm_sst2) run $n mlm --set "data.files=$(mlm_text)" ;;

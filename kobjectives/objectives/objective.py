@@ -374,8 +374,7 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
             self._build_from_element_spec(x.element_spec)
         else:
             y = args[0] if args else kwargs.get("y")
-            self._build_from_element_spec(
-                _array_spec((x, y, kwargs.get("sample_weight"))))
+            self._build_from_element_spec(_array_spec(x, y, kwargs.get("sample_weight")))
         return super().fit(x, *args, **kwargs)
 
     def _build_from_element_spec(self, element_spec):
@@ -413,13 +412,13 @@ def unscale_for_distribution(value):
     return value * replicas if replicas > 1 else value
 
 
-def _array_spec(data):
-    """`(x, y, sample_weight)` of `fit`'s array inputs as `tf.TensorSpec`s with
-    an unknown batch (floats as Keras feeds them, `floatx`); None where any
-    leaf is not a NumPy array or a tensor."""
-    x, y, sample_weight = data
-    data = tuple(part for part in (x, y, sample_weight) if part is not None) \
-        if sample_weight is None else (x, y, sample_weight)
+def _array_spec(x, y=None, sample_weight=None):
+    """`fit`'s array inputs as the `(x[, y[, sample_weight]])` batch of
+    `tf.TensorSpec`s with an unknown batch (floats as Keras feeds them,
+    `floatx`); None where any leaf is not a NumPy array or a tensor."""
+    data = (x, y, sample_weight)
+    if sample_weight is None:
+        data = (x,) if y is None else (x, y)
     leaves = tf.nest.flatten(data)
     if not leaves or not all(isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves):
         return None

@@ -1018,7 +1018,9 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
             f"{list(PAIR_INPUT_KEYS)}) or kto_dataset batches (keys {list(KTO_INPUT_KEYS)}). "
             f"Received keys: {sorted(spec)}"
         )
-    step = tf.function(lambda x: compute(language_model, x, chunk_size))
+    # One trace for every batch, the last (smaller) one included.
+    step = tf.function(lambda x: compute(language_model, x, chunk_size),
+                       input_signature=[spec])
     parts = {key: [] for key in keys}
     for element in dataset:
         out = step(features(element))

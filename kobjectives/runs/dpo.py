@@ -112,6 +112,9 @@ class PreferenceConfig(Section):
                 yield (f"{key} = {value!r}: only method 'kto' weighs its rows; leave it "
                        f"{KTO_WEIGHT_DEFAULT} with method {self.method!r}, or set "
                        "preference.method = 'kto'")
+        if self.gamma and self.method != "simpo":
+            yield (f"gamma = {self.gamma!r}: the target reward margin is SimPO's; leave it 0 "
+                   f"with method {self.method!r}, or set preference.method = 'simpo'")
         if self.method != "kto":
             return
         default = type(self)()
@@ -119,10 +122,9 @@ class PreferenceConfig(Section):
             yield (f"loss_type = {list(self.loss_type)}: method 'kto' has one loss (KTO's), "
                    "not the DPO family's types; leave preference.loss_type unset "
                    f"({list(default.loss_type)}) or set preference.method = 'dpo'")
-        for key, why in (("label_smoothing", "KTO has no label smoothing"),
-                         ("gamma", "the target margin is SimPO's")):
-            if getattr(self, key):
-                yield (f"{key} = {getattr(self, key)!r}: {why}; leave it 0 with method 'kto'")
+        if self.label_smoothing:
+            yield (f"label_smoothing = {self.label_smoothing!r}: KTO has no label smoothing; "
+                   "leave it 0 with method 'kto'")
 
 
 @dataclasses.dataclass(frozen=True)

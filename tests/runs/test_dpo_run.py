@@ -174,8 +174,11 @@ def test_kto_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(RecipeError, match=r"preference\.label_smoothing = 0\.1: KTO has no"):
         tiny_run("dpo", tmp_path, {"preference.method": "kto",
                                    "preference.label_smoothing": 0.1})
-    with pytest.raises(RecipeError, match=r"preference\.gamma = 0\.5: .*'kto'"):
-        tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.gamma": 0.5})
+    for method in ("kto", "dpo", "orpo"):  # the margin is SimPO's alone
+        with pytest.raises(RecipeError, match=rf"preference\.gamma = 0\.5: .*'{method}'"):
+            tiny_run("dpo", tmp_path, {"preference.method": method, "preference.gamma": 0.5})
+    assert tiny_run("dpo", tmp_path, {"preference.method": "simpo",
+                                      "preference.gamma": 0.5}).recipe.preference.gamma == 0.5
     # A valid KTO recipe, online reference included (KTO holds a frozen reference as DPO).
     run = tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.reference": "online",
                                      "preference.desirable_weight": 1.33})

@@ -55,16 +55,6 @@ _PROMPT = re.compile(r"^[ \t]*>>>", re.M)
 _FENCE = re.compile(r"^[ \t]*```python\n(.*?)^[ \t]*```", re.M | re.S)
 
 
-@pytest.fixture(autouse=True)
-def _reset_keras_state():
-    """conftest's reset without its `gc.collect()` (half a second a test)."""
-    import keras
-
-    keras.utils.clear_session(free_memory=False)
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-
-
 def _docstrings(module):
     """The docstrings of the module's source, nested definitions included."""
     tree = ast.parse(inspect.getsource(module))

@@ -49,7 +49,6 @@ def _toy_copy_task(n, vocabulary, seed):
     return x, target
 
 
-@pytest.mark.slow
 def test_reinitialized_t5_embedding_tells_tokens_apart_keeps_t5_logits_and_learns():
     """The bug behind `train t5` predicting no text token: keras-hub's
     T5Backbone draws its embedding from TruncatedNormal(1.0), i.e. mean 1

@@ -90,7 +90,6 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
     assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
-@pytest.mark.slow
 def test_mixed_bfloat16_computes_the_loss_in_float32():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = ContrastivePredictiveCoding(gpt2(), max_offset=K)

@@ -163,7 +163,6 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_mixed_bfloat16_trains_with_float32_loss():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = pretrainer()

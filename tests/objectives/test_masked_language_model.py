@@ -76,9 +76,7 @@ def test_loss_is_weighted_mean_over_real_positions():
     np.testing.assert_allclose(float(loss), float(ops.masked_lm_loss(y, logits, w)), rtol=1e-6)
 
 
-# Three more keras-hub encoders in -m slow: the default suite keeps one of them.
-@pytest.mark.parametrize("kind", ["roberta", "subclassed", *(
-    pytest.param(k, marks=pytest.mark.slow) for k in ("albert", "distilbert", "electra"))])
+@pytest.mark.parametrize("kind", ["roberta", "albert", "distilbert", "electra", "subclassed"])
 def test_trains_over_other_backbones(kind):
     backbone = TinyEncoder() if kind == "subclassed" else tiny_backbone(kind, V, L)
     kwargs = {"vocabulary_size": V, "hidden_dim": 16} if isinstance(backbone, TinyEncoder) else {}

@@ -135,7 +135,6 @@ def test_mirrored_strategy_matches_one_device(mirrored_strategy, one_device):
     assert_mirrored_matches_one_device(CASE, mirrored_strategy, one_device=one_device)
 
 
-@pytest.mark.slow
 def test_mixed_bfloat16_trains_with_float32_loss():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = SentencePairPretrainer(bert())

@@ -210,7 +210,6 @@ def _fake_t5_run_folder(folder, reinitialize):
     return backbone, vocabulary
 
 
-@pytest.mark.slow
 def test_init_from_a_t5_run_folder_reuses_its_tokenizer_weights_and_logit_scale(tmp_path):
     backbone, vocabulary = _fake_t5_run_folder(tmp_path / "t5", reinitialize=True)
     run = tiny_run("seq2seq_sft", tmp_path / "sft", {

@@ -207,8 +207,7 @@ def test_diverging_trial_fails_instead_of_scoring_nan():
         hypermodel.fit(hp, model)
 
 
-@pytest.mark.parametrize("kind", ["random", *(
-    pytest.param(k, marks=pytest.mark.slow) for k in ("bayesian", "hyperband"))])
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
 def test_search_reports_the_best_trial(tmp_path, kind):
     if kind == "bayesian":
         pytest.importorskip("sklearn", reason="KerasTuner's BayesianOptimization needs scikit-learn")

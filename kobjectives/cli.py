@@ -22,6 +22,7 @@ examples:
   kobjectives train mlm --set masking.strategy=whole_word --set training.learning_rate=5e-4
   kobjectives train mlm --config runs/tune-mlm/best_recipe.toml   # a tuned recipe
   kobjectives train mlm --init runs/earlier-mlm        # start from a run folder's backbone
+  kobjectives train sft --data chats.jsonl             # sft, seq2seq_sft, reward, dpo: JSON Lines
   kobjectives train mine.toml                          # a recipe file (recipe = "mlm" ...)
 
 Every flag is a recipe key (--data is data.files, --init is model.init, ...);

@@ -122,3 +122,7 @@ from kobjectives.data.preference import preference_arrays  # noqa: F401
 from kobjectives.data.preference import preference_dataset  # noqa: F401
 from kobjectives.data.preference import read_hh_rlhf_pairs  # noqa: F401
 from kobjectives.data.preference import tokenize_preference_pairs  # noqa: F401
+from kobjectives.data.example_files import read_jsonl  # noqa: F401
+from kobjectives.data.example_files import read_preference_pairs  # noqa: F401
+from kobjectives.data.example_files import read_seq2seq_pairs  # noqa: F401
+from kobjectives.data.example_files import read_sft_conversations  # noqa: F401

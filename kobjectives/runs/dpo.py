@@ -399,7 +399,7 @@ class DPORun(PreferencePairsRun):
         beta = self.beta(fitted.model)
         metrics = {
             "backbone": self.recipe.model.init or self.recipe.model.backbone,
-            "dataset": self.recipe.data.dataset,
+            "dataset": self.recipe.data.source,
             "sequence_length": self.recipe.model.sequence_length,
             "method": config.method,
             "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,

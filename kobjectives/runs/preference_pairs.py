@@ -27,10 +27,14 @@ _WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
 
 @dataclasses.dataclass(frozen=True)
 class PreferenceDataConfig(SFTDataConfig):
-    """The preference pairs: the embedded-corpus task or HH-RLHF
+    """The preference pairs: your JSON Lines files, the embedded-corpus task or HH-RLHF
     (`data.max_documents` counts pairs); the SFT run's HH-RLHF options and
     checks."""
 
+    files: tuple[str, ...] = option(
+        (), "JSON Lines files (.jsonl, globs) of your pairs in TRL's format, one per line: "
+        "{\"prompt\": ..., \"chosen\": ..., \"rejected\": ...} "
+        "(kobjectives.data.example_files); empty: data.dataset")
     dataset: str = option(
         "corpus", "'corpus': 'What does json.dumps do?' answered by its docstring (chosen) or "
         "a sibling name's (rejected); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
@@ -114,12 +118,15 @@ class PreferencePairsRun(Run):
     # -- data and tokenizer ------------------------------------------------------
 
     def load_pairs(self, subsets=None):
-        """The `(prompt, chosen, rejected)` pairs of `data.dataset` (at most
+        """The `(prompt, chosen, rejected)` pairs of `data.files`
+        (`kobjectives.data.read_preference_pairs`) or `data.dataset` (at most
         `data.max_documents`); `subsets`: HH-RLHF subsets read instead of
         `data.hh_rlhf_subsets` (the held-out ones)."""
         data = self.recipe.data
         limit = data.max_documents or None
-        if data.dataset == "hh_rlhf":
+        if data.files and not subsets:
+            pairs = data_lib.read_preference_pairs(data.files, limit)
+        elif data.dataset == "hh_rlhf":
             pairs = data_lib.read_hh_rlhf_pairs(
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
                 subsets=subsets or data.hh_rlhf_subsets, allow_reserved=bool(subsets),
@@ -146,7 +153,7 @@ class PreferencePairsRun(Run):
         self.pairs = {"train": train, "validation": validation}
         if data.heldout_subsets:
             self.pairs["heldout"] = self.load_pairs(data.heldout_subsets)
-        self.log(f"data: {len(pairs)} {data.dataset} pairs ({len(train)} train, "
+        self.log(f"data: {len(pairs)} {data.source} pairs ({len(train)} train, "
                  f"{len(validation)} validation)" + (
                      f"; {len(self.pairs['heldout'])} held-out pairs of "
                      f"{list(data.heldout_subsets)}, scored after training only"

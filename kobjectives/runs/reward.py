@@ -146,7 +146,7 @@ class RewardRun(PreferencePairsRun):
     def evaluate(self, fitted):
         metrics = {
             "backbone": self.recipe.model.init or self.recipe.model.backbone,
-            "dataset": self.recipe.data.dataset,
+            "dataset": self.recipe.data.source,
             "sequence_length": self.recipe.model.sequence_length,
             "val_loss": fitted.evaluation["loss"],
             "chance_accuracy": 0.5,

@@ -179,12 +179,16 @@ class Seq2SeqSFTRun(Run):
     # -- data and tokenizer ------------------------------------------------------
 
     def load_pairs(self):
-        """The `{"input", "target"}` pairs of `data.dataset` (at most
-        `data.max_documents`): the corpus task's questions and answers, or
+        """The `{"input", "target"}` pairs of `data.files` or `data.dataset`
+        (at most `data.max_documents`): the files' examples
+        (`kobjectives.data.read_seq2seq_pairs`), the corpus task's questions
+        and answers, or
         HH-RLHF chosen dialogues (`kobjectives.data.seq2seq_sft.dialogue_pair`:
         the dialogue before the last assistant turn, and that turn)."""
         data = self.recipe.data
         limit = data.max_documents or None
+        if data.files:
+            return data_lib.read_seq2seq_pairs(data.files, limit)
         if data.dataset == "hh_rlhf":
             conversations = data_lib.read_hh_rlhf(
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
@@ -219,7 +223,7 @@ class Seq2SeqSFTRun(Run):
         pairs = self.load_pairs()
         self.train_documents, self.validation_documents = data_lib.split_examples(
             pairs, data.validation_fraction, seed=self.recipe.training.seed)
-        self.log(f"data: {len(pairs)} {data.dataset} pairs ({len(self.train_documents)} train, "
+        self.log(f"data: {len(pairs)} {data.source} pairs ({len(self.train_documents)} train, "
                  f"{len(self.validation_documents)} validation)")
         if self.recipe.model.init:
             self.tokenizer = backbones.load_tokenizer(self.recipe.model.init)
@@ -343,7 +347,7 @@ class Seq2SeqSFTRun(Run):
         model = self.recipe.model
         return {
             "backbone": model.init or model.backbone,
-            "dataset": self.recipe.data.dataset,
+            "dataset": self.recipe.data.source,
             "encoder_length": model.sequence_length,
             "target_length": model.target_length,
             "packing": False,

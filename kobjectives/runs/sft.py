@@ -44,9 +44,14 @@ _WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
 
 @dataclasses.dataclass(frozen=True)
 class SFTDataConfig(DataConfig):
-    """The fine-tuning examples: the embedded-corpus prompt/completion task or
-    HH-RLHF dialogues (`data.max_documents` counts examples)."""
+    """The fine-tuning examples: your JSON Lines files, the embedded-corpus
+    prompt/completion task or HH-RLHF dialogues (`data.max_documents` counts
+    examples)."""
 
+    files: tuple[str, ...] = option(
+        (), "JSON Lines files (.jsonl, globs) of your examples in TRL's formats, one per "
+        "line: {\"messages\": [turns]} or {\"prompt\": ..., \"completion\": ...} "
+        "(kobjectives.data.example_files); empty: data.dataset")
     dataset: str = option(
         "corpus", "'corpus': questions about standard-library names answered by their "
         "docstrings; 'hh_rlhf': HH-RLHF chosen dialogues from data.shared_dir/hh_rlhf/",
@@ -57,13 +62,27 @@ class SFTDataConfig(DataConfig):
         HH_RLHF_TRAIN_SUBSETS, "HH-RLHF subsets read (train subsets only; "
         "'helpful-online' is reserved for final evaluation)")
 
+    @property
+    def source(self):
+        """Where the examples come from: `"files"`, else `data.dataset`."""
+        return "files" if self.files else self.dataset
+
     def check(self):
         yield from super().check()
-        sources = " or ".join(map(repr, DATASETS))
-        for key, value in (("files", list(self.files)), ("tfds", self.tfds)):
-            if value:
-                yield (f"{key} = {value!r}: this run reads data.dataset ({sources}), "
-                       f"not data.{key}; leave data.{key} empty")
+        if self.tfds:
+            yield (f"tfds = {self.tfds!r}: this run reads data.files (JSON Lines) or "
+                   f"data.dataset ({' or '.join(map(repr, DATASETS))}), not a tfds text "
+                   "dataset; leave data.tfds empty")
+        if self.files:
+            if self.dataset != "corpus":
+                yield (f"files: give data.files or data.dataset = {self.dataset!r}, not both")
+            for pattern in self.files:
+                if not pattern.endswith(".jsonl"):
+                    yield (f"files: {pattern!r} is not a .jsonl file: this run reads JSON "
+                           "Lines examples (kobjectives.data.example_files)")
+            if self.format != "lines":
+                yield (f"format = {self.format!r}: JSON Lines files hold one example per "
+                       "line; leave data.format = 'lines'")
         if self.dataset == "hh_rlhf":
             folder = pathlib.Path(self.shared_dir).expanduser() / "hh_rlhf"
             if not folder.is_dir():
@@ -97,7 +116,7 @@ class SFTConfig(Section):
     overlong: str = option(
         "auto", "an example longer than model.sequence_length: 'error' (naming it), 'drop', "
         "'truncate' (keep its first tokens); 'auto': 'truncate' for the corpus task, 'error' "
-        "for hh_rlhf", choices=("auto", "error", "drop", "truncate"))
+        "for hh_rlhf and data.files", choices=("auto", "error", "drop", "truncate"))
     chunk_size: int = option(
         1024, "positions whose [chunk, vocabulary] logits exist at once", within="[1, inf)")
 
@@ -302,11 +321,13 @@ class SFTRun(Run):
     # -- data and tokenizer ------------------------------------------------------
 
     def load_examples(self):
-        """The conversations of `data.dataset` (at most `data.max_documents`):
-        HH-RLHF chosen dialogues of `data.hh_rlhf_subsets`, or the corpus
+        """The conversations of `data.files` or `data.dataset` (at most
+        `data.max_documents`): the files' examples, HH-RLHF chosen dialogues of `data.hh_rlhf_subsets`, or the corpus
         prompt/completion pairs as one user and one assistant turn."""
         data = self.recipe.data
         limit = data.max_documents or None
+        if data.files:
+            return data_lib.read_sft_conversations(data.files, limit)
         if data.dataset == "hh_rlhf":
             return data_lib.read_hh_rlhf(
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
@@ -329,7 +350,7 @@ class SFTRun(Run):
         examples = self.load_examples()
         self.train_documents, self.validation_documents = data_lib.split_examples(
             examples, data.validation_fraction, seed=self.recipe.training.seed)
-        self.log(f"data: {len(examples)} {data.dataset} examples ({len(self.train_documents)} "
+        self.log(f"data: {len(examples)} {data.source} examples ({len(self.train_documents)} "
                  f"train, {len(self.validation_documents)} validation)")
         if self.recipe.model.init:
             base = backbones.load_tokenizer(self.recipe.model.init)
@@ -358,7 +379,7 @@ class SFTRun(Run):
         task (its pairs at a short window) and `"error"` otherwise."""
         overlong = self.recipe.sft.overlong
         if overlong == "auto":
-            return "truncate" if self.recipe.data.dataset == "corpus" else "error"
+            return "truncate" if self.recipe.data.source == "corpus" else "error"
         return overlong
 
     def tokenized(self, conversations, split):
@@ -377,7 +398,7 @@ class SFTRun(Run):
         lengths = examples.lengths
         too_long = np.flatnonzero(lengths > length)
         overlong = self.overlong()
-        name = self.recipe.data.dataset
+        name = self.recipe.data.source
         if too_long.size and overlong == "error":
             index = int(too_long[0])
             prompt = next((turn["content"] for turn in conversations[index]
@@ -480,7 +501,7 @@ class SFTRun(Run):
             packing=self.recipe.sft.packing, pad_token_id=self.tokenizer.pad_token_id)[0]
         return {
             "backbone": self.recipe.model.init or self.recipe.model.backbone,
-            "dataset": self.recipe.data.dataset,
+            "dataset": self.recipe.data.source,
             "sequence_length": self.recipe.model.sequence_length,
             "loss_on": self.recipe.sft.loss_on,
             "loss_normalization": self.recipe.sft.loss_normalization,

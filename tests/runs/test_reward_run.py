@@ -120,10 +120,24 @@ def test_saved_model_scores_rendered_text_as_the_model_scores_the_pair(reward_ru
 def test_recipe_errors_are_named(tmp_path):
     with pytest.raises(RecipeError, match="helpful-online"):
         tiny_run("reward", tmp_path, {"data.hh_rlhf_subsets": ["helpful-online"]})
-    with pytest.raises(RecipeError, match="data.files"):
+    with pytest.raises(RecipeError, match=r"data.files: '.*\*\.txt' is not a \.jsonl file"):
         tiny_run("reward", tmp_path, {"data.files": [str(tmp_path / "*.txt")]})
     with pytest.raises(RecipeError, match="data.shared_dir"):
         tiny_run("reward", tmp_path, {"data.dataset": "hh_rlhf",
                                       "data.shared_dir": str(tmp_path / "none")})
     with pytest.raises(RecipeError, match="reward.pooling"):
         tiny_run("reward", tmp_path, {"reward.pooling": "pooled"})
+
+
+def test_data_files_are_json_lines_pairs_for_reward_and_dpo(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Greet me", "chosen": "Hello!", "rejected": "No."},
+            {"prompt": [{"role": "user", "content": "Hi"}],
+             "chosen": [{"role": "assistant", "content": "Hello"}], "rejected": "Bye"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    expected = [([{"role": "user", "content": "Greet me"}], "Hello!", "No."),
+                ([{"role": "user", "content": "Hi"}], "Hello", "Bye")]
+    for name in ("reward", "dpo"):
+        run = tiny_run(name, tmp_path / name, {"data.files": [str(tmp_path / "*.jsonl")]})
+        assert run.recipe.data.source == "files"
+        assert run.load_pairs() == expected

@@ -265,7 +265,7 @@ def test_the_reserved_subset_is_refused_before_any_work(tmp_path):
 
 def test_bad_sources_and_backbones_fail_at_check_time(tmp_path):
     cls = run_class("seq2seq_sft")
-    with pytest.raises(RecipeError, match="data.files .*this run reads data.dataset"):
+    with pytest.raises(RecipeError, match=r"data.files: '.*\.py' is not a \.jsonl file"):
         cls({"data": {"files": [__file__]}}, tmp_path)
     with pytest.raises(RecipeError, match="data.shared_dir = .*no hh_rlhf/ folder"):
         cls({"data": {"dataset": "hh_rlhf", "shared_dir": str(tmp_path)}}, tmp_path)

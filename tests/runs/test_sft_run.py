@@ -244,8 +244,14 @@ def test_bad_recipe_values_fail_at_recipe_time(overrides, match):
 
 def test_bad_data_sources_fail_at_check_time(tmp_path):
     cls = run_class("sft")
-    with pytest.raises(RecipeError, match="data.files .*this run reads data.dataset"):
+    with pytest.raises(RecipeError, match=r"data.files: '.*\.py' is not a \.jsonl file"):
         cls({"data": {"files": [__file__]}}, tmp_path)
+    with pytest.raises(RecipeError, match="data.tfds = 'wiki': this run reads data.files"):
+        cls({"data": {"tfds": "wiki"}}, tmp_path)
+    with pytest.raises(RecipeError, match="data.files: give data.files or data.dataset"):
+        cls({"data": {"files": [str(tmp_path / "a.jsonl")], "dataset": "hh_rlhf"}}, tmp_path)
+    with pytest.raises(RecipeError, match=r"data.files: '.*missing\.jsonl' matches no file"):
+        cls({"data": {"files": [str(tmp_path / "missing.jsonl")]}}, tmp_path)
     with pytest.raises(RecipeError, match="data.shared_dir = .*no hh_rlhf/ folder"):
         cls({"data": {"dataset": "hh_rlhf", "shared_dir": str(tmp_path)}}, tmp_path)
     with pytest.raises(RecipeError, match="model.backbone = 'gemma_tiny'.*resets attention"):
@@ -297,3 +303,19 @@ def test_hh_rlhf_reads_only_the_train_subsets_of_the_shared_data(shared_data, tm
     assert run.train_documents[0][0]["role"] == "user"
     assert sum(run.overlong_counts.values()) + len(run.train_examples) + len(
         run.validation_examples) == 60
+
+
+def test_data_files_are_json_lines_examples_in_both_sft_formats(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "Say hi", "completion": "hi"},
+            {"messages": [{"role": "user", "content": "Say yo"},
+                          {"role": "assistant", "content": "yo"}]}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = tiny_run("sft", tmp_path / "run", {"data.files": [str(path)]})
+    assert run.recipe.data.source == "files"
+    assert run.overlong() == "error"  # 'auto' truncates the corpus task only
+    assert run.load_examples() == [
+        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
+        rows[1]["messages"]]
+    assert run_class("seq2seq_sft")({"data": {"files": [str(path)]}}, tmp_path).load_pairs() \
+        == [{"input": "Say hi", "target": "hi"}, {"input": "User: Say yo", "target": "yo"}]

@@ -1,0 +1,246 @@
+"""Your own fine-tuning and preference examples: JSON Lines files in TRL's
+dataset formats (`kobjectives train sft|seq2seq_sft|reward|dpo --data
+FILE.jsonl`).
+
+One JSON object per line (blank lines are skipped), in the formats of TRL's
+dataset guide (https://huggingface.co/docs/trl/dataset_formats):
+
+- supervised fine-tuning, one of
+  - conversational: `{"messages": [{"role": "user", "content": ...},
+    {"role": "assistant", "content": ...}, ...]}` (an optional first
+    `system` turn; user and assistant turns alternate);
+  - prompt-completion: `{"prompt": ..., "completion": ...}`, the prompt a
+    string (one user turn) or a list of turns ending with a user turn;
+- preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`, the prompt
+  as above, chosen and rejected strings or one assistant turn each
+  (`[{"role": "assistant", "content": ...}]`).
+
+Every error names the file and the line, and says what the line needs.
+"""
+
+import glob
+import json
+import os
+
+from kobjectives.data.chat import check_conversation
+from kobjectives.data.seq2seq_sft import dialogue_pair
+
+SFT_FORMATS = "{'messages': [turns]} or {'prompt': ..., 'completion': ...}"
+PREFERENCE_FORMAT = "{'prompt': ..., 'chosen': ..., 'rejected': ...}"
+
+
+def example_file_paths(files):
+    """The files of `files` (paths or globs, `~` expanded), each glob's
+    matches sorted, in the order given.
+
+    Raises:
+        FileNotFoundError: a path or glob matching no file.
+    """
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    paths = []
+    for pattern in files:
+        matches = sorted(glob.glob(os.path.expanduser(str(pattern))))
+        if not matches:
+            raise FileNotFoundError(f"data.files: {str(pattern)!r} matches no file.")
+        paths.extend(matches)
+    return paths
+
+
+def read_jsonl(files, limit=None):
+    """The JSON objects of JSON Lines files, in file and line order.
+
+    Args:
+        files: a path or glob, or a list of them (`example_file_paths`).
+        limit: optional int, the most rows read (None: all).
+
+    Returns:
+        A list of `(row, where)` pairs: the decoded dict and `"path:line"`.
+
+    Raises:
+        FileNotFoundError: a path matching no file.
+        ValueError: a line that is not a JSON object (named by file and
+            line), or no row at all.
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "sft.jsonl"
+    >>> _ = path.write_text('{"prompt": "Hi", "completion": "Hello!"}\\n\\n')
+    >>> [row for row, _ in read_jsonl(path)]
+    [{'prompt': 'Hi', 'completion': 'Hello!'}]
+    """
+    paths = example_file_paths(files)
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if limit is not None and len(rows) >= limit:
+                    return rows
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{where} is not valid JSON ({error.msg}, column {error.colno}): "
+                        "data.files are JSON Lines, one JSON object per line.") from None
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"{where} holds a JSON {type(row).__name__}, not an object: write "
+                        "one example per line as a JSON object.")
+                rows.append((row, where))
+    if not rows:
+        raise ValueError(f"data.files {paths} hold no example (every line is blank).")
+    return rows
+
+
+def _text(value, where, key):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: {key!r} must be a non-empty string. Received: {value!r}")
+    return value
+
+
+def _prompt_turns(prompt, where):
+    """A prompt string as one user turn; a list of turns checked to end
+    with a user turn."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": _text(prompt, where, "prompt")}]
+    turns = check_conversation(prompt, f"{where} 'prompt'")
+    if turns[-1][0] != "user":
+        raise ValueError(
+            f"{where}: the 'prompt' turns end with a {turns[-1][0]!r} turn; they must end "
+            "with the 'user' turn that the completion answers.")
+    return list(prompt)
+
+
+def _completion(value, where, key):
+    """A completion: a string, or a list of one assistant turn."""
+    if isinstance(value, list):
+        turns = check_conversation([{"role": "user", "content": "-"}, *value],
+                                   f"{where} {key!r}")
+        if len(turns) != 2:
+            raise ValueError(
+                f"{where}: {key!r} must be a string or one assistant turn; it has "
+                f"{len(value)} turns (put the earlier ones in 'prompt').")
+        return turns[1][1]
+    return _text(value, where, key)
+
+
+def sft_conversation(row, where="row"):
+    """One supervised fine-tuning example as a conversation.
+
+    Args:
+        row: a dict in a conversational (`messages`) or prompt-completion
+            (`prompt`, `completion`) format.
+        where: how errors name the row (e.g. `"train.jsonl:3"`).
+
+    Returns:
+        A list of `{"role", "content"}` turns ending with an assistant turn.
+
+    Raises:
+        ValueError: neither format, or a malformed conversation.
+
+    Example:
+
+    >>> sft_conversation({"prompt": "Hi", "completion": "Hello!"})
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
+    """
+    if "messages" in row:
+        turns = check_conversation(row["messages"], f"{where} 'messages'")
+        if turns[-1][0] != "assistant":
+            raise ValueError(
+                f"{where}: 'messages' ends with a {turns[-1][0]!r} turn; an example must end "
+                "with the assistant turn to learn.")
+        return list(row["messages"])
+    if "prompt" in row and "completion" in row:
+        return _prompt_turns(row["prompt"], where) + [
+            {"role": "assistant", "content": _completion(row["completion"], where, "completion")}]
+    raise ValueError(
+        f"{where} has the keys {sorted(row)}: a fine-tuning example is {SFT_FORMATS}.")
+
+
+def read_sft_conversations(files, limit=None):
+    """The conversations of JSON Lines files (`sft_conversation` per row).
+
+    Args:
+        files: a path or glob, or a list of them.
+        limit: optional int, the most examples.
+
+    Returns:
+        A list of conversations.
+    """
+    return [sft_conversation(row, where) for row, where in read_jsonl(files, limit)]
+
+
+def read_seq2seq_pairs(files, limit=None):
+    """The `{"input", "target"}` pairs of JSON Lines files: a
+    prompt-completion row with a string prompt is that prompt and its
+    completion; any other row is its conversation's `dialogue_pair` (the
+    turns before the last assistant turn as text, and that turn).
+
+    Args:
+        files: a path or glob, or a list of them.
+        limit: optional int, the most examples.
+
+    Returns:
+        A list of `{"input": str, "target": str}` dicts.
+    """
+    pairs = []
+    for row, where in read_jsonl(files, limit):
+        conversation = sft_conversation(row, where)
+        if isinstance(row.get("prompt"), str) and "messages" not in row:
+            pairs.append({"input": row["prompt"], "target": conversation[-1]["content"]})
+        else:
+            pairs.append(dialogue_pair(conversation, where))
+    return pairs
+
+
+def preference_pair(row, where="row"):
+    """One preference example as a `(prompt turns, chosen, rejected)` triple.
+
+    Args:
+        row: a dict with `prompt` (a string or turns ending with a user
+            turn), `chosen` and `rejected` (strings, or one assistant turn
+            each).
+        where: how errors name the row.
+
+    Returns:
+        `(prompt, chosen, rejected)`: a list of turns and two strings.
+
+    Raises:
+        ValueError: a missing key, a malformed value, or chosen equal to
+            rejected.
+
+    Example:
+
+    >>> preference_pair({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."})
+    ([{'role': 'user', 'content': 'Hi'}], 'Hello!', 'Go away.')
+    """
+    missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+    if missing:
+        raise ValueError(
+            f"{where} lacks {missing}: a preference example is {PREFERENCE_FORMAT} (an "
+            "explicit prompt; chosen and rejected answer it).")
+    chosen = _completion(row["chosen"], where, "chosen")
+    rejected = _completion(row["rejected"], where, "rejected")
+    if chosen == rejected:
+        raise ValueError(
+            f"{where}: 'chosen' and 'rejected' are the same text ({chosen[:40]!r}), so the "
+            "pair prefers nothing. Drop the line or fix its rejected answer.")
+    return _prompt_turns(row["prompt"], where), chosen, rejected
+
+
+def read_preference_pairs(files, limit=None):
+    """The `(prompt, chosen, rejected)` triples of JSON Lines files
+    (`preference_pair` per row).
+
+    Args:
+        files: a path or glob, or a list of them.
+        limit: optional int, the most pairs.
+
+    Returns:
+        A list of triples.
+    """
+    return [preference_pair(row, where) for row, where in read_jsonl(files, limit)]

@@ -1,0 +1,100 @@
+"""JSON Lines example files in TRL's formats: every format read as
+documented, every malformed line refused naming its file and line."""
+
+import json
+
+import pytest
+
+from kobjectives.data import read_jsonl
+from kobjectives.data import read_preference_pairs
+from kobjectives.data import read_seq2seq_pairs
+from kobjectives.data import read_sft_conversations
+
+USER = {"role": "user", "content": "Name a prime."}
+ASSISTANT = {"role": "assistant", "content": "Seven."}
+
+
+def _write(path, *lines):
+    path.write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n"
+                            for line in lines))
+    return path
+
+
+def test_rows_come_in_file_then_line_order_with_globs_sorted_and_a_limit(tmp_path):
+    _write(tmp_path / "b.jsonl", {"n": 3})
+    _write(tmp_path / "a.jsonl", {"n": 1}, "\n", {"n": 2})  # a blank line is skipped
+    rows = read_jsonl([str(tmp_path / "*.jsonl")])
+    assert [(row["n"], where.rsplit("/", 1)[1]) for row, where in rows] == [
+        (1, "a.jsonl:1"), (2, "a.jsonl:3"), (3, "b.jsonl:1")]
+    assert [row["n"] for row, _ in read_jsonl(str(tmp_path / "*.jsonl"), limit=2)] == [1, 2]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{'prompt': 1}\n", r"bad\.jsonl:2 is not valid JSON .*one JSON object per line"),
+    ("[1, 2]\n", r"bad\.jsonl:2 holds a JSON list, not an object"),
+])
+def test_a_line_that_is_not_a_json_object_is_named(tmp_path, line, message):
+    path = _write(tmp_path / "bad.jsonl", {"prompt": "a", "completion": "b"}, line)
+    with pytest.raises(ValueError, match=message):
+        read_jsonl(path)
+
+
+def test_missing_and_empty_files_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.files: .*none.jsonl' matches no file"):
+        read_jsonl(tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match="hold no example"):
+        read_jsonl(_write(tmp_path / "empty.jsonl", "\n"))
+
+
+def test_sft_reads_the_conversational_and_prompt_completion_formats(tmp_path):
+    path = _write(
+        tmp_path / "sft.jsonl",
+        {"messages": [{"role": "system", "content": "Be brief."}, USER, ASSISTANT]},
+        {"prompt": "Name a prime.", "completion": "Seven."},
+        {"prompt": [USER], "completion": [ASSISTANT]},
+    )
+    system = {"role": "system", "content": "Be brief."}
+    assert read_sft_conversations(path) == [[system, USER, ASSISTANT], [USER, ASSISTANT],
+                                            [USER, ASSISTANT]]
+    # Seq2seq: a string prompt is the input itself; turns become the dialogue text.
+    assert read_seq2seq_pairs(path) == [
+        {"input": "System: Be brief.\nUser: Name a prime.", "target": "Seven."},
+        {"input": "Name a prime.", "target": "Seven."},
+        {"input": "User: Name a prime.", "target": "Seven."},
+    ]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"text": "hello"}, r"sft\.jsonl:1 has the keys \['text'\]: a fine-tuning example is "),
+    ({"messages": [USER]}, r"sft\.jsonl:1: 'messages' ends with a 'user' turn"),
+    ({"messages": [USER, USER]}, r"'messages'.*a 'user' turn follows a 'user' turn"),
+    ({"prompt": "  ", "completion": "x"}, r"'prompt' must be a non-empty string"),
+    ({"prompt": [USER, ASSISTANT], "completion": "x"}, r"'prompt' turns end with a 'assistant'"),
+    ({"prompt": "a", "completion": [ASSISTANT, USER]}, r"'completion'.*one assistant turn"),
+])
+def test_a_malformed_sft_example_is_named_by_file_and_line(tmp_path, row, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        read_sft_conversations(_write(tmp_path / "sft.jsonl", row))
+
+
+def test_preference_pairs_take_string_or_turn_prompts_and_answers(tmp_path):
+    path = _write(
+        tmp_path / "pairs.jsonl",
+        {"prompt": "Name a prime.", "chosen": "Seven.", "rejected": "Eight."},
+        {"prompt": [USER], "chosen": [ASSISTANT],
+         "rejected": [{"role": "assistant", "content": "Nine."}]},
+    )
+    assert read_preference_pairs(path) == [([USER], "Seven.", "Eight."),
+                                           ([USER], "Seven.", "Nine.")]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"chosen": "a", "rejected": "b"}, r"pairs\.jsonl:1 lacks \['prompt'\]: a preference "),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, r"are the same text .*prefers nothing"),
+    ({"prompt": "p", "chosen": "", "rejected": "b"}, r"'chosen' must be a non-empty string"),
+    ({"prompt": "p", "chosen": [USER, ASSISTANT], "rejected": "b"}, r"'chosen'"),
+])
+def test_a_malformed_pair_is_named_by_file_and_line(tmp_path, row, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        read_preference_pairs(_write(tmp_path / "pairs.jsonl", row))
+

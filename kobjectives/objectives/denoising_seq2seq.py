@@ -75,6 +75,24 @@ class DenoisingSeq2Seq(Objective):
     carry the decoder inputs themselves (`decoder_token_ids`,
     `decoder_padding_mask`, already shifted).
 
+    **Packed rows.** With `encoder_segment_ids` and `decoder_segment_ids`
+    in `x` (several examples per row, numbered 1..k, 0 on padding, as
+    `kobjectives.data.seq2seq_sft.pack_seq2seq_examples` emits), the
+    objective runs the backbone's own layers in its own order
+    (`run_seq2seq_with_attention_masks`) with per-example encoder
+    self-attention, causal decoder self-attention and cross-attention masks
+    (`kobjectives.ops.segment_attention_mask`), shifts the targets right per
+    example (each example's first decoder input is
+    `decoder_start_token_id`) and, for BART's learned absolute positions,
+    restarts positions at 0 per example (`kobjectives.ops.
+    document_positions`); T5's relative position bias needs no change. Each
+    example then gets the logits it has alone in its own row. Supported:
+    `T5Backbone`, `BartBackbone`; at construction the re-wired layers are
+    checked against the backbone's own call on one example per row, and
+    packed rows are refused (a clear error at call time) for another
+    backbone or a failed check (`packing_problem` says why). Without segment
+    ids the backbone's own call runs, as always.
+
     Args:
         backbone: a keras-hub seq2seq backbone (`T5Backbone`,
             `BartBackbone`) or any `keras.Model` taking `encoder_token_ids`,
@@ -94,7 +112,9 @@ class DenoisingSeq2Seq(Objective):
     Inputs: a dict with `encoder_token_ids`, `encoder_padding_mask`
         `[batch, source_length]` and either `target_ids` (+ optional
         `target_padding_mask`) or `decoder_token_ids` and
-        `decoder_padding_mask` `[batch, target_length]`.
+        `decoder_padding_mask` `[batch, target_length]`; for packed rows
+        also `encoder_segment_ids` `[batch, source_length]` and
+        `decoder_segment_ids` `[batch, target_length]`.
 
     Outputs: logits `[batch, target_length, vocabulary_size]`, float32.
 
@@ -103,7 +123,9 @@ class DenoisingSeq2Seq(Objective):
         a Unified Text-to-Text Transformer", https://arxiv.org/abs/1910.10683;
         Lewis et al., 2020, "BART: Denoising Sequence-to-Sequence
         Pre-training for Natural Language Generation, Translation, and
-        Comprehension", https://arxiv.org/abs/1910.13461
+        Comprehension", https://arxiv.org/abs/1910.13461; packing: Krell et
+        al., 2021, "Efficient Sequence Packing without Cross-contamination",
+        https://arxiv.org/abs/2107.02027
 
     Example:
 

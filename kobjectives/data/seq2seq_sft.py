@@ -34,16 +34,24 @@ The path from text to batches:
    the targets right after its `decoder_start_token_id` (T5: the padding
    id; BART: `[end]`).
 
-**No packing.** The causal SFT data (`kobjectives.data.sft`) packs several
-examples into a window and resets attention at their boundaries. Doing so
-exactly for an encoder-decoder needs block-diagonal encoder self-attention,
-decoder self-attention and encoder-decoder cross-attention masks (and, for
-BART's learned absolute positions, positions restarting per example).
-keras-hub 0.32's `T5Backbone` and `BartBackbone` take only
-`encoder_padding_mask` and `decoder_padding_mask` (`[batch, length]`,
-broadcast to every query inside the backbone), so packed examples would
-attend to each other. Rather than pack inexactly, every row holds one
-example, padded.
+4. (packing) `pack_seq2seq_examples(examples)`: several examples per row,
+   assigned by `kobjectives.data.best_fit_decreasing` on two capacities
+   (an example fits a row when its input fits the encoder row and its
+   target the target row). Each example's real ids are laid out one after
+   the other; `encoder_segment_ids` / `decoder_segment_ids` are 1..k for
+   the k examples of a row and 0 on padding. `seq2seq_sft_dataset(...,
+   packing=True)` batches these rows.
+
+**Exact packing.** `kobjectives.objectives.DenoisingSeq2Seq`, given the
+segment ids, runs the T5/BART backbone's own layers with block-diagonal
+encoder self-attention, causal decoder self-attention and cross-attention
+masks (`kobjectives.ops.segment_attention_mask`), shifts the targets right
+per example (each example's first decoder input is the decoder start id)
+and, for BART's learned absolute positions, restarts positions at 0 per
+example: every packed example computes what it computes alone in its own
+padded row (up to float rounding). keras-hub's own `T5Backbone` /
+`BartBackbone` call takes only `[batch, length]` padding masks, hence the
+re-wiring.
 """
 
 import dataclasses
@@ -54,6 +62,10 @@ import tensorflow as tf
 
 from kobjectives.data.chat import check_conversation
 from kobjectives.data.seq2seq import SEQ2SEQ_INPUTS
+from kobjectives.data.sft import best_fit_decreasing
+
+PACKED_SEQ2SEQ_INPUTS = SEQ2SEQ_INPUTS + ("encoder_segment_ids", "decoder_segment_ids")
+"""The model inputs of a packed row (`pack_seq2seq_examples`)."""
 
 # Texts tokenized per tokenizer call.
 _TOKENIZE_BATCH = 256
@@ -297,29 +309,121 @@ def tokenize_seq2seq_pairs(inputs, targets, tokenizer, encoder_length, target_le
         input_capacity=encoder_length - 1, target_capacity=target_length - special)
 
 
+def pack_seq2seq_examples(examples, padding_token_id=0, buffer_size=None):
+    """Packs tokenized seq2seq examples several to a row, exactly.
+
+    Rows are assigned by `kobjectives.data.best_fit_decreasing` on two
+    capacities, the encoder and the target row lengths: an example fits a
+    row when both its input ids (the end token included) and its target
+    ids (start and end tokens included) fit. No example is split or
+    truncated further (each already fits a row of its own). A row holds
+    its examples one after the other, then padding; segment `k` (1-based)
+    of row `r` is example `bins[r][k - 1]`.
+
+    Args:
+        examples: `Seq2SeqExamples` (`tokenize_seq2seq_pairs`).
+        padding_token_id: int, the id of padded positions (never attended
+            to nor scored).
+        buffer_size: optional int, `best_fit_decreasing`'s streaming buffer.
+
+    Returns:
+        `(rows, bins)`. `rows` is a dict of numpy arrays with a row per bin:
+        `encoder_token_ids`, `encoder_padding_mask`, `encoder_segment_ids`
+        int32 `[rows, encoder_length]`; `target_ids`, `target_padding_mask`,
+        `decoder_segment_ids` int32 and `target_weights` float32
+        `[rows, target_length]` (`PACKED_SEQ2SEQ_INPUTS` and the weights).
+        Segment ids are 1..k for the k examples of a row, 0 on padding.
+        `bins[r]` lists the example indices of row `r`.
+
+    Raises:
+        TypeError: `examples` is not `Seq2SeqExamples`.
+        ValueError: no example, or a bad `padding_token_id` / `buffer_size`.
+
+    Example:
+
+    >>> tokenizer = keras_hub.tokenizers.WordPieceTokenizer(oov_token="[UNK]",
+    ...     vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"])
+    >>> examples = tokenize_seq2seq_pairs(["a b", "c", "a b c"], ["c", "a b", "b"], tokenizer,
+    ...                                   encoder_length=6, target_length=5, end_token_id=3)
+    >>> rows, bins = pack_seq2seq_examples(examples)
+    >>> bins
+    [[2, 1], [0]]
+    >>> rows["encoder_token_ids"].tolist()[0], rows["encoder_segment_ids"].tolist()[0]
+    ([4, 5, 6, 3, 6, 3], [1, 1, 1, 1, 2, 2])
+    >>> rows["target_ids"].tolist()[0], rows["decoder_segment_ids"].tolist()[0]
+    ([5, 3, 4, 5, 3], [1, 1, 2, 2, 2])
+    """
+    if not isinstance(examples, Seq2SeqExamples):
+        raise TypeError(
+            "`examples` must be kobjectives.data.seq2seq_sft.Seq2SeqExamples (from "
+            f"tokenize_seq2seq_pairs). Received: {type(examples).__name__}")
+    if len(examples) == 0:
+        raise ValueError("`examples` is empty: there is nothing to pack.")
+    padding_token_id = _check_int("padding_token_id", padding_token_id, 0)
+    encoder_lengths = examples.encoder_padding_mask.sum(axis=1).astype(np.int64)
+    target_lengths = examples.target_padding_mask.sum(axis=1).astype(np.int64)
+    encoder_length = examples.encoder_token_ids.shape[1]
+    target_length = examples.target_ids.shape[1]
+    bins = best_fit_decreasing(np.stack([encoder_lengths, target_lengths], axis=1),
+                               (encoder_length, target_length), buffer_size=buffer_size)
+    count = len(bins)
+    rows = {
+        "encoder_token_ids": np.full((count, encoder_length), padding_token_id, np.int32),
+        "encoder_segment_ids": np.zeros((count, encoder_length), np.int32),
+        "target_ids": np.full((count, target_length), padding_token_id, np.int32),
+        "decoder_segment_ids": np.zeros((count, target_length), np.int32),
+        "target_weights": np.zeros((count, target_length), np.float32),
+    }
+    for row, members in enumerate(bins):
+        encoder_start = target_start = 0
+        for segment, index in enumerate(members, 1):
+            encoder_end = encoder_start + int(encoder_lengths[index])
+            target_end = target_start + int(target_lengths[index])
+            rows["encoder_token_ids"][row, encoder_start:encoder_end] = (
+                examples.encoder_token_ids[index, :encoder_end - encoder_start])
+            rows["encoder_segment_ids"][row, encoder_start:encoder_end] = segment
+            rows["target_ids"][row, target_start:target_end] = (
+                examples.target_ids[index, :target_end - target_start])
+            rows["target_weights"][row, target_start:target_end] = (
+                examples.target_weights[index, :target_end - target_start])
+            rows["decoder_segment_ids"][row, target_start:target_end] = segment
+            encoder_start, target_start = encoder_end, target_end
+    rows["encoder_padding_mask"] = (rows["encoder_segment_ids"] > 0).astype(np.int32)
+    rows["target_padding_mask"] = (rows["decoder_segment_ids"] > 0).astype(np.int32)
+    return rows, bins
+
+
 def seq2seq_sft_dataset(examples, batch_size, *, shuffle=True, seed=0, repeat=False,
-                        drop_remainder=True, cache=False):
+                        drop_remainder=True, cache=False, packing=False, padding_token_id=0,
+                        buffer_size=None):
     """Seq2seq SFT batches for `kobjectives.objectives.DenoisingSeq2Seq`:
     `(x, target_ids, target_weights)` with `x` the `SEQ2SEQ_INPUTS` of
-    `examples`, one example per row.
+    `examples`, one example per row; with `packing=True`, the rows of
+    `pack_seq2seq_examples` (several examples per row, `x` also holding
+    `encoder_segment_ids` and `decoder_segment_ids`).
 
     Args:
         examples: `Seq2SeqExamples` (`tokenize_seq2seq_pairs`).
         batch_size: int, rows per batch (the global batch).
-        shuffle: shuffle the examples (seeded; a new order every epoch).
+        shuffle: shuffle the rows (seeded; a new order every epoch).
         seed: int, the shuffle seed.
         repeat: repeat forever.
         drop_remainder: drop the last, smaller batch (static shapes).
         cache: cache the batches after the first pass.
+        packing: bool, pack several examples per row
+            (`pack_seq2seq_examples`, packed once, before shuffling).
+        padding_token_id: int, the id of padded positions of packed rows.
+        buffer_size: optional int, the packing's streaming buffer.
 
     Returns:
         A `tf.data.Dataset` of `(x, target_ids, target_weights)`: `x` a dict
         of int32 `[batch_size, encoder_length]` encoder ids and mask and
-        `[batch_size, target_length]` target ids and mask; `target_ids`
-        int32 and `target_weights` float32 `[batch_size, target_length]`.
+        `[batch_size, target_length]` target ids and mask (packed: and the
+        segment ids of both); `target_ids` int32 and `target_weights`
+        float32 `[batch_size, target_length]`.
 
     Raises:
-        ValueError: fewer examples than `batch_size` with
+        ValueError: fewer rows than `batch_size` with
             `drop_remainder=True` (no batch at all).
 
     Example:
@@ -331,14 +435,28 @@ def seq2seq_sft_dataset(examples, batch_size, *, shuffle=True, seed=0, repeat=Fa
     >>> x, target_ids, target_weights = next(iter(seq2seq_sft_dataset(examples, 2, shuffle=False)))
     >>> x["encoder_token_ids"].numpy().tolist(), target_ids.numpy().tolist()
     ([[4, 3, 0], [5, 3, 0]], [[5, 3, 0], [6, 3, 0]])
+    >>> wide = tokenize_seq2seq_pairs(["a", "b", "c"], ["b", "c", "a"], tokenizer, 4, 4,
+    ...                               end_token_id=3)
+    >>> packed = seq2seq_sft_dataset(wide, 1, shuffle=False, packing=True)
+    >>> x, target_ids, _ = next(iter(packed))  # two examples in the first row
+    >>> x["encoder_segment_ids"].numpy().tolist(), target_ids.numpy().tolist()
+    ([[1, 1, 2, 2]], [[5, 3, 6, 3]])
     """
     batch_size = _check_int("batch_size", batch_size, 1)
-    count = len(examples)
+    if packing:
+        rows, _ = pack_seq2seq_examples(examples, padding_token_id, buffer_size)
+        x = {key: rows[key] for key in PACKED_SEQ2SEQ_INPUTS}
+        weights = rows["target_weights"]
+    else:
+        x, weights = examples.x(), examples.target_weights
+    count = len(weights)
     if drop_remainder and count < batch_size:
+        what = f"{len(examples)} examples fill {count} rows, fewer" if packing else (
+            f"{count} examples are fewer")
         raise ValueError(
-            f"The {count} examples are fewer than batch_size={batch_size}, so "
+            f"The {what} than batch_size={batch_size}, so "
             "drop_remainder=True leaves no batch. Give more examples or a smaller batch_size.")
-    dataset = tf.data.Dataset.from_tensor_slices((examples.x(), examples.target_weights))
+    dataset = tf.data.Dataset.from_tensor_slices((x, weights))
     if shuffle:
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(

@@ -266,24 +266,48 @@ def tokenize_sft_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
 
 
 def _check_lengths(lengths, capacity):
-    capacity = _check_positive_int("capacity", capacity)
+    """`(lengths [n, d] int64, capacity tuple of d ints, one_dimensional)`."""
+    one_dimensional = np.ndim(capacity) == 0
+    if one_dimensional:
+        capacity = (_check_positive_int("capacity", capacity),)
+    else:
+        capacity = tuple(capacity)
+        if not capacity:
+            raise ValueError("`capacity` must be an int or a non-empty sequence of ints.")
+        capacity = tuple(_check_positive_int(f"capacity[{axis}]", value)
+                         for axis, value in enumerate(capacity))
     lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+    if lengths.size == 0:
+        lengths = lengths.reshape(0, len(capacity)).astype(np.int64)
+    expected = "a 1-D list of ints" if one_dimensional else (
+        f"an [n, {len(capacity)}] array of ints (one size per capacity)")
+    shape_ok = lengths.ndim == 1 if one_dimensional else (
+        lengths.ndim == 2 and lengths.shape[1] == len(capacity))
+    if not shape_ok or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
         raise ValueError(
-            f"`lengths` must be a 1-D list of ints. Received shape {lengths.shape}, "
+            f"`lengths` must be {expected}. Received shape {lengths.shape}, "
             f"dtype {lengths.dtype}."
         )
-    bad = np.flatnonzero((lengths < 1) | (lengths > capacity))
+    lengths = lengths.reshape(len(lengths), len(capacity)).astype(np.int64)
+    bad = np.flatnonzero(((lengths < 1) | (lengths > np.asarray(capacity))).any(axis=1))
     if bad.size:
         index = int(bad[0])
+        if one_dimensional:
+            item, room, bounds = int(lengths[index, 0]), capacity[0], f"[1, {capacity[0]}]"
+        else:
+            item, room = tuple(lengths[index].tolist()), capacity
+            bounds = " x ".join(f"[1, {value}]" for value in capacity)
         raise ValueError(
-            f"lengths[{index}] = {int(lengths[index])} does not fit a bin of capacity "
-            f"{capacity}: every length must be in [1, {capacity}] ({bad.size} do not)."
+            f"lengths[{index}] = {item} does not fit a bin of capacity "
+            f"{room}: every length must be in {bounds} ({bad.size} do not)."
         )
-    return lengths.astype(np.int64), capacity
+    return lengths, capacity, one_dimensional
 
 
 def _best_fit_decreasing(lengths, capacity, offset):
+    """One capacity: bins' rooms kept sorted, searched by bisection."""
+    capacity = capacity[0]
+    lengths = lengths[:, 0]
     order = np.argsort(-lengths, kind="stable")  # longest first; ties in input order
     bins = []
     open_bins = []  # sorted (room left, bin index) of the bins with room
@@ -301,6 +325,29 @@ def _best_fit_decreasing(lengths, capacity, offset):
     return bins
 
 
+def _vector_best_fit_decreasing(lengths, capacity, offset):
+    """Several capacities: every open bin scanned (vectorized) per item."""
+    capacity = np.asarray(capacity, np.int64)
+    size_key = (lengths / capacity).max(axis=1)
+    order = np.argsort(-size_key, kind="stable")  # largest first; ties in input order
+    bins = []
+    rooms = np.zeros((0, len(capacity)), np.int64)
+    for item in order:
+        size = lengths[item]
+        left = rooms - size
+        fits = np.flatnonzero((left >= 0).all(axis=1))
+        if fits.size:
+            slack = (left[fits] / capacity).sum(axis=1)
+            bin_index = int(fits[np.argmin(slack)])  # argmin: the earliest of ties
+            rooms[bin_index] = left[bin_index]
+        else:
+            bin_index = len(bins)
+            bins.append([])
+            rooms = np.concatenate([rooms, (capacity - size)[None]])
+        bins[bin_index].append(int(item) + offset)
+    return bins
+
+
 def best_fit_decreasing(lengths, capacity, buffer_size=None):
     """Packs items into bins of `capacity` by best-fit decreasing.
 
@@ -315,6 +362,17 @@ def best_fit_decreasing(lengths, capacity, buffer_size=None):
     half full or less; and the number of bins is at most
     `11/9 OPT + 6/9` (Dosa, 2007), where `OPT` is the fewest possible.
 
+    Several capacities (vector bin packing, e.g. a seq2seq row's encoder
+    and target lengths): `lengths` is `[n, d]` and `capacity` `d` ints; an
+    item fits a bin when it fits every capacity. Items are taken by their
+    largest share of a capacity (`max_j lengths[i, j] / capacity[j]`),
+    largest first; each goes into the fitting open bin with the least room
+    left (the sum over capacities of `room_j / capacity[j]` after placing
+    it; ties: the earliest bin). Every open bin is scanned per item
+    (`O(n * bins)`, vectorized). With `d = 1` this is the same packing as
+    one capacity (`best_fit_decreasing(l[:, None], (c,)) ==
+    best_fit_decreasing(l, c)`); the `11/9` bound is for one capacity only.
+
     Streaming: with `buffer_size=N` the items are packed `N` at a time, in
     input order, each buffer on its own (its bins are closed before the
     next buffer starts), so a stream of examples can be packed with bounded
@@ -322,8 +380,11 @@ def best_fit_decreasing(lengths, capacity, buffer_size=None):
     the whole dataset at once.
 
     Args:
-        lengths: 1-D ints, each in `[1, capacity]`.
-        capacity: int >= 1 (the window length).
+        lengths: 1-D ints, each in `[1, capacity]`; or, with `capacity` a
+            sequence of `d` ints, `[n, d]` ints, `lengths[i, j]` in
+            `[1, capacity[j]]`.
+        capacity: int >= 1 (the window length), or a sequence of ints >= 1
+            (one per size of an item).
         buffer_size: optional int >= 1, items per independently packed
             buffer; None packs all at once.
 
@@ -342,20 +403,25 @@ def best_fit_decreasing(lengths, capacity, buffer_size=None):
         Bin-Packing Algorithm Is FFD(I) <= 11/9 OPT(I) + 6/9" (which also
         holds for best-fit decreasing); Krell et al., 2021, "Efficient
         Sequence Packing without Cross-contamination",
-        https://arxiv.org/abs/2107.02027 (packing for transformers).
+        https://arxiv.org/abs/2107.02027 (packing for transformers);
+        Panigrahy et al., 2011, "Heuristics for Vector Bin Packing"
+        (Microsoft Research; size and fit measures of several capacities).
 
     Example:
 
     >>> best_fit_decreasing([4, 8, 1, 4, 2, 1], capacity=10)
     [[1, 4], [0, 3, 2, 5]]
+    >>> best_fit_decreasing([[3, 1], [1, 3], [2, 2]], capacity=(4, 4))
+    [[0, 1], [2]]
     """
-    lengths, capacity = _check_lengths(lengths, capacity)
+    lengths, capacity, one_dimensional = _check_lengths(lengths, capacity)
+    pack = _best_fit_decreasing if one_dimensional else _vector_best_fit_decreasing
     if buffer_size is None:
-        return _best_fit_decreasing(lengths, capacity, 0)
+        return pack(lengths, capacity, 0)
     buffer_size = _check_positive_int("buffer_size", buffer_size)
     bins = []
     for start in range(0, len(lengths), buffer_size):
-        bins += _best_fit_decreasing(lengths[start:start + buffer_size], capacity, start)
+        bins += pack(lengths[start:start + buffer_size], capacity, start)
     return bins
 
 

@@ -72,6 +72,7 @@ from kobjectives.ops.permutation_lm import two_stream_attention_masks  # noqa: F
 from kobjectives.ops.bart_noising import bart_noise  # noqa: F401
 from kobjectives.ops.causal_lm import document_causal_mask  # noqa: F401
 from kobjectives.ops.causal_lm import document_positions  # noqa: F401
+from kobjectives.ops.causal_lm import segment_attention_mask  # noqa: F401
 from kobjectives.ops.classification import check_label_smoothing  # noqa: F401
 from kobjectives.ops.classification import classification_scores  # noqa: F401
 from kobjectives.ops.classification import confusion_matrix  # noqa: F401

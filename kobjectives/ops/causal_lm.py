@@ -1,5 +1,6 @@
-"""Next-token targets and packed-document attention masks of causal language
-modeling, as tensor functions."""
+"""Next-token targets of causal language modeling and the attention masks of
+packed examples (causal documents, encoder-decoder pairs), as tensor
+functions."""
 
 import tensorflow as tf
 
@@ -79,6 +80,83 @@ def _segment_and_real(segment_ids, padding_mask, name):
     return segment_ids, real
 
 
+def segment_attention_mask(query_segment_ids, key_segment_ids, query_padding_mask=None,
+                           key_padding_mask=None, causal=False):
+    """Attention mask of packed examples: queries see only keys of their own
+    example.
+
+    Query `q` may attend to key `k` iff both are real tokens (the padding
+    masks), they belong to the same example (`query_segment_ids[q] ==
+    key_segment_ids[k]`) and, with `causal=True`, `k <= q`. For a packed
+    encoder-decoder row the three masks are: encoder self-attention
+    `(encoder_segment_ids, encoder_segment_ids)`, decoder self-attention
+    `(decoder_segment_ids, decoder_segment_ids, causal=True)` and
+    cross-attention `(decoder_segment_ids, encoder_segment_ids)`; each
+    example of the row is then encoded as if it were alone.
+
+    A query row that would allow no key (a padding query, or a query whose
+    example has no real key) attends to key `min(q, key_length - 1)` alone
+    (itself, in self-attention). Its output is never scored, but a row with
+    no allowed key is a uniform softmax in Keras' attention and NaN in fused
+    (flash) kernels; one allowed key keeps every row well defined.
+
+    Args:
+        query_segment_ids: int tensor `[..., query_length]`, the example of
+            each query position (equal ids = same example).
+        key_segment_ids: int tensor `[..., key_length]`, the example of each
+            key position; the leading dimensions of the query's.
+        query_padding_mask: optional bool/int tensor `[..., query_length]`,
+            true for real tokens. None means every query is real.
+        key_padding_mask: optional bool/int tensor `[..., key_length]`, true
+            for real tokens. None means every key is real.
+        causal: bool, also require `k <= q` (decoder self-attention).
+
+    Returns:
+        bool tensor `[..., query_length, key_length]`: `[..., q, k]` true
+        when query `q` may attend to key `k` (the layout of keras-hub's
+        attention masks).
+
+    Raises:
+        TypeError: float segment ids.
+        ValueError: segment ids of rank 0, a padding mask of another shape
+            than its segment ids, or query and key ids whose leading
+            dimensions differ.
+
+    Reference:
+        Krell et al., 2021, "Efficient Sequence Packing without
+        Cross-contamination", https://arxiv.org/abs/2107.02027
+
+    Example:
+
+    >>> mask = segment_attention_mask(
+    ...     tf.constant([[1, 1, 2, 0]]), tf.constant([[1, 2, 2]]),
+    ...     query_padding_mask=tf.constant([[1, 1, 1, 0]]))
+    >>> mask.numpy().astype(int)[0].tolist()  # the padding query sees key 2 alone
+    [[1, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    """
+    name = "segment_attention_mask"
+    query_ids, query_real = _segment_and_real(query_segment_ids, query_padding_mask, name)
+    key_ids, key_real = _segment_and_real(key_segment_ids, key_padding_mask, name)
+    if not query_ids.shape[:-1].is_compatible_with(key_ids.shape[:-1]):
+        raise ValueError(
+            f"`query_segment_ids` {query_ids.shape} and `key_segment_ids` {key_ids.shape} "
+            f"must have the same leading (batch) dimensions in {name}; only the last "
+            "(length) may differ."
+        )
+    query_length = tf.shape(query_ids)[-1]
+    key_length = tf.shape(key_ids)[-1]
+    same = tf.equal(query_ids[..., :, None], key_ids[..., None, :])
+    both_real = tf.logical_and(query_real[..., :, None], key_real[..., None, :])
+    mask = tf.logical_and(same, both_real)
+    query_positions = tf.range(query_length)
+    if causal:
+        mask = tf.logical_and(mask, tf.range(key_length)[None, :] <= query_positions[:, None])
+    fallback = tf.one_hot(tf.minimum(query_positions, key_length - 1), key_length,
+                          on_value=True, off_value=False, dtype=tf.bool)  # [q, k]
+    empty = tf.logical_not(tf.reduce_any(mask, axis=-1))
+    return tf.logical_or(mask, tf.logical_and(empty[..., :, None], fallback))
+
+
 def document_causal_mask(segment_ids, padding_mask=None):
     """Block-diagonal causal self-attention mask of packed documents.
 
@@ -87,6 +165,7 @@ def document_causal_mask(segment_ids, padding_mask=None):
     (`segment_ids[s] == segment_ids[t]`). So inside a window packed with
     several documents (`kobjectives.layers.SequencePacker`) no token sees
     the previous document: each document is encoded as if it were alone.
+    The causal self-attention case of `segment_attention_mask`.
 
     A padded position attends only to itself. Its output is never scored,
     but an attention row with no allowed key would be a uniform softmax in
@@ -116,16 +195,8 @@ def document_causal_mask(segment_ids, padding_mask=None):
     >>> mask.numpy().astype(int)[0].tolist()
     [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
     """
-    segment_ids, real = _segment_and_real(segment_ids, padding_mask, "document_causal_mask")
-    length = tf.shape(segment_ids)[-1]
-    positions = tf.range(length)
-    causal = positions[None, :] <= positions[:, None]  # [t, s]: s <= t
-    same = tf.equal(segment_ids[..., :, None], segment_ids[..., None, :])
-    both_real = tf.logical_and(real[..., :, None], real[..., None, :])
-    mask = tf.logical_and(tf.logical_and(same, both_real), causal)
-    diagonal = tf.cast(tf.eye(length), tf.bool)
-    padded_self = tf.logical_and(diagonal, tf.logical_not(real)[..., :, None])
-    return tf.logical_or(mask, padded_self)
+    return segment_attention_mask(segment_ids, segment_ids, padding_mask, padding_mask,
+                                  causal=True)
 
 
 def document_positions(segment_ids, padding_mask=None):

@@ -15,12 +15,14 @@ import numpy as np
 from kobjectives import backbones
 from kobjectives import data as data_lib
 from kobjectives.data.seq2seq_sft import dialogue_pair
+from kobjectives.data.seq2seq_sft import pack_seq2seq_examples
 from kobjectives.data.seq2seq_sft import seq2seq_sft_dataset
 from kobjectives.data.seq2seq_sft import tokenize_seq2seq_pairs
 from kobjectives.export import Seq2SeqTextGenerator
 from kobjectives.export.seq2seq import export_seq2seq_saved_model
 from kobjectives.metrics import denoising_baselines
 from kobjectives.objectives import DenoisingSeq2Seq
+from kobjectives.objectives.denoising_seq2seq import segment_attention_unsupported
 from kobjectives.recipe import RecipeError
 from kobjectives.recipe import Recipe
 from kobjectives.recipe import Section
@@ -37,14 +39,6 @@ from kobjectives.runs.run import RECIPE_FILE
 from kobjectives.runs.run import Run
 from kobjectives.runs.sft import SFTDataConfig
 
-NO_PACKING_REASON = (
-    "exact packing of encoder-decoder examples needs block-diagonal encoder self-attention, "
-    "decoder self-attention and cross-attention masks (and positions restarting per example "
-    "for BART), but keras-hub's T5Backbone and BartBackbone take only encoder_padding_mask "
-    "and decoder_padding_mask, so packed examples would attend to each other")
-"""Why the seq2seq SFT run does not pack examples (`seq2seq.packing`)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqSFTModelConfig(Seq2SeqModelConfig):
     """The encoder-decoder backbone (built from config or started from
@@ -57,15 +51,12 @@ class Seq2SeqSFTModelConfig(Seq2SeqModelConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqSFTConfig(Section):
-    """How examples fill the rows: one per row (seq2seq examples are not packed)."""
+    """How training examples fill the rows: one per row, or packed exactly."""
 
     packing: bool = option(
-        False, "must stay false: one example per row, padded (keras-hub's T5/BART "
-        "backbones cannot keep packed examples apart)")
-
-    def check(self):
-        if self.packing:
-            yield f"packing = True: {NO_PACKING_REASON}. Leave it false (one example per row)."
+        False, "pack several training examples per row (best-fit decreasing on both lengths; "
+        "per-example attention masks, BART positions restarting), each computed as if alone; "
+        "false: one example per row, padded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +81,10 @@ class Seq2SeqSFTRun(Run):
     the encoder reads the input (`input [end]`), the decoder is teacher-forced
     on the target (`target [end]`; BART: `[start] target [end]`, the start
     token given, not scored) and the loss is the mean cross-entropy over the
-    target tokens. One example per row: no packing (`NO_PACKING_REASON`).
+    target tokens. One example per row, or with `seq2seq.packing` several
+    per training row, packed exactly (`pack_seq2seq_examples`: per-example
+    attention masks, BART positions restarting; each example computes what
+    it computes alone); evaluation and serving read one example per row.
     Held-out target perplexity and token accuracy next to a unigram model of
     the training targets. Serves raw input text (teacher-forced logits for
     given decoder ids, and greedy generation of the target,
@@ -120,6 +114,13 @@ class Seq2SeqSFTRun(Run):
                 "token, at least one token and an end token; use at least 3")
         if not problems and model.init:
             problems += list(self._init_problems())
+        if not problems and self.recipe.seq2seq.packing:
+            cls = getattr(keras_hub.models, self.backbone_class_name(), None)
+            reason = segment_attention_unsupported(cls) if isinstance(cls, type) else (
+                f"the backbone class {self.backbone_class_name()!r} is not a keras-hub model; "
+                "only T5Backbone and BartBackbone pack.")
+            if reason:
+                problems.append(f"seq2seq.packing = True: {reason} Set seq2seq.packing = false")
         yield from problems
 
     def _init_problems(self):
@@ -280,13 +281,16 @@ class Seq2SeqSFTRun(Run):
         return examples
 
     def make_dataset(self, split, batch_size, input_context=None):
-        """`(x, target_ids, target_weights)` batches, one example per row:
-        `"train"` shuffled (seeded), repeated; `"validation"` at most
+        """`(x, target_ids, target_weights)` batches: `"train"` shuffled
+        (seeded), repeated, packed with `seq2seq.packing`; `"validation"`
+        one example per row (as served), at most
         `training.validation_batches` batches, cached."""
         examples = self.examples(split, input_context)
         if split == "train":
             return seq2seq_sft_dataset(examples, batch_size, shuffle=True,
-                                       seed=self.recipe.training.seed, repeat=True)
+                                       seed=self.recipe.training.seed, repeat=True,
+                                       packing=self.recipe.seq2seq.packing,
+                                       padding_token_id=self.token_id("pad"))
         if len(examples) < batch_size:
             raise ValueError(
                 f"The validation split ({len(examples)} pairs) is smaller than one batch of "
@@ -328,7 +332,8 @@ class Seq2SeqSFTRun(Run):
         return tuple(i for i in ids if i is not None)
 
     def evaluate(self, fitted):
-        """Over every held-out target token (each validation example once):
+        """Over every held-out target token (each validation example once,
+        one per row, whether or not training packs):
         the model's perplexity and teacher-forced token accuracy (its own
         compiled metrics, `model.evaluate`) next to the unigram model of the
         training targets (`denoising_baselines.unigram_baseline`), and the
@@ -350,7 +355,8 @@ class Seq2SeqSFTRun(Run):
             "dataset": self.recipe.data.source,
             "encoder_length": model.sequence_length,
             "target_length": model.target_length,
-            "packing": False,
+            "packing": self.recipe.seq2seq.packing,
+            **self.train_rows(),
             "val_loss": fitted.evaluation["loss"],
             "val_target_perplexity": scores["perplexity"],
             "val_target_token_accuracy": scores["token_accuracy"],
@@ -404,8 +410,23 @@ class Seq2SeqSFTRun(Run):
             f"{metrics['unigram_token']!r}; {metrics['val_target_tokens']} target tokens)",
             f"train pairs truncated: {truncated['inputs']} inputs (longer than "
             f"{metrics['encoder_length'] - 1} tokens), {truncated['targets']} targets; "
-            "no packing (one example per row)",
+            f"train rows: {metrics.get('train_rows')}, target slots filled "
+            f"{metrics.get('train_target_fill', float('nan')):.1%} (packing "
+            f"{metrics['packing']})",
         ]
+
+    def train_rows(self):
+        """`{"train_rows", "train_target_fill"}`: the training rows (one per
+        pair, or packed) and the share of their target slots holding a
+        target id."""
+        examples = self.train_examples
+        if self.recipe.seq2seq.packing:
+            rows = len(pack_seq2seq_examples(examples, self.token_id("pad"))[1])
+        else:
+            rows = len(examples)
+        slots = rows * examples.target_ids.shape[1]
+        return {"train_rows": rows,
+                "train_target_fill": float(examples.target_padding_mask.sum() / slots)}
 
     # -- export --------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 from kobjectives.data.seq2seq import SEQ2SEQ_INPUTS
+from kobjectives.data.seq2seq_sft import PACKED_SEQ2SEQ_INPUTS
 from kobjectives.data.seq2seq_sft import dialogue_pair
+from kobjectives.data.seq2seq_sft import pack_seq2seq_examples
 from kobjectives.data.seq2seq_sft import dialogue_prompt_text
 from kobjectives.data.seq2seq_sft import seq2seq_sft_dataset
 from kobjectives.data.seq2seq_sft import tokenize_seq2seq_pairs
@@ -159,3 +161,80 @@ def test_dialogue_pairs_render_the_turns_before_the_last_answer():
         dialogue_pair(conversation[:4], "dialogue 3")
     with pytest.raises(ValueError, match="must alternate"):
         dialogue_pair([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+
+
+def _random_examples(n, encoder_length, target_length, seed, start=None):
+    rng = np.random.default_rng(seed)
+    words = "abcd"
+    # Mostly short (several fit a row), some too long (truncated to a row).
+    inputs = [" ".join(rng.choice(list(words), rng.integers(0, encoder_length // 2)
+                                  if i % 7 else encoder_length + 1)) for i in range(n)]
+    targets = [" ".join(rng.choice(list(words), rng.integers(1, target_length // 2)
+                                   if i % 5 else target_length + 1)) for i in range(n)]
+    return tokenize_seq2seq_pairs(inputs, targets, _tokenizer(), encoder_length, target_length,
+                                  end_token_id=SEP, target_start_token_id=start)
+
+
+@pytest.mark.parametrize("start", [None, CLS], ids=["t5", "bart"])
+def test_packing_holds_every_example_once_whole_within_both_capacities(start):
+    examples = _random_examples(60, 9, 10, seed=start or 0, start=start)
+    rows, bins = pack_seq2seq_examples(examples, padding_token_id=PAD)
+    assert sorted(i for b in bins for i in b) == list(range(60))
+    assert len(bins) < 40 and max(len(b) for b in bins) >= 3
+    for key in PACKED_SEQ2SEQ_INPUTS:
+        assert rows[key].dtype == np.int32 and rows[key].shape[0] == len(bins)
+    assert rows["encoder_token_ids"].shape[1] == 9 and rows["target_ids"].shape[1] == 10
+    assert rows["target_weights"].dtype == np.float32
+    enc_len = examples.encoder_padding_mask.sum(1)
+    tgt_len = examples.target_padding_mask.sum(1)
+    for row, members in enumerate(bins):
+        assert enc_len[members].sum() <= 9 and tgt_len[members].sum() <= 10
+        encoder, target = 0, 0
+        for segment, index in enumerate(members, 1):
+            e, t = slice(encoder, encoder + enc_len[index]), slice(target, target + tgt_len[index])
+            # Each example's ids, mask and weights, verbatim and contiguous.
+            np.testing.assert_array_equal(rows["encoder_token_ids"][row, e],
+                                          examples.encoder_token_ids[index, :enc_len[index]])
+            np.testing.assert_array_equal(rows["target_ids"][row, t],
+                                          examples.target_ids[index, :tgt_len[index]])
+            np.testing.assert_array_equal(rows["target_weights"][row, t],
+                                          examples.target_weights[index, :tgt_len[index]])
+            assert (rows["encoder_segment_ids"][row, e] == segment).all()
+            assert (rows["decoder_segment_ids"][row, t] == segment).all()
+            encoder, target = e.stop, t.stop
+        # Then padding: id, mask, segment and weight 0.
+        for key, end in (("encoder", encoder), ("decoder", target)):
+            assert (rows[f"{key}_segment_ids"][row, end:] == 0).all()
+        assert (rows["encoder_token_ids"][row, encoder:] == PAD).all()
+        assert (rows["target_weights"][row, target:] == 0).all()
+    np.testing.assert_array_equal(rows["encoder_padding_mask"], rows["encoder_segment_ids"] > 0)
+    np.testing.assert_array_equal(rows["target_padding_mask"], rows["decoder_segment_ids"] > 0)
+    # The loss weights are those of the examples: target tokens only (BART's
+    # start token unscored), none lost or added.
+    assert rows["target_weights"].sum() == examples.target_weights.sum()
+    if start is not None:
+        first = np.flatnonzero(np.diff(rows["decoder_segment_ids"], prepend=0, axis=1).ravel())
+        assert (rows["target_ids"].ravel()[first][rows["decoder_segment_ids"].ravel()[first] > 0]
+                == CLS).all()
+
+
+def test_packed_dataset_batches_static_rows_and_unpacked_stays_as_before():
+    examples = _random_examples(40, 8, 6, seed=3)
+    rows, _ = pack_seq2seq_examples(examples)
+    dataset = seq2seq_sft_dataset(examples, 4, shuffle=False, packing=True)
+    for spec in tf.nest.flatten(dataset.element_spec):
+        assert spec.shape.is_fully_defined() and spec.shape[0] == 4, spec
+    x, target_ids, weights = next(iter(dataset))
+    assert sorted(x) == sorted(PACKED_SEQ2SEQ_INPUTS)
+    np.testing.assert_array_equal(target_ids, rows["target_ids"][:4])
+    np.testing.assert_array_equal(x["decoder_segment_ids"], rows["decoder_segment_ids"][:4])
+    np.testing.assert_array_equal(weights, rows["target_weights"][:4])
+    assert len(list(dataset)) == len(rows["target_ids"]) // 4
+    # packing=False (the default): one example per row, exactly as before.
+    x, target_ids, weights = next(iter(seq2seq_sft_dataset(examples, 4, shuffle=False)))
+    assert sorted(x) == sorted(SEQ2SEQ_INPUTS)
+    np.testing.assert_array_equal(target_ids, examples.target_ids[:4])
+    with pytest.raises(ValueError, match=r"40 examples fill \d+ rows, fewer than batch_size=39"):
+        seq2seq_sft_dataset(examples, 39, packing=True)
+    with pytest.raises(TypeError, match="Seq2SeqExamples"):
+        pack_seq2seq_examples({"encoder_token_ids": [[1]]})

@@ -342,3 +342,31 @@ def test_hh_rlhf_dialogues_pack_into_far_fewer_windows(shared_data):
     assert useful / rows["padding_mask"].size < 0.6
     assert len(rows["token_ids"]) > 1.6 * len(packed["token_ids"])
     assert packed["sample_weight"].sum() == rows["sample_weight"].sum()
+
+
+def test_best_fit_decreasing_on_two_capacities():
+    # One capacity given as a column is the same packing as the 1-D one.
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        capacity = int(rng.integers(3, 20))
+        lengths = rng.integers(1, capacity + 1, int(rng.integers(1, 30)))
+        assert (best_fit_decreasing(lengths[:, None], (capacity,), buffer_size=7)
+                == best_fit_decreasing(lengths, capacity, buffer_size=7))
+    # By hand: (3, 1) and (1, 3) fill a (4, 4) bin; (2, 2) opens another.
+    assert best_fit_decreasing([[3, 1], [1, 3], [2, 2]], (4, 4)) == [[0, 1], [2]]
+    # Each item fits both capacities of its bin; every item once; no two bins
+    # could be merged.
+    lengths = np.stack([rng.integers(1, 13, 300), rng.integers(1, 7, 300)], axis=1)
+    bins = best_fit_decreasing(lengths, (12, 6))
+    assert sorted(i for b in bins for i in b) == list(range(300))
+    loads = np.array([lengths[b].sum(0) for b in bins])
+    assert (loads <= [12, 6]).all()
+    merged = loads[:, None, :] + loads[None, :, :]
+    assert not ((merged <= [12, 6]).all(-1) & ~np.eye(len(bins), dtype=bool)).any()
+    assert len(bins) <= 1.25 * max(-(-lengths.sum(0) // [12, 6]))
+    with pytest.raises(ValueError, match=r"lengths\[1\] = \(2, 7\) does not fit.*\(4, 6\)"):
+        best_fit_decreasing([[1, 1], [2, 7]], (4, 6))
+    with pytest.raises(ValueError, match=r"\[n, 2\] array"):
+        best_fit_decreasing([1, 2], (4, 6))
+    with pytest.raises(ValueError, match=r"capacity\[1\]"):
+        best_fit_decreasing([[1, 1]], (4, 0))

@@ -7,7 +7,13 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from kobjectives.data.seq2seq import SEQ2SEQ_INPUTS
+from kobjectives.data.seq2seq_sft import PACKED_SEQ2SEQ_INPUTS
+from kobjectives.data.seq2seq_sft import Seq2SeqExamples
+from kobjectives.data.seq2seq_sft import pack_seq2seq_examples
 from kobjectives.objectives import DenoisingSeq2Seq
+from kobjectives.objectives.denoising_seq2seq import BACKBONE_INPUTS
+from kobjectives.objectives.denoising_seq2seq import run_seq2seq_with_attention_masks
 from tests.harness import ObjectiveCase
 from tests.harness import assert_jit_matches_eager
 from tests.harness import assert_keras_round_trip_continues
@@ -167,3 +173,126 @@ def test_bad_backbones_and_inputs_fail_with_the_fix():
         model({k: x[k] for k in ("encoder_token_ids", "encoder_padding_mask")})
     with pytest.raises(ValueError, match="encoder_padding_mask"):
         model({"encoder_token_ids": x["encoder_token_ids"], "target_ids": x["target_ids"]})
+
+
+# -- packed rows: several examples per row, each computed as if alone -----------
+
+
+def _short_examples(n=7, seed=5):
+    """`Seq2SeqExamples` of short pairs (inputs of 1-5 ids in rows of S,
+    targets of 1-3 ids in rows of T), so that 2-3 pack into a row."""
+    rng = np.random.default_rng(seed)
+    enc = rng.integers(5, V, (n, S)).astype("int32")
+    tgt = rng.integers(5, V, (n, T)).astype("int32")
+    enc_len, tgt_len = rng.integers(1, 6, n), rng.integers(1, 4, n)
+    enc_mask = (np.arange(S) < enc_len[:, None]).astype("int32")
+    tgt_mask = (np.arange(T) < tgt_len[:, None]).astype("int32")
+    weights = tgt_mask.astype("float32")
+    weights[::3, 0] = 0.0  # an unscored forced first token (BART's layout)
+    return Seq2SeqExamples(
+        encoder_token_ids=enc * enc_mask, encoder_padding_mask=enc_mask,
+        target_ids=tgt * tgt_mask, target_padding_mask=tgt_mask, target_weights=weights,
+        input_lengths=enc_len, target_lengths=tgt_len, input_capacity=S - 1,
+        target_capacity=T - 1)
+
+
+def _per_example(rows, bins, values):
+    """`{example index: values at its target positions}` of packed rows."""
+    out = {}
+    for row, members in enumerate(bins):
+        for segment, index in enumerate(members, 1):
+            out[index] = values[row][rows["decoder_segment_ids"][row] == segment]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_a_packed_row_gives_each_example_the_logits_it_has_alone(kind):
+    model = DenoisingSeq2Seq({"t5": t5, "bart": bart}[kind](), decoder_start_token_id=2)
+    examples = _short_examples()
+    rows, bins = pack_seq2seq_examples(examples)
+    assert max(len(b) for b in bins) >= 3 and len(bins) < len(examples)
+    alone = model(examples.x()).numpy()
+    packed = model({key: rows[key] for key in PACKED_SEQ2SEQ_INPUTS}).numpy()
+    compiled = tf.function(model.call, jit_compile=True)(
+        {key: tf.constant(rows[key]) for key in PACKED_SEQ2SEQ_INPUTS}).numpy()
+    for logits in (packed, compiled):
+        per_example = _per_example(rows, bins, logits)
+        assert sorted(per_example) == list(range(len(examples)))
+        for index, values in per_example.items():
+            length = int(examples.target_padding_mask[index].sum())
+            np.testing.assert_allclose(values, alone[index, :length], atol=1e-5)
+    # So the per-token losses, and the loss over the target tokens, are the same.
+    y_alone, w_alone = examples.target_ids, examples.target_weights
+    nll_alone = -np.take_along_axis(log_softmax(alone.astype("float64")), y_alone[..., None], -1)
+    nll_packed = -np.take_along_axis(
+        log_softmax(packed.astype("float64")), rows["target_ids"][..., None], -1)
+    for index, values in _per_example(rows, bins, nll_packed[..., 0]).items():
+        length = int(examples.target_padding_mask[index].sum())
+        np.testing.assert_allclose(values, nll_alone[index, :length, 0], atol=1e-5)
+    model.compile()
+    loss_alone = model.compute_loss(x=examples.x(), y=y_alone, y_pred=tf.constant(alone),
+                                    sample_weight=w_alone)
+    loss_packed = model.compute_loss(x=rows, y=rows["target_ids"], y_pred=tf.constant(packed),
+                                     sample_weight=rows["target_weights"])
+    np.testing.assert_allclose(float(loss_packed), float(loss_alone), rtol=1e-5)
+
+
+def test_packed_training_under_xla_equals_unpacked_training():
+    """One SGD step on the packed rows (compiled with XLA) makes the update
+    of one step on the same examples one per row: the same loss, the same
+    target tokens, the same gradients."""
+    examples = _short_examples()
+    rows, _ = pack_seq2seq_examples(examples)
+
+    def step(x, y, w, jit_compile):
+        keras.utils.set_random_seed(3)
+        model = DenoisingSeq2Seq(t5())
+        model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+        history = model.fit(x, y, sample_weight=w, batch_size=len(y), epochs=1, shuffle=False,
+                            verbose=0).history
+        return model, history
+
+    alone, alone_history = step(examples.x(), examples.target_ids, examples.target_weights,
+                                False)
+    packed, packed_history = step({key: rows[key] for key in PACKED_SEQ2SEQ_INPUTS},
+                                  rows["target_ids"], rows["target_weights"], True)
+    np.testing.assert_allclose(packed_history["loss"], alone_history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(packed_history["perplexity"], alone_history["perplexity"],
+                               rtol=1e-5)
+    for a, b in zip(alone.get_weights(), packed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_packed_rows_fail_clearly_on_an_unsupported_backbone_or_half_the_ids():
+    inner = t5()
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in BACKBONE_INPUTS}
+    custom = keras.Model(inputs, inner(inputs))
+    custom.token_embedding = inner.token_embedding
+    model = DenoisingSeq2Seq(custom)
+    assert "only keras-hub's T5Backbone and BartBackbone" in model.packing_problem
+    rows, _ = pack_seq2seq_examples(_short_examples())
+    unpacked = {key: rows[key] for key in SEQ2SEQ_INPUTS}
+    assert model(unpacked).shape == (len(rows["target_ids"]), T, V)  # one example per row works
+    with pytest.raises(ValueError, match="cannot be run on Functional.*T5Backbone or BartBackbone"):
+        model(rows)
+    with pytest.raises(ValueError, match=r"need both.*\['decoder_segment_ids'\] is missing"):
+        DenoisingSeq2Seq(t5())(dict(unpacked, encoder_segment_ids=rows["encoder_segment_ids"]))
+    with pytest.raises(ValueError, match="Cannot pass attention masks to Functional"):
+        run_seq2seq_with_attention_masks(custom, *[None] * 5)
+
+
+def test_a_rewiring_that_differs_from_the_backbone_call_is_refused(monkeypatch):
+    from kobjectives.objectives import denoising_seq2seq
+
+    original = denoising_seq2seq.run_seq2seq_with_attention_masks
+
+    def off_by_a_bit(*args, **kwargs):
+        out = original(*args, **kwargs)
+        return dict(out, decoder_sequence_output=out["decoder_sequence_output"] * 1.01)
+
+    monkeypatch.setattr(denoising_seq2seq, "run_seq2seq_with_attention_masks", off_by_a_bit)
+    model = DenoisingSeq2Seq(t5())
+    assert "does not reproduce its own call" in model.packing_problem
+    rows, _ = pack_seq2seq_examples(_short_examples())
+    with pytest.raises(ValueError, match="does not reproduce its own call"):
+        model(rows)

@@ -111,3 +111,61 @@ def test_causal_lm_loss_with_an_out_of_vocabulary_token_is_nan_under_xla():
     assert np.isfinite(float(loss(tf.constant([[3, 4, 5, 6, 7, 8]]))))
     assert np.isnan(float(loss(tf.constant([[3, 4, 25, 6, 7, 8]]))))
     assert np.isnan(float(loss(tf.constant([[3, 4, -2, 6, 7, 8]]))))
+
+
+def _numpy_segment_mask(q_seg, k_seg, q_pad, k_pad, causal):
+    """Reference by explicit loops over (q, k), with the fallback key."""
+    batch, q_len = q_seg.shape
+    k_len = k_seg.shape[1]
+    mask = np.zeros((batch, q_len, k_len), bool)
+    for b in range(batch):
+        for q in range(q_len):
+            for k in range(k_len):
+                mask[b, q, k] = bool(q_pad[b, q] and k_pad[b, k] and q_seg[b, q] == k_seg[b, k]
+                                     and (k <= q or not causal))
+            if not mask[b, q].any():
+                mask[b, q, min(q, k_len - 1)] = True
+    return mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("q_len,k_len", [(7, 7), (5, 9), (9, 4)])
+def test_segment_attention_mask_matches_numpy_reference(causal, q_len, k_len):
+    rng = np.random.default_rng(q_len * 10 + k_len)
+    q_seg, k_seg = rng.integers(1, 4, (4, q_len)), rng.integers(1, 4, (4, k_len))
+    q_pad, k_pad = rng.random((4, q_len)) > 0.25, rng.random((4, k_len)) > 0.25
+    k_pad[0] = False  # a row with no real key at all: every query falls back
+    mask = ops.segment_attention_mask(q_seg, k_seg, q_pad, k_pad, causal=causal)
+    assert mask.dtype == tf.bool and mask.shape == (4, q_len, k_len)
+    np.testing.assert_array_equal(mask.numpy(), _numpy_segment_mask(q_seg, k_seg, q_pad, k_pad,
+                                                                    causal))
+    assert mask.numpy().any(-1).all()  # no empty softmax row, padding queries included
+    compiled = tf.function(ops.segment_attention_mask, jit_compile=True)
+    np.testing.assert_array_equal(
+        compiled(q_seg, k_seg, q_pad, k_pad, causal=causal).numpy(), mask.numpy())
+
+
+def test_document_causal_mask_is_the_causal_self_case_and_cross_rows_are_finite():
+    rng = np.random.default_rng(7)
+    seg, pad = rng.integers(0, 3, (3, 8)), rng.random((3, 8)) > 0.2
+    np.testing.assert_array_equal(
+        ops.document_causal_mask(seg, pad).numpy(),
+        ops.segment_attention_mask(seg, seg, pad, pad, causal=True).numpy())
+    # A cross-attention softmax under the mask (as keras' masked softmax:
+    # -1e9 on masked keys) is finite on every row, padded queries included.
+    q_seg, k_seg = np.array([[1, 1, 2, 0, 0]]), np.array([[1, 2, 2, 0]])
+    mask = ops.segment_attention_mask(q_seg, k_seg, q_seg > 0, k_seg > 0)
+    scores = tf.where(mask, tf.zeros(mask.shape), -np.inf)
+    assert np.isfinite(tf.nn.softmax(scores).numpy()).all()
+    assert mask.numpy().astype(int)[0].tolist() == [
+        [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
+
+
+def test_segment_attention_mask_bad_input_names_the_argument():
+    with pytest.raises(ValueError, match="leading .batch. dimensions"):
+        ops.segment_attention_mask(np.zeros((2, 4), "int32"), np.zeros((3, 4), "int32"))
+    with pytest.raises(TypeError, match="segment_ids.*int32"):
+        ops.segment_attention_mask(np.zeros((2, 4), "int32"), np.zeros((2, 4), "float32"))
+    with pytest.raises(ValueError, match="padding_mask.*same shape"):
+        ops.segment_attention_mask(np.zeros((2, 4), "int32"), np.zeros((2, 3), "int32"),
+                                   key_padding_mask=np.ones((2, 4), bool))

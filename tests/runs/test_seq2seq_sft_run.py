@@ -18,10 +18,10 @@ import pytest
 import tensorflow as tf
 
 from kobjectives import backbones
+from kobjectives.data.seq2seq_sft import pack_seq2seq_examples
 from kobjectives.recipe import RecipeError
 from kobjectives.runs import load_recipe
 from kobjectives.runs import run_class
-from kobjectives.runs.seq2seq_sft import NO_PACKING_REASON
 from tests.harness import tiny_run
 
 S2S = {
@@ -243,8 +243,6 @@ def test_a_bart_init_refuses_a_target_longer_than_its_positions(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"seq2seq.packing": True}, "seq2seq.packing = True: exact packing of encoder-decoder "
-                                "examples needs block-diagonal"),
     ({"model.target_length": 1}, r"model.target_length = 1: must be in \[2, 16384\]"),
     ({"data.dataset": "sst2"}, r"data.dataset = 'sst2': must be one of 'corpus', 'hh_rlhf'"),
     ({"data.hh_rlhf_subsets": "helpful-online"}, r"helpful-online'\] is reserved"),
@@ -273,7 +271,56 @@ def test_bad_sources_and_backbones_fail_at_check_time(tmp_path):
         cls({"model": {"backbone": "gpt2_tiny"}}, tmp_path)
     with pytest.raises(RecipeError, match="model.target_length = 2: a BART target"):
         cls({"model": {"backbone": "bart_tiny", "target_length": 2}}, tmp_path)
-    assert "block-diagonal" in NO_PACKING_REASON
+
+
+def test_a_packed_run_trains_on_packed_rows_and_scores_every_target_once(tmp_path):
+    out = tmp_path / "packed"
+    # Targets of at most 300 characters in rows of 128 ids: several fit a row.
+    run = tiny_run("seq2seq_sft", out, {**S2S, "seq2seq.packing": True, "training.steps": 6,
+                                        "model.sequence_length": 32, "model.target_length": 128})
+    metrics = run.train()
+    assert metrics["packing"] is True
+    for key in ("val_loss", "val_target_perplexity", "val_target_token_accuracy"):
+        assert math.isfinite(metrics[key]), key
+    # Fewer, fuller training rows than pairs; every training target token in them once.
+    assert metrics["train_rows"] < metrics["documents"]["train"] == 96
+    examples = run.train_examples
+    assert metrics["train_target_fill"] == pytest.approx(
+        examples.target_padding_mask.sum() / (metrics["train_rows"] * 128))
+    _, bins = pack_seq2seq_examples(examples, run.token_id("pad"))
+    assert len(bins) == metrics["train_rows"] and max(len(b) for b in bins) >= 2
+    dataset = run.make_dataset("train", 4)
+    x, _, _ = next(iter(dataset))
+    assert {"encoder_segment_ids", "decoder_segment_ids"} <= set(x)
+    assert x["decoder_segment_ids"].shape == (4, 128)
+    # Held out: one pair per row, each target token scored once, as served.
+    x, _, _ = next(iter(run.make_dataset("validation", 8)))
+    assert "encoder_segment_ids" not in x
+    assert metrics["val_target_tokens"] == int(run.validation_examples.target_weights.sum())
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    total = count = 0.0
+    for x, targets, weights in run.scoring_dataset("validation", 8):
+        picked = tf.gather(tf.nn.log_softmax(model(x), axis=-1), targets, batch_dims=2)
+        total -= float(tf.reduce_sum(picked * weights))
+        count += float(tf.reduce_sum(weights))
+    np.testing.assert_allclose(math.exp(total / count), metrics["val_target_perplexity"],
+                               rtol=1e-4)
+    # The export serves one example per row, as without packing.
+    served = tf.saved_model.load(str(out / "saved_model"))
+    pad = run.token_id("pad")
+    logits = served.signatures["serving_default"](
+        text=tf.constant(["What does json.dumps do?"]),
+        decoder_token_ids=tf.constant([[pad, 5, 6]]))["logits"]
+    assert logits.shape == (1, 3, run.tokenizer.vocabulary_size())
+    assert np.isfinite(logits.numpy()).all()
+
+
+def test_packing_is_refused_for_a_backbone_it_cannot_mask(tmp_path, monkeypatch):
+    cls = run_class("seq2seq_sft")
+    monkeypatch.setattr(cls, "backbone_class_name", lambda self: "GPT2Backbone")
+    with pytest.raises(RecipeError, match="seq2seq.packing = True: only keras-hub's T5Backbone "
+                                          "and BartBackbone"):
+        cls({"seq2seq": {"packing": True}}, tmp_path)
 
 
 def test_hh_rlhf_pairs_are_the_dialogue_before_the_last_answer_and_that_answer(tmp_path):

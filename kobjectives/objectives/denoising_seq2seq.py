@@ -491,26 +491,21 @@ def run_seq2seq_with_attention_masks(backbone, encoder_token_ids, decoder_token_
     if reason:
         raise ValueError(f"Cannot pass attention masks to {type(backbone).__name__}: {reason}")
     if isinstance(backbone, keras_hub.models.T5Backbone):
-        x = backbone.token_embedding(encoder_token_ids)
-        x = backbone.encoder_embedding_dropout(x, training=training)
-        position_bias = None
-        for layer in backbone.encoder_transformer_layers:
-            x, position_bias = layer(
-                x, attention_mask=encoder_attention_mask, position_bias=position_bias,
-                use_causal_mask=False, training=training)
-        x = backbone.encoder_layer_norm(x)
-        encoder_output = backbone.encoder_dropout(x, training=training)
-        x = backbone.token_embedding(decoder_token_ids)
-        x = backbone.decoder_embedding_dropout(x, training=training)
-        position_bias = None
-        for layer in backbone.decoder_transformer_layers:
-            x, position_bias = layer(
-                x, attention_mask=decoder_attention_mask, position_bias=position_bias,
-                encoder_hidden_states=encoder_output,
-                encoder_attention_mask=cross_attention_mask, use_causal_mask=True,
-                training=training)
-        x = backbone.decoder_layer_norm(x)
-        decoder_output = backbone.decoder_dropout(x, training=training)
+        def stack(side, token_ids, attention_mask, **cross):
+            x = getattr(backbone, f"{side}_embedding_dropout")(
+                backbone.token_embedding(token_ids), training=training)
+            position_bias = None
+            for layer in getattr(backbone, f"{side}_transformer_layers"):
+                x, position_bias = layer(
+                    x, attention_mask=attention_mask, position_bias=position_bias,
+                    use_causal_mask=side == "decoder", training=training, **cross)
+            x = getattr(backbone, f"{side}_layer_norm")(x)
+            return getattr(backbone, f"{side}_dropout")(x, training=training)
+
+        encoder_output = stack("encoder", encoder_token_ids, encoder_attention_mask)
+        decoder_output = stack(
+            "decoder", decoder_token_ids, decoder_attention_mask,
+            encoder_hidden_states=encoder_output, encoder_attention_mask=cross_attention_mask)
     else:
         def embed(token_ids, positions, side):
             tokens = backbone.token_embedding(token_ids)

@@ -139,8 +139,10 @@ KILL_RUN = [a if a != "12" else "30" for a in mw.SMALL_MLM]  # 3 rounds of 10 st
 
 
 def _epochs_run(log_path):
+    """The rounds a run's log reports finished (`RoundProgress`: one
+    "round N/3 (step ...)" line per round where the output is a file)."""
     text = log_path.read_text(errors="replace").replace("\r", "\n")
-    return [int(m) for m in re.findall(r"^Epoch (\d+)/3", text, flags=re.M)]
+    return [int(m) for m in re.findall(r"^round (\d+)/3 \(step", text, flags=re.M)]
 
 
 def _assert_resumed(out, backed_up, second_logs):
@@ -151,6 +153,8 @@ def _assert_resumed(out, backed_up, second_logs):
     for second in second_logs:
         # The rerun trained exactly the epochs after the backup.
         assert _epochs_run(second) == list(range(backed_up + 1, 4)), _epochs_run(second)
+        assert f"round {backed_up} of 3 done (step {10 * backed_up}); the training data " \
+            f"continues at batch {10 * backed_up + 1}" in second.read_text(errors="replace")
 
 
 def _kill_mid_epoch(out, processes, victim):

@@ -4,6 +4,7 @@
 # Usage (from the repository root): bash scripts/fine_tuning_figures.sh [names...]
 # Names: classify_corpus classify_corpus_mean tag_corpus tag_corpus_crf sft_corpus sft_all_tokens mlm_sst2 sst2_scratch
 #        sst2_pretrained conll conll_crf cluener cluener_crf chnsenticorp seq2seq_corpus
+#        seq2seq_corpus_packed (seq2seq.packing = true; not in the default list)
 # Reserved splits are never read: SST-2 and ChnSentiCorp score on dev, CoNLL on
 # dev.txt, CLUENER2020 on a slice held out from train.txt (its dev.txt is reserved).
 set -euo pipefail
@@ -38,6 +39,7 @@ for name in "${@:-classify_corpus classify_corpus_mean tag_corpus tag_corpus_crf
     cluener_crf) run $n tag --set data.dataset=cluener2020 --set tagging.use_crf=true ;;
     chnsenticorp) run $n classify --set data.dataset=chnsenticorp ;;
     seq2seq_corpus) run $n seq2seq_sft ;;
+    seq2seq_corpus_packed) run $n seq2seq_sft --set seq2seq.packing=true ;;
     *) echo "unknown figure $n"; exit 2 ;;
   esac; done
 done

@@ -10,6 +10,6 @@ from kobjectives.export.saved_model import SERVING_DEFAULT  # noqa: F401
 from kobjectives.export.saved_model import export_saved_model  # noqa: F401
 from kobjectives.export.preprocessors import PairTextPreprocessor  # noqa: F401
 from kobjectives.export.preprocessors import PromptPreprocessor  # noqa: F401
-from kobjectives.export.generation import GENERATE  # noqa: F401
+from kobjectives.export.saved_model import GENERATE  # noqa: F401
 from kobjectives.export.generation import TextGenerator  # noqa: F401
 from kobjectives.export.generation import Seq2SeqTextGenerator  # noqa: F401

@@ -28,17 +28,7 @@ quadratic in the window length.
 import keras_hub
 import tensorflow as tf
 
-GENERATE = "generate"
-"""Signature key of the generation endpoint of an exported SavedModel."""
-
-
-def _check_objective(objective):
-    if not callable(getattr(objective, "export_outputs", None)):
-        raise TypeError(
-            "`objective` must provide `export_outputs(inputs)` with `logits` (e.g. "
-            "kobjectives.objectives.CausalLanguageModel, DenoisingSeq2Seq). Received: "
-            f"{type(objective).__name__}"
-        )
+from kobjectives.export.saved_model import check_objective
 
 
 class TextGenerator(tf.Module):
@@ -99,7 +89,7 @@ class TextGenerator(tf.Module):
     def __init__(self, objective, preprocessor, tokenizer, sampler="greedy",
                  stop_token_ids=None, max_new_tokens=None):
         super().__init__()
-        _check_objective(objective)
+        check_objective(objective, type(self).__name__, "a dict with `logits`")
         if not callable(preprocessor):
             raise TypeError(
                 "`preprocessor` must map a batch of strings to `token_ids` and "
@@ -289,7 +279,7 @@ class Seq2SeqTextGenerator(TextGenerator):
     def __init__(self, objective, tokenizer, encoder_sequence_length, target_length,
                  eos_token_id=None, decoder_prompt_ids=None, sampler="greedy",
                  stop_token_ids=None, max_new_tokens=None, padding_token_id=None):
-        _check_objective(objective)
+        check_objective(objective, type(self).__name__, "a dict with `logits`")
         if not callable(tokenizer):
             raise TypeError(
                 "`tokenizer` must be the keras-hub tokenizer of training (strings -> ids). "

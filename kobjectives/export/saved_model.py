@@ -47,11 +47,13 @@ import tensorflow as tf
 
 from kobjectives import compat
 from kobjectives.backbones import backbone_input_names
-from kobjectives.export.generation import GENERATE
 
 SERVING_DEFAULT = "serving_default"
 """Signature key of the default endpoint (raw text when a preprocessor is
 attached, token ids otherwise)."""
+
+GENERATE = "generate"
+"""Signature key of the generation endpoint of an exported SavedModel."""
 
 SERVE_TOKEN_IDS = "serve_token_ids"
 """Signature key of the token-id endpoint."""
@@ -137,7 +139,7 @@ def export_saved_model(
     """
     serving_model = getattr(objective, "serving_model", None)
     objective = serving_model() if callable(serving_model) else objective
-    _check_objective(objective)
+    check_objective(objective)
     export_dir = os.fspath(export_dir)
     _check_export_dir(export_dir, overwrite)
     if preprocessor is not None and not callable(preprocessor):
@@ -293,11 +295,19 @@ def _forward(objective, inputs, length):
     }
 
 
-def _check_objective(objective):
+def check_objective(objective, user="export_saved_model", outputs="a dict of named outputs"):
+    """Raises unless `objective` can be exported: it has
+    `export_outputs(inputs)` (token ids -> `outputs`) and is built.
+
+    Args:
+        objective: the model to export.
+        user: what needs it, for the message.
+        outputs: what `export_outputs` must return, for the message.
+    """
     if not callable(getattr(objective, "export_outputs", None)):
         raise TypeError(
-            "export_saved_model needs an objective with `export_outputs(inputs)` (token "
-            "ids -> a dict of named outputs), such as every kobjectives objective. "
+            f"{user} needs an objective with `export_outputs(inputs)` (token ids -> "
+            f"{outputs}), such as every kobjectives objective. "
             f"{type(objective).__name__} has none."
         )
     if isinstance(objective, keras.layers.Layer) and not objective.built:

@@ -24,16 +24,16 @@ import os
 import keras
 import tensorflow as tf
 
-from kobjectives.export.generation import GENERATE
 from kobjectives.export.generation import _EncoderInputs
+from kobjectives.export.saved_model import GENERATE
 from kobjectives.export.saved_model import SERVE_TOKEN_IDS
 from kobjectives.export.saved_model import SERVING_DEFAULT
 from kobjectives.export.saved_model import _add_text_endpoints
 from kobjectives.export.saved_model import _check_export_dir
 from kobjectives.export.saved_model import _check_generator
-from kobjectives.export.saved_model import _check_objective
 from kobjectives.export.saved_model import _compute_dtype_scope
 from kobjectives.export.saved_model import _write
+from kobjectives.export.saved_model import check_objective
 
 
 def export_seq2seq_saved_model(
@@ -116,7 +116,7 @@ def export_seq2seq_saved_model(
     """
     serving_model = getattr(objective, "serving_model", None)
     objective = serving_model() if callable(serving_model) else objective
-    _check_objective(objective)
+    check_objective(objective, "export_seq2seq_saved_model")
     export_dir = os.fspath(export_dir)
     _check_export_dir(export_dir, overwrite)
     if tokenizer is not None and (

@@ -36,6 +36,9 @@ from kobjectives.ops.preference import odds_ratio_loss
 from kobjectives.ops.preference import sequence_log_probs
 from kobjectives.ops.preference import simpo_loss
 from kobjectives.ops.preference import split_pairs
+from kobjectives.ops.preference import wpo_weights
+from kobjectives.ops.reduction import apply_weights
+from kobjectives.ops.reduction import cross_replica_sum
 
 # The batch layouts of `kobjectives.data.preference_dataset` and
 # `kobjectives.data.kto_dataset` (the same names; objectives do not import
@@ -63,6 +66,10 @@ rows, as `kobjectives.data.KTO_REFERENCE_LOGPS_KEYS`."""
 
 REFERENCE_FREE_METHODS = ("simpo", "cpo", "orpo")
 """The `method`s of `ReferenceFreePreferenceOptimization`."""
+
+WPO_OUTPUT_KEYS = ("chosen_wpo_log_weights", "rejected_wpo_log_weights")
+"""The outputs `DirectPreferenceOptimization(use_weighting=True)` adds: the
+policy's WPO log-weights of each pair's completions (float32 `[batch]`)."""
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +126,7 @@ def _next_token_targets(token_ids, completion_mask):
 
 
 def completion_log_probs(language_model, token_ids, padding_mask, completion_mask,
-                         chunk_size=None, training=False):
+                         chunk_size=None, training=False, return_wpo_log_weights=False):
     """Summed log-probabilities of each sequence's completion tokens under a
     causal LM.
 
@@ -139,16 +146,21 @@ def completion_log_probs(language_model, token_ids, padding_mask, completion_mas
         chunk_size: None (full logits) or an int: at most `chunk_size`
             positions' logits exist at once.
         training: bool, the backbone's dropout.
+        return_wpo_log_weights: bool, also return each sequence's WPO
+            log-weight (`kobjectives.ops.sequence_log_probs`), from the same
+            logits.
 
     Returns:
         `(sums, counts)`: float32 `[batch]`, the summed completion
-        log-probabilities and the number of completion tokens.
+        log-probabilities and the number of completion tokens; with
+        `return_wpo_log_weights`, `(sums, counts, wpo_log_weights)`.
     """
     hidden = language_model.encode(
         {"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
     labels, weights = _next_token_targets(token_ids, completion_mask)
     return sequence_log_probs(hidden, language_model.kernel(), labels, weights,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size,
+                              return_wpo_log_weights=return_wpo_log_weights)
 
 
 def _concat_pairs(x):
@@ -302,17 +314,20 @@ class _PolicyObjective(Objective):
         self.rejected_log_prob.update_state(tf.stop_gradient(rejected_logps),
                                             sample_weight=weights)
 
-    def _pair_call(self, inputs, training):
+    def _pair_call(self, inputs, training, wpo=False):
         _check_keys(inputs, PAIR_INPUT_KEYS, type(self).__name__,
                     "kobjectives.data.preference_dataset")
         token_ids, padding_mask, completion_mask = _concat_pairs(inputs)
-        sums, counts = completion_log_probs(self.policy, token_ids, padding_mask,
-                                            completion_mask, chunk_size=self.chunk_size,
-                                            training=training)
+        sums, counts, *log_weights = completion_log_probs(
+            self.policy, token_ids, padding_mask, completion_mask, chunk_size=self.chunk_size,
+            training=training, return_wpo_log_weights=wpo)
         chosen, rejected = split_pairs(sums)
         chosen_lengths, rejected_lengths = split_pairs(counts)
-        return {"chosen_logps": chosen, "rejected_logps": rejected,
-                "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+        outputs = {"chosen_logps": chosen, "rejected_logps": rejected,
+                   "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+        if wpo:
+            outputs.update(zip(WPO_OUTPUT_KEYS, split_pairs(log_weights[0])))
+        return outputs
 
     def call(self, inputs, training=False):
         return self._pair_call(inputs, training)
@@ -376,7 +391,20 @@ class DirectPreferenceOptimization(_PolicyObjective):
     and `rejected_reward` (TRL's implicit rewards `beta * (policy -
     reference)` log-probabilities), `reward_margin` (their difference),
     `chosen_log_prob` and `rejected_log_prob` (the policy's summed
-    completion log-probabilities).
+    completion log-probabilities); with `use_weighting`, `wpo_weight` (the
+    mean pair weight `w_c * w_r`).
+
+    **WPO weighting** (`use_weighting=True`, TRL 1.x's
+    `DPOConfig(use_weighting=True)`; Zhou et al. 2024,
+    https://arxiv.org/abs/2406.11827): every pair's loss, of every type, is
+    multiplied by `kobjectives.ops.wpo_weights` of the policy's WPO
+    log-weights (`w = exp(mean_t (log p(y_t) - log sum_v p_v^2))` of each
+    completion, from the same forward pass, without gradient; never the
+    reference's, so precomputed and online references alike). Not clamped,
+    as TRL 1.x. The `"sft"` term is TRL's batch token mean times the pair
+    weight, i.e. `mean(w_c * w_r) * token mean` (both global under
+    `tf.distribute`). `aot`/`aot_unpaired` refuse it (their losses are of
+    sorted quantiles, not of pairs; TRL multiplies them anyway).
 
     Args:
         policy: the trained `CausalLanguageModel`, or a causal keras-hub
@@ -404,6 +432,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
             vocabularies) or an int: positions whose logits exist at once
             (`kobjectives.ops.chunked_token_cross_entropy`; use it for a
             real vocabulary).
+        use_weighting: bool, WPO weighting (above). Defaults to False.
         **kwargs: `Objective` / `keras.Model` arguments (`name`, `dtype`).
 
     Inputs: a dict of `kobjectives.data.preference_dataset`'s keys
@@ -413,21 +442,26 @@ class DirectPreferenceOptimization(_PolicyObjective):
 
     Outputs: a dict of float32 `[batch]`: `chosen_logps`, `rejected_logps`
         (the policy's summed completion log-probabilities), `chosen_lengths`,
-        `rejected_lengths` (completion token counts).
+        `rejected_lengths` (completion token counts); with `use_weighting`,
+        `chosen_wpo_log_weights`, `rejected_wpo_log_weights`
+        (`WPO_OUTPUT_KEYS`, no gradient).
 
     Raises:
         ValueError: an unknown loss or f-divergence type, a label smoothing
             the types cannot use, bad weights or `beta` (the ops' checks, at
-            construction); a reference sharing weights with the policy; at
-            the first batch, missing keys, or neither a reference nor
-            precomputed values.
+            construction); a non-bool `use_weighting`, or `use_weighting`
+            with `aot`/`aot_unpaired`; a reference sharing weights with the
+            policy; at the first batch, missing keys, or neither a reference
+            nor precomputed values.
         TypeError: a policy or reference that is not a causal LM.
 
     Reference:
         Rafailov et al., 2023, "Direct Preference Optimization: Your
         Language Model is Secretly a Reward Model",
         https://arxiv.org/abs/2305.18290; the other types' papers in
-        `kobjectives.ops.preference`; TRL's `DPOTrainer` (1.13).
+        `kobjectives.ops.preference`; TRL's `DPOTrainer` (1.13); WPO: Zhou
+        et al., 2024, "WPO: Enhancing RLHF with Weighted Preference
+        Optimization", https://arxiv.org/abs/2406.11827.
 
     Example:
 
@@ -460,7 +494,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
     def __init__(self, policy, reference=None, loss_type="sigmoid", beta=0.1,
                  label_smoothing=0.0, loss_weights=None, f_divergence_type="reverse_kl",
                  f_alpha_divergence_coef=0.5, discopop_tau=0.05, bco_delta=None,
-                 chunk_size=None, **kwargs):
+                 chunk_size=None, use_weighting=False, **kwargs):
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         if not isinstance(types, (list, tuple)) or not types or not all(
                 isinstance(t, str) for t in types):
@@ -488,6 +522,17 @@ class DirectPreferenceOptimization(_PolicyObjective):
             )
         beta = _check_float("beta", beta, positive=True)
         bco_delta = _check_float("bco_delta", bco_delta, allow_none=True)
+        if not isinstance(use_weighting, (bool, np.bool_)):
+            raise ValueError(
+                "`use_weighting` must be True (WPO weighting) or False. "
+                f"Received: use_weighting={use_weighting!r}"
+            )
+        if use_weighting and {"aot", "aot_unpaired"} & set(types):
+            raise ValueError(
+                "`use_weighting=True` weighs each pair's loss, but loss types 'aot'/"
+                "'aot_unpaired' are losses of sorted quantiles over the batch, not of pairs. "
+                "Drop use_weighting or those types."
+            )
         # The ops' checks, on the whole configuration, before any data.
         _validate_dpo(types, beta, label_smoothing, f_divergence_type, f_alpha_divergence_coef,
                       discopop_tau, bco_delta)
@@ -500,8 +545,14 @@ class DirectPreferenceOptimization(_PolicyObjective):
         self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
         self.discopop_tau = float(discopop_tau)
         self.bco_delta = bco_delta
+        self.use_weighting = bool(use_weighting)
         self.reference = self._freeze_reference(reference, self.policy)
         self._create_reward_metrics()
+        self.wpo_weight = (keras.metrics.Mean(name="wpo_weight")
+                           if self.use_weighting else None)
+
+    def call(self, inputs, training=False):
+        return self._pair_call(inputs, training, wpo=self.use_weighting)
 
     @property
     def needs_reference(self):
@@ -524,7 +575,10 @@ class DirectPreferenceOptimization(_PolicyObjective):
 
     def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
         """`{type: (per-pair losses, pair weights)}`; `"sft"`: (per-pair
-        mean token NLL, weights times token counts), a global token mean."""
+        mean token NLL, weights times token counts), a global token mean.
+        With `use_weighting` every per-pair loss is multiplied by the pair's
+        WPO weight, and `"sft"` is (pair weight times the global token mean,
+        pair weights)."""
         pc, pr = y_pred["chosen_logps"], y_pred["rejected_logps"]
         nc, nr = y_pred["chosen_lengths"], y_pred["rejected_lengths"]
         rc, rr = self.reference_log_probs(x, pc)
@@ -534,10 +588,16 @@ class DirectPreferenceOptimization(_PolicyObjective):
                 "Loss types 'aot'/'aot_unpaired' are losses of sorted quantiles over the "
                 "batch, not of pairs: per-pair `sample_weight` does not apply. Drop it."
             )
+        pair_weights = self._wpo_pair_weights(y_pred, weights)
         terms = {}
         for name in self._loss_types:
             if name == "sft":
-                terms[name] = (-average_log_probs(pc, nc), weights * nc)
+                nll = -average_log_probs(pc, nc)
+                if pair_weights is None:
+                    terms[name] = (nll, weights * nc)
+                else:  # TRL: the batch token mean in every row, times the pair weight
+                    terms[name] = (pair_weights * _global_token_mean(nll, weights * nc),
+                                   weights)
                 continue
             smoothing = self.label_smoothing if name in LABEL_SMOOTHING_LOSS_TYPES else 0.0
             losses, _, _ = dpo_loss(
@@ -546,10 +606,27 @@ class DirectPreferenceOptimization(_PolicyObjective):
                 f_divergence_type=self.f_divergence_type,
                 f_alpha_divergence_coef=self.f_alpha_divergence_coef,
                 discopop_tau=self.discopop_tau, bco_delta=self.bco_delta)
+            if pair_weights is not None:
+                losses = losses * pair_weights
             terms[name] = (losses, weights)
         self._update_reward_metrics(self.beta * (pc - rc), self.beta * (pr - rr), pc, pr,
                                     weights)
         return terms
+
+    def _wpo_pair_weights(self, y_pred, weights):
+        """The pairs' WPO weights `w_c * w_r` (None without `use_weighting`),
+        logged as `wpo_weight`."""
+        if not self.use_weighting:
+            return None
+        missing = [key for key in WPO_OUTPUT_KEYS if key not in y_pred]
+        if missing:
+            raise ValueError(
+                f"DirectPreferenceOptimization(use_weighting=True) needs {missing} in `y_pred`: "
+                "pass the objective's own outputs (`y_pred=model(x)`)."
+            )
+        pair_weights = wpo_weights(*(y_pred[key] for key in WPO_OUTPUT_KEYS))
+        self.wpo_weight.update_state(pair_weights, sample_weight=weights)
+        return pair_weights
 
     def get_config(self):
         config = super().get_config()
@@ -561,8 +638,18 @@ class DirectPreferenceOptimization(_PolicyObjective):
             "f_alpha_divergence_coef": self.f_alpha_divergence_coef,
             "discopop_tau": self.discopop_tau,
             "bco_delta": self.bco_delta,
+            "use_weighting": self.use_weighting,
         })
         return config
+
+
+def _global_token_mean(values, weights):
+    """`sum(weights * values) / sum(weights)` over the global batch, the
+    same scalar on every replica (both sums all-reduced; gradients reach
+    every replica's values)."""
+    weighted, weights = apply_weights(values, weights)
+    return tf.math.divide_no_nan(cross_replica_sum(tf.reduce_sum(weighted)),
+                                 cross_replica_sum(tf.reduce_sum(weights)))
 
 
 def _validate_dpo(types, beta, label_smoothing, f_divergence_type, f_alpha_divergence_coef,

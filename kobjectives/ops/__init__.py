@@ -102,3 +102,4 @@ from kobjectives.ops.preference import sequence_log_probs  # noqa: F401
 from kobjectives.ops.preference import sequence_log_probs_from_logits  # noqa: F401
 from kobjectives.ops.preference import simpo_loss  # noqa: F401
 from kobjectives.ops.preference import split_pairs  # noqa: F401
+from kobjectives.ops.preference import wpo_weights  # noqa: F401

@@ -47,6 +47,7 @@ def chunked_token_cross_entropy(
     chunk_size=DEFAULT_CHUNK_SIZE,
     label_smoothing=0.0,
     return_correct=False,
+    return_log_sum_squared_probs=False,
 ):
     """Per-position cross-entropy of `softmax(hidden @ kernel)`, in chunks.
 
@@ -71,11 +72,19 @@ def chunked_token_cross_entropy(
             `1 - label_smoothing` on the label and `label_smoothing` spread
             uniformly over the vocabulary.
         return_correct: also return whether the arg-max logit is the label.
+        return_log_sum_squared_probs: also return `log sum_v p_v^2` of each
+            position's distribution `p = softmax(hidden @ kernel)`
+            (`logsumexp(2 z) - 2 logsumexp(z)` of its logits `z`, float32),
+            computed in the same pass over the chunks; WPO's normalizer
+            (`kobjectives.ops.sequence_log_probs`).
 
     Returns:
-        float32 tensor `labels.shape` of losses; with `return_correct`, a
-        tuple `(losses, correct)`, `correct` float32 1.0/0.0 (no gradient).
-        The loss of a label outside the vocabulary is NaN (see Raises).
+        float32 tensor `labels.shape` of losses; with `return_correct` or
+        `return_log_sum_squared_probs`, a tuple `(losses, correct,
+        log_sum_squared_probs)` of the requested ones, in that order:
+        `correct` float32 1.0/0.0, `log_sum_squared_probs` float32 `<= 0`,
+        neither with a gradient. The loss of a label outside the vocabulary
+        is NaN (see Raises).
 
     Raises:
         ValueError: bad `chunk_size` or `label_smoothing`, mismatched shapes,
@@ -125,13 +134,17 @@ def chunked_token_cross_entropy(
     hidden_dim = tf.shape(hidden)[-1]
     flat_hidden = tf.reshape(hidden, [-1, hidden_dim])
     flat_labels = tf.reshape(labels, [-1])
-    losses, correct = _chunked_losses(
-        flat_hidden, kernel, flat_labels, int(chunk_size), float(label_smoothing)
+    losses, correct, log_sum_squares = _chunked_losses(
+        flat_hidden, kernel, flat_labels, int(chunk_size), float(label_smoothing),
+        bool(return_log_sum_squared_probs),
     )
     losses = poison_invalid_labels(tf.reshape(losses, out_shape), given_labels, vocabulary_size)
+    outputs = (losses,)
     if return_correct:
-        return losses, tf.reshape(tf.stop_gradient(correct), out_shape)
-    return losses
+        outputs += (tf.reshape(tf.stop_gradient(correct), out_shape),)
+    if return_log_sum_squared_probs:
+        outputs += (tf.reshape(tf.stop_gradient(log_sum_squares), out_shape),)
+    return outputs if len(outputs) > 1 else losses
 
 
 def chunked_cross_entropy(
@@ -194,8 +207,10 @@ def _num_chunks(num_positions, chunk_size):
     return (num_positions + chunk_size - 1) // chunk_size
 
 
-def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothing):
-    """`(losses [N], correct [N])` with a chunk-recomputing gradient."""
+def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothing,
+                    log_sum_squares=False):
+    """`(losses [N], correct [N], log_sum_squares [N] or None)` with a
+    chunk-recomputing gradient (none for `correct` and `log_sum_squares`)."""
     compute_dtype = flat_hidden.dtype
     vocabulary_size = kernel.shape[1]
     num_positions = tf.shape(flat_hidden)[0]
@@ -215,7 +230,7 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
         y_chunks = tf.reshape(y_padded, [num_chunks, chunk_size])
         k_c = tf.cast(k, compute_dtype)
 
-        def forward_body(i, losses_ta, lse_ta, correct_ta):
+        def forward_body(i, losses_ta, lse_ta, correct_ta, *square_ta):
             logits = chunk_logits(h_chunks[i], k_c)
             lse = tf.reduce_logsumexp(logits, axis=-1)
             label_logit = tf.gather(logits, y_chunks[i], axis=1, batch_dims=1)
@@ -227,11 +242,15 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y_chunks[i]),
                 tf.float32,
             )
+            if log_sum_squares:  # log sum_v p_v^2, from the logits already here
+                square_ta = (square_ta[0].write(
+                    i, tf.reduce_logsumexp(2.0 * logits, axis=-1) - 2.0 * lse),)
             return (
                 i + 1,
                 losses_ta.write(i, loss),
                 lse_ta.write(i, lse),
                 correct_ta.write(i, hit),
+                *square_ta,
             )
 
         def new_array():
@@ -239,18 +258,22 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
                 tf.float32, size=num_chunks, element_shape=tf.TensorShape([chunk_size])
             )
 
-        _, losses_ta, lse_ta, correct_ta = tf.while_loop(
+        arrays = 4 if log_sum_squares else 3
+        _, losses_ta, lse_ta, correct_ta, *square_ta = tf.while_loop(
             lambda i, *_: i < num_chunks,
             forward_body,
-            (tf.constant(0), new_array(), new_array(), new_array()),
+            (tf.constant(0), *(new_array() for _ in range(arrays))),
             parallel_iterations=1,
         )
         lse_chunks = lse_ta.stack()
         losses = tf.reshape(losses_ta.stack(), [-1])[:num_positions]
         correct = tf.reshape(correct_ta.stack(), [-1])[:num_positions]
+        outputs = (losses, correct)
+        if log_sum_squares:
+            outputs += (tf.reshape(square_ta[0].stack(), [-1])[:num_positions],)
 
-        def grad_fn(d_losses, d_correct=None):
-            del d_correct  # `correct` has no gradient
+        def grad_fn(d_losses, *unused):
+            del unused  # `correct` and `log_sum_squares` have no gradient
             d_padded = tf.reshape(
                 tf.pad(tf.cast(d_losses, tf.float32), [[0, pad]]), [num_chunks, chunk_size]
             )
@@ -292,6 +315,7 @@ def _chunked_losses(flat_hidden, kernel, flat_labels, chunk_size, label_smoothin
             d_hidden = tf.reshape(d_hidden_ta.stack(), [padded, hidden_dim])[:num_positions]
             return tf.cast(d_hidden, h.dtype), tf.cast(d_kernel, k.dtype)
 
-        return (losses, correct), grad_fn
+        return outputs, grad_fn
 
-    return losses_fn(flat_hidden, kernel)
+    outputs = losses_fn(flat_hidden, kernel)
+    return outputs if log_sum_squares else (*outputs, None)

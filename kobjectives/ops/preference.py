@@ -19,6 +19,16 @@ float32, optionally chunked over positions
 vocabulary]` logits never exist at once. A batch laid out as
 `[chosen; rejected]` (first half chosen) is split by `split_pairs`.
 
+WPO weighting (TRL's `DPOConfig(use_weighting=True)`; Zhou et al. 2024,
+"WPO: Enhancing RLHF with Weighted Preference Optimization",
+https://arxiv.org/abs/2406.11827, Eq. 2): each pair's loss is multiplied by
+`w_c * w_r`, a sequence's weight `w = exp(mean_t (log p(y_t) - log sum_v
+p_v(t)^2))` over its completion tokens, computed from the policy without
+gradient. `sequence_log_probs(..., return_wpo_log_weights=True)` gives the
+log-weights in the same pass as the log-probabilities (chunked or not),
+`wpo_weights` the pair weights. As TRL 1.x, the weight is not clamped
+(TRL 0.x clamped it at 1 and used the log-softmax directly).
+
 Notation: `pc, pr` the policy's log-probabilities of the chosen and the
 rejected completion, `rc, rr` the reference's; the log-ratios
 `lc = pc - rc`, `lr = pr - rr`; `beta` the temperature, `eps` the
@@ -107,7 +117,8 @@ TRL 1.13 (whose 15 DPO types are the list above), and the `CPOTrainer`,
 ORPO `odds_ratio_loss` and `RewardTrainer` of late 0.x releases; TRL 1.14 to
 1.16 could not be read, so any change they made is not reflected here. TRL
 1.x's `ld_alpha` (LD-DPO) is a choice of token weights in
-`sequence_log_probs`; its `use_weighting` (WPO) is not implemented here.
+`sequence_log_probs`; its `use_weighting` (WPO) is `wpo_weights` (above),
+transcribed from the `use_weighting` branch of TRL 1.x's `DPOTrainer`.
 
 The other objectives:
 
@@ -259,17 +270,31 @@ def _reduce(token_log_probs, weights, used):
     return sums, counts
 
 
-def _gather_log_softmax(logits, labels, used, given_labels):
-    """Token log-probabilities of `labels` under float32 `logits`."""
+def _gather_log_softmax(logits, labels, used, given_labels, log_sum_squares=False):
+    """Token log-probabilities of `labels` under float32 `logits`; with
+    `log_sum_squares`, `(token, log sum_v p_v^2)` per position."""
     vocabulary_size = logits.shape[-1]
     checked = check_labels(labels, vocabulary_size)
     logits = tf.where(used[..., None], logits, tf.zeros_like(logits))  # no NaN rows
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     token = tf.gather(log_probs, checked, axis=-1, batch_dims=checked.shape.rank)
-    return poison_invalid_labels(token, given_labels, vocabulary_size)
+    token = poison_invalid_labels(token, given_labels, vocabulary_size)
+    if not log_sum_squares:
+        return token
+    return token, tf.stop_gradient(tf.reduce_logsumexp(2.0 * log_probs, axis=-1))
 
 
-def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None):
+def _wpo_log_weights(token_log_probs, log_sum_squares, used):
+    """`mean_t (log p(y_t) - log sum_v p_v^2)` over the used slots (0 with
+    none), without gradient: the log of a sequence's WPO weight."""
+    aligned = tf.where(used, token_log_probs - log_sum_squares,
+                       tf.zeros_like(token_log_probs))  # garbage slots may be NaN
+    counts = tf.reduce_sum(tf.cast(used, tf.float32), axis=-1)
+    return tf.stop_gradient(tf.reduce_sum(aligned, axis=-1) / tf.maximum(counts, 1.0))
+
+
+def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
+                       return_wpo_log_weights=False):
     """Summed completion-token log-probabilities of a causal LM, in float32.
 
     `sum_t w_t log softmax(hidden_t @ kernel)[labels_t]` over the last axis,
@@ -291,6 +316,17 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None):
     vocabulary` logits exist at once, forward and backward; without it the
     full logits are built (fine for a small vocabulary or batch).
 
+    With `return_wpo_log_weights`, also each sequence's WPO log-weight
+    (Zhou et al. 2024, https://arxiv.org/abs/2406.11827, Eq. 2, as TRL
+    1.x's `use_weighting`): `mean_t (log p(y_t) - log sum_v p_v(t)^2)` over
+    the slots of positive weight (unweighted: TRL's mask is 0/1; 0 for a
+    sequence without any), `p(t)` the softmax at slot `t`, in float32 and
+    without gradient. It comes from the same logits in the same pass (per
+    chunk with `chunk_size`): `log sum_v p_v^2 = logsumexp(2 z) - 2
+    logsumexp(z)` needs no second pass over the vocabulary. Each term is at
+    most `log(vocabulary_size)` (`sum_v p_v^2 >= 1 / V`), so the log-weight
+    is too; `wpo_weights` turns a pair's log-weights into its loss weight.
+
     Args:
         hidden: float tensor `[batch, length, hidden_dim]` (any leading
             shape), the states that predict `labels`.
@@ -301,12 +337,15 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None):
             completion mask.
         chunk_size: None (the full logits) or a positive int, positions
             whose logits are computed at once.
+        return_wpo_log_weights: bool, also return the WPO log-weights.
 
     Returns:
         `(sum_log_probs, counts)`: float32 tensors `labels.shape[:-1]`
         (`[batch]`), the weighted sum of the token log-probabilities and the
         number of tokens of positive weight (divide for the average
-        log-probability: `average_log_probs`).
+        log-probability: `average_log_probs`); with
+        `return_wpo_log_weights`, `(sum_log_probs, counts,
+        wpo_log_weights)`, the last float32 `[batch]` without gradient.
 
     Raises:
         ValueError: mismatched shapes, non-integer labels, bad weights, a
@@ -344,8 +383,14 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None):
         )
     weights, used, safe_labels = _completion_mask(labels, weights)
     if chunk_size is not None:
-        token = -chunked_token_cross_entropy(hidden, kernel, safe_labels, chunk_size=chunk_size)
-        return _reduce(token, weights, used)
+        token = chunked_token_cross_entropy(
+            hidden, kernel, safe_labels, chunk_size=chunk_size,
+            return_log_sum_squared_probs=return_wpo_log_weights)
+        if not return_wpo_log_weights:
+            return _reduce(-token, weights, used)
+        token, log_sum_squares = -token[0], token[1]
+        return (*_reduce(token, weights, used),
+                _wpo_log_weights(token, log_sum_squares, used))
     if hidden.shape[-1] is not None and kernel.shape[0] is not None and hidden.shape[-1] != kernel.shape[0]:
         raise ValueError(
             f"`hidden`'s last dimension ({hidden.shape[-1]}) must equal `kernel`'s first "
@@ -358,11 +403,18 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None):
     logits = tf.cast(tf.matmul(flat, tf.cast(kernel, hidden.dtype)), tf.float32)
     logits = tf.reshape(logits, tf.concat([tf.shape(safe_labels), [kernel.shape[1]]], 0))
     logits = tf.ensure_shape(logits, safe_labels.shape.concatenate([kernel.shape[1]]))
-    token = _gather_log_softmax(logits, safe_labels, used, safe_labels)
-    return _reduce(token, weights, used)
+    return _sums_from_logits(logits, safe_labels, weights, used, return_wpo_log_weights)
 
 
-def sequence_log_probs_from_logits(logits, labels, weights):
+def _sums_from_logits(logits, safe_labels, weights, used, wpo):
+    if not wpo:
+        return _reduce(_gather_log_softmax(logits, safe_labels, used, safe_labels), weights, used)
+    token, log_sum_squares = _gather_log_softmax(logits, safe_labels, used, safe_labels,
+                                                 log_sum_squares=True)
+    return (*_reduce(token, weights, used), _wpo_log_weights(token, log_sum_squares, used))
+
+
+def sequence_log_probs_from_logits(logits, labels, weights, return_wpo_log_weights=False):
     """`sequence_log_probs` from given logits `[batch, length, vocabulary]`.
 
     The log-softmax is float32 whatever the logits' dtype; slots of weight 0
@@ -373,9 +425,13 @@ def sequence_log_probs_from_logits(logits, labels, weights):
             vocabulary size).
         labels: int tensor `[batch, length]`, the next-token ids.
         weights: non-negative float tensor broadcastable to `labels`.
+        return_wpo_log_weights: bool, also return the WPO log-weights (as
+            `sequence_log_probs`).
 
     Returns:
-        `(sum_log_probs, counts)`: float32 tensors `[batch]`.
+        `(sum_log_probs, counts)`: float32 tensors `[batch]`; with
+        `return_wpo_log_weights`, `(sum_log_probs, counts,
+        wpo_log_weights)`.
 
     Example:
 
@@ -399,8 +455,8 @@ def sequence_log_probs_from_logits(logits, labels, weights):
             f"Received shape {labels.shape}."
         )
     weights, used, safe_labels = _completion_mask(labels, weights)
-    token = _gather_log_softmax(tf.cast(logits, tf.float32), safe_labels, used, safe_labels)
-    return _reduce(token, weights, used)
+    return _sums_from_logits(tf.cast(logits, tf.float32), safe_labels, weights, used,
+                             return_wpo_log_weights)
 
 
 def average_log_probs(sum_log_probs, counts):
@@ -417,6 +473,47 @@ def average_log_probs(sum_log_probs, counts):
     """
     sums = tf.cast(sum_log_probs, tf.float32)
     return sums / tf.maximum(tf.cast(counts, tf.float32), 1.0)
+
+
+def wpo_weights(chosen_log_weights, rejected_log_weights):
+    """WPO's per-pair loss weights `w_c * w_r`, without gradient.
+
+    `exp(chosen_log_weights + rejected_log_weights)` in float32, the log-
+    weights those of `sequence_log_probs(..., return_wpo_log_weights=True)`:
+    TRL 1.x's `DPOConfig(use_weighting=True)` multiplies each pair's loss
+    (every loss type) by it. Zhou et al. 2024, "WPO: Enhancing RLHF with
+    Weighted Preference Optimization", https://arxiv.org/abs/2406.11827,
+    Eq. 2 (the per-token probability normalized by `sum_v p_v^2`, averaged
+    over the completion in log space).
+
+    Not clamped, as TRL 1.x (TRL 0.x clamped each weight at 1): a weight
+    above 1 is possible (tokens more likely than their distribution's
+    collision probability `sum_v p_v^2`; a greedy completion weighs at
+    least 1, since `sum_v p_v^2 <= max_v p_v`). Extremes: each log-weight is at
+    most `log V` (`sum_v p_v^2 >= 1 / V` and `log p <= 0`, `V` the
+    vocabulary size), so a pair weight is at most `V^2` (6.6e10 for `V` =
+    256k): finite in float32, no overflow. Summing the log-weights before
+    the exponential keeps a tiny and a huge weight from making `0 * inf`;
+    a pair the policy finds very unlikely underflows to weight 0 (its loss
+    and gradient vanish). A NaN log-weight (an invalid label under XLA)
+    gives a NaN weight.
+
+    Args:
+        chosen_log_weights, rejected_log_weights: float tensors `[batch]`,
+            the WPO log-weights of the chosen and the rejected completions.
+
+    Returns:
+        float32 `[batch]`, the pair weights, with no gradient.
+
+    Example:
+
+    >>> wpo_weights([-0.5, 1.0], [-1.5, 0.25]).numpy().round(4)  # exp(-2), exp(1.25)
+    array([0.1353, 3.4903], dtype=float32)
+    """
+    chosen = _float_tensor("chosen_log_weights", chosen_log_weights)
+    rejected = _float_tensor("rejected_log_weights", rejected_log_weights)
+    _same_shapes({"chosen_log_weights": chosen, "rejected_log_weights": rejected})
+    return tf.stop_gradient(tf.exp(chosen + rejected))
 
 
 def split_pairs(values):

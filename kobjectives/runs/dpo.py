@@ -81,6 +81,11 @@ class PreferenceConfig(Section):
     label_smoothing: float = option(
         0.0, "label smoothing, for the types that use it (exo_pair, robust, aot, simpo, cpo)",
         within="[0, 0.5]")
+    use_weighting: bool = option(
+        False, "method 'dpo': WPO weighting (TRL's DPOConfig.use_weighting): each pair's loss "
+        "times the policy's w_chosen * w_rejected, w = exp(mean over the completion of "
+        "log p(token) - log sum_v p_v^2), without gradient, not clamped (not with aot, "
+        "aot_unpaired)")
     desirable_weight: float = option(
         KTO_WEIGHT_DEFAULT, "method 'kto': lambda_D, the weight of a desirable row's loss",
         within="(0, inf)")
@@ -115,6 +120,10 @@ class PreferenceConfig(Section):
         if self.gamma and self.method != "simpo":
             yield (f"gamma = {self.gamma!r}: the target reward margin is SimPO's; leave it 0 "
                    f"with method {self.method!r}, or set preference.method = 'simpo'")
+        if self.use_weighting and self.method != "dpo":
+            yield ("use_weighting = true: WPO weighting is the DPO family's (TRL's "
+                   f"DPOConfig.use_weighting); leave it false with method {self.method!r}, or "
+                   "set preference.method = 'dpo'")
         if self.method != "kto":
             return
         default = type(self)()
@@ -358,7 +367,8 @@ class DPORun(PreferencePairsRun):
         if config.method == "dpo":
             return DirectPreferenceOptimization(
                 policy, reference, loss_type=list(config.loss_type),
-                label_smoothing=config.label_smoothing, **options)
+                label_smoothing=config.label_smoothing, use_weighting=config.use_weighting,
+                **options)
         if config.gamma:
             options["gamma"] = config.gamma
         if config.label_smoothing:
@@ -403,6 +413,7 @@ class DPORun(PreferencePairsRun):
             "sequence_length": self.recipe.model.sequence_length,
             "method": config.method,
             "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,
+            **({"use_weighting": config.use_weighting} if config.method == "dpo" else {}),
             "beta": beta,
             **({"desirable_weight": config.desirable_weight,
                 "undesirable_weight": config.undesirable_weight,

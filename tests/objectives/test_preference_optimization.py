@@ -393,6 +393,160 @@ def test_errors():
                                rtol=1e-5)
 
 
+# -- WPO weighting (use_weighting) -------------------------------------------------------
+
+
+def hand_wpo_log_weights(model, x, side):
+    """TRL 1.x's WPO log-weight per row from the model's full logits, in numpy
+    float64: the mean over completion tokens of `log p(token) - log sum_v p_v^2`."""
+    inputs = {"token_ids": x[f"{side}_token_ids"], "padding_mask": x[f"{side}_padding_mask"]}
+    logp = log_softmax(model.logits(model(inputs)).numpy().astype("float64"))
+    log_sum_squares = np.log(np.exp(2.0 * logp).sum(-1))
+    ids, completion = x[f"{side}_token_ids"], x[f"{side}_completion_mask"]
+    out = np.zeros(len(ids))
+    for i in range(len(ids)):
+        terms = [logp[i, t - 1, ids[i, t]] - log_sum_squares[i, t - 1]
+                 for t in range(1, ids.shape[1]) if completion[i, t]]
+        out[i] = np.mean(terms) if terms else 0.0
+    return out
+
+
+@pytest.mark.parametrize("loss_type, loss_weights, chunk_size", [
+    (["sigmoid", "sft"], [1.0, 0.5], 3),
+    ("ipo", None, None),
+])
+def test_wpo_weighting_equals_the_manual_weighted_mean(loss_type, loss_weights, chunk_size):
+    policy = lm(0)
+    x = pairs()
+    pc, nc = hand_logps(policy, x, "chosen")
+    pr, nr = hand_logps(policy, x, "rejected")
+    wc, wr = hand_wpo_log_weights(policy, x, "chosen"), hand_wpo_log_weights(policy, x, "rejected")
+    pair_weights = np.exp(wc + wr)  # TRL: chosen_weights * rejected_weights, no clamp
+    rng = np.random.default_rng(1)
+    rc, rr = pc + rng.normal(0, 1, B), pr + rng.normal(0, 1, B)
+    batch = with_reference(x, rc, rr)
+    model = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5,
+                                         loss_weights=loss_weights, chunk_size=chunk_size,
+                                         use_weighting=True)
+    out = model(batch)
+    np.testing.assert_allclose(out["chosen_wpo_log_weights"], wc, atol=1e-5)
+    np.testing.assert_allclose(out["rejected_wpo_log_weights"], wr, atol=1e-5)
+    model.compile(optimizer="sgd")
+    loss = float(model.compute_loss(batch, y_pred=out))
+    types = [loss_type] if isinstance(loss_type, str) else loss_type
+    expected = 0.0
+    for name, weight in zip(types, loss_weights or [1.0]):
+        if name == "sft":  # TRL: the batch token mean in every row, times the pair weight
+            per_pair = np.full(B, -pc.sum() / nc.sum())
+        else:
+            per_pair = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name, chosen_lengths=nc,
+                                rejected_lengths=nr)[0].numpy()
+        expected += weight * np.mean(per_pair * pair_weights)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(float(model.wpo_weight.result()), np.mean(pair_weights),
+                               rtol=1e-5)
+    # Without weighting the loss is the unweighted one (the weights are not all 1).
+    assert not np.allclose(pair_weights, 1.0, rtol=1e-3)
+    plain = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5,
+                                         loss_weights=loss_weights, chunk_size=chunk_size)
+    assert "chosen_wpo_log_weights" not in plain(batch) and plain.wpo_weight is None
+    assert abs(float(plain.compute_loss(batch, y_pred=plain(batch))) - loss) > 1e-4
+
+
+def test_wpo_weights_carry_no_gradient_and_come_from_the_policy_alone():
+    policy = lm(0)
+    reference = copy_of(policy)
+    x = pairs()
+    model = DirectPreferenceOptimization(policy, reference=reference, use_weighting=True,
+                                         chunk_size=4)
+    wc, wr = hand_wpo_log_weights(policy, x, "chosen"), hand_wpo_log_weights(policy, x, "rejected")
+    pair_weights = np.exp(wc + wr)
+    variables = policy.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x, y_pred=model(x, training=True))
+    grads = tape.gradient(loss, variables)
+    # Online reference equal to the policy: every sigmoid loss is log 2, times the weight.
+    np.testing.assert_allclose(float(loss), np.log(2.0) * np.mean(pair_weights), rtol=1e-5)
+    # The gradient is that of the losses times constant weights: none through the weights.
+    plain = DirectPreferenceOptimization(policy, reference=copy_of(policy), chunk_size=4)
+    with tf.GradientTape() as tape:
+        out = plain(x, training=True)
+        rc, rr = plain.reference_log_probs(x, out["chosen_logps"])
+        losses = dpo_loss(out["chosen_logps"], out["rejected_logps"], rc, rr)[0]
+        manual = tf.reduce_mean(losses * tf.constant(pair_weights, tf.float32))
+    for a, b in zip(grads, tape.gradient(manual, variables)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    # Precomputed reference values give the same loss.
+    free = DirectPreferenceOptimization(policy, use_weighting=True)
+    values = with_reference(x, *(hand_logps(reference, x, side)[0]
+                                 for side in ("chosen", "rejected")))
+    np.testing.assert_allclose(float(free.compute_loss(values, y_pred=free(values))),
+                               float(loss), rtol=1e-5)
+
+
+def wpo_model():
+    return DirectPreferenceOptimization(lm(0), loss_type=["sigmoid", "sft"], beta=0.5,
+                                        chunk_size=3, use_weighting=True)
+
+
+WPO_DATA = with_reference(pairs(), np.full(B, -9.0), np.full(B, -11.0))
+
+
+def test_wpo_weighting_under_xla():
+    model = wpo_model()
+
+    def loss_and_gradients(batch):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, y_pred=model(batch, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    eager, eager_grads = loss_and_gradients(WPO_DATA)
+    compiled, compiled_grads = tf.function(loss_and_gradients, jit_compile=True)(WPO_DATA)
+    np.testing.assert_allclose(float(compiled), float(eager), rtol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+WPO_CASE = ObjectiveCase(build=wpo_model, data={"x": WPO_DATA, "batch_size": 4},
+                         metrics=("wpo_weight", "sigmoid_loss", "sft_loss"))
+
+
+def test_wpo_weighting_mirrored_matches_one_device(mirrored_strategy):
+    # The weighted sft term is the global token mean times each pair's weight.
+    assert_mirrored_matches_one_device(WPO_CASE, mirrored_strategy)
+
+
+def test_wpo_weighting_config_and_keras_round_trip(tmp_path):
+    x = WPO_DATA
+    model = wpo_model()
+    eager = float(model.compute_loss(x, y_pred=model(x)))
+    config = model.get_config()
+    assert config["use_weighting"] is True
+    assert DirectPreferenceOptimization(lm(0)).get_config()["use_weighting"] is False
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert clone.use_weighting and clone.get_config() == config
+    model.save(tmp_path / "wpo.keras")
+    restored = keras.saving.load_model(tmp_path / "wpo.keras")
+    assert restored.use_weighting and restored.wpo_weight is not None
+    np.testing.assert_allclose(float(restored.compute_loss(x, y_pred=restored(x))), eager,
+                               rtol=1e-6)
+
+
+def test_wpo_weighting_errors():
+    policy = lm(0)
+    with pytest.raises(ValueError, match="`use_weighting` must be True"):
+        DirectPreferenceOptimization(policy, use_weighting="yes")
+    for loss_type in ("aot", ["sigmoid", "aot_unpaired"]):
+        with pytest.raises(ValueError, match="use_weighting.*sorted quantiles"):
+            DirectPreferenceOptimization(policy, loss_type=loss_type, label_smoothing=0.1,
+                                         use_weighting=True)
+    model = DirectPreferenceOptimization(policy, use_weighting=True)
+    x = with_reference(pairs(), np.zeros(B), np.zeros(B))
+    y_pred = {k: v for k, v in model(x).items() if k != "rejected_wpo_log_weights"}
+    with pytest.raises(ValueError, match=r"needs \['rejected_wpo_log_weights'\]"):
+        model.compute_loss(x, y_pred=y_pred)
+
+
 def test_reference_free_errors_and_config():
     policy = lm(0)
     with pytest.raises(ValueError, match="Unknown `method`"):

@@ -78,6 +78,32 @@ def test_token_losses_and_correct():
     assert correct.numpy()[0, 0] == 1.0
 
 
+def test_log_sum_squared_probs_in_the_same_pass():
+    h, k, y, _ = _data(batch=2, length=5)
+    losses, correct, log_sum_squares = ops.chunked_token_cross_entropy(
+        h, k, y, chunk_size=3, return_correct=True, return_log_sum_squared_probs=True)
+    logits = (h @ k).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(log_sum_squares.numpy(), np.log((probs ** 2).sum(-1)), atol=1e-5)
+    assert np.all(log_sum_squares.numpy() <= 0.0) and log_sum_squares.shape == (2, 5)
+    np.testing.assert_array_equal(correct.numpy(), (np.argmax(h @ k, -1) == y).astype("float32"))
+    # Alone (without `correct`), and the losses' gradients unchanged by the extra output.
+    hv, kv = tf.Variable(h), tf.Variable(k)
+    grads = []
+    for extra in (False, True):
+        with tf.GradientTape() as tape:
+            out = ops.chunked_token_cross_entropy(hv, kv, y, chunk_size=3,
+                                                  return_log_sum_squared_probs=extra)
+            total = tf.reduce_sum(out[0] if extra else out)
+            if extra:  # no gradient reaches the hidden states or kernel through it
+                total += 5.0 * tf.reduce_sum(out[1])
+        grads.append([g.numpy() for g in tape.gradient(total, [hv, kv])])
+    np.testing.assert_allclose(out[1].numpy(), log_sum_squares.numpy(), atol=1e-6)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_xla_matches_eager():
     h, k, y, w = _data(batch=2, length=9)
 

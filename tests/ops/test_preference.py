@@ -410,6 +410,110 @@ def test_sequence_log_probs_errors_and_xla():
     assert np.isnan(poisoned[0]) and np.all(np.isfinite(poisoned[1:]))
 
 
+# -- WPO weights -------------------------------------------------------------------
+
+
+def _np_wpo_log_weights(logits, y, w):
+    """TRL 1.x's `mean_logps` in float64: mean over the completion (w > 0) of
+    `log p(y_t) - (logsumexp(2 z) - 2 logsumexp(z))`."""
+    z = np.asarray(logits, np.float64)
+
+    def lse(a):
+        top = a.max(-1, keepdims=True)
+        return (top + np.log(np.exp(a - top).sum(-1, keepdims=True)))[..., 0]
+
+    lse1, lse2 = lse(z), lse(2.0 * z)
+    token = np.take_along_axis(z, np.where(w > 0, y, 0)[..., None], -1)[..., 0] - lse1
+    aligned = np.where(w > 0, token - (lse2 - 2.0 * lse1), 0.0)
+    return aligned.sum(-1) / np.maximum((w > 0).sum(-1), 1)
+
+
+def test_wpo_log_weights_on_hand_computed_logits_unclamped():
+    # Row 0: uniform over 4 -> p = sum p^2 = 1/4, log-weight 0. Row 1: the label is the
+    # peak of softmax([3, 0, 0, 0]) (p = e^3 / (e^3 + 3)): p > sum p^2, a weight above 1
+    # (TRL 0.x clamped it to 1; TRL 1.x does not). Row 2: no completion token: 0.
+    logits = np.zeros((3, 2, 4), "float32")
+    logits[1, :, 0] = 3.0
+    y = np.array([[2, 1], [0, 0], [7, -100]])
+    w = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]], "float32")
+    p = np.e ** 3 / (np.e ** 3 + 3)
+    q = 1 / (np.e ** 3 + 3)
+    by_hand = np.log(p) - np.log(p * p + 3 * q * q)
+    assert by_hand > 0.13  # 0.1318
+    _, counts, log_weights = ops.sequence_log_probs_from_logits(
+        logits, y, w, return_wpo_log_weights=True)
+    np.testing.assert_allclose(log_weights.numpy(), [0.0, by_hand, 0.0], atol=1e-6)
+    np.testing.assert_allclose(log_weights.numpy(), _np_wpo_log_weights(logits, y, w), atol=1e-6)
+    np.testing.assert_array_equal(counts.numpy(), [2.0, 1.0, 0.0])
+    weights = ops.wpo_weights(log_weights[:1], log_weights[1:2])
+    np.testing.assert_allclose(weights.numpy(), [np.exp(by_hand)], rtol=1e-6)
+    assert float(weights[0]) > 1.14  # not clamped at 1
+
+
+def test_wpo_log_weights_chunked_equal_unchunked_and_numpy():
+    h, k, y, w = _lm_data(seed=5)
+    logits = h.astype(np.float64) @ k.astype(np.float64)
+    expected = _np_wpo_log_weights(logits, y, w)
+    expected_sums, expected_counts = _np_sequence_log_probs(h, k, y, w)
+    for chunk_size in (None, 1, 4, 64):
+        sums, counts, log_weights = ops.sequence_log_probs(
+            h, k, y, w, chunk_size=chunk_size, return_wpo_log_weights=True)
+        assert log_weights.shape == (4,) and log_weights.dtype == tf.float32
+        np.testing.assert_allclose(log_weights.numpy(), expected, atol=1e-5, err_msg=chunk_size)
+        np.testing.assert_allclose(sums.numpy(), expected_sums, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(counts.numpy(), expected_counts)
+    _, _, from_logits = ops.sequence_log_probs_from_logits(h @ k, y, w,
+                                                           return_wpo_log_weights=True)
+    np.testing.assert_allclose(from_logits.numpy(), expected, atol=1e-5)
+    # NaN states at weight-0 slots (garbage labels there too) change nothing.
+    poisoned = np.where(w[..., None] > 0, h, np.nan).astype("float32")
+    for chunk_size in (None, 3):
+        _, _, log_weights = ops.sequence_log_probs(poisoned, k, y, w, chunk_size=chunk_size,
+                                                   return_wpo_log_weights=True)
+        np.testing.assert_allclose(log_weights.numpy(), expected, atol=1e-5)
+    # Under XLA, chunked and not.
+    for chunk_size in (None, 3):
+        fn = tf.function(lambda hh, c=chunk_size: ops.sequence_log_probs(
+            hh, k, y, w, chunk_size=c, return_wpo_log_weights=True)[2], jit_compile=True)
+        np.testing.assert_allclose(fn(h).numpy(), expected, atol=1e-5)
+
+
+def test_wpo_weights_carry_no_gradient_and_leave_the_sums_gradient_alone():
+    h, k, y, w = _lm_data(seed=6)
+    for chunk_size in (None, 4):
+        hidden, kernel = tf.Variable(h), tf.Variable(k)
+        with tf.GradientTape(persistent=True) as tape:
+            sums, _, log_weights = ops.sequence_log_probs(
+                hidden, kernel, y, w, chunk_size=chunk_size, return_wpo_log_weights=True)
+            pair_weights = ops.wpo_weights(*ops.split_pairs(log_weights))
+            weighted = tf.reduce_sum(sums * tf.concat([pair_weights, pair_weights], 0))
+            plain_sums, _ = ops.sequence_log_probs(hidden, kernel, y, w, chunk_size=chunk_size)
+            constant = tf.reduce_sum(plain_sums * tf.constant(
+                np.tile(pair_weights.numpy(), 2)))
+        assert tape.gradient(log_weights, [hidden, kernel]) == [None, None]
+        assert tape.gradient(pair_weights, [hidden, kernel]) == [None, None]
+        # The weighted sum's gradient is that of the sums times constant weights.
+        for a, b in zip(tape.gradient(weighted, [hidden, kernel]),
+                        tape.gradient(constant, [hidden, kernel])):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+        del tape
+
+
+def test_wpo_weights_at_extremes_and_errors():
+    # exp(100) alone overflows float32 and exp(-150) underflows: their product would be
+    # inf * 0 = NaN; the log-weights are summed first.
+    weights = ops.wpo_weights([100.0, 3.0, 0.0], [-150.0, -200.0, 0.0])
+    assert weights.dtype == tf.float32
+    np.testing.assert_allclose(weights.numpy(), [np.exp(-50.0), 0.0, 1.0], rtol=1e-5)
+    # The largest possible weight, V^2 (each log-weight <= log V), is finite for V = 256k.
+    log_v = np.log(256_000.0)
+    assert np.isfinite(float(ops.wpo_weights([log_v], [log_v])[0]))
+    with pytest.raises(ValueError, match="`rejected_log_weights` must have the shape"):
+        ops.wpo_weights([0.0, 1.0], [0.0])
+    with pytest.raises(ValueError, match="rank 1"):
+        ops.wpo_weights([[0.0]], [[0.0]])
+
+
 def test_split_pairs():
     chosen, rejected = ops.split_pairs(tf.reshape(tf.range(12), [6, 2]))
     np.testing.assert_array_equal(chosen.numpy(), [[0, 1], [2, 3], [4, 5]])

@@ -188,6 +188,21 @@ def test_kto_recipe_errors_name_the_key(tmp_path):
             objective.loss_type) == (0.1, 1.33, 1.0, "kto")
 
 
+def test_use_weighting_is_the_dpo_familys_and_reaches_the_objective(tmp_path):
+    for method in ("simpo", "orpo", "kto"):  # WPO weighting is the DPO family's alone
+        with pytest.raises(RecipeError,
+                           match=rf"preference\.use_weighting = true: .*'{method}'"):
+            tiny_run("dpo", tmp_path, {"preference.method": method,
+                                       "preference.use_weighting": True})
+    with pytest.raises(RecipeError, match=r"preference \(dpo\): .*use_weighting.*aot"):
+        tiny_run("dpo", tmp_path, {"preference.loss_type": ["aot"],
+                                   "preference.use_weighting": True})
+    for value in (False, True):
+        run = tiny_run("dpo", tmp_path, {"preference.use_weighting": value})
+        objective = run._objective(_probe_backbone(), None)
+        assert objective.use_weighting is value
+
+
 def test_kto_trains_the_pairs_unpaired_and_reports_the_dpo_figures(sft_folder, tmp_path):
     # Two steps, two rounds: the first round's loss is step 0's alone.
     run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),

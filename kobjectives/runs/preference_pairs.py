@@ -46,6 +46,11 @@ class PreferenceDataConfig(SFTDataConfig):
         "keep_end", "a pair longer than model.sequence_length: 'keep_end' (cut the prompt's "
         "start, then the completions' ends; TRL's), 'keep_start', 'error'",
         choices=TRUNCATIONS)
+    balance_lengths: bool = option(
+        False, "train on a length-balanced subset of the training pairs: in each of 10 bins "
+        "of the answers' length difference the longer answer is chosen exactly half the time "
+        "(kobjectives.data.length_balanced_pairs; Singhal et al. 2023), so length alone "
+        "predicts nothing; validation and held-out pairs are kept whole")
 
     def check(self):
         yield from super().check()
@@ -80,6 +85,22 @@ def length_baseline_accuracy(examples):
     chosen = np.array([len(c) for c in examples.chosen_ids])
     rejected = np.array([len(r) for r in examples.rejected_ids])
     return float(np.mean(np.where(chosen == rejected, 0.5, chosen > rejected)))
+
+
+def length_controlled_accuracy(examples, chosen_scores, rejected_scores):
+    """How often `chosen_scores` beat `rejected_scores`, with the answers'
+    length taken out: the mean of the accuracy on the pairs whose chosen
+    completion has more tokens and the accuracy on those whose chosen
+    completion has fewer (pairs of equal length left out; NaN when a side
+    has no pair). A score that only measures length gets 0.5 whatever the
+    data's length bias; chance is 0.5."""
+    chosen_lengths = np.array([len(c) for c in examples.chosen_ids])
+    rejected_lengths = np.array([len(r) for r in examples.rejected_ids])
+    correct = np.asarray(chosen_scores) > np.asarray(rejected_scores)
+    sides = [correct[chosen_lengths > rejected_lengths], correct[chosen_lengths < rejected_lengths]]
+    if not all(side.size for side in sides):
+        return float("nan")
+    return float(np.mean([side.mean() for side in sides]))
 
 
 class PreferencePairsRun(Run):
@@ -181,6 +202,29 @@ class PreferencePairsRun(Run):
         data_lib.save_vocabulary(self.vocabulary, out_dir)
         self.examples = {split: self.tokenized(p) for split, p in self.pairs.items()}
         self.drop_collapsed_pairs()
+        if data.balance_lengths:
+            self.balance_lengths()
+
+    def keep_pairs(self, split, keep):
+        """Keeps the pairs `keep` (indices) of `split`, text and tokens."""
+        examples = self.examples[split]
+        self.pairs[split] = [self.pairs[split][i] for i in keep]
+        self.examples[split] = data_lib.PreferenceExamples(
+            [examples.prompt_ids[i] for i in keep], [examples.chosen_ids[i] for i in keep],
+            [examples.rejected_ids[i] for i in keep], examples.start_token_id)
+
+    def balance_lengths(self):
+        """`data.balance_lengths`: keeps the length-balanced subset of the
+        training pairs (`kobjectives.data.length_balanced_pairs`), logging
+        what it drops."""
+        examples = self.examples["train"]
+        before = length_baseline_accuracy(examples)
+        keep = data_lib.length_balanced_pairs(examples, seed=self.recipe.training.seed)
+        self.keep_pairs("train", keep)
+        self.dropped["length_balance"] = len(examples) - len(keep)
+        self.log(f"train: balanced by length: {len(keep)} of {len(examples)} pairs kept; the "
+                 f"longer answer was chosen in {before:.3f} of them, now "
+                 f"{length_baseline_accuracy(self.examples['train']):.3f}")
 
     def drop_collapsed_pairs(self):
         """Drops the pairs whose chosen and rejected answers are identical
@@ -192,11 +236,7 @@ class PreferencePairsRun(Run):
                 examples, self.recipe.model.sequence_length, self.recipe.data.truncation))
             if not collapsed:
                 continue
-            keep = [i for i in range(len(examples)) if i not in collapsed]
-            self.pairs[split] = [self.pairs[split][i] for i in keep]
-            self.examples[split] = data_lib.PreferenceExamples(
-                [examples.prompt_ids[i] for i in keep], [examples.chosen_ids[i] for i in keep],
-                [examples.rejected_ids[i] for i in keep], examples.start_token_id)
+            self.keep_pairs(split, [i for i in range(len(examples)) if i not in collapsed])
             self.dropped[split] = len(collapsed)
             self.log(f"{split}: {len(collapsed)} of {len(examples)} pairs dropped: chosen and "
                      f"rejected are identical once cut to {self.recipe.model.sequence_length} "

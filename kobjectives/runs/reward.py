@@ -23,6 +23,7 @@ from kobjectives.runs import register
 from kobjectives.runs.preference_pairs import PreferenceDataConfig
 from kobjectives.runs.preference_pairs import PreferencePairsRun
 from kobjectives.runs.preference_pairs import length_baseline_accuracy
+from kobjectives.runs.preference_pairs import length_controlled_accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,8 @@ class RewardRun(PreferencePairsRun):
                 f"{prefix}_reward_margin": float(np.mean(chosen - rejected)),
                 f"{prefix}_chosen_reward": float(np.mean(chosen)),
                 f"{prefix}_rejected_reward": float(np.mean(rejected)),
+                f"{prefix}_length_controlled_accuracy":
+                    length_controlled_accuracy(self.examples[split], chosen, rejected),
                 f"{prefix}_length_baseline_accuracy":
                     length_baseline_accuracy(self.examples[split]),
                 f"{prefix}_pairs": int(len(chosen)),
@@ -173,12 +176,14 @@ class RewardRun(PreferencePairsRun):
         return [
             f"held-out reward accuracy {metrics['val_reward_accuracy']:.4f} vs length baseline "
             f"{metrics['length_baseline_accuracy']:.4f} and chance 0.5 "
-            f"({metrics['val_pairs']} pairs); mean margin {metrics['val_reward_margin']:.4f}",
+            f"({metrics['val_pairs']} pairs); mean margin {metrics['val_reward_margin']:.4f}; "
+            f"length-controlled {metrics['val_length_controlled_accuracy']:.4f}",
         ] + ([
             f"held-out {list(self.recipe.data.heldout_subsets)}: reward accuracy "
             f"{metrics['heldout_reward_accuracy']:.4f} vs length baseline "
             f"{metrics['heldout_length_baseline_accuracy']:.4f} ({metrics['heldout_pairs']} "
-            "pairs)"] if "heldout_reward_accuracy" in metrics else [])
+            f"pairs); length-controlled {metrics['heldout_length_controlled_accuracy']:.4f}"]
+            if "heldout_reward_accuracy" in metrics else [])
 
     # -- export --------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from kobjectives.data.preference import corpus_preference_pairs
 from kobjectives.data.preference import kto_arrays
 from kobjectives.data.preference import kto_dataset
 from kobjectives.data.preference import kto_examples
+from kobjectives.data.preference import length_balanced_pairs
 from kobjectives.data.preference import preference_arrays
 from kobjectives.data.preference import preference_dataset
 from kobjectives.data.preference import read_hh_rlhf_pairs
@@ -467,3 +468,45 @@ def test_collapsed_pairs_are_exactly_those_preference_arrays_refuses(truncation)
                 preference_arrays(one, 8, truncation)
         else:
             preference_arrays(one, 8, truncation)
+
+
+def _length_pairs(lengths):
+    """`PreferenceExamples` whose answers have the given `(chosen, rejected)`
+    token counts."""
+    return PreferenceExamples([np.array([5])] * len(lengths),
+                              [np.full(c, 7) for c, _ in lengths],
+                              [np.full(r, 8) for _, r in lengths])
+
+
+def test_length_balanced_pairs_leaves_length_uninformative_in_every_bin():
+    rng = np.random.default_rng(3)
+    lengths = []
+    for _ in range(600):  # the longer answer chosen about 70% of the time, more so when far apart
+        a, b = rng.integers(1, 60, size=2)
+        longer_wins = rng.random() < (0.55 if abs(a - b) < 10 else 0.85)
+        lengths.append((max(a, b), min(a, b)) if longer_wins else (min(a, b), max(a, b)))
+    examples = _length_pairs(lengths)
+    keep = length_balanced_pairs(examples, bins=4, seed=0)
+    assert keep == sorted(set(keep)) and keep == length_balanced_pairs(examples, bins=4, seed=0)
+    chosen, rejected = np.array(lengths).T
+    difference = np.abs(chosen - rejected)
+    kept = np.zeros(len(lengths), bool)
+    kept[keep] = True
+    assert kept[difference == 0].all()  # ties carry no length signal: all kept
+    # Within each quantile bin of the difference, as many 'longer chosen' as
+    # 'shorter chosen' pairs remain, and no fewer than the smaller side had.
+    unequal = difference > 0
+    edges = np.quantile(difference[unequal], [0.25, 0.5, 0.75])
+    bins = np.searchsorted(edges, difference, side="right")
+    for b in range(4):
+        members = unequal & (bins == b)
+        longer, shorter = members & (chosen > rejected), members & (chosen < rejected)
+        assert (kept & longer).sum() == (kept & shorter).sum() == min(longer.sum(), shorter.sum())
+    assert length_balanced_pairs(examples, bins=4, seed=1) != keep  # the seed picks the drops
+
+
+def test_length_balanced_pairs_errors():
+    with pytest.raises(ValueError, match="`bins` must be an int >= 1"):
+        length_balanced_pairs(_length_pairs([(2, 1)]), bins=0)
+    with pytest.raises(TypeError, match="tokenize_preference_pairs"):
+        length_balanced_pairs([([1], [2], [3])])

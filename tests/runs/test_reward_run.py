@@ -14,6 +14,9 @@ import pytest
 
 from kobjectives.recipe import RecipeError
 from kobjectives.runs import export_run_dir
+from kobjectives.data import PreferenceExamples
+from kobjectives.runs.preference_pairs import length_baseline_accuracy
+from kobjectives.runs.preference_pairs import length_controlled_accuracy
 from kobjectives.runs.preference_pairs import render_pair_texts
 from tests.harness import tiny_run
 
@@ -76,6 +79,10 @@ def test_metrics_equal_a_recomputation_and_name_the_baselines(reward_run):
     lengths = [(len(c), len(r)) for c, r in zip(examples.chosen_ids, examples.rejected_ids)]
     expected = np.mean([0.5 if c == r else float(c > r) for c, r in lengths])
     assert metrics["length_baseline_accuracy"] == pytest.approx(expected)
+    correct = chosen > rejected
+    sides = [np.mean([ok for ok, (c, r) in zip(correct, lengths) if test(c, r)])
+             for test in (lambda c, r: c > r, lambda c, r: c < r)]
+    assert metrics["val_length_controlled_accuracy"] == pytest.approx(np.mean(sides))
     assert metrics["train_loss_last_round"] < math.log(2) + 0.5  # not diverged
 
 
@@ -141,3 +148,36 @@ def test_data_files_are_json_lines_pairs_for_reward_and_dpo(tmp_path):
         run = tiny_run(name, tmp_path / name, {"data.files": [str(tmp_path / "*.jsonl")]})
         assert run.recipe.data.source == "files"
         assert run.load_pairs() == expected
+
+
+def test_length_controlled_accuracy_is_blind_to_a_length_only_score():
+    examples = PreferenceExamples([np.array([5])] * 4,
+                                  [np.full(n, 7) for n in (3, 4, 1, 2)],
+                                  [np.full(n, 8) for n in (1, 2, 5, 2)])
+    longer = np.array([3.0, 4.0, 1.0, 2.0]), np.array([1.0, 2.0, 5.0, 2.0])
+    # 'Prefer the longer answer' is right on 2 of the 3 unequal pairs, but
+    # right on every 'chosen longer' pair and wrong on the 'chosen shorter' one.
+    assert np.mean(longer[0] > longer[1]) == 0.5
+    assert length_controlled_accuracy(examples, *longer) == 0.5
+    assert length_controlled_accuracy(examples, [1, 1, 1, 0], [0, 0, 0, 1]) == 1.0
+    assert length_controlled_accuracy(examples, [1, 0, 0, 0], [0, 1, 1, 1]) == 0.25
+    assert np.isnan(length_controlled_accuracy(PreferenceExamples(
+        [np.array([5])], [np.full(2, 7)], [np.full(1, 8)]), [1.0], [0.0]))
+
+
+def test_balance_lengths_trains_on_the_balanced_subset(tmp_path):
+    run = tiny_run("reward", tmp_path, {**REWARD, "data.balance_lengths": True})
+    run.prepare()
+    train = run.examples["train"]
+    assert len(train) == len(run.pairs["train"]) == run.document_counts()["train"]
+    # The corpus task's chosen docstrings are mostly longer than their
+    # siblings': after balancing, length predicts nothing.
+    assert run.dropped["length_balance"] > 0
+    assert length_baseline_accuracy(train) == pytest.approx(0.5)
+    kept = {(tuple(c), tuple(r)) for c, r in zip(train.chosen_ids, train.rejected_ids)}
+    whole = tiny_run("reward", tmp_path / "whole", REWARD)
+    whole.prepare()
+    everything = {(tuple(c), tuple(r)) for c, r in zip(whole.examples["train"].chosen_ids,
+                                                      whole.examples["train"].rejected_ids)}
+    assert kept < everything  # a subset of the same pairs
+    assert len(run.examples["validation"]) == len(whole.examples["validation"])  # whole

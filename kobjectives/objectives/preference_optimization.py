@@ -32,6 +32,7 @@ from kobjectives.ops.preference import cpo_loss
 from kobjectives.ops.preference import dpo_loss
 from kobjectives.ops.preference import kto_kl_baseline
 from kobjectives.ops.preference import kto_loss
+from kobjectives.ops.preference import ld_token_weights
 from kobjectives.ops.preference import odds_ratio_loss
 from kobjectives.ops.preference import sequence_log_probs
 from kobjectives.ops.preference import simpo_loss
@@ -71,6 +72,12 @@ WPO_OUTPUT_KEYS = ("chosen_wpo_log_weights", "rejected_wpo_log_weights")
 """The outputs `DirectPreferenceOptimization(use_weighting=True)` adds: the
 policy's WPO log-weights of each pair's completions (float32 `[batch]`)."""
 
+LD_OUTPUT_KEYS = ("chosen_unweighted_logps", "rejected_unweighted_logps")
+"""The outputs `DirectPreferenceOptimization(ld_alpha=...)` adds: the
+policy's plain summed completion log-probabilities (without LD-DPO's
+weights; float32 `[batch]`), of which the `"sft"` term takes its token
+mean."""
+
 
 # ---------------------------------------------------------------------------
 # Helpers.
@@ -100,6 +107,20 @@ def _check_float(name, value, positive=False, allow_none=False):
     return float(value)
 
 
+def _check_ld_alpha(ld_alpha):
+    """`ld_alpha` as a float, or None (LD-DPO off)."""
+    if ld_alpha is None:
+        return None
+    if isinstance(ld_alpha, bool) or not isinstance(
+            ld_alpha, (int, float, np.floating, np.integer)) or not 0.0 <= ld_alpha <= 1.0:
+        raise ValueError(
+            "`ld_alpha` must be None (LD-DPO off) or a number in [0, 1]: the weight of the "
+            "longer completion's tokens past the shorter one's length (TRL's "
+            f"DPOConfig.ld_alpha; 1 is plain DPO). Received: ld_alpha={ld_alpha!r}"
+        )
+    return float(ld_alpha)
+
+
 def _check_keys(x, keys, owner, layout):
     if not isinstance(x, dict):
         raise ValueError(
@@ -126,7 +147,8 @@ def _next_token_targets(token_ids, completion_mask):
 
 
 def completion_log_probs(language_model, token_ids, padding_mask, completion_mask,
-                         chunk_size=None, training=False, return_wpo_log_weights=False):
+                         chunk_size=None, training=False, return_wpo_log_weights=False,
+                         ld_alpha=None):
     """Summed log-probabilities of each sequence's completion tokens under a
     causal LM.
 
@@ -149,18 +171,26 @@ def completion_log_probs(language_model, token_ids, padding_mask, completion_mas
         return_wpo_log_weights: bool, also return each sequence's WPO
             log-weight (`kobjectives.ops.sequence_log_probs`), from the same
             logits.
+        ld_alpha: None, or a float in `[0, 1]` for a `[chosen; rejected]`
+            pair batch: also return LD-DPO's sums
+            (`kobjectives.ops.ld_token_weights` of the completion tokens),
+            from the same logits.
 
     Returns:
         `(sums, counts)`: float32 `[batch]`, the summed completion
         log-probabilities and the number of completion tokens; with
-        `return_wpo_log_weights`, `(sums, counts, wpo_log_weights)`.
+        `return_wpo_log_weights`, `(sums, counts, wpo_log_weights)`; with
+        `ld_alpha`, the LD-weighted sums last (the counts stay the full
+        completions').
     """
     hidden = language_model.encode(
         {"token_ids": token_ids, "padding_mask": padding_mask}, training=training)
     labels, weights = _next_token_targets(token_ids, completion_mask)
+    extra = None if ld_alpha is None else ld_token_weights(weights, ld_alpha)
     return sequence_log_probs(hidden, language_model.kernel(), labels, weights,
                               chunk_size=chunk_size,
-                              return_wpo_log_weights=return_wpo_log_weights)
+                              return_wpo_log_weights=return_wpo_log_weights,
+                              extra_weights=extra)
 
 
 def _concat_pairs(x):
@@ -184,10 +214,13 @@ def _concat_pairs(x):
     return tuple(out)
 
 
-def _pair_reference_log_probs(language_model, x, chunk_size):
+def _pair_reference_log_probs(language_model, x, chunk_size, ld_alpha=None):
     token_ids, padding_mask, completion_mask = _concat_pairs(x)
-    sums, _ = completion_log_probs(language_model, token_ids, padding_mask, completion_mask,
-                                   chunk_size=chunk_size, training=False)
+    sums, _, *ld_sums = completion_log_probs(
+        language_model, token_ids, padding_mask, completion_mask, chunk_size=chunk_size,
+        training=False, ld_alpha=ld_alpha)
+    if ld_alpha is not None:  # the reference's logps weighted as the policy's
+        sums = ld_sums[0]
     chosen, rejected = split_pairs(tf.stop_gradient(sums))
     return dict(zip(REFERENCE_LOG_PROBS_KEYS, (chosen, rejected)))
 
@@ -314,19 +347,23 @@ class _PolicyObjective(Objective):
         self.rejected_log_prob.update_state(tf.stop_gradient(rejected_logps),
                                             sample_weight=weights)
 
-    def _pair_call(self, inputs, training, wpo=False):
+    def _pair_call(self, inputs, training, wpo=False, ld_alpha=None):
         _check_keys(inputs, PAIR_INPUT_KEYS, type(self).__name__,
                     "kobjectives.data.preference_dataset")
         token_ids, padding_mask, completion_mask = _concat_pairs(inputs)
-        sums, counts, *log_weights = completion_log_probs(
+        sums, counts, *rest = completion_log_probs(
             self.policy, token_ids, padding_mask, completion_mask, chunk_size=self.chunk_size,
-            training=training, return_wpo_log_weights=wpo)
+            training=training, return_wpo_log_weights=wpo, ld_alpha=ld_alpha)
+        outputs = {}
+        if ld_alpha is not None:  # TRL's logps are the LD-weighted sums
+            outputs.update(zip(LD_OUTPUT_KEYS, split_pairs(sums)))
+            sums = rest.pop()
         chosen, rejected = split_pairs(sums)
         chosen_lengths, rejected_lengths = split_pairs(counts)
-        outputs = {"chosen_logps": chosen, "rejected_logps": rejected,
-                   "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+        outputs.update({"chosen_logps": chosen, "rejected_logps": rejected,
+                        "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths})
         if wpo:
-            outputs.update(zip(WPO_OUTPUT_KEYS, split_pairs(log_weights[0])))
+            outputs.update(zip(WPO_OUTPUT_KEYS, split_pairs(rest[0])))
         return outputs
 
     def call(self, inputs, training=False):
@@ -406,6 +443,18 @@ class DirectPreferenceOptimization(_PolicyObjective):
     `tf.distribute`). `aot`/`aot_unpaired` refuse it (their losses are of
     sorted quantiles, not of pairs; TRL multiplies them anyway).
 
+    **LD-DPO** (`ld_alpha`, TRL 1.x's `DPOConfig(ld_alpha=...)`; Liu et al.
+    2024, https://arxiv.org/abs/2409.06411): each completion's
+    log-probability weighs the tokens past the pair's shorter completion
+    length by `ld_alpha` (`kobjectives.ops.ld_token_weights`), for the
+    policy and the reference alike (online, or precomputed by
+    `precompute_reference_log_probs` handed this objective), so the longer
+    answer's extra tokens count less in every loss type and in the rewards
+    and `*_log_prob` metrics. As in TRL, the completion token counts
+    (`ipo`, `sigmoid_norm`) stay the full ones and `"sft"` stays the plain
+    token mean of the chosen completions' NLL. Precomputed reference values
+    must come with the same `ld_alpha`: the objective cannot tell.
+
     Args:
         policy: the trained `CausalLanguageModel`, or a causal keras-hub
             backbone (wrapped into one).
@@ -433,6 +482,9 @@ class DirectPreferenceOptimization(_PolicyObjective):
             (`kobjectives.ops.chunked_token_cross_entropy`; use it for a
             real vocabulary).
         use_weighting: bool, WPO weighting (above). Defaults to False.
+        ld_alpha: None (off, the default) or a float in `[0, 1]`, LD-DPO's
+            weight of the tokens past the shorter completion (above; 1
+            equals plain DPO, 0 drops them).
         **kwargs: `Objective` / `keras.Model` arguments (`name`, `dtype`).
 
     Inputs: a dict of `kobjectives.data.preference_dataset`'s keys
@@ -444,13 +496,16 @@ class DirectPreferenceOptimization(_PolicyObjective):
         (the policy's summed completion log-probabilities), `chosen_lengths`,
         `rejected_lengths` (completion token counts); with `use_weighting`,
         `chosen_wpo_log_weights`, `rejected_wpo_log_weights`
-        (`WPO_OUTPUT_KEYS`, no gradient).
+        (`WPO_OUTPUT_KEYS`, no gradient); with `ld_alpha`, `chosen_logps`
+        and `rejected_logps` are LD-weighted and `chosen_unweighted_logps`,
+        `rejected_unweighted_logps` (`LD_OUTPUT_KEYS`) the plain sums.
 
     Raises:
         ValueError: an unknown loss or f-divergence type, a label smoothing
             the types cannot use, bad weights or `beta` (the ops' checks, at
             construction); a non-bool `use_weighting`, or `use_weighting`
-            with `aot`/`aot_unpaired`; a reference sharing weights with the
+            with `aot`/`aot_unpaired`; an `ld_alpha` that is not None or a
+            number in `[0, 1]`; a reference sharing weights with the
             policy; at the first batch, missing keys, or neither a reference
             nor precomputed values.
         TypeError: a policy or reference that is not a causal LM.
@@ -461,7 +516,9 @@ class DirectPreferenceOptimization(_PolicyObjective):
         https://arxiv.org/abs/2305.18290; the other types' papers in
         `kobjectives.ops.preference`; TRL's `DPOTrainer` (1.13); WPO: Zhou
         et al., 2024, "WPO: Enhancing RLHF with Weighted Preference
-        Optimization", https://arxiv.org/abs/2406.11827.
+        Optimization", https://arxiv.org/abs/2406.11827; LD-DPO: Liu et
+        al., 2024, "Length Desensitization in Direct Preference
+        Optimization", https://arxiv.org/abs/2409.06411.
 
     Example:
 
@@ -494,7 +551,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
     def __init__(self, policy, reference=None, loss_type="sigmoid", beta=0.1,
                  label_smoothing=0.0, loss_weights=None, f_divergence_type="reverse_kl",
                  f_alpha_divergence_coef=0.5, discopop_tau=0.05, bco_delta=None,
-                 chunk_size=None, use_weighting=False, **kwargs):
+                 chunk_size=None, use_weighting=False, ld_alpha=None, **kwargs):
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         if not isinstance(types, (list, tuple)) or not types or not all(
                 isinstance(t, str) for t in types):
@@ -533,6 +590,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
                 "'aot_unpaired' are losses of sorted quantiles over the batch, not of pairs. "
                 "Drop use_weighting or those types."
             )
+        ld_alpha = _check_ld_alpha(ld_alpha)
         # The ops' checks, on the whole configuration, before any data.
         _validate_dpo(types, beta, label_smoothing, f_divergence_type, f_alpha_divergence_coef,
                       discopop_tau, bco_delta)
@@ -546,13 +604,15 @@ class DirectPreferenceOptimization(_PolicyObjective):
         self.discopop_tau = float(discopop_tau)
         self.bco_delta = bco_delta
         self.use_weighting = bool(use_weighting)
+        self.ld_alpha = ld_alpha
         self.reference = self._freeze_reference(reference, self.policy)
         self._create_reward_metrics()
         self.wpo_weight = (keras.metrics.Mean(name="wpo_weight")
                            if self.use_weighting else None)
 
     def call(self, inputs, training=False):
-        return self._pair_call(inputs, training, wpo=self.use_weighting)
+        return self._pair_call(inputs, training, wpo=self.use_weighting,
+                               ld_alpha=self.ld_alpha)
 
     @property
     def needs_reference(self):
@@ -561,8 +621,10 @@ class DirectPreferenceOptimization(_PolicyObjective):
 
     def compute_frozen_outputs(self, name, x):
         """The reference's summed completion log-probabilities of the batch:
-        `{"reference_chosen_logps", "reference_rejected_logps"}` `[batch]`."""
-        return _pair_reference_log_probs(self.reference.model, x, self.chunk_size)
+        `{"reference_chosen_logps", "reference_rejected_logps"}` `[batch]`
+        (LD-weighted with `ld_alpha`)."""
+        return _pair_reference_log_probs(self.reference.model, x, self.chunk_size,
+                                         ld_alpha=self.ld_alpha)
 
     def reference_log_probs(self, x, like):
         """`(chosen, rejected)` reference log-probabilities of batch `x`."""
@@ -578,7 +640,8 @@ class DirectPreferenceOptimization(_PolicyObjective):
         mean token NLL, weights times token counts), a global token mean.
         With `use_weighting` every per-pair loss is multiplied by the pair's
         WPO weight, and `"sft"` is (pair weight times the global token mean,
-        pair weights)."""
+        pair weights). With `ld_alpha` the `"sft"` term takes the plain sums
+        (`LD_OUTPUT_KEYS`), the other types the LD-weighted ones."""
         pc, pr = y_pred["chosen_logps"], y_pred["rejected_logps"]
         nc, nr = y_pred["chosen_lengths"], y_pred["rejected_lengths"]
         rc, rr = self.reference_log_probs(x, pc)
@@ -592,7 +655,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
         terms = {}
         for name in self._loss_types:
             if name == "sft":
-                nll = -average_log_probs(pc, nc)
+                nll = -average_log_probs(self._sft_log_probs(y_pred), nc)
                 if pair_weights is None:
                     terms[name] = (nll, weights * nc)
                 else:  # TRL: the batch token mean in every row, times the pair weight
@@ -612,6 +675,19 @@ class DirectPreferenceOptimization(_PolicyObjective):
         self._update_reward_metrics(self.beta * (pc - rc), self.beta * (pr - rr), pc, pr,
                                     weights)
         return terms
+
+    def _sft_log_probs(self, y_pred):
+        """The chosen sums of the `"sft"` term: without LD-DPO's weights
+        (TRL's plain token mean of the chosen NLL)."""
+        if self.ld_alpha is None:
+            return y_pred["chosen_logps"]
+        if LD_OUTPUT_KEYS[0] not in y_pred:
+            raise ValueError(
+                f"DirectPreferenceOptimization(ld_alpha=...) with loss type 'sft' needs "
+                f"{LD_OUTPUT_KEYS[0]!r} in `y_pred`: pass the objective's own outputs "
+                "(`y_pred=model(x)`)."
+            )
+        return y_pred[LD_OUTPUT_KEYS[0]]
 
     def _wpo_pair_weights(self, y_pred, weights):
         """The pairs' WPO weights `w_c * w_r` (None without `use_weighting`),
@@ -639,6 +715,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
             "discopop_tau": self.discopop_tau,
             "bco_delta": self.bco_delta,
             "use_weighting": self.use_weighting,
+            "ld_alpha": self.ld_alpha,
         })
         return config
 
@@ -1014,7 +1091,8 @@ class KahnemanTverskyOptimization(_PolicyObjective):
 # ---------------------------------------------------------------------------
 
 
-def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=None):
+def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=None,
+                                   ld_alpha=None):
     """The reference's log-probabilities of every example, in one pass.
 
     Runs the reference policy over `dataset` and returns its summed
@@ -1028,6 +1106,13 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
     `repeat=False`). `kobjectives.objectives.precompute_frozen_outputs`
     does the same batch by batch (it adds the values to each batch instead).
 
+    LD-DPO: handed a `DirectPreferenceOptimization`, the values are weighted
+    by its `ld_alpha` (`kobjectives.ops.ld_token_weights`), as its online
+    reference's would be. Handed a bare reference model, they are the plain
+    sums unless `ld_alpha` is given: pass the objective's `ld_alpha` there,
+    else a DPO with `ld_alpha` trains on unweighted reference values (it
+    cannot tell).
+
     Args:
         objective_or_reference: a `DirectPreferenceOptimization` or
             `KahnemanTverskyOptimization` holding a reference, a
@@ -1036,6 +1121,9 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
             (keys `chosen_*`, `rejected_*`) or `kto_dataset` batches (keys
             `token_ids`, ..., `kl_*`); elements may be `(x, ...)` tuples.
         chunk_size: None (the objective's, else full logits) or an int.
+        ld_alpha: None (the objective's; for a bare reference model, off)
+            or a float in `[0, 1]`, LD-DPO's weight (pair batches only);
+            with an objective it must equal the objective's.
 
     Returns:
         A dict of float32 numpy arrays `[num_examples]`:
@@ -1044,7 +1132,8 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
 
     Raises:
         ValueError: an objective without a reference, batches of neither
-            layout, an empty dataset.
+            layout, an empty dataset; a bad `ld_alpha`, one that differs
+            from the objective's, or one with KTO rows.
 
     Example:
 
@@ -1065,8 +1154,17 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
     >>> "reference_rejected_logps" in next(iter(train))  # DPO then needs no reference
     True
     """
+    ld_alpha = _check_ld_alpha(ld_alpha)
     if isinstance(objective_or_reference, Objective) and not isinstance(
             objective_or_reference, CausalLanguageModel):
+        own = getattr(objective_or_reference, "ld_alpha", None)
+        if ld_alpha is not None and ld_alpha != own:
+            raise ValueError(
+                f"`ld_alpha={ld_alpha}` differs from the objective's ({own}): the objective's "
+                "reference values are weighted by its own ld_alpha. Leave ld_alpha=None when "
+                "handing the objective."
+            )
+        ld_alpha = own
         if "reference" not in type(objective_or_reference).frozen_models:
             raise ValueError(
                 f"{type(objective_or_reference).__name__} has no reference model. Pass a "
@@ -1096,8 +1194,16 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
     if not isinstance(spec, dict):
         raise ValueError("`dataset` must yield dicts (or `(x, ...)` tuples of dicts).")
     if all(k in spec for k in PAIR_INPUT_KEYS):
-        compute, keys = _pair_reference_log_probs, REFERENCE_LOG_PROBS_KEYS
+        keys = REFERENCE_LOG_PROBS_KEYS
+
+        def compute(language_model, x, chunk_size):
+            return _pair_reference_log_probs(language_model, x, chunk_size, ld_alpha=ld_alpha)
     elif all(k in spec for k in KTO_INPUT_KEYS):
+        if ld_alpha is not None:
+            raise ValueError(
+                f"`ld_alpha={ld_alpha}` weighs pairs (LD-DPO), but `dataset` yields KTO rows, "
+                "which have no pair. Leave ld_alpha=None."
+            )
         compute, keys = _kto_reference_log_probs, KTO_REFERENCE_LOG_PROBS_KEYS
     else:
         raise ValueError(

@@ -103,3 +103,4 @@ from kobjectives.ops.preference import sequence_log_probs_from_logits  # noqa: F
 from kobjectives.ops.preference import simpo_loss  # noqa: F401
 from kobjectives.ops.preference import split_pairs  # noqa: F401
 from kobjectives.ops.preference import wpo_weights  # noqa: F401
+from kobjectives.ops.preference import ld_token_weights  # noqa: F401

@@ -29,6 +29,17 @@ log-weights in the same pass as the log-probabilities (chunked or not),
 `wpo_weights` the pair weights. As TRL 1.x, the weight is not clamped
 (TRL 0.x clamped it at 1 and used the log-softmax directly).
 
+LD-DPO (TRL's `DPOConfig(ld_alpha=...)`; Liu et al. 2024, "Length
+Desensitization in Direct Preference Optimization",
+https://arxiv.org/abs/2409.06411): a pair's log-probabilities weigh its
+first `min(n_c, n_r)` completion tokens 1 and the longer completion's
+remaining tokens `ld_alpha` (in `[0, 1]`; 1 is plain DPO), for the policy
+and the reference alike. `ld_token_weights` gives these token weights of a
+`[chosen; rejected]` batch; `sequence_log_probs(..., extra_weights=...)`
+sums with them beside the plain sums, in the same pass, while the counts
+(and so `ipo`/`sigmoid_norm`'s length normalization and the `sft` token
+mean) stay the full completion's, as in TRL.
+
 Notation: `pc, pr` the policy's log-probabilities of the chosen and the
 rejected completion, `rc, rr` the reference's; the log-ratios
 `lc = pc - rc`, `lr = pr - rr`; `beta` the temperature, `eps` the
@@ -116,9 +127,9 @@ could be read while writing this module: `DPOTrainer` and `KTOTrainer` of
 TRL 1.13 (whose 15 DPO types are the list above), and the `CPOTrainer`,
 ORPO `odds_ratio_loss` and `RewardTrainer` of late 0.x releases; TRL 1.14 to
 1.16 could not be read, so any change they made is not reflected here. TRL
-1.x's `ld_alpha` (LD-DPO) is a choice of token weights in
-`sequence_log_probs`; its `use_weighting` (WPO) is `wpo_weights` (above),
-transcribed from the `use_weighting` branch of TRL 1.x's `DPOTrainer`.
+1.x's `ld_alpha` (LD-DPO) is `ld_token_weights` (above), transcribed from
+the `ld_alpha` branch of TRL 1.x's `DPOTrainer`; its `use_weighting` (WPO)
+is `wpo_weights` (above), transcribed from its `use_weighting` branch.
 
 The other objectives:
 
@@ -263,11 +274,34 @@ def _completion_mask(labels, weights):
     return weights, used, labels
 
 
-def _reduce(token_log_probs, weights, used):
+def _reduce(token_log_probs, weights, used, extra_weights=None):
     weighted, _ = apply_weights(token_log_probs, weights, name="weights")
     sums = tf.reduce_sum(weighted, axis=-1)
     counts = tf.reduce_sum(tf.cast(used, tf.float32), axis=-1)
-    return sums, counts
+    if extra_weights is None:
+        return sums, counts
+    extra, _ = apply_weights(token_log_probs, extra_weights, name="extra_weights")
+    return sums, counts, tf.reduce_sum(extra, axis=-1)
+
+
+def _extra_weights(extra_weights, weights, used):
+    """`extra_weights` broadcast to the slots, 0 where `weights` is 0
+    (slots that are not scored), checked like `weights`."""
+    if extra_weights is None:
+        return None
+    _, extra = apply_weights(tf.zeros_like(weights), extra_weights, name="extra_weights")
+    return tf.where(used, extra, tf.zeros_like(extra))
+
+
+def _outputs(token_log_probs, weights, used, extra_weights, log_sum_squares=None):
+    """`(sums, counts[, wpo_log_weights][, extra_sums])` of token
+    log-probabilities (the WPO log-weights when `log_sum_squares` is given,
+    the extra sums when `extra_weights` is)."""
+    sums, counts, *extra = _reduce(token_log_probs, weights, used, extra_weights)
+    outputs = (sums, counts)
+    if log_sum_squares is not None:
+        outputs += (_wpo_log_weights(token_log_probs, log_sum_squares, used),)
+    return outputs + tuple(extra)
 
 
 def _gather_log_softmax(logits, labels, used, given_labels, log_sum_squares=False):
@@ -294,7 +328,7 @@ def _wpo_log_weights(token_log_probs, log_sum_squares, used):
 
 
 def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
-                       return_wpo_log_weights=False):
+                       return_wpo_log_weights=False, extra_weights=None):
     """Summed completion-token log-probabilities of a causal LM, in float32.
 
     `sum_t w_t log softmax(hidden_t @ kernel)[labels_t]` over the last axis,
@@ -302,8 +336,7 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
     token that `hidden[..., t, :]` predicts (the input ids shifted left by
     one, as `kobjectives.ops.causal_lm_targets` builds them); `weights` is 1
     on completion tokens and 0 on the prompt and the padding (any
-    non-negative weights: LD-DPO's `ld_alpha` on a completion's tail is a
-    weight). A slot of weight 0 takes no part: its label may be anything
+    non-negative weights). A slot of weight 0 takes no part: its label may be anything
     (-100, a pad id, out of range) and its hidden state NaN or infinite,
     without effect on the sums or their gradients. A label outside the
     vocabulary at a slot of positive weight raises where its value is known,
@@ -327,6 +360,16 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
     most `log(vocabulary_size)` (`sum_v p_v^2 >= 1 / V`), so the log-weight
     is too; `wpo_weights` turns a pair's log-weights into its loss weight.
 
+    With `extra_weights` (e.g. LD-DPO's `ld_token_weights`), also `sum_t
+    e_t log p(y_t)` over the same slots, from the same token
+    log-probabilities: a second weighting of the scored tokens, while
+    `weights` alone decides which slots are scored, the plain sums, the
+    counts and the WPO log-weights (so an `extra_weights` of 0 on some
+    completion tokens changes neither the counts nor the WPO mean, as TRL's
+    `ld_alpha=0` leaves its `completion_mask` alone). Passing LD weights as
+    `weights` instead gives the same sums but counts only the tokens of
+    positive weight (the shared part when `ld_alpha` is 0).
+
     Args:
         hidden: float tensor `[batch, length, hidden_dim]` (any leading
             shape), the states that predict `labels`.
@@ -338,6 +381,9 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
         chunk_size: None (the full logits) or a positive int, positions
             whose logits are computed at once.
         return_wpo_log_weights: bool, also return the WPO log-weights.
+        extra_weights: optional non-negative float tensor broadcastable to
+            `labels`, a second weighting of the scored slots (ignored where
+            `weights` is 0).
 
     Returns:
         `(sum_log_probs, counts)`: float32 tensors `labels.shape[:-1]`
@@ -345,7 +391,9 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
         number of tokens of positive weight (divide for the average
         log-probability: `average_log_probs`); with
         `return_wpo_log_weights`, `(sum_log_probs, counts,
-        wpo_log_weights)`, the last float32 `[batch]` without gradient.
+        wpo_log_weights)`, the last float32 `[batch]` without gradient;
+        with `extra_weights`, the `extra_weights`-weighted sums (float32
+        `[batch]`) after all of these.
 
     Raises:
         ValueError: mismatched shapes, non-integer labels, bad weights, a
@@ -382,15 +430,14 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
             f"Received shape {labels.shape}."
         )
     weights, used, safe_labels = _completion_mask(labels, weights)
+    extra_weights = _extra_weights(extra_weights, weights, used)
     if chunk_size is not None:
         token = chunked_token_cross_entropy(
             hidden, kernel, safe_labels, chunk_size=chunk_size,
             return_log_sum_squared_probs=return_wpo_log_weights)
         if not return_wpo_log_weights:
-            return _reduce(-token, weights, used)
-        token, log_sum_squares = -token[0], token[1]
-        return (*_reduce(token, weights, used),
-                _wpo_log_weights(token, log_sum_squares, used))
+            return _outputs(-token, weights, used, extra_weights)
+        return _outputs(-token[0], weights, used, extra_weights, log_sum_squares=token[1])
     if hidden.shape[-1] is not None and kernel.shape[0] is not None and hidden.shape[-1] != kernel.shape[0]:
         raise ValueError(
             f"`hidden`'s last dimension ({hidden.shape[-1]}) must equal `kernel`'s first "
@@ -403,18 +450,21 @@ def sequence_log_probs(hidden, kernel, labels, weights, chunk_size=None,
     logits = tf.cast(tf.matmul(flat, tf.cast(kernel, hidden.dtype)), tf.float32)
     logits = tf.reshape(logits, tf.concat([tf.shape(safe_labels), [kernel.shape[1]]], 0))
     logits = tf.ensure_shape(logits, safe_labels.shape.concatenate([kernel.shape[1]]))
-    return _sums_from_logits(logits, safe_labels, weights, used, return_wpo_log_weights)
+    return _sums_from_logits(logits, safe_labels, weights, used, return_wpo_log_weights,
+                             extra_weights)
 
 
-def _sums_from_logits(logits, safe_labels, weights, used, wpo):
+def _sums_from_logits(logits, safe_labels, weights, used, wpo, extra_weights):
     if not wpo:
-        return _reduce(_gather_log_softmax(logits, safe_labels, used, safe_labels), weights, used)
+        return _outputs(_gather_log_softmax(logits, safe_labels, used, safe_labels), weights,
+                        used, extra_weights)
     token, log_sum_squares = _gather_log_softmax(logits, safe_labels, used, safe_labels,
                                                  log_sum_squares=True)
-    return (*_reduce(token, weights, used), _wpo_log_weights(token, log_sum_squares, used))
+    return _outputs(token, weights, used, extra_weights, log_sum_squares=log_sum_squares)
 
 
-def sequence_log_probs_from_logits(logits, labels, weights, return_wpo_log_weights=False):
+def sequence_log_probs_from_logits(logits, labels, weights, return_wpo_log_weights=False,
+                                   extra_weights=None):
     """`sequence_log_probs` from given logits `[batch, length, vocabulary]`.
 
     The log-softmax is float32 whatever the logits' dtype; slots of weight 0
@@ -427,11 +477,13 @@ def sequence_log_probs_from_logits(logits, labels, weights, return_wpo_log_weigh
         weights: non-negative float tensor broadcastable to `labels`.
         return_wpo_log_weights: bool, also return the WPO log-weights (as
             `sequence_log_probs`).
+        extra_weights: optional non-negative float tensor broadcastable to
+            `labels` (as `sequence_log_probs`).
 
     Returns:
         `(sum_log_probs, counts)`: float32 tensors `[batch]`; with
         `return_wpo_log_weights`, `(sum_log_probs, counts,
-        wpo_log_weights)`.
+        wpo_log_weights)`; with `extra_weights`, the extra sums last.
 
     Example:
 
@@ -456,7 +508,8 @@ def sequence_log_probs_from_logits(logits, labels, weights, return_wpo_log_weigh
         )
     weights, used, safe_labels = _completion_mask(labels, weights)
     return _sums_from_logits(tf.cast(logits, tf.float32), safe_labels, weights, used,
-                             return_wpo_log_weights)
+                             return_wpo_log_weights,
+                             _extra_weights(extra_weights, weights, used))
 
 
 def average_log_probs(sum_log_probs, counts):
@@ -514,6 +567,82 @@ def wpo_weights(chosen_log_weights, rejected_log_weights):
     rejected = _float_tensor("rejected_log_weights", rejected_log_weights)
     _same_shapes({"chosen_log_weights": chosen, "rejected_log_weights": rejected})
     return tf.stop_gradient(tf.exp(chosen + rejected))
+
+
+def _check_ld_alpha(ld_alpha):
+    if not _is_number(ld_alpha) or not 0.0 <= float(ld_alpha) <= 1.0:
+        raise ValueError(
+            "`ld_alpha` must be a number in [0, 1]: LD-DPO's weight of the tokens past the "
+            "shorter completion's length (1 is plain DPO, 0 drops them). "
+            f"Received: ld_alpha={ld_alpha!r}"
+        )
+    return float(ld_alpha)
+
+
+def ld_token_weights(completion_weights, ld_alpha):
+    """LD-DPO's token weights of a `[chosen; rejected]` batch.
+
+    Row `i` of the chosen half and row `i` of the rejected half form a pair
+    (`split_pairs`' layout) with `n_c`, `n_r` completion tokens (the slots
+    of positive `completion_weights`). Each row's first `min(n_c, n_r)`
+    completion tokens weigh 1, its later ones `ld_alpha`: only the longer
+    completion of a pair has such a tail. Summing token log-probabilities
+    with these weights (`sequence_log_probs(..., extra_weights=...)`, or as
+    its `weights`) gives TRL 1.x's `DPOConfig(ld_alpha=...)` log-probabilities
+    `(logp * shared_mask).sum(1) + ld_alpha * (logp * tail_mask).sum(1)`,
+    applied alike to the policy and the reference; `ld_alpha=1` gives the
+    plain sums. Positions are counted over the completion tokens only (a
+    completion slot's position is the number of completion slots up to
+    it), as TRL's `completion_mask.cumsum(1)`. The result is
+    `completion_weights` times 1 or `ld_alpha`, so it is 0 off the
+    completion. Liu et al. 2024, "Length Desensitization in Direct
+    Preference Optimization", https://arxiv.org/abs/2409.06411.
+
+    Args:
+        completion_weights: tensor `[2 * pairs, length]` (float, int or
+            bool), the completion mask of the concatenated batch (chosen rows
+            first), aligned with the labels it weighs (e.g. the next-token
+            weights of `sequence_log_probs`).
+        ld_alpha: float in `[0, 1]`, the weight of the longer completion's
+            tokens past the shorter one's length.
+
+    Returns:
+        float32 `[2 * pairs, length]`, the token weights.
+
+    Raises:
+        ValueError: an `ld_alpha` that is not a number in `[0, 1]`; weights
+            that are not `[2 * pairs, length]` (an odd static first
+            dimension included) or not numeric.
+
+    Example:
+
+    >>> mask = [[0, 1, 1, 1, 0],   # chosen: 3 completion tokens
+    ...         [0, 1, 1, 0, 0]]   # rejected: 2; the pair shares 2
+    >>> ld_token_weights(mask, 0.5).numpy()
+    array([[0. , 1. , 1. , 0.5, 0. ],
+           [0. , 1. , 1. , 0. , 0. ]], dtype=float32)
+    """
+    ld_alpha = _check_ld_alpha(ld_alpha)
+    weights = tf.convert_to_tensor(completion_weights)
+    if not (weights.dtype == tf.bool or weights.dtype.is_integer or weights.dtype.is_floating):
+        raise ValueError(
+            "`completion_weights` must be a numeric (or bool) completion mask. "
+            f"Received dtype {weights.dtype.name}."
+        )
+    if weights.shape.rank != 2:
+        raise ValueError(
+            "`completion_weights` must be `[2 * pairs, length]` (chosen rows, then rejected "
+            f"rows). Received shape {weights.shape}."
+        )
+    weights = tf.cast(weights, tf.float32)
+    completion = tf.cast(weights > 0.0, tf.float32)
+    positions = tf.cumsum(completion, axis=1)  # 1-based within the completion
+    chosen_lengths, rejected_lengths = split_pairs(positions[:, -1])
+    shared = tf.minimum(chosen_lengths, rejected_lengths)
+    shared = tf.concat([shared, shared], axis=0)[:, None]
+    scale = tf.where(positions <= shared, tf.ones_like(positions),
+                     tf.fill(tf.shape(positions), ld_alpha))
+    return weights * scale
 
 
 def split_pairs(values):

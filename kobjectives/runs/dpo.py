@@ -47,6 +47,11 @@ REFERENCE_METHODS = ("dpo", "kto")
 """The methods whose objective reads the reference in training (precomputed
 or online)."""
 
+LD_ALPHA_OFF = 1.0
+"""The default of `preference.ld_alpha`: weight 1 on every completion token,
+which is plain DPO (LD-DPO off); 0 is a real LD-DPO value (the longer
+completion's tail dropped), not "off"."""
+
 KTO_WEIGHT_DEFAULT = 1.0
 """The default of `preference.desirable_weight` and `undesirable_weight`:
 `KahnemanTverskyOptimization`'s (TRL's)."""
@@ -86,6 +91,11 @@ class PreferenceConfig(Section):
         "times the policy's w_chosen * w_rejected, w = exp(mean over the completion of "
         "log p(token) - log sum_v p_v^2), without gradient, not clamped (not with aot, "
         "aot_unpaired)")
+    ld_alpha: float = option(
+        LD_ALPHA_OFF, "method 'dpo': LD-DPO (TRL's DPOConfig.ld_alpha): the weight of the "
+        "longer completion's tokens past the shorter one's length in the policy's and the "
+        "reference's log-probabilities (1: plain DPO, LD-DPO off; 0: those tokens dropped)",
+        within="[0, 1]")
     desirable_weight: float = option(
         KTO_WEIGHT_DEFAULT, "method 'kto': lambda_D, the weight of a desirable row's loss",
         within="(0, inf)")
@@ -124,6 +134,10 @@ class PreferenceConfig(Section):
             yield ("use_weighting = true: WPO weighting is the DPO family's (TRL's "
                    f"DPOConfig.use_weighting); leave it false with method {self.method!r}, or "
                    "set preference.method = 'dpo'")
+        if self.ld_alpha != LD_ALPHA_OFF and self.method != "dpo":
+            yield (f"ld_alpha = {self.ld_alpha!r}: LD-DPO is the DPO family's (TRL's "
+                   f"DPOConfig.ld_alpha); leave it {LD_ALPHA_OFF} with method "
+                   f"{self.method!r}, or set preference.method = 'dpo'")
         if self.method != "kto":
             return
         default = type(self)()
@@ -272,7 +286,7 @@ class DPORun(PreferencePairsRun):
         for split in splits:
             values = precompute_reference_log_probs(
                 start, self.pair_dataset(split, batch_size, ordered=True),
-                chunk_size=config.chunk_size or None)
+                chunk_size=config.chunk_size or None, ld_alpha=self.ld_alpha())
             self.reference_values[split] = values
         done = [f"{len(self.examples[s])} {s} pairs" for s in splits]
         if config.method == "kto" and self.uses_precomputed_reference():
@@ -292,6 +306,15 @@ class DPORun(PreferencePairsRun):
                  "computed once" + ("; a frozen copy runs every training step"
                                    if self.reference_preset else ""))
         del start
+
+    def ld_alpha(self):
+        """The objective's `ld_alpha`: None (off) unless method 'dpo' sets
+        `preference.ld_alpha` below 1. The reference's values and the
+        held-out figures (policy and reference alike) are weighted by it."""
+        config = self.recipe.preference
+        if config.method != "dpo" or config.ld_alpha == LD_ALPHA_OFF:
+            return None
+        return config.ld_alpha
 
     def uses_precomputed_reference(self):
         """Whether the training batches carry the reference's values."""
@@ -368,7 +391,7 @@ class DPORun(PreferencePairsRun):
             return DirectPreferenceOptimization(
                 policy, reference, loss_type=list(config.loss_type),
                 label_smoothing=config.label_smoothing, use_weighting=config.use_weighting,
-                **options)
+                ld_alpha=self.ld_alpha(), **options)
         if config.gamma:
             options["gamma"] = config.gamma
         if config.label_smoothing:
@@ -397,11 +420,12 @@ class DPORun(PreferencePairsRun):
 
     def policy_log_probs(self, model, split):
         """`{"chosen", "rejected"}`: the policy's summed completion
-        log-probabilities of every pair of `split`, in order."""
+        log-probabilities of every pair of `split`, in order (LD-weighted
+        with `preference.ld_alpha`, as the reference's)."""
         values = precompute_reference_log_probs(
             model.policy, self.pair_dataset(split, self.recipe.training.batch_size,
                                             ordered=True),
-            chunk_size=self.recipe.preference.chunk_size or None)
+            chunk_size=self.recipe.preference.chunk_size or None, ld_alpha=self.ld_alpha())
         return dict(zip(("chosen", "rejected"), (values[k] for k in REFERENCE_LOGPS_KEYS)))
 
     def evaluate(self, fitted):
@@ -413,7 +437,8 @@ class DPORun(PreferencePairsRun):
             "sequence_length": self.recipe.model.sequence_length,
             "method": config.method,
             "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,
-            **({"use_weighting": config.use_weighting} if config.method == "dpo" else {}),
+            **({"use_weighting": config.use_weighting, "ld_alpha": self.ld_alpha()}
+               if config.method == "dpo" else {}),
             "beta": beta,
             **({"desirable_weight": config.desirable_weight,
                 "undesirable_weight": config.undesirable_weight,

@@ -691,3 +691,154 @@ def test_kto_errors_and_config():
                            undesirable_weight=2.0, loss_type="apo_zero_unpaired")
     np.testing.assert_allclose(float(clone.compute_loss(x, y_pred=clone(x))),
                                np.mean(expected), rtol=1e-5)
+
+
+# -- LD-DPO (ld_alpha) -------------------------------------------------------------------
+
+
+def hand_ld_logps(model, x, ld_alpha):
+    """TRL 1.x's `ld_alpha` logps of both sides from the model's full logits, in
+    numpy float64, transcribed from its code: `(chosen, rejected)`."""
+    per_token, masks = [], []
+    for side in ("chosen", "rejected"):
+        inputs = {"token_ids": x[f"{side}_token_ids"],
+                  "padding_mask": x[f"{side}_padding_mask"]}
+        logp = log_softmax(model.logits(model(inputs)).numpy().astype("float64"))
+        ids = x[f"{side}_token_ids"]
+        per_token.append(np.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0])
+        masks.append(np.asarray(x[f"{side}_completion_mask"])[:, 1:])
+    per_token_logps, shift_completion_mask = np.concatenate(per_token), np.concatenate(masks)
+    per_token_logps[shift_completion_mask == 0] = 0.0
+    comp_pos = shift_completion_mask.cumsum(1)
+    comp_lens = shift_completion_mask.sum(1)
+    chosen_lens, rejected_lens = np.split(comp_lens, 2)
+    shared_lens = np.concatenate([np.minimum(chosen_lens, rejected_lens)] * 2)[:, None]
+    shared_mask = (comp_pos > 0) & (comp_pos <= shared_lens)
+    tail_mask = comp_pos > shared_lens
+    logps = (per_token_logps * shared_mask).sum(1) + ld_alpha * (
+        per_token_logps * tail_mask).sum(1)
+    return np.split(logps, 2)
+
+
+@pytest.mark.parametrize("loss_type, ld_alpha, chunk_size", [
+    ("sigmoid", 0.5, 3),
+    (["ipo", "sft"], 0.0, None),  # the counts and the sft token mean stay the full ones
+])
+def test_ld_alpha_equals_trl_online_and_precomputed(loss_type, ld_alpha, chunk_size):
+    policy, reference = lm(0), lm(1)
+    x = pairs()
+    lengths = [x[f"{side}_completion_mask"].sum(1) for side in ("chosen", "rejected")]
+    assert np.any(lengths[0] != lengths[1]) and np.any(lengths[0] == lengths[1])
+    pc, pr = hand_ld_logps(policy, x, ld_alpha)
+    rc, rr = hand_ld_logps(reference, x, ld_alpha)
+    plain_c, nc = hand_logps(policy, x, "chosen")
+    _, nr = hand_logps(policy, x, "rejected")
+    assert not np.allclose(pc, plain_c)  # the tails count less
+    np.testing.assert_allclose(hand_ld_logps(policy, x, 1.0)[0], plain_c, rtol=1e-12)
+    model = DirectPreferenceOptimization(policy, reference=reference, loss_type=loss_type,
+                                         beta=0.5, chunk_size=chunk_size, ld_alpha=ld_alpha)
+    out = model(x)
+    np.testing.assert_allclose(out["chosen_logps"], pc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["rejected_logps"], pr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["chosen_unweighted_logps"], plain_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["chosen_lengths"], nc)  # full counts, ld_alpha 0 too
+    np.testing.assert_array_equal(out["rejected_lengths"], nr)
+    references = model.compute_frozen_outputs("reference", x)
+    np.testing.assert_allclose(references["reference_chosen_logps"], rc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(references["reference_rejected_logps"], rr, rtol=1e-5,
+                               atol=1e-5)
+    types = [loss_type] if isinstance(loss_type, str) else loss_type
+    expected = 0.0
+    for name in types:
+        if name == "sft":  # TRL: the plain token mean of the chosen NLL
+            expected += -plain_c.sum() / nc.sum()
+        elif name == "ipo":  # TRL's formula on the LD logps, over the full token counts
+            expected += np.mean(((pc - rc) / nc - (pr - rr) / nr - 1.0 / (2 * 0.5)) ** 2)
+        else:
+            expected += np.mean(dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=name)[0])
+    loss = float(model.compute_loss(x, y_pred=out))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(float(model.chosen_reward.result()), np.mean(0.5 * (pc - rc)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(model.chosen_log_prob.result()), np.mean(pc), rtol=1e-5)
+    # Precomputed: the objective gives LD-weighted reference values; a bare reference
+    # model needs ld_alpha (without it, the plain sums).
+    ordered = tf.data.Dataset.from_tensor_slices(x).batch(3)
+    values = precompute_reference_log_probs(model, ordered)
+    np.testing.assert_allclose(values["reference_chosen_logps"], rc, rtol=1e-5, atol=1e-5)
+    bare = precompute_reference_log_probs(reference, ordered, ld_alpha=ld_alpha)
+    np.testing.assert_allclose(bare["reference_rejected_logps"], rr, rtol=1e-5, atol=1e-5)
+    unweighted = precompute_reference_log_probs(reference, ordered)
+    np.testing.assert_allclose(unweighted["reference_chosen_logps"],
+                               hand_logps(reference, x, "chosen")[0], rtol=1e-5, atol=1e-5)
+    free = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5,
+                                        chunk_size=chunk_size, ld_alpha=ld_alpha)
+    batch = dict(x, **values)
+    np.testing.assert_allclose(float(free.compute_loss(batch, y_pred=free(batch))), expected,
+                               rtol=1e-5)
+
+
+def test_ld_alpha_one_is_plain_dpo_and_works_under_xla():
+    policy = lm(0)
+    x = with_reference(pairs(), np.full(B, -9.0), np.full(B, -11.0))
+    plain = DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sft"], chunk_size=3)
+    one = DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sft"], chunk_size=3,
+                                       ld_alpha=1.0)
+    np.testing.assert_allclose(float(one.compute_loss(x, y_pred=one(x))),
+                               float(plain.compute_loss(x, y_pred=plain(x))), rtol=1e-6)
+    model = DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sft"], chunk_size=3,
+                                         ld_alpha=0.3, use_weighting=True)
+
+    def loss_and_gradients(batch):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, y_pred=model(batch, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    eager, eager_grads = loss_and_gradients(x)
+    compiled, compiled_grads = tf.function(loss_and_gradients, jit_compile=True)(x)
+    np.testing.assert_allclose(float(compiled), float(eager), rtol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_ld_alpha_config_and_keras_round_trip(tmp_path):
+    x = with_reference(pairs(), np.full(B, -9.0), np.full(B, -11.0))
+    model = DirectPreferenceOptimization(lm(0), loss_type=["sigmoid", "sft"], chunk_size=3,
+                                         ld_alpha=0.25)
+    eager = float(model.compute_loss(x, y_pred=model(x)))
+    config = model.get_config()
+    assert config["ld_alpha"] == 0.25
+    assert DirectPreferenceOptimization(lm(0)).get_config()["ld_alpha"] is None
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert clone.ld_alpha == 0.25 and clone.get_config() == config
+    model.save(tmp_path / "ld.keras")
+    restored = keras.saving.load_model(tmp_path / "ld.keras")
+    assert restored.ld_alpha == 0.25
+    np.testing.assert_allclose(float(restored.compute_loss(x, y_pred=restored(x))), eager,
+                               rtol=1e-6)
+
+
+def test_ld_alpha_errors():
+    policy = lm(0)
+    for bad in (-0.5, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match=r"`ld_alpha` must be None .* \[0, 1\]"):
+            DirectPreferenceOptimization(policy, ld_alpha=bad)
+    model = DirectPreferenceOptimization(policy, reference=lm(1), ld_alpha=0.5)
+    ordered = tf.data.Dataset.from_tensor_slices(pairs(4)).batch(2)
+    with pytest.raises(ValueError, match=r"`ld_alpha=0.25` differs from the objective's"):
+        precompute_reference_log_probs(model, ordered, ld_alpha=0.25)
+    with pytest.raises(ValueError, match="`ld_alpha` must be None"):
+        precompute_reference_log_probs(lm(1), ordered, ld_alpha=2.0)
+    x4 = pairs(4)
+    rows = {f"{kl}{name}": x4[f"{side}_{name}"]
+            for kl, side in (("", "chosen"), ("kl_", "rejected"))
+            for name in ("token_ids", "padding_mask", "completion_mask")}
+    rows["desirable"] = np.array([True, False, True, False])
+    kto_rows = tf.data.Dataset.from_tensor_slices(rows).batch(2)
+    with pytest.raises(ValueError, match="yields KTO rows, which have no pair"):
+        precompute_reference_log_probs(lm(1), kto_rows, ld_alpha=0.5)
+    sft = DirectPreferenceOptimization(policy, loss_type="sft", ld_alpha=0.5)
+    x = pairs()
+    y_pred = {k: v for k, v in sft(x).items() if k != "chosen_unweighted_logps"}
+    with pytest.raises(ValueError, match="needs 'chosen_unweighted_logps'"):
+        sft.compute_loss(x, y_pred=y_pred)

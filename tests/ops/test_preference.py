@@ -693,3 +693,137 @@ def test_bradley_terry_and_centering_match_trl():
         ops.bradley_terry_loss(chosen, rejected[:2])
     with pytest.raises(ValueError, match="`margin`.*does not broadcast"):
         ops.bradley_terry_loss(chosen, rejected, margin[:3])
+
+
+# -- LD-DPO token weights ------------------------------------------------------------
+
+
+def _np_trl_ld_logps(per_token_logps, completion_mask, ld_alpha):
+    """TRL 1.x's `DPOTrainer` logps of a `[chosen; rejected]` batch, transcribed
+    line by line in float64 (`ld_alpha` None: the plain sums)."""
+    per_token_logps = np.array(per_token_logps, np.float64)
+    mask = np.asarray(completion_mask)
+    per_token_logps[mask == 0] = 0.0
+    if ld_alpha is None:
+        return per_token_logps.sum(1)
+    comp_pos = mask.cumsum(1)
+    comp_lens = mask.sum(1)
+    chosen_lens, rejected_lens = np.split(comp_lens, 2)
+    shared_lens = np.minimum(chosen_lens, rejected_lens)
+    shared_lens = np.concatenate([shared_lens, shared_lens])
+    shared_mask = (comp_pos > 0) & (comp_pos <= shared_lens[:, None])
+    tail_mask = comp_pos > shared_lens[:, None]
+    return (per_token_logps * shared_mask).sum(1) + ld_alpha * (per_token_logps * tail_mask).sum(1)
+
+
+# Three pairs: chosen longer (4 vs 2), equal (3 and 3), rejected longer (1 vs 3), over
+# prompts of different lengths and right padding.
+LD_MASK = np.array([
+    [0, 1, 1, 1, 1, 0],
+    [0, 0, 1, 1, 1, 0],
+    [0, 0, 0, 1, 0, 0],
+    [0, 0, 1, 1, 0, 0],
+    [0, 1, 1, 1, 0, 0],
+    [0, 1, 1, 1, 0, 0],
+], "int32")
+
+
+def test_ld_token_weights_by_hand_and_against_trl():
+    a = 0.25
+    np.testing.assert_array_equal(ops.ld_token_weights(LD_MASK, a).numpy(), [
+        [0, 1, 1, a, a, 0],   # the longer chosen's 3rd and 4th tokens: the tail
+        [0, 0, 1, 1, 1, 0],   # equal lengths: no tail
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 1, 1, 1, 0, 0],
+        [0, 1, a, a, 0, 0],   # the longer rejected's tail
+    ])
+    rng = np.random.default_rng(0)
+    token = rng.normal(-2.0, 1.0, LD_MASK.shape)
+    token[LD_MASK == 0] = np.nan  # garbage off the completion: TRL zeroes it first
+    plain = _np_trl_ld_logps(token, LD_MASK, None)
+    for ld_alpha in (0.0, 0.5, 1.0):
+        weights = ops.ld_token_weights(LD_MASK, ld_alpha)
+        assert weights.dtype == tf.float32 and weights.shape == LD_MASK.shape
+        ours = np.where(LD_MASK > 0, np.nan_to_num(token) * weights.numpy(), 0.0).sum(1)
+        expected = _np_trl_ld_logps(token, LD_MASK, ld_alpha)
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)
+        np.testing.assert_allclose(expected[[1, 4]], plain[[1, 4]])  # equal lengths: plain
+    np.testing.assert_allclose(_np_trl_ld_logps(token, LD_MASK, 1.0), plain)
+    np.testing.assert_array_equal(ops.ld_token_weights(LD_MASK, 1.0).numpy(), LD_MASK)
+    # A gap in the mask: positions count completion tokens only (TRL's cumsum); float
+    # and bool masks alike; the given weights scale the result.
+    gap = np.array([[1, 0, 1, 1], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(ops.ld_token_weights(gap.astype(bool), 0.5).numpy(),
+                                  [[1, 0, 1, 0.5], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(ops.ld_token_weights(2.0 * gap, 0.5).numpy(),
+                                  [[2, 0, 2, 1], [2, 2, 0, 0]])
+    # Under XLA, with a pair count only known at run time too.
+    fn = tf.function(lambda m: ops.ld_token_weights(m, 0.25), jit_compile=True)
+    np.testing.assert_array_equal(fn(tf.constant(LD_MASK, tf.float32)).numpy(),
+                                  ops.ld_token_weights(LD_MASK, 0.25).numpy())
+    dynamic = tf.function(lambda m: ops.ld_token_weights(m, 0.25),
+                          input_signature=[tf.TensorSpec([None, 6], tf.int32)])
+    np.testing.assert_array_equal(dynamic(LD_MASK).numpy(),
+                                  ops.ld_token_weights(LD_MASK, 0.25).numpy())
+
+
+def test_sequence_log_probs_extra_ld_sums_keep_the_full_counts():
+    # _lm_data's 4 rows are 2 pairs: rows 0/2 (5 vs 3 completion tokens), 1/3 (2 vs 1).
+    h, k, y, w = _lm_data(seed=7)
+    logits = h.astype(np.float64) @ k.astype(np.float64)
+    token = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token = np.take_along_axis(token, np.where(w > 0, y, 0)[..., None], -1)[..., 0]
+    expected_sums, expected_counts = _np_sequence_log_probs(h, k, y, w)
+    wpo = _np_wpo_log_weights(logits, y, w)
+    for ld_alpha in (0.0, 0.5, 1.0):
+        ld = ops.ld_token_weights(w, ld_alpha)
+        expected = _np_trl_ld_logps(token, w, ld_alpha)
+        for chunk_size in (None, 3):
+            sums, counts, log_weights, ld_sums = ops.sequence_log_probs(
+                h, k, y, w, chunk_size=chunk_size, return_wpo_log_weights=True,
+                extra_weights=ld)
+            np.testing.assert_allclose(ld_sums.numpy(), expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(sums.numpy(), expected_sums, rtol=1e-5, atol=1e-5)
+            # The counts and the WPO mean stay the full completion's (ld_alpha 0 too).
+            np.testing.assert_array_equal(counts.numpy(), expected_counts)
+            np.testing.assert_allclose(log_weights.numpy(), wpo, atol=1e-5)
+        _, counts, ld_sums = ops.sequence_log_probs_from_logits(h @ k, y, w, extra_weights=ld)
+        np.testing.assert_allclose(ld_sums.numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(counts.numpy(), expected_counts)
+    # ld_alpha 1 is the plain sums; 0 is not (the tails are dropped).
+    np.testing.assert_allclose(_np_trl_ld_logps(token, w, 1.0), expected_sums, rtol=1e-12)
+    assert not np.allclose(_np_trl_ld_logps(token, w, 0.0), expected_sums)
+    # LD weights passed as `weights` give the same sums but count only positive weights.
+    sums, counts = ops.sequence_log_probs(h, k, y, ops.ld_token_weights(w, 0.0))
+    np.testing.assert_allclose(sums.numpy(), _np_trl_ld_logps(token, w, 0.0), rtol=1e-5)
+    np.testing.assert_array_equal(counts.numpy(), [3.0, 1.0, 3.0, 1.0])
+    # Under XLA, chunked; the gradient reaches a dropped tail's states not at all.
+    hidden = tf.Variable(h)
+    fn = tf.function(lambda: ops.sequence_log_probs(
+        hidden, k, y, w, chunk_size=3, extra_weights=ops.ld_token_weights(w, 0.0))[2],
+        jit_compile=True)
+    np.testing.assert_allclose(fn().numpy(), _np_trl_ld_logps(token, w, 0.0), rtol=1e-5)
+    with tf.GradientTape() as tape:
+        ld_sums = ops.sequence_log_probs(hidden, k, y, w, chunk_size=3,
+                                         extra_weights=ops.ld_token_weights(w, 0.0))[2]
+    grad = tf.norm(tape.gradient(ld_sums, hidden), axis=-1).numpy()
+    np.testing.assert_array_equal(grad[0, 5:], [0.0, 0.0])  # row 0's 4th and 5th tokens
+    assert np.all(grad[0, 2:5] > 0) and np.all(grad[w == 0] == 0)
+
+
+def test_ld_token_weights_and_extra_weights_errors():
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True, None, [0.5]):
+        with pytest.raises(ValueError, match=r"`ld_alpha` must be a number in \[0, 1\]"):
+            ops.ld_token_weights(LD_MASK, bad)
+    with pytest.raises(ValueError, match="even first dimension"):
+        ops.ld_token_weights(LD_MASK[:5], 0.5)
+    with pytest.raises(ValueError, match=r"`completion_weights` must be `\[2 \* pairs"):
+        ops.ld_token_weights(LD_MASK[0], 0.5)
+    with pytest.raises(ValueError, match="`completion_weights` must be a numeric"):
+        ops.ld_token_weights(tf.constant([["a"], ["b"]]), 0.5)
+    h, k, y, w = _lm_data()
+    with pytest.raises(ValueError, match="`extra_weights`.*non-negative"):
+        ops.sequence_log_probs(h, k, y, w, extra_weights=-w)
+    with pytest.raises(ValueError, match="`extra_weights` of shape"):
+        ops.sequence_log_probs(h, k, y, w, extra_weights=w[:, :3])

@@ -246,3 +246,37 @@ def test_kto_trains_the_pairs_unpaired_and_reports_the_dpo_figures(sft_folder, t
     again = implicit_reward_statistics(policy, reference, 0.1)
     for key, value in again.items():
         assert metrics[f"val_{key}"] == pytest.approx(value, abs=1e-4), key
+
+
+def test_ld_alpha_is_the_dpo_familys_and_reaches_the_objective_and_reference(
+        tmp_path, monkeypatch):
+    for method in ("simpo", "kto"):  # LD-DPO is the DPO family's alone
+        with pytest.raises(RecipeError, match=rf"preference\.ld_alpha = 0\.5: .*'{method}'"):
+            tiny_run("dpo", tmp_path, {"preference.method": method,
+                                       "preference.ld_alpha": 0.5})
+    with pytest.raises(RecipeError, match=r"preference\.ld_alpha = 1\.5: must be in "):
+        tiny_run("dpo", tmp_path, {"preference.ld_alpha": 1.5})
+    # 1 (the default) is plain DPO: off; any value in [0, 1) turns it on, 0 included.
+    for value, expected in ((1.0, None), (0.0, 0.0), (0.5, 0.5)):
+        run = tiny_run("dpo", tmp_path, {"preference.ld_alpha": value})
+        assert run.ld_alpha() == expected
+        assert run._objective(_probe_backbone(), None).ld_alpha == expected
+    # Every precomputed value of the run (the reference's of each split, the policy's of
+    # the held-out figures) is LD-weighted alike (the values themselves are checked
+    # against TRL in tests/objectives/test_preference_optimization.py).
+    calls = []
+
+    def recording(model, dataset, chunk_size=None, ld_alpha=None):
+        calls.append(ld_alpha)
+        count = sum(int(batch["chosen_token_ids"].shape[0]) for batch in dataset)
+        return {key: np.zeros(count, "float32") for key in REFERENCE_LOGPS_KEYS}
+
+    monkeypatch.setattr("kobjectives.runs.dpo.precompute_reference_log_probs", recording)
+    run = tiny_run("dpo", tmp_path / "ld", {
+        "data.max_documents": 30, "model.sequence_length": 32,
+        "tokenizer.vocabulary_size": 200, "preference.ld_alpha": 0.5})
+    run.prepare()
+    assert sorted(run.reference_values) == ["train", "validation"] and calls == [0.5, 0.5]
+    assert run.extra_features("train") is run.reference_values["train"]
+    run.policy_log_probs(run.build_objective(), "validation")
+    assert calls == [0.5, 0.5, 0.5]

@@ -6,14 +6,16 @@
 # judged by the reward model (win rate over the SFT policy's greedy answers).
 # Run folders under runs/preference/. Usage (from the repository root):
 #   bash scripts/preference_figures.sh [names...]
-# Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_helpful
-# (reward_helpful: the reward model on the two helpful train subsets only, not in the default list)
+# Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_mixed reward_helpful reward_select
+# (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
+# recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
 OUT=${OUT:-runs/preference}
 SHARED=${SHARED:-../shared/data}
 mkdir -p "$OUT"
 HH=(--set data.dataset=hh_rlhf --set "data.shared_dir=$SHARED" --set model.sequence_length=256)
 FINAL=(--set data.heldout_subsets=helpful-online)
+HELPFUL=(--set data.hh_rlhf_subsets=helpful-base,helpful-rejection-sampled)
 # JUDGE=0 leaves the win rate out (the runs then need no reward run).
 PREF=(--init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=300
       --set training.learning_rate=1e-4 --set training.saved_model=false)
@@ -25,11 +27,24 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
   for n in $name; do case $n in
     sft) run $n sft "${HH[@]}" --set sft.overlong=truncate --set training.steps=2000 \
       --set training.saved_model=false ;;
-    # The judge keeps its SavedModel (the DPO runs score answers with it).
-    reward) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=600 ;;
-    reward_helpful) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" \
-      --set data.hh_rlhf_subsets=helpful-base,helpful-rejection-sampled --set training.steps=600 \
+    # The judge keeps its SavedModel (the DPO runs score answers with it): the
+    # helpful subsets only (helpful-online measures helpfulness; harmless-base's
+    # preferences pull the other way), mean pooling, length-balanced pairs.
+    reward) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" "${HELPFUL[@]}" \
+      --set reward.pooling=mean --set data.balance_lengths=true --set training.steps=600 ;;
+    # The earlier judges: all three train subsets, then the helpful ones, last-token pooling.
+    reward_mixed) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" --set training.steps=600 \
       --set training.saved_model=false ;;
+    reward_helpful) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" "${HELPFUL[@]}" \
+      --set training.steps=600 --set training.saved_model=false ;;
+    # How the judge's recipe was chosen: the helpful subsets with a 20% validation
+    # slice (no held-out subset read), last-token vs mean pooling, with and without
+    # length balancing; compare val_length_controlled_accuracy.
+    reward_select) for v in "last false" "last true" "mean false" "mean true"; do set -- $v
+      run "select_$1_balanced_$2" reward --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
+        --set data.validation_fraction=0.2 --set reward.pooling=$1 \
+        --set data.balance_lengths=$2 --set training.steps=600 --set training.saved_model=false
+    done ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
     dpo_ipo) run $n dpo "${PREF[@]}" --set preference.loss_type=ipo ;;
     dpo_hinge) run $n dpo "${PREF[@]}" --set preference.loss_type=hinge ;;

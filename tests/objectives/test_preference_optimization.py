@@ -484,6 +484,21 @@ def test_wpo_weights_carry_no_gradient_and_come_from_the_policy_alone():
                                float(loss), rtol=1e-5)
 
 
+def assert_loss_and_gradients_match_under_xla(model, batch):
+    """One training step's loss and gradients, compiled with XLA, equal eager."""
+
+    def loss_and_gradients(batch):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, y_pred=model(batch, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    eager, eager_grads = loss_and_gradients(batch)
+    compiled, compiled_grads = tf.function(loss_and_gradients, jit_compile=True)(batch)
+    np.testing.assert_allclose(float(compiled), float(eager), rtol=1e-5)
+    for a, b in zip(compiled_grads, eager_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
 def wpo_model():
     return DirectPreferenceOptimization(lm(0), loss_type=["sigmoid", "sft"], beta=0.5,
                                         chunk_size=3, use_weighting=True)
@@ -494,17 +509,7 @@ WPO_DATA = with_reference(pairs(), np.full(B, -9.0), np.full(B, -11.0))
 
 def test_wpo_weighting_under_xla():
     model = wpo_model()
-
-    def loss_and_gradients(batch):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(batch, y_pred=model(batch, training=True))
-        return loss, tape.gradient(loss, model.trainable_variables)
-
-    eager, eager_grads = loss_and_gradients(WPO_DATA)
-    compiled, compiled_grads = tf.function(loss_and_gradients, jit_compile=True)(WPO_DATA)
-    np.testing.assert_allclose(float(compiled), float(eager), rtol=1e-5)
-    for a, b in zip(compiled_grads, eager_grads):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert_loss_and_gradients_match_under_xla(model, WPO_DATA)
 
 
 WPO_CASE = ObjectiveCase(build=wpo_model, data={"x": WPO_DATA, "batch_size": 4},
@@ -788,17 +793,7 @@ def test_ld_alpha_one_is_plain_dpo_and_works_under_xla():
                                float(plain.compute_loss(x, y_pred=plain(x))), rtol=1e-6)
     model = DirectPreferenceOptimization(policy, loss_type=["sigmoid", "sft"], chunk_size=3,
                                          ld_alpha=0.3, use_weighting=True)
-
-    def loss_and_gradients(batch):
-        with tf.GradientTape() as tape:
-            loss = model.compute_loss(batch, y_pred=model(batch, training=True))
-        return loss, tape.gradient(loss, model.trainable_variables)
-
-    eager, eager_grads = loss_and_gradients(x)
-    compiled, compiled_grads = tf.function(loss_and_gradients, jit_compile=True)(x)
-    np.testing.assert_allclose(float(compiled), float(eager), rtol=1e-5)
-    for a, b in zip(compiled_grads, eager_grads):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    assert_loss_and_gradients_match_under_xla(model, x)
 
 
 def test_ld_alpha_config_and_keras_round_trip(tmp_path):

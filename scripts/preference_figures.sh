@@ -7,6 +7,7 @@
 # Run folders under runs/preference/. Usage (from the repository root):
 #   bash scripts/preference_figures.sh [names...]
 # Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_mixed reward_helpful reward_select
+#        sft_small reward_small_select (a larger judge, validation only; not in the default list)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -37,6 +38,14 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
       --set training.saved_model=false ;;
     reward_helpful) run $n reward --init "$OUT/sft" "${HH[@]}" "${FINAL[@]}" "${HELPFUL[@]}" \
       --set training.steps=600 --set training.saved_model=false ;;
+    # A larger judge: SFT of gpt2_small (4 layers, hidden 256), then the judge's recipe
+    # on it, on the validation slice only (it did worse there, so it was never scored
+    # on helpful-online).
+    sft_small) run $n sft "${HH[@]}" --set model.backbone=gpt2_small --set sft.overlong=truncate \
+      --set training.steps=1500 --set training.saved_model=false ;;
+    reward_small_select) run $n reward --init "$OUT/sft_small" "${HH[@]}" "${HELPFUL[@]}" \
+      --set data.validation_fraction=0.2 --set reward.pooling=mean \
+      --set data.balance_lengths=true --set training.steps=600 --set training.saved_model=false ;;
     # How the judge's recipe was chosen: the helpful subsets with a 20% validation
     # slice (no held-out subset read), last-token vs mean pooling, with and without
     # length balancing; compare val_length_controlled_accuracy.

@@ -21,3 +21,4 @@ from kobjectives.objectives.preference_optimization import DirectPreferenceOptim
 from kobjectives.objectives.preference_optimization import precompute_reference_log_probs  # noqa: F401
 from kobjectives.objectives.preference_optimization import KahnemanTverskyOptimization  # noqa: F401
 from kobjectives.objectives.preference_optimization import ReferenceFreePreferenceOptimization  # noqa: F401
+from kobjectives.objectives.reference_sync import SyncReferenceModel  # noqa: F401

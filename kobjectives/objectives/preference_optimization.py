@@ -411,7 +411,12 @@ class DirectPreferenceOptimization(_PolicyObjective):
     `training=False`, outside the objective's weights, checkpoints and
     export; saving stores its source: load it with
     `FrozenModel.from_preset` / `from_file`). The data's values win when
-    both exist. With `loss_type="sft"` alone no reference is used.
+    both exist. With `loss_type="sft"` alone no reference is used, nor
+    with `reference_free=True` (TRL's `DPOConfig(reference_free=True)`):
+    the reference log-probabilities are then 0, a reference that assigns
+    every completion the same probability, so every loss type sees the
+    policy's log-probabilities alone and the rewards are `beta * logps`;
+    reference values a batch carries are ignored.
 
     **Named losses.** One per loss type, named by it (`"sigmoid"`,
     `"bco_pair"`, `"sft"`, ...), each a global mean over the pairs, weighted
@@ -485,6 +490,13 @@ class DirectPreferenceOptimization(_PolicyObjective):
         ld_alpha: None (off, the default) or a float in `[0, 1]`, LD-DPO's
             weight of the tokens past the shorter completion (above; 1
             equals plain DPO, 0 drops them).
+        reference_free: bool, TRL's `DPOConfig.reference_free`: ignore any
+            reference and use reference log-probabilities of 0 (a reference
+            assigning equal probability to every completion) in every loss
+            type and in the rewards (`beta * logps`); `reference` must then
+            be None, the batch's reference values are ignored and
+            `precompute_reference_log_probs` has nothing to compute.
+            Defaults to False.
         **kwargs: `Objective` / `keras.Model` arguments (`name`, `dtype`).
 
     Inputs: a dict of `kobjectives.data.preference_dataset`'s keys
@@ -505,9 +517,10 @@ class DirectPreferenceOptimization(_PolicyObjective):
             the types cannot use, bad weights or `beta` (the ops' checks, at
             construction); a non-bool `use_weighting`, or `use_weighting`
             with `aot`/`aot_unpaired`; an `ld_alpha` that is not None or a
-            number in `[0, 1]`; a reference sharing weights with the
-            policy; at the first batch, missing keys, or neither a reference
-            nor precomputed values.
+            number in `[0, 1]`; a non-bool `reference_free`, or a
+            `reference` with `reference_free=True`; a reference sharing
+            weights with the policy; at the first batch, missing keys, or
+            neither a reference nor precomputed values.
         TypeError: a policy or reference that is not a causal LM.
 
     Reference:
@@ -551,7 +564,8 @@ class DirectPreferenceOptimization(_PolicyObjective):
     def __init__(self, policy, reference=None, loss_type="sigmoid", beta=0.1,
                  label_smoothing=0.0, loss_weights=None, f_divergence_type="reverse_kl",
                  f_alpha_divergence_coef=0.5, discopop_tau=0.05, bco_delta=None,
-                 chunk_size=None, use_weighting=False, ld_alpha=None, **kwargs):
+                 chunk_size=None, use_weighting=False, ld_alpha=None, reference_free=False,
+                 **kwargs):
         types = [loss_type] if isinstance(loss_type, str) else loss_type
         if not isinstance(types, (list, tuple)) or not types or not all(
                 isinstance(t, str) for t in types):
@@ -591,6 +605,18 @@ class DirectPreferenceOptimization(_PolicyObjective):
                 "Drop use_weighting or those types."
             )
         ld_alpha = _check_ld_alpha(ld_alpha)
+        if not isinstance(reference_free, (bool, np.bool_)):
+            raise ValueError(
+                "`reference_free` must be True (TRL's DPOConfig.reference_free: reference "
+                "log-probabilities of 0, no reference model) or False. "
+                f"Received: reference_free={reference_free!r}"
+            )
+        if reference_free and reference is not None:
+            raise ValueError(
+                "`reference_free=True` uses no reference model (its log-probabilities are 0), "
+                "but a `reference` was passed. Drop `reference=` (reference_free=True), or "
+                "keep the reference and set reference_free=False."
+            )
         # The ops' checks, on the whole configuration, before any data.
         _validate_dpo(types, beta, label_smoothing, f_divergence_type, f_alpha_divergence_coef,
                       discopop_tau, bco_delta)
@@ -605,6 +631,7 @@ class DirectPreferenceOptimization(_PolicyObjective):
         self.bco_delta = bco_delta
         self.use_weighting = bool(use_weighting)
         self.ld_alpha = ld_alpha
+        self.reference_free = bool(reference_free)
         self.reference = self._freeze_reference(reference, self.policy)
         self._create_reward_metrics()
         self.wpo_weight = (keras.metrics.Mean(name="wpo_weight")
@@ -616,18 +643,22 @@ class DirectPreferenceOptimization(_PolicyObjective):
 
     @property
     def needs_reference(self):
-        """False only for `loss_type="sft"` alone."""
-        return set(self._loss_types) != {"sft"}
+        """False for `reference_free=True` and for `loss_type="sft"` alone."""
+        return not self.reference_free and set(self._loss_types) != {"sft"}
 
     def compute_frozen_outputs(self, name, x):
         """The reference's summed completion log-probabilities of the batch:
         `{"reference_chosen_logps", "reference_rejected_logps"}` `[batch]`
         (LD-weighted with `ld_alpha`)."""
+        if self.reference_free:
+            raise _nothing_to_precompute()
         return _pair_reference_log_probs(self.reference.model, x, self.chunk_size,
                                          ld_alpha=self.ld_alpha)
 
     def reference_log_probs(self, x, like):
-        """`(chosen, rejected)` reference log-probabilities of batch `x`."""
+        """`(chosen, rejected)` reference log-probabilities of batch `x`:
+        zeros when no reference is used (`needs_reference` False: the
+        batch's reference values, if any, are ignored)."""
         if not self.needs_reference:
             return tf.zeros_like(like), tf.zeros_like(like)
         if self.reference is None and not all(k in x for k in REFERENCE_LOG_PROBS_KEYS):
@@ -716,8 +747,18 @@ class DirectPreferenceOptimization(_PolicyObjective):
             "bco_delta": self.bco_delta,
             "use_weighting": self.use_weighting,
             "ld_alpha": self.ld_alpha,
+            "reference_free": self.reference_free,
         })
         return config
+
+
+def _nothing_to_precompute():
+    return ValueError(
+        "This DirectPreferenceOptimization has reference_free=True: its reference "
+        "log-probabilities are 0, so there is nothing to precompute. Train it on the data as "
+        "is, or build it with reference_free=False and a `reference` to precompute that "
+        "reference's values."
+    )
 
 
 def _global_token_mean(values, weights):
@@ -1131,8 +1172,9 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
         `{"reference_logps", "reference_kl_logps"}` for KTO rows.
 
     Raises:
-        ValueError: an objective without a reference, batches of neither
-            layout, an empty dataset; a bad `ld_alpha`, one that differs
+        ValueError: an objective without a reference (or with
+            `reference_free=True`), batches of neither layout, an empty
+            dataset; a bad `ld_alpha`, one that differs
             from the objective's, or one with KTO rows.
 
     Example:
@@ -1165,6 +1207,8 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
                 "handing the objective."
             )
         ld_alpha = own
+        if getattr(objective_or_reference, "reference_free", False):
+            raise _nothing_to_precompute()
         if "reference" not in type(objective_or_reference).frozen_models:
             raise ValueError(
                 f"{type(objective_or_reference).__name__} has no reference model. Pass a "

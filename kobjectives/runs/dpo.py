@@ -2,7 +2,7 @@
 LM policy (an SFT run folder with `--init`) trained on preference pairs with
 the DPO family, SimPO, CPO, ORPO or KTO (each pair unpaired into a desirable
 and an undesirable row); the reference log-probabilities precomputed in one
-pass (or a frozen reference run online); held-out
+pass (or a frozen reference run online, or none: reference-free DPO); held-out
 implicit-reward accuracy against the starting policy, and optionally the win
 rate of its generations over the starting policy's as judged by a reward
 model. Exported as raw prompts in, generated answers out. See
@@ -105,8 +105,11 @@ class PreferenceConfig(Section):
     reference: str = option(
         "precomputed", "methods 'dpo', 'kto': 'precomputed' (the starting policy's "
         "log-probabilities computed in one pass before training and carried by the data: no "
-        "reference held while training) or 'online' (a frozen copy run every step)",
-        choices=("precomputed", "online"))
+        "reference held while training) or 'online' (a frozen copy run every step); method "
+        "'dpo' only: 'none' (reference-free DPO, TRL's DPOConfig.reference_free: reference "
+        "log-probabilities of 0 in training, none computed for the training pairs; the "
+        "held-out figures still compare with the starting policy)",
+        choices=("precomputed", "online", "none"))
     chunk_size: int = option(
         0, "positions whose [chunk, vocabulary] logits exist at once (0: all)",
         within="[0, inf)")
@@ -138,6 +141,13 @@ class PreferenceConfig(Section):
             yield (f"ld_alpha = {self.ld_alpha!r}: LD-DPO is the DPO family's (TRL's "
                    f"DPOConfig.ld_alpha); leave it {LD_ALPHA_OFF} with method "
                    f"{self.method!r}, or set preference.method = 'dpo'")
+        if self.reference == "none" and self.method != "dpo":
+            instead = ("needs a reference: set it 'precomputed' or 'online'"
+                       if self.method in REFERENCE_METHODS else
+                       "uses no reference in training already: leave it 'precomputed'")
+            yield ("reference = 'none': reference-free training (TRL's "
+                   "DPOConfig.reference_free) is for method 'dpo' alone; method "
+                   f"{self.method!r} {instead}, or set preference.method = 'dpo'")
         if self.method != "kto":
             return
         default = type(self)()
@@ -216,7 +226,10 @@ class DPORun(PreferencePairsRun):
     backbone) is the reference: its log-probabilities of every training
     pair (KTO: row and KL row) are computed once before training
     (`precompute_reference_log_probs`) and carried by the data, or
-    (`preference.reference = 'online'`) a frozen copy runs every step.
+    (`preference.reference = 'online'`) a frozen copy runs every step;
+    with `preference.reference = 'none'` (method 'dpo') training is
+    reference-free (`DirectPreferenceOptimization(reference_free=True)`),
+    as the reference-free methods' (no training values computed).
     Held-out: the policy's implicit-reward accuracy against the reference,
     the log-probability preference of both, and the length baseline; with
     `preference.judge` (a reward run), the win rate of the policy's greedy
@@ -242,7 +255,7 @@ class DPORun(PreferencePairsRun):
     def check(self):
         yield from super().check()
         config = self.recipe.preference
-        if config.method not in REFERENCE_METHODS and config.reference != "precomputed":
+        if config.method not in REFERENCE_METHODS and config.reference == "online":
             yield (f"preference.reference = {config.reference!r}: method "
                    f"{config.method!r} uses no reference in training; leave it 'precomputed' "
                    "(the starting policy's values are still computed for the held-out figures)")
@@ -265,8 +278,9 @@ class DPORun(PreferencePairsRun):
         then the starting policy: its weights (the policy starts from them,
         the online reference copies them) and its log-probabilities of
         every pair (the training pairs only when DPO's reference is
-        precomputed) and, for KTO with the reference precomputed, of every
-        train and validation row and KL row."""
+        precomputed; never with `preference.reference = 'none'`) and, for
+        KTO with the reference precomputed, of every train and validation
+        row and KL row."""
         super().prepare()
         config = self.recipe.preference
         batch_size = self.recipe.training.batch_size
@@ -296,15 +310,20 @@ class DPORun(PreferencePairsRun):
                     start, self.kto_row_dataset(split, batch_size, ordered=True),
                     chunk_size=config.chunk_size or None)
                 done.append(f"{len(rows)} {split} rows and their KL rows")
-        if not self.uses_precomputed_reference() and config.method in REFERENCE_METHODS:
+        if self.uses_reference_in_training() and not self.uses_precomputed_reference():
             from kobjectives.distribute.fault_tolerance import worker_dir
 
             # The frozen reference is saved by its source: the starting policy as a preset.
             self.reference_preset = backbones.save_preset(
                 start, self.tokenizer, worker_dir(self._out_dir()) / REFERENCE_PRESET)
+        note = ""
+        if self.reference_preset:
+            note = "; a frozen copy runs every training step"
+        elif config.method == "dpo" and not self.uses_reference_in_training():
+            note = ("; training is reference-free (preference.reference = 'none': reference "
+                    "log-probabilities 0)")
         self.log(f"reference: the starting policy's log-probabilities of {', '.join(done)} "
-                 "computed once" + ("; a frozen copy runs every training step"
-                                   if self.reference_preset else ""))
+                 "computed once" + note)
         del start
 
     def ld_alpha(self):
@@ -316,10 +335,17 @@ class DPORun(PreferencePairsRun):
             return None
         return config.ld_alpha
 
+    def uses_reference_in_training(self):
+        """Whether the objective reads a reference in training (precomputed
+        or online): not for the reference-free methods, nor for
+        `preference.reference = 'none'` (reference-free DPO)."""
+        config = self.recipe.preference
+        return config.method in REFERENCE_METHODS and config.reference != "none"
+
     def uses_precomputed_reference(self):
         """Whether the training batches carry the reference's values."""
-        config = self.recipe.preference
-        return config.method in REFERENCE_METHODS and config.reference == "precomputed"
+        return (self.uses_reference_in_training()
+                and self.recipe.preference.reference == "precomputed")
 
     def kto_row_dataset(self, split, batch_size, ordered=False, input_context=None,
                         **options):
@@ -370,8 +396,8 @@ class DPORun(PreferencePairsRun):
 
     def extra_features(self, split):
         """The precomputed reference log-probabilities of `split`, when the
-        objective reads them."""
-        if self.recipe.preference.method != "dpo" or (
+        objective reads them (never in reference-free training)."""
+        if self.recipe.preference.method != "dpo" or not self.uses_reference_in_training() or (
                 split == "train" and not self.uses_precomputed_reference()):
             return None
         return (self.reference_values or {}).get(split)
@@ -391,7 +417,7 @@ class DPORun(PreferencePairsRun):
             return DirectPreferenceOptimization(
                 policy, reference, loss_type=list(config.loss_type),
                 label_smoothing=config.label_smoothing, use_weighting=config.use_weighting,
-                ld_alpha=self.ld_alpha(), **options)
+                ld_alpha=self.ld_alpha(), reference_free=config.reference == "none", **options)
         if config.gamma:
             options["gamma"] = config.gamma
         if config.label_smoothing:
@@ -407,8 +433,7 @@ class DPORun(PreferencePairsRun):
     def build_objective(self):
         """The objective over the starting policy; the online reference a
         frozen copy of it."""
-        online = (self.recipe.preference.method in REFERENCE_METHODS
-                  and not self.uses_precomputed_reference())
+        online = self.uses_reference_in_training() and not self.uses_precomputed_reference()
         reference = FrozenModel.from_preset(self.reference_preset) if online else None
         return self._objective(self._starting_backbone(), reference)
 

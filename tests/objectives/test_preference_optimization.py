@@ -23,6 +23,7 @@ from kobjectives.objectives import DirectPreferenceOptimization
 from kobjectives.objectives import FrozenModel
 from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import ReferenceFreePreferenceOptimization
+from kobjectives.objectives import precompute_frozen_outputs
 from kobjectives.objectives import precompute_reference_log_probs
 from kobjectives.objectives.preference_optimization import KTO_REFERENCE_LOG_PROBS_KEYS
 from kobjectives.objectives.preference_optimization import REFERENCE_LOG_PROBS_KEYS
@@ -837,3 +838,109 @@ def test_ld_alpha_errors():
     y_pred = {k: v for k, v in sft(x).items() if k != "chosen_unweighted_logps"}
     with pytest.raises(ValueError, match="needs 'chosen_unweighted_logps'"):
         sft.compute_loss(x, y_pred=y_pred)
+
+
+# -- Reference-free DPO (reference_free) -------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_reference_free_equals_dpo_loss_with_zero_reference_log_probs(loss_type):
+    policy = lm(0)
+    x = pairs()
+    pc, nc = hand_logps(policy, x, "chosen")
+    pr, nr = hand_logps(policy, x, "rejected")
+    # Reference values in the batch are ignored: the reference's log-probabilities are 0.
+    batch = with_reference(x, pc + 3.0, pr - 2.0)
+    model = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5, chunk_size=3,
+                                         reference_free=True)
+    assert not model.needs_reference and model.reference is None
+    out = model(batch)
+    zeros = np.zeros(B, "float32")
+    rc, rr = model.reference_log_probs(batch, out["chosen_logps"])
+    np.testing.assert_array_equal(rc, zeros)
+    np.testing.assert_array_equal(rr, zeros)
+    model.compile(optimizer="sgd")
+    loss = float(model.compute_loss(batch, y_pred=out))
+    losses, chosen, rejected = dpo_loss(out["chosen_logps"], out["rejected_logps"], zeros, zeros,
+                                        beta=0.5, loss_type=loss_type,
+                                        chosen_lengths=out["chosen_lengths"],
+                                        rejected_lengths=out["rejected_lengths"])
+    np.testing.assert_allclose(loss, float(np.mean(losses)), rtol=1e-6)
+    # By hand from the policy's logits (TRL's formulas with ref_logratios = 0).
+    if loss_type == "sigmoid":
+        expected = np.mean(np.logaddexp(0.0, -0.5 * (pc - pr)))
+    else:  # TRL 1.x's ipo on per-token averages
+        expected = np.mean((pc / nc - pr / nr - 1.0 / (2 * 0.5)) ** 2)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # The rewards are beta * the policy's log-probabilities.
+    np.testing.assert_allclose(chosen, 0.5 * out["chosen_logps"], rtol=1e-6)
+    np.testing.assert_allclose(float(model.chosen_reward.result()), np.mean(0.5 * pc), rtol=1e-5)
+    np.testing.assert_allclose(float(model.rejected_reward.result()), np.mean(0.5 * pr),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(model.reward_margin.result()), np.mean(0.5 * (pc - pr)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(model.reward_accuracy.result()), np.mean(pc > pr))
+    # The same as a plain DPO fed zero reference values.
+    plain = DirectPreferenceOptimization(policy, loss_type=loss_type, beta=0.5, chunk_size=3)
+    zero_batch = with_reference(x, zeros, zeros)
+    np.testing.assert_allclose(float(plain.compute_loss(zero_batch, y_pred=plain(zero_batch))),
+                               loss, rtol=1e-6)
+
+
+def test_reference_free_tiny_case_by_hand():
+    # A policy of zero weights predicts every token with probability 1/V, so a
+    # completion of n tokens has log-probability -n log V: with one chosen token and
+    # two rejected ones, the reference-free sigmoid loss is -log sig(beta log V).
+    policy = lm(0)
+    policy.set_weights([np.zeros_like(w) for w in policy.get_weights()])
+    x = {"chosen_token_ids": np.array([[3, 4, 7, 0, 0, 0, 0, 0]]),
+         "rejected_token_ids": np.array([[3, 4, 8, 9, 0, 0, 0, 0]]),
+         "chosen_padding_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0]], bool),
+         "rejected_padding_mask": np.array([[1, 1, 1, 1, 0, 0, 0, 0]], bool),
+         "chosen_completion_mask": np.array([[0, 0, 1, 0, 0, 0, 0, 0]]),
+         "rejected_completion_mask": np.array([[0, 0, 1, 1, 0, 0, 0, 0]])}
+    model = DirectPreferenceOptimization(policy, beta=0.5, reference_free=True)
+    out = model(x)
+    np.testing.assert_allclose(out["chosen_logps"], [-np.log(V)], rtol=1e-6)
+    np.testing.assert_allclose(out["rejected_logps"], [-2 * np.log(V)], rtol=1e-6)
+    loss = float(model.compute_loss(x, y_pred=out))
+    np.testing.assert_allclose(loss, np.log1p(V ** -0.5), rtol=1e-6)  # -log sig(0.5 log 30)
+    np.testing.assert_allclose(float(model.chosen_reward.result()), -0.5 * np.log(V), rtol=1e-6)
+    np.testing.assert_allclose(float(model.rejected_reward.result()), -np.log(V), rtol=1e-6)
+    assert float(model.reward_accuracy.result()) == 1.0
+
+
+def test_reference_free_under_xla():
+    model = DirectPreferenceOptimization(lm(0), loss_type=["sigmoid", "sft"], beta=0.5,
+                                         chunk_size=3, reference_free=True)
+    assert_loss_and_gradients_match_under_xla(model, pairs())
+
+
+def test_reference_free_errors_config_and_keras_round_trip(tmp_path):
+    policy = lm(0)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match=r"`reference_free` must be True .* or False"):
+            DirectPreferenceOptimization(policy, reference_free=bad)
+    with pytest.raises(ValueError, match=r"`reference_free=True` .* `reference` was passed.*"
+                                         r"Drop `reference=`.*reference_free=False"):
+        DirectPreferenceOptimization(policy, reference=lm(1), reference_free=True)
+    assert DirectPreferenceOptimization(policy).get_config()["reference_free"] is False
+    model = DirectPreferenceOptimization(lm(0), loss_type=["sigmoid", "sft"], chunk_size=3,
+                                         reference_free=np.bool_(True))
+    x = pairs()  # no reference values, none needed
+    eager = float(model.compute_loss(x, y_pred=model(x)))
+    config = model.get_config()
+    assert config["reference_free"] is True and config["reference"] is None
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert clone.reference_free and clone.get_config() == config
+    model.save(tmp_path / "free.keras")
+    restored = keras.saving.load_model(tmp_path / "free.keras")
+    assert restored.reference_free and not restored.needs_reference
+    np.testing.assert_allclose(float(restored.compute_loss(x, y_pred=restored(x))), eager,
+                               rtol=1e-6)
+    # Nothing to precompute, by the objective or batch by batch.
+    ordered = tf.data.Dataset.from_tensor_slices(pairs(4)).batch(2)
+    with pytest.raises(ValueError, match="reference_free=True.*nothing to precompute"):
+        precompute_reference_log_probs(model, ordered)
+    with pytest.raises(ValueError, match="reference_free=True.*nothing to precompute"):
+        precompute_frozen_outputs(model, "reference", ordered)

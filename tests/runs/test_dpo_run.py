@@ -2,9 +2,10 @@
 checked for its reference (the SFT policy's log-probabilities), its held-out
 figures against a recomputation, precomputed equal to online training, the
 win-rate protocol with a reward-run judge, generation, KTO on the pairs
-unpaired (its step-0 loss by hand, the same held-out figures), and the errors
-at recipe time."""
+unpaired (its step-0 loss by hand, the same held-out figures), reference-free
+DPO (`preference.reference = 'none'`), and the errors at recipe time."""
 
+import json
 import math
 
 import keras
@@ -280,3 +281,65 @@ def test_ld_alpha_is_the_dpo_familys_and_reaches_the_objective_and_reference(
     assert run.extra_features("train") is run.reference_values["train"]
     run.policy_log_probs(run.build_objective(), "validation")
     assert calls == [0.5, 0.5, 0.5]
+
+
+def test_reference_none_trains_reference_free_dpo(sft_folder, tmp_path):
+    # Two steps, two rounds: the first round's loss is step 0's alone.
+    lines = []
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "preference.reference": "none",
+                                     "training.steps": 2, "training.epochs": 2},
+                   log=lambda *parts: lines.append(" ".join(map(str, parts))))
+    metrics = run.train()
+    assert not run.uses_reference_in_training() and not run.uses_precomputed_reference()
+    # No training reference values, no frozen copy: only the held-out pairs' values,
+    # for the figures against the starting policy.
+    assert sorted(run.reference_values) == ["validation"] and run.reference_preset is None
+    assert not (tmp_path / "reference").exists()
+    [line] = [line for line in lines if line.startswith("reference:")]
+    assert "validation pairs" in line and "train pairs" not in line
+    assert "reference-free" in line
+    for split in ("train", "validation"):  # the batches carry no reference values
+        assert run.extra_features(split) is None
+        spec = run.make_dataset(split, DPO["training.batch_size"]).element_spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        assert not set(REFERENCE_LOGPS_KEYS) & set(spec), split
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["reference"] == metrics["reference"] == "none"
+    assert written["method"] == "dpo" and written["loss_type"] == ["sigmoid"]
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert model.reference_free and model.reference is None
+    # Step 0 is the reference-free loss of the starting policy on the first batch
+    # (rebuilt from the same seed), not the log 2 of a reference equal to the policy.
+    keras.utils.set_random_seed(run.recipe.training.seed)
+    batch = next(iter(run.make_dataset("train", DPO["training.batch_size"])))
+    start = run._objective(run._starting_backbone(), None)
+    assert start.reference_free
+    out = start(batch)
+    expected = np.mean(np.logaddexp(
+        0.0, -0.1 * (out["chosen_logps"].numpy() - out["rejected_logps"].numpy())))
+    assert metrics["train_loss_first_round"] == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - math.log(2)) > 1e-3
+    # Held-out: the implicit rewards against the starting policy, as for every method.
+    policy = run.policy_log_probs(model, "validation")
+    reference = dict(zip(("chosen", "rejected"), (
+        run.reference_values["validation"][key] for key in REFERENCE_LOGPS_KEYS)))
+    again = implicit_reward_statistics(policy, reference, 0.1)
+    for key, value in again.items():
+        assert metrics[f"val_{key}"] == pytest.approx(value, abs=1e-4), key
+
+
+def test_reference_none_is_the_dpo_familys(tmp_path):
+    with pytest.raises(RecipeError, match=r"preference\.reference = 'none': reference-free "
+                                          r"training .*'kto' needs a reference: set it "
+                                          r"'precomputed' or 'online'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto", "preference.reference": "none"})
+    with pytest.raises(RecipeError, match=r"preference\.reference = 'none': .*'simpo' uses no "
+                                          r"reference in training already"):
+        tiny_run("dpo", tmp_path, {"preference.method": "simpo",
+                                   "preference.reference": "none"})
+    run = tiny_run("dpo", tmp_path, {"preference.reference": "none",
+                                     "preference.loss_type": ["ipo"]})
+    objective = run._objective(_probe_backbone(), None)
+    assert objective.reference_free and not objective.needs_reference
+    assert not tiny_run("dpo", tmp_path)._objective(_probe_backbone(), None).reference_free

@@ -4,6 +4,7 @@ optimizer steps (TRL's `DPOConfig(sync_ref_model=True)`)."""
 
 import os
 import pathlib
+import re
 
 import keras
 import numpy as np
@@ -36,17 +37,18 @@ def _check_sync_steps(sync_steps):
     return int(sync_steps)
 
 
-def _check_backup_path(backup_path):
-    if backup_path is None:
+def _check_backup_dir(backup_dir):
+    if backup_dir is None:
         return None
-    if not isinstance(backup_path, (str, os.PathLike)) or \
-            not str(backup_path).endswith(".weights.h5"):
+    if not isinstance(backup_dir, (str, os.PathLike)) or not str(backup_dir):
         raise ValueError(
-            "`backup_path` must be None or a file path ending in `.weights.h5` (where the "
-            "synced reference's weights are written, as `save_weights` requires). "
-            f"Received: backup_path={backup_path!r}"
+            "`backup_dir` must be None or a directory path (where the synced reference's "
+            f"weights are written every epoch). Received: backup_dir={backup_dir!r}"
         )
-    return str(backup_path)
+    return str(backup_dir)
+
+
+_BACKUP_NAME = re.compile(r"^reference_step_(\d+)\.weights\.h5$")
 
 
 def _mix_dtype(dtype):
@@ -86,13 +88,19 @@ class SyncReferenceModel(keras.callbacks.Callback):
 
     **Resuming.** Saving the objective stores only where its frozen
     reference comes from (its starting weights), so a run killed and resumed
-    would train against the unsynced reference. With `backup_path`, the
-    reference's weights are written there at the end of every epoch (only
-    on the chief under a multi-worker strategy; written to a temporary file
-    first, then renamed), and `on_train_begin` loads them when the file
-    exists. Use it together with a backup of the objective's own state
-    (`keras.callbacks.BackupAndRestore`, a run's backup), which restores
-    the same epoch's optimizer step; delete the file to start over.
+    would train against the unsynced reference. With `backup_dir`, the
+    reference's weights are written there at the end of every epoch, as
+    `reference_step_N.weights.h5` (`N` the global step; written to a
+    temporary file, then renamed; the two newest kept), and at the first
+    batch of `fit`, after a backup callback (`keras.callbacks.
+    BackupAndRestore`, a run's backup) has restored the optimizer's step,
+    the file of that step is loaded (at step 0, a fresh start, older
+    files are deleted). Place this callback *before* the
+    backup callback: a kill between the two epoch-end writes then leaves a
+    reference file matching the model's backup. Backups of other steps only
+    (the model restored to a step with no reference file) raise rather than
+    train against the wrong reference. Under a multi-worker strategy give
+    each worker its own directory (every worker holds the same values).
 
     Args:
         mixup_alpha: float in `(0, 1]`, the policy's share of each mix
@@ -102,8 +110,8 @@ class SyncReferenceModel(keras.callbacks.Callback):
             optimizer's `gradient_accumulation_steps` must be a multiple of
             the model's `steps_per_execution`, else sync points would fall
             inside one execution. Defaults to 512.
-        backup_path: None or a path ending in `.weights.h5`: where the synced
-            reference is backed up every epoch and restored from (above).
+        backup_dir: None or a directory: where the synced reference is
+            backed up every epoch and restored from (above).
 
     Attributes:
         syncs: int, the mixes done since the callback was made (by `sync()`
@@ -114,7 +122,9 @@ class SyncReferenceModel(keras.callbacks.Callback):
             model without `policy` and `reference`, a reference precomputed
             into the data (`reference=None`), weights that do not pair up
             (number, shapes, floating dtypes), or a `sync_steps` that is not
-            a multiple of `steps_per_execution`.
+            a multiple of `steps_per_execution`; at the first batch,
+            reference backups in `backup_dir` none of which is of the step
+            training resumes at.
 
     Reference:
         Gorbatovski et al., 2024, "Learn Your Reference Model for Real Good
@@ -143,13 +153,14 @@ class SyncReferenceModel(keras.callbacks.Callback):
     (True, 1)
     """
 
-    def __init__(self, mixup_alpha=0.6, sync_steps=512, backup_path=None):
+    def __init__(self, mixup_alpha=0.6, sync_steps=512, backup_dir=None):
         super().__init__()
         self.mixup_alpha = _check_mixup_alpha(mixup_alpha)
         self.sync_steps = _check_sync_steps(sync_steps)
-        self.backup_path = _check_backup_path(backup_path)
+        self.backup_dir = _check_backup_dir(backup_dir)
         self.syncs = 0
         self._last_step = None
+        self._restore_pending = False
 
     # -- the pairs of weights ---------------------------------------------------------
 
@@ -242,9 +253,40 @@ class SyncReferenceModel(keras.callbacks.Callback):
                 "the callback runs once per execution, so it would miss sync points. Make "
                 "sync_steps a multiple of steps_per_execution (or lower steps_per_execution)."
             )
-        if self.backup_path is not None and pathlib.Path(self.backup_path).is_file():
-            self._reference().model.load_weights(self.backup_path)
         self._last_step = self._global_step()
+        # The step is read at the first batch: a backup callback restores it in
+        # its own on_train_begin, which may run after this one.
+        self._restore_pending = self.backup_dir is not None
+
+    def _backups(self):
+        """`{step: path}` of the reference backups in `backup_dir`."""
+        folder = pathlib.Path(self.backup_dir)
+        if not folder.is_dir():
+            return {}
+        found = (_BACKUP_NAME.match(path.name) for path in folder.iterdir())
+        return {int(match.group(1)): folder / match.group(0) for match in found if match}
+
+    def _restore(self):
+        """Loads the reference backed up at the current step, if any backup exists."""
+        self._restore_pending = False
+        step = self._last_step = self._global_step()
+        backups = self._backups()
+        if step in backups:
+            self._reference().model.load_weights(str(backups[step]))
+        elif step == 0:  # a fresh start: backups of an earlier run do not apply
+            for path in backups.values():
+                path.unlink(missing_ok=True)
+        elif backups:
+            raise ValueError(
+                f"SyncReferenceModel: training resumes at step {step}, but the reference "
+                f"backups in {self.backup_dir} are of steps {sorted(backups)}: the synced "
+                "reference of this step is lost, and training on would use another one. "
+                f"Delete {self.backup_dir} and the model's backup to start over."
+            )
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._restore_pending:
+            self._restore()
 
     def _global_step(self):
         """The optimizer updates done (`optimizer.iterations`)."""
@@ -258,21 +300,22 @@ class SyncReferenceModel(keras.callbacks.Callback):
         self._last_step = step
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.backup_path is None:
+        if self.backup_dir is None:
             return
-        strategy = self.model.distribute_strategy
-        if not getattr(strategy.extended, "should_checkpoint", True):
-            return
-        path = pathlib.Path(self.backup_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A kill mid-write leaves the last complete backup in place.
-        partial = path.with_name(path.name[: -len(".weights.h5")] + ".partial.weights.h5")
+        step = self._global_step()
+        folder = pathlib.Path(self.backup_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"reference_step_{step:010d}.weights.h5"
+        partial = folder / "reference_partial.weights.h5"
         self._reference().model.save_weights(str(partial))
-        os.replace(partial, path)
+        os.replace(partial, path)  # a kill mid-write leaves the earlier files whole
+        backups = self._backups()
+        for old in sorted(backups)[:-2]:
+            backups[old].unlink(missing_ok=True)
 
     def get_config(self):
         return {"mixup_alpha": self.mixup_alpha, "sync_steps": self.sync_steps,
-                "backup_path": self.backup_path}
+                "backup_dir": self.backup_dir}
 
     @classmethod
     def from_config(cls, config):

@@ -23,6 +23,7 @@ from kobjectives.objectives import DirectPreferenceOptimization
 from kobjectives.objectives import FrozenModel
 from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import ReferenceFreePreferenceOptimization
+from kobjectives.objectives import SyncReferenceModel
 from kobjectives.objectives import precompute_reference_log_probs
 from kobjectives.recipe import ModelConfig
 from kobjectives.recipe import Recipe
@@ -55,6 +56,10 @@ completion's tail dropped), not "off"."""
 KTO_WEIGHT_DEFAULT = 1.0
 """The default of `preference.desirable_weight` and `undesirable_weight`:
 `KahnemanTverskyOptimization`'s (TRL's)."""
+
+SYNC_ALPHA_DEFAULT = 0.6
+"""The default of `preference.sync_reference_alpha`: TRL's
+`ref_model_mixup_alpha` and `objectives.SyncReferenceModel`'s."""
 
 REFERENCE_PRESET = "reference"
 """The folder (in the run folder) of the starting policy as a keras-hub
@@ -110,6 +115,16 @@ class PreferenceConfig(Section):
         "log-probabilities of 0 in training, none computed for the training pairs; the "
         "held-out figures still compare with the starting policy)",
         choices=("precomputed", "online", "none"))
+    sync_reference_steps: int = option(
+        0, "TR-DPO (TRL's DPOConfig.sync_ref_model with ref_model_sync_steps), methods 'dpo', "
+        "'kto' with preference.reference = 'online': every this many optimizer steps the "
+        "frozen reference becomes (1 - sync_reference_alpha) * reference + "
+        "sync_reference_alpha * policy (objectives.SyncReferenceModel; 0: off, the reference "
+        "stays the starting policy)", within="[0, inf)")
+    sync_reference_alpha: float = option(
+        SYNC_ALPHA_DEFAULT, "TR-DPO's share of the policy in each mix (TRL's "
+        "ref_model_mixup_alpha; 1: a copy), with preference.sync_reference_steps > 0",
+        within="(0, 1]")
     chunk_size: int = option(
         0, "positions whose [chunk, vocabulary] logits exist at once (0: all)",
         within="[0, inf)")
@@ -148,6 +163,17 @@ class PreferenceConfig(Section):
             yield ("reference = 'none': reference-free training (TRL's "
                    "DPOConfig.reference_free) is for method 'dpo' alone; method "
                    f"{self.method!r} {instead}, or set preference.method = 'dpo'")
+        if self.sync_reference_steps and (self.method not in REFERENCE_METHODS
+                                          or self.reference != "online"):
+            yield (f"sync_reference_steps = {self.sync_reference_steps}: TR-DPO mixes the policy "
+                   "into a reference run online, but method "
+                   f"{self.method!r} with reference {self.reference!r} has none; set "
+                   "preference.reference = 'online' (methods 'dpo', 'kto'), or leave "
+                   "sync_reference_steps 0")
+        if not self.sync_reference_steps and self.sync_reference_alpha != SYNC_ALPHA_DEFAULT:
+            yield (f"sync_reference_alpha = {self.sync_reference_alpha!r} has no effect with "
+                   "sync_reference_steps = 0 (TR-DPO off); set preference.sync_reference_steps "
+                   f"> 0, or leave it {SYNC_ALPHA_DEFAULT}")
         if self.method != "kto":
             return
         default = type(self)()
@@ -229,7 +255,9 @@ class DPORun(PreferencePairsRun):
     (`preference.reference = 'online'`) a frozen copy runs every step;
     with `preference.reference = 'none'` (method 'dpo') training is
     reference-free (`DirectPreferenceOptimization(reference_free=True)`),
-    as the reference-free methods' (no training values computed).
+    as the reference-free methods' (no training values computed). With an
+    online reference, `preference.sync_reference_steps` turns on TR-DPO
+    (`SyncReferenceModel`, its synced reference backed up for resuming).
     Held-out: the policy's implicit-reward accuracy against the reference,
     the log-probability preference of both, and the length baseline; with
     `preference.judge` (a reward run), the win rate of the policy's greedy
@@ -437,6 +465,22 @@ class DPORun(PreferencePairsRun):
         reference = FrozenModel.from_preset(self.reference_preset) if online else None
         return self._objective(self._starting_backbone(), reference)
 
+    def callbacks(self):
+        """The run's callbacks; with `preference.sync_reference_steps`, TR-DPO's
+        `SyncReferenceModel` first, backing the synced reference up beside
+        the run's backup (each worker its own: the backup's folder)."""
+        callbacks = super().callbacks()
+        config = self.recipe.preference
+        if not config.sync_reference_steps:
+            return callbacks
+        from kobjectives.distribute import RunBackup
+
+        backup = next(c for c in callbacks if isinstance(c, RunBackup))
+        # Before the backup: a kill between their epoch-end writes leaves a
+        # reference file of the backed-up step.
+        return [SyncReferenceModel(config.sync_reference_alpha, config.sync_reference_steps,
+                                   backup_dir=backup.backup_dir), *callbacks]
+
     def beta(self, model):
         """The implicit reward's temperature: the objective's `beta`."""
         return float(getattr(model, "beta", None) or 0.1)
@@ -470,6 +514,9 @@ class DPORun(PreferencePairsRun):
                 "kto_rows": {s: len(r) for s, r in self.kto_rows.items()}}
                if config.method == "kto" else {}),
             "reference": config.reference,
+            **({"sync_reference_steps": config.sync_reference_steps,
+                "sync_reference_alpha": config.sync_reference_alpha}
+               if config.sync_reference_steps else {}),
             "val_loss": fitted.evaluation["loss"],
             "dropped_pairs": dict(self.dropped or {}),
         }

@@ -93,9 +93,9 @@ def test_sync_works_for_kto_and_the_config_round_trips():
     callback_on(model, mixup_alpha=1.0).sync()
     for got, expected in zip(weights(model.reference.model), weights(policy)):
         np.testing.assert_array_equal(got, expected)
-    callback = SyncReferenceModel(0.3, 4, backup_path="ref.weights.h5")
+    callback = SyncReferenceModel(0.3, 4, backup_dir="backup")
     config = callback.get_config()
-    assert config == {"mixup_alpha": 0.3, "sync_steps": 4, "backup_path": "ref.weights.h5"}
+    assert config == {"mixup_alpha": 0.3, "sync_steps": 4, "backup_dir": "backup"}
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(callback))
     assert type(restored) is SyncReferenceModel and restored.get_config() == config
     # Used in training too (KTO rows), at the step it names.
@@ -172,33 +172,85 @@ def test_mirrored_strategy_syncs_every_replica(mirrored_strategy):
             np.testing.assert_array_equal(copy.numpy(), pol.numpy())
 
 
-def test_backup_is_written_every_epoch_and_restored_at_train_begin(tmp_path):
-    path = tmp_path / "backup" / "reference.weights.h5"
-    policy = lm(0)
-    model = DirectPreferenceOptimization(policy, lm(1), chunk_size=4)
+def test_backup_keeps_the_two_newest_steps_and_restores_the_matching_one(tmp_path):
+    folder = tmp_path / "backup"
+    model = DirectPreferenceOptimization(lm(0), lm(1), chunk_size=4)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
-    sync = SyncReferenceModel(mixup_alpha=0.5, sync_steps=1, backup_path=str(path))
-    model.fit(pairs(4), batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[sync])
-    assert path.is_file() and sorted(p.name for p in path.parent.iterdir()) == [path.name]
-    synced = weights(model.reference.model)
+    sync = SyncReferenceModel(mixup_alpha=0.5, sync_steps=1, backup_dir=str(folder))
+    at_step = {}
 
-    # A resumed run: the objective comes back with its unsynced reference.
-    resumed = DirectPreferenceOptimization(lm(0), lm(1), chunk_size=4)
-    resumed.compile(optimizer=keras.optimizers.SGD(0.5))
-    assert not all(np.array_equal(a, b)
-                   for a, b in zip(weights(resumed.reference.model), synced))
-    again = callback_on(resumed, sync_steps=1, backup_path=str(path))
-    again.on_train_begin()
-    for got, expected in zip(weights(resumed.reference.model), synced):
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            at_step[int(self.model.optimizer.iterations.numpy())] = weights(
+                self.model.reference.model)
+
+    model.fit(pairs(4), batch_size=2, epochs=3, shuffle=False, verbose=0,
+              callbacks=[sync, Record()])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "reference_step_0000000004.weights.h5", "reference_step_0000000006.weights.h5"]
+
+    def resumed_at(step):
+        """A fresh objective (unsynced reference) whose optimizer is at `step`."""
+        model = DirectPreferenceOptimization(lm(0), lm(1), chunk_size=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        model.optimizer.build(model.policy.trainable_variables)
+        model.optimizer.iterations.assign(step)
+        callback = callback_on(model, sync_steps=1, backup_dir=str(folder))
+        callback.on_train_begin()
+        return model, callback
+
+    # The step is read at the first batch (a backup callback restores it in between).
+    model, callback = resumed_at(4)
+    assert not all(np.array_equal(a, b) for a, b in zip(weights(model.reference.model),
+                                                         at_step[4]))
+    callback.on_train_batch_begin(0)
+    for got, expected in zip(weights(model.reference.model), at_step[4]):
         np.testing.assert_array_equal(got, expected)
 
-    # No file yet: training starts from the reference as it is.
-    fresh = DirectPreferenceOptimization(lm(0), lm(1), chunk_size=4)
-    fresh.compile(optimizer="sgd")
-    before = weights(fresh.reference.model)
-    callback_on(fresh, backup_path=str(tmp_path / "none.weights.h5")).on_train_begin()
-    for got, expected in zip(weights(fresh.reference.model), before):
+    # A step with no backup, while others exist: an error, not the wrong reference.
+    _, callback = resumed_at(2)
+    with pytest.raises(ValueError, match=r"resumes at step 2.*steps \[4, 6\]"):
+        callback.on_train_batch_begin(0)
+
+    # A fresh start (step 0): the earlier run's backups are dropped, the reference kept.
+    model, callback = resumed_at(0)
+    before = weights(model.reference.model)
+    callback.on_train_batch_begin(0)
+    assert list(folder.iterdir()) == []
+    for got, expected in zip(weights(model.reference.model), before):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_run_killed_mid_training_resumes_with_the_synced_reference(tmp_path):
+    """With a run's backup (`RunBackup`) after the sync callback, a crash in
+    epoch 3 resumes from epoch 2's model and reference, and ends where an
+    uninterrupted run ends."""
+    from kobjectives.distribute import RunBackup
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 5:
+                raise KeyboardInterrupt("simulated crash")
+
+    def run(callbacks, model=None):
+        model = model or DirectPreferenceOptimization(lm(0), lm(1), chunk_size=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        data = tf.data.Dataset.from_tensor_slices(pairs(4)).batch(2).repeat()
+        model.fit(data, epochs=3, steps_per_epoch=2, verbose=0, callbacks=callbacks)
+        return model
+
+    def callbacks(folder):
+        return [SyncReferenceModel(0.5, sync_steps=1, backup_dir=str(folder / "backup")),
+                RunBackup(str(folder / "backup"))]
+
+    whole = run([SyncReferenceModel(0.5, sync_steps=1)])
+    with pytest.raises(KeyboardInterrupt):
+        run([*callbacks(tmp_path), Crash()])
+    resumed = run(callbacks(tmp_path))
+    assert int(resumed.optimizer.iterations.numpy()) == 6
+    assert not (tmp_path / "backup").exists()  # deleted with the run's backup
+    for got, expected in zip(weights(resumed.reference.model), weights(whole.reference.model)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -210,8 +262,8 @@ def test_backup_is_written_every_epoch_and_restored_at_train_begin(tmp_path):
     ({"sync_steps": 0}, "sync_steps"),
     ({"sync_steps": 2.0}, "sync_steps"),
     ({"sync_steps": True}, "sync_steps"),
-    ({"backup_path": "reference.h5"}, "backup_path"),
-    ({"backup_path": 3}, "backup_path"),
+    ({"backup_dir": ""}, "backup_dir"),
+    ({"backup_dir": 3}, "backup_dir"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -343,3 +343,48 @@ def test_reference_none_is_the_dpo_familys(tmp_path):
     objective = run._objective(_probe_backbone(), None)
     assert objective.reference_free and not objective.needs_reference
     assert not tiny_run("dpo", tmp_path)._objective(_probe_backbone(), None).reference_free
+
+
+def test_sync_reference_steps_runs_tr_dpo(dpo_run, sft_folder, tmp_path):
+    """`preference.sync_reference_steps = 1` with `sync_reference_alpha = 1`:
+    the reference becomes the policy after every step, so every step's
+    sigmoid loss is exactly log 2 (the reference equal to the policy), where
+    a plain online reference gives log 2 at step 0 only."""
+    from kobjectives.distribute import RunBackup
+    from kobjectives.objectives import SyncReferenceModel
+
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "preference.reference": "online",
+                                     "preference.sync_reference_steps": 1,
+                                     "preference.sync_reference_alpha": 1.0,
+                                     "training.steps": 4, "training.epochs": 2})
+    callbacks = run.callbacks()
+    sync, backup = callbacks[0], next(c for c in callbacks if isinstance(c, RunBackup))
+    assert isinstance(sync, SyncReferenceModel)  # first: before the run's backup
+    assert (sync.mixup_alpha, sync.sync_steps) == (1.0, 1)
+    assert sync.backup_dir == backup.backup_dir
+    metrics = run.train()
+    assert metrics["train_loss_first_round"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["train_loss_last_round"] == pytest.approx(math.log(2), abs=1e-6)
+    # Without syncing, the trained policy departs from its reference.
+    assert abs(dpo_run[1]["train_loss_last_round"] - math.log(2)) > 1e-4
+    assert metrics["sync_reference_steps"] == 1 and metrics["sync_reference_alpha"] == 1.0
+    assert not (tmp_path / "backup").exists()  # the synced reference's backup went with it
+    # The policy did move: its held-out rewards against the starting policy are not 0.
+    assert abs(metrics["val_reward_margin"]) > 1e-5
+
+
+def test_sync_reference_needs_an_online_reference(tmp_path):
+    with pytest.raises(RecipeError, match=r"sync_reference_steps = 2: .*'precomputed'.*"
+                                          r"preference\.reference = 'online'"):
+        tiny_run("dpo", tmp_path, {"preference.sync_reference_steps": 2})
+    with pytest.raises(RecipeError, match=r"sync_reference_steps = 2: .*'simpo'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "simpo",
+                                   "preference.sync_reference_steps": 2})
+    with pytest.raises(RecipeError, match=r"sync_reference_alpha = 0\.9 has no effect"):
+        tiny_run("dpo", tmp_path, {"preference.sync_reference_alpha": 0.9})
+    # Off by default: no callback added.
+    from kobjectives.objectives import SyncReferenceModel
+
+    callbacks = tiny_run("dpo", tmp_path).callbacks()
+    assert not any(isinstance(c, SyncReferenceModel) for c in callbacks)

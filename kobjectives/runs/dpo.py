@@ -347,6 +347,9 @@ class DPORun(PreferencePairsRun):
         note = ""
         if self.reference_preset:
             note = "; a frozen copy runs every training step"
+            if config.sync_reference_steps:
+                note += (f", mixed toward the policy every {config.sync_reference_steps} steps "
+                         f"(TR-DPO, alpha {config.sync_reference_alpha})")
         elif config.method == "dpo" and not self.uses_reference_in_training():
             note = ("; training is reference-free (preference.reference = 'none': reference "
                     "log-probabilities 0)")

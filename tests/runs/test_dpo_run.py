@@ -353,11 +353,13 @@ def test_sync_reference_steps_runs_tr_dpo(dpo_run, sft_folder, tmp_path):
     from kobjectives.distribute import RunBackup
     from kobjectives.objectives import SyncReferenceModel
 
+    lines = []
     run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
                                      "preference.reference": "online",
                                      "preference.sync_reference_steps": 1,
                                      "preference.sync_reference_alpha": 1.0,
-                                     "training.steps": 4, "training.epochs": 2})
+                                     "training.steps": 4, "training.epochs": 2},
+                   log=lambda *parts: lines.append(" ".join(map(str, parts))))
     callbacks = run.callbacks()
     sync, backup = callbacks[0], next(c for c in callbacks if isinstance(c, RunBackup))
     assert isinstance(sync, SyncReferenceModel)  # first: before the run's backup
@@ -369,6 +371,8 @@ def test_sync_reference_steps_runs_tr_dpo(dpo_run, sft_folder, tmp_path):
     # Without syncing, the trained policy departs from its reference.
     assert abs(dpo_run[1]["train_loss_last_round"] - math.log(2)) > 1e-4
     assert metrics["sync_reference_steps"] == 1 and metrics["sync_reference_alpha"] == 1.0
+    assert any("mixed toward the policy every 1 steps (TR-DPO, alpha 1.0)" in line
+               for line in lines)
     assert not (tmp_path / "backup").exists()  # the synced reference's backup went with it
     # The policy did move: its held-out rewards against the starting policy are not 0.
     assert abs(metrics["val_reward_margin"]) > 1e-5

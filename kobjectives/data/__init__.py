@@ -127,3 +127,5 @@ from kobjectives.data.example_files import read_jsonl  # noqa: F401
 from kobjectives.data.example_files import read_preference_pairs  # noqa: F401
 from kobjectives.data.example_files import read_seq2seq_pairs  # noqa: F401
 from kobjectives.data.example_files import read_sft_conversations  # noqa: F401
+from kobjectives.data.example_files import read_preference_examples  # noqa: F401
+from kobjectives.data.example_files import read_unpaired_rows  # noqa: F401

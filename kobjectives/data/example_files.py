@@ -13,7 +13,11 @@ dataset guide (https://huggingface.co/docs/trl/dataset_formats):
     string (one user turn) or a list of turns ending with a user turn;
 - preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`, the prompt
   as above, chosen and rejected strings or one assistant turn each
-  (`[{"role": "assistant", "content": ...}]`).
+  (`[{"role": "assistant", "content": ...}]`);
+- unpaired preference (KTO): `{"prompt": ..., "completion": ..., "label":
+  true|false}`, the prompt as above, the completion a string or one
+  assistant turn, `label` a JSON boolean (true: desirable). The files of one
+  run hold pairs or unpaired rows, not both (`read_preference_examples`).
 
 Every error names the file and the line, and says what the line needs.
 """
@@ -27,6 +31,10 @@ from kobjectives.data.seq2seq_sft import dialogue_pair
 
 SFT_FORMATS = "{'messages': [turns]} or {'prompt': ..., 'completion': ...}"
 PREFERENCE_FORMAT = "{'prompt': ..., 'chosen': ..., 'rejected': ...}"
+UNPAIRED_FORMAT = "{'prompt': ..., 'completion': ..., 'label': true|false}"
+PREFERENCE_FORMATS = ("pairs", "unpaired")
+"""What `read_preference_examples` finds: pairs (`PREFERENCE_FORMAT`) or
+unpaired rows (`UNPAIRED_FORMAT`, TRL's unpaired preference format, KTO's)."""
 
 
 def example_file_paths(files):
@@ -219,6 +227,11 @@ def preference_pair(row, where="row"):
     ([{'role': 'user', 'content': 'Hi'}], 'Hello!', 'Go away.')
     """
     missing = [key for key in ("prompt", "chosen", "rejected") if key not in row]
+    if missing and {"completion", "label"} <= set(row):
+        raise ValueError(
+            f"{where} is an unpaired row {UNPAIRED_FORMAT}, not a pair {PREFERENCE_FORMAT}: "
+            "this needs pairs. Unpaired rows train with KTO (`kobjectives train dpo --set "
+            "preference.method=kto`).")
     if missing:
         raise ValueError(
             f"{where} lacks {missing}: a preference example is {PREFERENCE_FORMAT} (an "
@@ -244,3 +257,145 @@ def read_preference_pairs(files, limit=None):
         A list of triples.
     """
     return [preference_pair(row, where) for row, where in read_jsonl(files, limit)]
+
+
+def preference_row_format(row, where="row"):
+    """Whether a preference row is a pair or an unpaired row, by its keys.
+
+    Args:
+        row: a dict.
+        where: how errors name the row.
+
+    Returns:
+        `"pairs"` for a row with `chosen` or `rejected`, `"unpaired"` for
+        one with `completion` or `label` (neither checked further here).
+
+    Raises:
+        ValueError: keys of both formats, or of neither.
+
+    Example:
+
+    >>> preference_row_format({"prompt": "Hi", "completion": "Hello!", "label": True})
+    'unpaired'
+    """
+    pair = sorted({"chosen", "rejected"} & set(row))
+    unpaired = sorted({"completion", "label"} & set(row))
+    if pair and unpaired:
+        raise ValueError(
+            f"{where} mixes the keys of a pair {pair} and of an unpaired row {unpaired}: a "
+            f"line is a pair {PREFERENCE_FORMAT} or an unpaired row {UNPAIRED_FORMAT}.")
+    if not pair and not unpaired:
+        raise ValueError(
+            f"{where} has the keys {sorted(row)}: a preference example is a pair "
+            f"{PREFERENCE_FORMAT} or an unpaired row {UNPAIRED_FORMAT}.")
+    return "pairs" if pair else "unpaired"
+
+
+def unpaired_row(row, where="row"):
+    """One unpaired preference (KTO) example as a `(prompt turns,
+    completion, label)` triple.
+
+    Args:
+        row: a dict with `prompt` (a string or turns ending with a user
+            turn), `completion` (a string, or one assistant turn) and
+            `label` (a JSON boolean: true for a desirable completion, false
+            for an undesirable one), TRL's unpaired preference format.
+        where: how errors name the row.
+
+    Returns:
+        `(prompt, completion, label)`: a list of turns, a string and a bool
+        (what `kobjectives.data.kto_examples` takes).
+
+    Raises:
+        ValueError: a missing key, a malformed value, or a label that is not
+            a boolean.
+
+    Example:
+
+    >>> unpaired_row({"prompt": "Hi", "completion": "Go away.", "label": False})
+    ([{'role': 'user', 'content': 'Hi'}], 'Go away.', False)
+    """
+    missing = [key for key in ("prompt", "completion", "label") if key not in row]
+    if missing:
+        raise ValueError(
+            f"{where} lacks {missing}: an unpaired preference example is {UNPAIRED_FORMAT} "
+            "(an explicit prompt, a completion answering it, and whether it is desirable).")
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise ValueError(
+            f"{where}: 'label' must be true (a desirable completion) or false (an undesirable "
+            f"one), a JSON boolean. Received: {label!r}")
+    return (_prompt_turns(row["prompt"], where), _completion(row["completion"], where,
+                                                             "completion"), label)
+
+
+def read_unpaired_rows(files, limit=None):
+    """The `(prompt, completion, label)` triples of JSON Lines files of
+    unpaired rows (`unpaired_row` per row).
+
+    Args:
+        files: a path or glob, or a list of them.
+        limit: optional int, the most rows.
+
+    Returns:
+        A list of triples.
+
+    Raises:
+        ValueError: a malformed line, or a pair among the rows (named by
+            file and line).
+    """
+    rows = []
+    for row, where in read_jsonl(files, limit):
+        if preference_row_format(row, where) == "pairs":
+            raise ValueError(
+                f"{where} is a pair {PREFERENCE_FORMAT}, not an unpaired row "
+                f"{UNPAIRED_FORMAT}. Write each of its answers as a row (chosen: label true, "
+                "rejected: label false), or read pairs with read_preference_pairs.")
+        rows.append(unpaired_row(row, where))
+    return rows
+
+
+def read_preference_examples(files, limit=None):
+    """The preference examples of JSON Lines files: all pairs or all
+    unpaired rows, whichever the first line is.
+
+    Files mixing the two formats are refused (TRL's datasets hold one
+    format, and a run's held-out figures differ between them): write every
+    pair as two rows to train them together with unpaired rows.
+
+    Args:
+        files: a path or glob, or a list of them.
+        limit: optional int, the most examples.
+
+    Returns:
+        `(format, examples)`: `"pairs"` and a list of `(prompt, chosen,
+        rejected)` triples (`preference_pair`), or `"unpaired"` and a list
+        of `(prompt, completion, label)` triples (`unpaired_row`).
+
+    Raises:
+        ValueError: a malformed line, or a line of the other format than
+            the first (both named by file and line).
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "kto.jsonl"
+    >>> _ = path.write_text('{"prompt": "Hi", "completion": "Hello!", "label": true}\\n')
+    >>> read_preference_examples(path)
+    ('unpaired', [([{'role': 'user', 'content': 'Hi'}], 'Hello!', True)])
+    """
+    rows = read_jsonl(files, limit)
+    first, first_where = preference_row_format(*rows[0]), rows[0][1]
+    examples = []
+    for row, where in rows:
+        kind = preference_row_format(row, where)
+        if kind != first:
+            names = {"pairs": f"a pair {PREFERENCE_FORMAT}",
+                     "unpaired": f"an unpaired row {UNPAIRED_FORMAT}"}
+            raise ValueError(
+                f"{where} is {names[kind]}, but {first_where} is {names[first]}: the files "
+                "hold one format. For KTO, write each pair as two unpaired rows (chosen: "
+                "label true, rejected: label false); else drop the unpaired rows.")
+        examples.append(preference_pair(row, where) if kind == "pairs" else
+                        unpaired_row(row, where))
+    return first, examples

@@ -1,19 +1,22 @@
 """The preference-optimization run behind `kobjectives train dpo`: a causal
 LM policy (an SFT run folder with `--init`) trained on preference pairs with
 the DPO family, SimPO, CPO, ORPO or KTO (each pair unpaired into a desirable
-and an undesirable row); the reference log-probabilities precomputed in one
-pass (or a frozen reference run online, or none: reference-free DPO); held-out
-implicit-reward accuracy against the starting policy, and optionally the win
-rate of its generations over the starting policy's as judged by a reward
-model. Exported as raw prompts in, generated answers out. See
+and an undesirable row, or your unpaired rows); the reference
+log-probabilities precomputed in one pass (or a frozen reference run online,
+or none: reference-free DPO); held-out implicit-reward accuracy against the
+starting policy (for unpaired rows, KTO's reward statistics), and optionally
+the win rate of its generations over the starting policy's as judged by a
+reward model. Exported as raw prompts in, generated answers out. See
 `docs/preference_optimization.md`."""
 
 import dataclasses
+import json
 import pathlib
 
 import numpy as np
 
 from kobjectives import backbones
+from kobjectives.data.preference import KTO_REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import kto_dataset
 from kobjectives.data.preference import kto_examples
@@ -25,6 +28,7 @@ from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import ReferenceFreePreferenceOptimization
 from kobjectives.objectives import SyncReferenceModel
 from kobjectives.objectives import precompute_reference_log_probs
+from kobjectives.ops.preference import KTO_LOSS_TYPES
 from kobjectives.recipe import ModelConfig
 from kobjectives.recipe import Recipe
 from kobjectives.recipe import Section
@@ -52,6 +56,10 @@ LD_ALPHA_OFF = 1.0
 """The default of `preference.ld_alpha`: weight 1 on every completion token,
 which is plain DPO (LD-DPO off); 0 is a real LD-DPO value (the longer
 completion's tail dropped), not "off"."""
+
+KTO_DEFAULT_LOSS_TYPE = "kto"
+"""The KTO type that method 'kto' trains when `preference.loss_type` is left
+at its (the DPO family's) default."""
 
 KTO_WEIGHT_DEFAULT = 1.0
 """The default of `preference.desirable_weight` and `undesirable_weight`:
@@ -81,7 +89,9 @@ class PreferenceConfig(Section):
     loss_type: tuple[str, ...] = option(
         ("sigmoid",), "method 'dpo': TRL's loss types, one or several (summed, weight 1 "
         "each): sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, aot, "
-        "aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft")
+        "aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm, sft; method 'kto': one of "
+        "KTO's types, ['kto'] or ['apo_zero_unpaired'] (TRL's KTOConfig.loss_type; left at "
+        "the default: 'kto')")
     beta: float = option(
         0.0, "the temperature (0: the method's default: 0.1 for dpo, cpo, orpo and kto, 2.0 "
         "for simpo)", within="[0, inf)")
@@ -174,13 +184,20 @@ class PreferenceConfig(Section):
             yield (f"sync_reference_alpha = {self.sync_reference_alpha!r} has no effect with "
                    "sync_reference_steps = 0 (TR-DPO off); set preference.sync_reference_steps "
                    f"> 0, or leave it {SYNC_ALPHA_DEFAULT}")
+        kto_types = [t for t in self.loss_type if t in KTO_LOSS_TYPES]
+        if self.method == "dpo" and kto_types:
+            yield (f"loss_type = {list(self.loss_type)}: {kto_types} is KTO's, not the DPO "
+                   "family's; set preference.method = 'kto' (method 'dpo' takes the DPO "
+                   "family's types)")
         if self.method != "kto":
             return
         default = type(self)()
-        if self.loss_type != default.loss_type:
-            yield (f"loss_type = {list(self.loss_type)}: method 'kto' has one loss (KTO's), "
-                   "not the DPO family's types; leave preference.loss_type unset "
-                   f"({list(default.loss_type)}) or set preference.method = 'dpo'")
+        if self.loss_type != default.loss_type and (
+                len(self.loss_type) != 1 or self.loss_type[0] not in KTO_LOSS_TYPES):
+            yield (f"loss_type = {list(self.loss_type)}: method 'kto' takes one of KTO's "
+                   f"types, {' or '.join(str([t]) for t in KTO_LOSS_TYPES)} (left unset, "
+                   f"{list(default.loss_type)}: {KTO_DEFAULT_LOSS_TYPE!r}), not the DPO "
+                   "family's types nor several; or set preference.method = 'dpo'")
         if self.label_smoothing:
             yield (f"label_smoothing = {self.label_smoothing!r}: KTO has no label smoothing; "
                    "leave it 0 with method 'kto'")
@@ -231,6 +248,60 @@ def implicit_reward_statistics(policy, reference, beta):
     }
 
 
+def kto_reward_statistics(policy, reference, desirable, beta):
+    """Held-out figures of a policy on unpaired KTO rows against its
+    reference: TRL's KTO statistics (`rewards/chosen`, `rewards/rejected`,
+    `rewards/margins`), the shares of rows on the right side of 0, and the
+    counts.
+
+    Args:
+        policy: float array `[rows]`, the policy's summed completion
+            log-probabilities.
+        reference: float array `[rows]`, the same of the reference.
+        desirable: bool array `[rows]`, the rows' labels (True: desirable).
+        beta: float, the temperature of the implicit reward `beta * (log
+            pi(y|x) - log pi_ref(y|x))`.
+
+    Returns:
+        A dict: `desirable_reward`, `undesirable_reward` (the mean implicit
+        reward of the desirable, resp. undesirable rows), `reward_margin`
+        (their difference), `desirable_reward_positive` (the share of
+        desirable rows with a reward > 0), `undesirable_reward_negative`
+        (the share of undesirable rows with a reward < 0), floats (NaN for
+        a kind without rows, and the margin then), and `desirable_rows`,
+        `undesirable_rows` (ints).
+
+    Example:
+
+    >>> out = kto_reward_statistics([-1.0, -3.0, -2.0], [-2.0, -2.0, -2.0],
+    ...                             [True, False, False], beta=0.5)
+    >>> out["desirable_reward"], out["undesirable_reward"], out["reward_margin"]
+    (0.5, -0.25, 0.75)
+    >>> out["undesirable_reward_negative"], out["undesirable_rows"]
+    (0.5, 2)
+    """
+    rewards = beta * (np.asarray(policy, np.float64) - np.asarray(reference, np.float64))
+    desirable = np.asarray(desirable, bool)
+    if rewards.shape != desirable.shape:
+        raise ValueError(
+            f"`policy`, `reference` and `desirable` must have one shape [rows]. Received "
+            f"{rewards.shape} and {desirable.shape}.")
+    chosen, rejected = rewards[desirable], rewards[~desirable]
+
+    def mean(values):
+        return float(np.mean(values)) if values.size else float("nan")
+
+    return {
+        "desirable_reward": mean(chosen),
+        "undesirable_reward": mean(rejected),
+        "reward_margin": mean(chosen) - mean(rejected),
+        "desirable_reward_positive": mean(chosen > 0),
+        "undesirable_reward_negative": mean(rejected < 0),
+        "desirable_rows": int(chosen.size),
+        "undesirable_rows": int(rejected.size),
+    }
+
+
 def win_rate(policy_scores, reference_scores):
     """The share of prompts whose policy answer scores above the reference
     policy's, a tie counting one half (the DPO paper's protocol)."""
@@ -245,9 +316,11 @@ class DPORun(PreferencePairsRun):
     pairs. `preference.method = 'dpo'` trains `DirectPreferenceOptimization`
     with `preference.loss_type` (one type or a sum); `'simpo'`, `'cpo'`,
     `'orpo'` train `ReferenceFreePreferenceOptimization`; `'kto'` trains
-    `KahnemanTverskyOptimization` on the pairs unpaired (`kto_examples`:
-    each pair's chosen answer a desirable row, its rejected answer an
-    undesirable row; `kto_dataset` gives each row its mismatched KL row).
+    `KahnemanTverskyOptimization` (`preference.loss_type` 'kto' or
+    'apo_zero_unpaired') on the pairs unpaired (`kto_examples`: each pair's
+    chosen answer a desirable row, its rejected answer an undesirable row)
+    or on the unpaired rows of `data.files`; `kto_dataset` gives each row
+    its mismatched KL row.
     The starting policy (`--init`, an SFT run folder; else a fresh
     backbone) is the reference: its log-probabilities of every training
     pair (KTO: row and KL row) are computed once before training
@@ -259,7 +332,8 @@ class DPORun(PreferencePairsRun):
     online reference, `preference.sync_reference_steps` turns on TR-DPO
     (`SyncReferenceModel`, its synced reference backed up for resuming).
     Held-out: the policy's implicit-reward accuracy against the reference,
-    the log-probability preference of both, and the length baseline; with
+    the log-probability preference of both, and the length baseline (for
+    unpaired rows, `kto_reward_statistics` of the validation rows); with
     `preference.judge` (a reward run), the win rate of the policy's greedy
     answers over the reference's. Serves raw user prompts: generated
     answers out (the SavedModel's `generate` signature)."""
@@ -277,6 +351,7 @@ class DPORun(PreferencePairsRun):
     reference_values = None
     kto_rows = None
     kto_reference_values = None
+    row_reference_logps = None
 
     # -- checks ------------------------------------------------------------------
 
@@ -298,26 +373,41 @@ class DPORun(PreferencePairsRun):
         except (ValueError, TypeError) as error:
             yield f"preference ({config.method}): {error}"
 
+    def trains_unpaired_rows(self):
+        """Method 'kto' trains on unpaired rows; the other methods need
+        pairs."""
+        return self.recipe.preference.method == "kto"
+
+    def pairs_needed_by(self):
+        return (f"method {self.recipe.preference.method!r} (the DPO family, SimPO, CPO and "
+                "ORPO compare a chosen with a rejected answer)")
+
     # -- data --------------------------------------------------------------------
 
     def prepare(self):
-        """The pairs and tokenizer (`PreferencePairsRun.prepare`); for KTO
-        the train and validation pairs unpaired into rows (`kto_examples`);
-        then the starting policy: its weights (the policy starts from them,
-        the online reference copies them) and its log-probabilities of
-        every pair (the training pairs only when DPO's reference is
-        precomputed; never with `preference.reference = 'none'`) and, for
-        KTO with the reference precomputed, of every train and validation
-        row and KL row."""
+        """The pairs (or unpaired rows) and tokenizer
+        (`PreferencePairsRun.prepare`); for KTO the train and validation
+        pairs unpaired into rows, or the unpaired rows tokenized
+        (`kto_examples`); then the starting policy: its weights (the policy
+        starts from them, the online reference copies them) and its
+        log-probabilities of every pair (the training pairs only when DPO's
+        reference is precomputed; never with `preference.reference =
+        'none'`) and, for KTO with the reference precomputed, of every train
+        and validation row and KL row (`apo_zero_unpaired`, which has no KL
+        reference point: of the rows alone, `reference_kl_logps` 0 and
+        unread); for unpaired rows with an online reference, of the
+        validation rows alone (the held-out figures)."""
         super().prepare()
         config = self.recipe.preference
         batch_size = self.recipe.training.batch_size
         if config.method == "kto":
+            source = self.rows if self.rows is not None else self.pairs
             self.kto_rows = {
-                split: kto_examples(self.pairs[split], self.tokenizer, self.template,
+                split: kto_examples(source[split], self.tokenizer, self.template,
                                     start_token_id=self.tokenizer.start_token_id)
                 for split in ("train", "validation")}
-            self.log("kto: each pair a desirable and an undesirable row: " + ", ".join(
+            self.log(("kto: unpaired rows: " if self.rows is not None else
+                      "kto: each pair a desirable and an undesirable row: ") + ", ".join(
                 f"{len(rows)} {split} rows" for split, rows in self.kto_rows.items()))
         start = self.build_backbone()
         self.start_weights = start.get_weights()
@@ -334,10 +424,24 @@ class DPORun(PreferencePairsRun):
         if config.method == "kto" and self.uses_precomputed_reference():
             self.kto_reference_values = {}
             for split, rows in self.kto_rows.items():
-                self.kto_reference_values[split] = precompute_reference_log_probs(
-                    start, self.kto_row_dataset(split, batch_size, ordered=True),
-                    chunk_size=config.chunk_size or None)
-                done.append(f"{len(rows)} {split} rows and their KL rows")
+                if self.kto_loss_type() == "kto":
+                    self.kto_reference_values[split] = precompute_reference_log_probs(
+                        start, self.kto_row_dataset(split, batch_size, ordered=True),
+                        chunk_size=config.chunk_size or None)
+                    done.append(f"{len(rows)} {split} rows and their KL rows")
+                else:  # No KL reference point: the KL rows' values are never read.
+                    logps = self.row_log_probs(start, split)
+                    self.kto_reference_values[split] = dict(zip(
+                        KTO_REFERENCE_LOGPS_KEYS, (logps, np.zeros_like(logps))))
+                    done.append(f"{len(rows)} {split} rows (no KL rows: apo_zero_unpaired)")
+        if self.rows is not None:
+            # The held-out figures' reference: the starting policy's values of the rows.
+            if self.kto_reference_values:
+                logps = self.kto_reference_values["validation"]["reference_logps"]
+            else:
+                logps = self.row_log_probs(start, "validation")
+                done.append(f"{len(self.kto_rows['validation'])} validation rows")
+            self.row_reference_logps = {"validation": logps}
         if self.uses_reference_in_training() and not self.uses_precomputed_reference():
             from kobjectives.distribute.fault_tolerance import worker_dir
 
@@ -356,6 +460,14 @@ class DPORun(PreferencePairsRun):
         self.log(f"reference: the starting policy's log-probabilities of {', '.join(done)} "
                  "computed once" + note)
         del start
+
+    def kto_loss_type(self):
+        """Method 'kto''s `loss_type`: `preference.loss_type`'s one KTO
+        type, or 'kto' when it is left at its default."""
+        loss_type = self.recipe.preference.loss_type
+        if len(loss_type) == 1 and loss_type[0] in KTO_LOSS_TYPES:
+            return loss_type[0]
+        return KTO_DEFAULT_LOSS_TYPE
 
     def ld_alpha(self):
         """The objective's `ld_alpha`: None (off) unless method 'dpo' sets
@@ -443,7 +555,8 @@ class DPORun(PreferencePairsRun):
         if config.method == "kto":
             return KahnemanTverskyOptimization(
                 policy, reference, desirable_weight=config.desirable_weight,
-                undesirable_weight=config.undesirable_weight, **options)
+                undesirable_weight=config.undesirable_weight,
+                loss_type=self.kto_loss_type(), **options)
         if config.method == "dpo":
             return DirectPreferenceOptimization(
                 policy, reference, loss_type=list(config.loss_type),
@@ -500,21 +613,42 @@ class DPORun(PreferencePairsRun):
             chunk_size=self.recipe.preference.chunk_size or None, ld_alpha=self.ld_alpha())
         return dict(zip(("chosen", "rejected"), (values[k] for k in REFERENCE_LOGPS_KEYS)))
 
+    def row_log_probs(self, model, split):
+        """The summed completion log-probabilities of every KTO row of
+        `split`, in order, under `model`'s policy (a
+        `KahnemanTverskyOptimization`, or a causal backbone): the rows
+        alone, their KL rows never run (the forward pass of
+        `KahnemanTverskyOptimization(loss_type='apo_zero_unpaired')`)."""
+        import tensorflow as tf
+
+        policy = model.policy if isinstance(model, KahnemanTverskyOptimization) else model
+        scorer = KahnemanTverskyOptimization(
+            policy, loss_type="apo_zero_unpaired",
+            chunk_size=self.recipe.preference.chunk_size or None)
+        dataset = self.kto_row_dataset(split, self.recipe.training.batch_size, ordered=True)
+        # One trace for every batch, the last (smaller) one included.
+        step = tf.function(lambda x: scorer(x, training=False)["logps"],
+                           input_signature=[dataset.element_spec])
+        return np.concatenate([step(batch).numpy() for batch in dataset]).astype(np.float32)
+
     def evaluate(self, fitted):
         config = self.recipe.preference
         beta = self.beta(fitted.model)
+        loss_type = {"dpo": list(config.loss_type),
+                     "kto": self.kto_loss_type()}.get(config.method, config.method)
         metrics = {
             "backbone": self.recipe.model.init or self.recipe.model.backbone,
             "dataset": self.recipe.data.source,
             "sequence_length": self.recipe.model.sequence_length,
             "method": config.method,
-            "loss_type": list(config.loss_type) if config.method == "dpo" else config.method,
+            "loss_type": loss_type,
             **({"use_weighting": config.use_weighting, "ld_alpha": self.ld_alpha()}
                if config.method == "dpo" else {}),
             "beta": beta,
             **({"desirable_weight": config.desirable_weight,
                 "undesirable_weight": config.undesirable_weight,
-                "kto_rows": {s: len(r) for s, r in self.kto_rows.items()}}
+                "kto_rows": {s: len(r) for s, r in self.kto_rows.items()},
+                "kto_data": "unpaired rows" if self.rows is not None else "pairs unpaired"}
                if config.method == "kto" else {}),
             "reference": config.reference,
             **({"sync_reference_steps": config.sync_reference_steps,
@@ -534,22 +668,48 @@ class DPORun(PreferencePairsRun):
             metrics[f"{prefix}_length_baseline_accuracy"] = length_baseline_accuracy(
                 self.examples[split])
             metrics[f"{prefix}_pairs"] = len(self.examples[split])
+        if self.rows is not None:
+            statistics = kto_reward_statistics(
+                self.row_log_probs(fitted.model, "validation"),
+                self.row_reference_logps["validation"],
+                self.kto_rows["validation"].desirable, beta)
+            metrics.update({f"val_{k}": v for k, v in statistics.items()})
         if config.judge:
             metrics.update(self.judged(fitted.model))
         return metrics
 
+    def judge_prompts(self):
+        """`(split, prompts, prompt_ids)`: the win rate's prompts (turns)
+        and their tokens: those of the first `preference.judge_prompts`
+        pairs of the held-out split (else validation); for unpaired rows
+        the first `preference.judge_prompts` distinct prompts of the
+        validation rows, in row order."""
+        count = self.recipe.preference.judge_prompts
+        if self.rows is None:
+            split = "heldout" if "heldout" in self.examples else "validation"
+            count = min(count, len(self.examples[split]))
+            return (split, [pair[0] for pair in self.pairs[split][:count]],
+                    self.examples[split].prompt_ids[:count])
+        prompts, prompt_ids, seen = [], [], set()
+        for row, ids in zip(self.rows["validation"], self.kto_rows["validation"].prompt_ids):
+            key = json.dumps(row[0], sort_keys=True)
+            if key not in seen and len(prompts) < count:
+                seen.add(key)
+                prompts.append(row[0])
+                prompt_ids.append(ids)
+        return "validation", prompts, prompt_ids
+
     def judged(self, model):
         """The win rate of the policy's greedy answers over the starting
-        policy's on the first `preference.judge_prompts` prompts of the
-        held-out split (else validation), scored by the judge's SavedModel."""
+        policy's on the `judge_prompts()`, scored by the judge's
+        SavedModel."""
         import tensorflow as tf
 
         config = self.recipe.preference
-        split = "heldout" if "heldout" in self.examples else "validation"
-        count = min(config.judge_prompts, len(self.examples[split]))
-        prompts = [pair[0] for pair in self.pairs[split][:count]]
+        split, prompts, prompt_ids = self.judge_prompts()
+        count = len(prompts)
         start = self._objective(self._starting_backbone(), None)
-        answers = {name: self.generate(objective, self.examples[split].prompt_ids[:count])
+        answers = {name: self.generate(objective, prompt_ids)
                    for name, objective in (("policy", model), ("reference", start))}
         judge = tf.saved_model.load(str(pathlib.Path(config.judge).expanduser() /
                                         JUDGE_SAVED_MODEL)).signatures["serving_default"]
@@ -592,6 +752,17 @@ class DPORun(PreferencePairsRun):
         return answers
 
     def summary(self, metrics):
+        if self.rows is not None:
+            lines = [
+                f"held-out KTO rewards against the starting policy: desirable rows "
+                f"{metrics['val_desirable_reward']:.4f} "
+                f"({metrics['val_desirable_reward_positive']:.3f} above 0, "
+                f"{metrics['val_desirable_rows']} rows), undesirable rows "
+                f"{metrics['val_undesirable_reward']:.4f} "
+                f"({metrics['val_undesirable_reward_negative']:.3f} below 0, "
+                f"{metrics['val_undesirable_rows']} rows); margin "
+                f"{metrics['val_reward_margin']:.4f}; validation loss {metrics['val_loss']:.4f}"]
+            return lines + self.win_rate_lines(metrics)
         lines = [
             f"held-out implicit-reward accuracy {metrics['val_implicit_reward_accuracy']:.4f} "
             f"vs the starting policy's log-probability preference "
@@ -604,13 +775,13 @@ class DPORun(PreferencePairsRun):
                 f"held-out {list(self.recipe.data.heldout_subsets)}: implicit-reward accuracy "
                 f"{metrics['heldout_implicit_reward_accuracy']:.4f} "
                 f"({metrics['heldout_pairs']} pairs)")
-        for prefix in ("val", "heldout"):
-            if f"{prefix}_win_rate" in metrics:
-                lines.append(
-                    f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f} "
-                    f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by "
-                    f"{metrics['judge']})")
-        return lines
+        return lines + self.win_rate_lines(metrics)
+
+    def win_rate_lines(self, metrics):
+        """The summary's win-rate lines (none without a judge)."""
+        return [f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f} "
+                f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by {metrics['judge']})"
+                for prefix in ("val", "heldout") if f"{prefix}_win_rate" in metrics]
 
     # -- export --------------------------------------------------------------------
 

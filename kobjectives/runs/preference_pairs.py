@@ -1,8 +1,9 @@
 """The base of the runs trained on preference pairs (`kobjectives train
-reward`, `kobjectives train dpo`): the pairs (the embedded-corpus task or
-HH-RLHF), their split, the chat tokenizer (an init's vocabulary or one
-trained on the pairs), the `tf.data` pipelines, and the reserved HH-RLHF
-subsets read for the final evaluation only."""
+reward`, `kobjectives train dpo`): the pairs (your files, the embedded-corpus
+task or HH-RLHF), their split, the chat tokenizer (an init's vocabulary or
+one trained on the pairs), the `tf.data` pipelines, and the reserved HH-RLHF
+subsets read for the final evaluation only; for a run that trains them (KTO),
+unpaired rows from your files instead of pairs."""
 
 import dataclasses
 import json
@@ -14,6 +15,9 @@ from kobjectives import backbones
 from kobjectives import data as data_lib
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
 from kobjectives.data.chat import HH_RLHF_SUBSETS
+from kobjectives.data.example_files import PREFERENCE_FORMAT
+from kobjectives.data.example_files import UNPAIRED_FORMAT
+from kobjectives.data.example_files import preference_row_format
 from kobjectives.data.preference import TRUNCATIONS
 from kobjectives.recipe import option
 from kobjectives.runs.run import Run
@@ -33,8 +37,10 @@ class PreferenceDataConfig(SFTDataConfig):
 
     files: tuple[str, ...] = option(
         (), "JSON Lines files (.jsonl, globs) of your pairs in TRL's format, one per line: "
-        "{\"prompt\": ..., \"chosen\": ..., \"rejected\": ...} "
-        "(kobjectives.data.example_files); empty: data.dataset")
+        "{\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}; `dpo` with "
+        "preference.method = 'kto' also takes unpaired rows {\"prompt\": ..., "
+        "\"completion\": ..., \"label\": true|false} (all files one format; "
+        "kobjectives.data.example_files); empty: data.dataset")
     dataset: str = option(
         "corpus", "'corpus': 'What does json.dumps do?' answered by its docstring (chosen) or "
         "a sibling name's (rejected); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
@@ -108,7 +114,13 @@ class PreferencePairsRun(Run):
     the recipe's objective section, `build_objective`, `evaluate` and
     export. `self.examples[split]` holds the tokenized pairs
     (`kobjectives.data.PreferenceExamples`) of `"train"`, `"validation"`
-    and, with `data.heldout_subsets`, `"heldout"`."""
+    and, with `data.heldout_subsets`, `"heldout"`.
+
+    A subclass whose `trains_unpaired_rows()` is true also takes
+    `data.files` of unpaired rows (`{"prompt", "completion", "label"}`):
+    then `self.rows[split]` holds their `(prompt, completion, label)`
+    triples of `"train"` and `"validation"`, and `self.pairs` and
+    `self.examples` are empty."""
 
     backbone_kind = "causal"
     # The serving preprocessors map the chat markers themselves.
@@ -116,12 +128,14 @@ class PreferencePairsRun(Run):
     template = DEFAULT_CHAT_TEMPLATE
     examples = None
     pairs = None
+    rows = None
     dropped = None
 
     # -- checks ------------------------------------------------------------------
 
     def check(self):
         problems = list(super().check())
+        problems += self.unpaired_data_problems()
         init = self.recipe.model.init
         if init and not problems:
             tokenizer = pathlib.Path(backbones.preset_location(init)) / "tokenizer.json"
@@ -136,7 +150,65 @@ class PreferencePairsRun(Run):
                     "scratch (leave model.init empty)")
         yield from problems
 
+    def trains_unpaired_rows(self):
+        """Whether the objective trains on unpaired rows (the KTO format of
+        `data.files`); the base: no, pairs only."""
+        return False
+
+    def pairs_needed(self, where):
+        """The problem of unpaired rows (the first at `where`) for a run
+        that needs pairs."""
+        return (f"data.files (--data): {where} is an unpaired row {UNPAIRED_FORMAT}, but "
+                f"{self.pairs_needed_by()} needs pairs {PREFERENCE_FORMAT}. Give pairs, or "
+                "train unpaired rows with KTO (`kobjectives train dpo --set "
+                "preference.method=kto`)")
+
+    def pairs_needed_by(self):
+        """What needs pairs, for `pairs_needed`: the run."""
+        return f"the {self.name!r} run"
+
+    def unpaired_data_problems(self):
+        """Problem lines about unpaired rows in `data.files`, from the first
+        line alone (a malformed or mixed file fails when it is read): a run
+        that needs pairs, or an option that needs pairs."""
+        data = self.recipe.data
+        if not data.files:
+            return []
+        try:
+            [(row, where)] = data_lib.read_jsonl(data.files, limit=1)
+            unpaired = preference_row_format(row, where) == "unpaired"
+        except (ValueError, OSError):
+            return []  # reported, named by file and line, when the data are read
+        if not unpaired:
+            return []
+        if not self.trains_unpaired_rows():
+            return [self.pairs_needed(where)]
+        if data.balance_lengths:
+            return [f"data.balance_lengths = true balances pairs, but data.files hold unpaired "
+                    f"rows ({where}); leave it false"]
+        return []
+
     # -- data and tokenizer ------------------------------------------------------
+
+    def load_examples(self):
+        """`(format, examples)`: `"pairs"` and the pairs of `load_pairs`, or,
+        when `data.files` hold unpaired rows, `"unpaired"` and their
+        `(prompt, completion, label)` triples (at most `data.max_documents`;
+        `kobjectives.data.read_preference_examples`).
+
+        Raises:
+            ValueError: unpaired rows for a run that needs pairs; files
+                mixing the formats.
+        """
+        data = self.recipe.data
+        if not data.files:
+            return "pairs", self.load_pairs()
+        kind, examples = data_lib.read_preference_examples(data.files,
+                                                           data.max_documents or None)
+        if kind == "unpaired" and not self.trains_unpaired_rows():
+            [(_, where)] = data_lib.read_jsonl(data.files, limit=1)
+            raise ValueError(self.pairs_needed(where) + ".")
+        return kind, [tuple(example) for example in examples]
 
     def load_pairs(self, subsets=None):
         """The `(prompt, chosen, rejected)` pairs of `data.files`
@@ -168,9 +240,12 @@ class PreferencePairsRun(Run):
         out_dir = self._out_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
         data = self.recipe.data
-        pairs = self.load_pairs()
+        kind, pairs = self.load_examples()
         train, validation = data_lib.split_examples(
             pairs, data.validation_fraction, seed=self.recipe.training.seed)
+        if kind == "unpaired":
+            self.prepare_rows(train, validation)
+            return
         self.pairs = {"train": train, "validation": validation}
         if data.heldout_subsets:
             self.pairs["heldout"] = self.load_pairs(data.heldout_subsets)
@@ -179,6 +254,32 @@ class PreferencePairsRun(Run):
                      f"; {len(self.pairs['heldout'])} held-out pairs of "
                      f"{list(data.heldout_subsets)}, scored after training only"
                      if data.heldout_subsets else ""))
+        self.make_tokenizer(train)
+        self.examples = {split: self.tokenized(p) for split, p in self.pairs.items()}
+        self.drop_collapsed_pairs()
+        if data.balance_lengths:
+            self.balance_lengths()
+
+    def prepare_rows(self, train, validation):
+        """`prepare` for unpaired rows (split as the pairs are): the rows
+        and the tokenizer (the init's vocabulary, else WordPiece trained on
+        the training rows' text); no pairs."""
+        self.rows = {"train": train, "validation": validation}
+        self.pairs, self.examples, self.dropped = {}, {}, {}
+
+        def labels(rows):
+            desirable = sum(1 for row in rows if row[2])
+            return f"{desirable} desirable, {len(rows) - desirable} undesirable"
+
+        self.log(f"data: {len(train) + len(validation)} unpaired rows of data.files "
+                 f"({len(train)} train: {labels(train)}; {len(validation)} validation: "
+                 f"{labels(validation)})")
+        self.make_tokenizer(train)
+
+    def make_tokenizer(self, train):
+        """The chat tokenizer: the init's vocabulary with the chat markers,
+        else WordPiece trained on the text of `train` (pairs, or unpaired
+        rows), saved into the run folder."""
         if self.recipe.model.init:
             base = backbones.load_tokenizer(self.recipe.model.init)
             self.lowercase = base.get_config().get("lowercase", self.recipe.tokenizer.lowercase)
@@ -188,10 +289,10 @@ class PreferencePairsRun(Run):
         else:
             config = self.recipe.tokenizer
             texts = []
-            for prompt, chosen, rejected in train:
+            for prompt, *answers in train:
                 context = prompt if isinstance(prompt, str) else "\n".join(
                     turn["content"] for turn in prompt)
-                texts.append("\n".join((context, chosen, rejected)))
+                texts.append("\n".join((context, *(a for a in answers if isinstance(a, str)))))
             vocabulary = data_lib.train_wordpiece(
                 texts, config.vocabulary_size, lowercase=config.lowercase,
                 max_training_documents=config.max_training_documents or None)
@@ -199,11 +300,7 @@ class PreferencePairsRun(Run):
             self.tokenizer = chat_tokenizer(vocabulary, config.lowercase, self.template)
             self.log(f"tokenizer: WordPiece, {self.tokenizer.vocabulary_size()} pieces "
                      "(chat markers included)")
-        data_lib.save_vocabulary(self.vocabulary, out_dir)
-        self.examples = {split: self.tokenized(p) for split, p in self.pairs.items()}
-        self.drop_collapsed_pairs()
-        if data.balance_lengths:
-            self.balance_lengths()
+        data_lib.save_vocabulary(self.vocabulary, self._out_dir())
 
     def keep_pairs(self, split, keep):
         """Keeps the pairs `keep` (indices) of `split`, text and tokens."""
@@ -244,18 +341,19 @@ class PreferencePairsRun(Run):
 
     @property
     def train_examples(self):
-        return None if self.examples is None else self.examples["train"]
+        return None if self.examples is None else self.examples.get("train")
 
     @property
     def validation_examples(self):
-        return None if self.examples is None else self.examples["validation"]
+        return None if self.examples is None else self.examples.get("validation")
 
     def tokenized(self, pairs):
         return data_lib.tokenize_preference_pairs(
             pairs, self.tokenizer, self.template, start_token_id=self.tokenizer.start_token_id)
 
     def document_counts(self):
-        return {split: len(pairs) for split, pairs in self.pairs.items()}
+        """Pairs (or unpaired rows) per split."""
+        return {split: len(items) for split, items in (self.rows or self.pairs).items()}
 
     def extra_features(self, split):
         """Per-pair arrays added to the batches of `split` (a dict, or

@@ -1,14 +1,17 @@
 """JSON Lines example files in TRL's formats: every format read as
-documented, every malformed line refused naming its file and line."""
+documented (unpaired KTO rows included), every malformed line refused naming
+its file and line, files mixing pairs and unpaired rows refused."""
 
 import json
 
 import pytest
 
 from kobjectives.data import read_jsonl
+from kobjectives.data import read_preference_examples
 from kobjectives.data import read_preference_pairs
 from kobjectives.data import read_seq2seq_pairs
 from kobjectives.data import read_sft_conversations
+from kobjectives.data import read_unpaired_rows
 
 USER = {"role": "user", "content": "Name a prime."}
 ASSISTANT = {"role": "assistant", "content": "Seven."}
@@ -98,3 +101,72 @@ def test_a_malformed_pair_is_named_by_file_and_line(tmp_path, row, message):
     with pytest.raises((ValueError, TypeError), match=message):
         read_preference_pairs(_write(tmp_path / "pairs.jsonl", row))
 
+
+
+def test_unpaired_rows_take_string_or_turn_prompts_and_completions(tmp_path):
+    nine = {"role": "assistant", "content": "Nine."}
+    path = _write(
+        tmp_path / "rows.jsonl",
+        {"prompt": "Name a prime.", "completion": "Seven.", "label": True},
+        "\n",
+        {"prompt": [USER], "completion": [nine], "label": False},
+        {"prompt": [{"role": "system", "content": "Be brief."}, USER],
+         "completion": "Eight.", "label": False},
+    )
+    system = {"role": "system", "content": "Be brief."}
+    expected = [([USER], "Seven.", True), ([USER], "Nine.", False),
+                ([system, USER], "Eight.", False)]
+    assert read_unpaired_rows(path) == expected
+    assert read_unpaired_rows(path, limit=2) == expected[:2]
+    assert read_preference_examples(path) == ("unpaired", expected)
+    # Pairs read through the same entry point, as read_preference_pairs reads them.
+    pairs = _write(tmp_path / "pairs.jsonl",
+                   {"prompt": "Name a prime.", "chosen": "Seven.", "rejected": "Eight."})
+    assert read_preference_examples(pairs) == ("pairs", [([USER], "Seven.", "Eight.")])
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "completion": "c"},
+     r"rows\.jsonl:2 lacks \['label'\]: an unpaired preference example is "),
+    ({"completion": "c", "label": True}, r"rows\.jsonl:2 lacks \['prompt'\]"),
+    ({"prompt": "p", "completion": "c", "label": 1},
+     r"rows\.jsonl:2: 'label' must be true .* a JSON boolean\. Received: 1"),
+    ({"prompt": "p", "completion": "c", "label": "true"},
+     r"rows\.jsonl:2: 'label' must be true .*Received: 'true'"),
+    ({"prompt": "p", "completion": " ", "label": True},
+     r"rows\.jsonl:2: 'completion' must be a non-empty string"),
+    ({"prompt": "p", "completion": [ASSISTANT, ASSISTANT], "label": True},
+     r"rows\.jsonl:2 'completion'"),
+    ({"prompt": [USER, ASSISTANT], "completion": "c", "label": True},
+     r"rows\.jsonl:2: the 'prompt' turns end with a 'assistant' turn"),
+    ({"prompt": "p", "chosen": "a", "label": True},
+     r"rows\.jsonl:2 mixes the keys of a pair \['chosen'\] and of an unpaired row \['label'\]"),
+    ({"prompt": "p", "text": "a"}, r"rows\.jsonl:2 has the keys \['prompt', 'text'\]: a "
+                                   r"preference example is a pair .* or an unpaired row"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b"},
+     r"rows\.jsonl:2 is a pair .*, not an unpaired row .*chosen: label true"),
+])
+def test_a_malformed_unpaired_row_is_named_by_file_and_line(tmp_path, row, message):
+    path = _write(tmp_path / "rows.jsonl", {"prompt": "p", "completion": "c", "label": True},
+                  row)
+    with pytest.raises((ValueError, TypeError), match=message):
+        read_unpaired_rows(path)
+
+
+def test_files_mixing_pairs_and_unpaired_rows_are_refused_naming_both_lines(tmp_path):
+    row = {"prompt": "p", "completion": "c", "label": True}
+    pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    mixed = _write(tmp_path / "mixed.jsonl", row, "\n", pair)
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:3 is a pair .*, but .*mixed\.jsonl:1 is "
+                                         r"an unpaired row .*hold one format"):
+        read_preference_examples(mixed)
+    # Across files too (a glob: a.jsonl is read first).
+    _write(tmp_path / "a.jsonl", pair)
+    _write(tmp_path / "b.jsonl", row)
+    with pytest.raises(ValueError, match=r"b\.jsonl:1 is an unpaired row .*, but .*a\.jsonl:1 "
+                                         r"is a pair"):
+        read_preference_examples(str(tmp_path / "[ab].jsonl"))
+    # A reader of pairs points an unpaired row to KTO.
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:1 is an unpaired row .*this needs pairs"
+                                         r".*preference\.method=kto"):
+        read_preference_pairs(mixed)

@@ -2,23 +2,33 @@
 checked for its reference (the SFT policy's log-probabilities), its held-out
 figures against a recomputation, precomputed equal to online training, the
 win-rate protocol with a reward-run judge, generation, KTO on the pairs
-unpaired (its step-0 loss by hand, the same held-out figures), reference-free
-DPO (`preference.reference = 'none'`), and the errors at recipe time."""
+unpaired (its step-0 loss by hand, the same held-out figures), KTO on
+natively unpaired rows (`--data` of `{"prompt", "completion", "label"}`:
+its split, step-0 loss and KTO's held-out row figures against a
+recomputation), KTO's `apo_zero_unpaired` type (no KL row computed),
+reference-free DPO (`preference.reference = 'none'`), and the errors at
+recipe time."""
 
 import json
 import math
+import re
 
 import keras
 import numpy as np
 import pytest
 
 from kobjectives import backbones
+from kobjectives.data import corpus_preference_pairs
+from kobjectives.data import read_unpaired_rows
+from kobjectives.data import split_examples
+from kobjectives.data.preference import KTO_KEYS
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
 from kobjectives.objectives import KahnemanTverskyOptimization
 from kobjectives.objectives import precompute_reference_log_probs
 from kobjectives.recipe import RecipeError
 from kobjectives.runs.dpo import _probe_backbone
 from kobjectives.runs.dpo import implicit_reward_statistics
+from kobjectives.runs.dpo import kto_reward_statistics
 from kobjectives.runs.dpo import win_rate
 from kobjectives.runs.sft import grow_token_embedding
 from tests.harness import tiny_run
@@ -53,6 +63,31 @@ def sft_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def unpaired_rows(tmp_path_factory):
+    """A JSON Lines file of 50 unpaired rows (TRL's unpaired format): each of
+    30 corpus pairs' chosen answer desirable, two in three rejected answers
+    undesirable; string and turn prompts alternate."""
+    rows = []
+    for i, (prompt, chosen, rejected) in enumerate(
+            corpus_preference_pairs(seed=3, limit=30, max_characters=96)):
+        prompt = prompt if i % 2 else prompt[0]["content"]
+        rows.append({"prompt": prompt, "completion": chosen, "label": True})
+        if i % 3:
+            rows.append({"prompt": prompt, "completion": rejected, "label": False})
+    path = tmp_path_factory.mktemp("kto") / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _start_backbone(run, sft_folder):
+    """The SFT run's policy, the chat markers' rows grown as the run grows them."""
+    start = backbones.load_backbone(str(sft_folder), dropout=0.0)
+    if start.vocabulary_size < run.tokenizer.vocabulary_size():
+        start = grow_token_embedding(start, run.tokenizer.vocabulary_size())
+    return start
+
+
+@pytest.fixture(scope="module")
 def dpo_run(sft_folder, tmp_path_factory):
     """A tiny `dpo` run from the SFT run: `(run, metrics, folder)`."""
     out = tmp_path_factory.mktemp("dpo") / "run"
@@ -71,6 +106,24 @@ def test_statistics_and_win_rate_on_hand_computed_cases():
     assert out["policy_log_prob_accuracy"] == pytest.approx(1 / 3)
     assert out["reference_log_prob_accuracy"] == 0.0
     assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2.5 / 4)
+
+
+def test_kto_reward_statistics_on_a_hand_computed_case():
+    # Rewards 0.5 * (policy - reference): desirable [0.5, 0, -1], undesirable [-0.5, 1].
+    out = kto_reward_statistics([-1.0, -2.0, -4.0, -3.0, 0.0], [-2.0, -2.0, -2.0, -2.0, -2.0],
+                                [True, True, True, False, False], beta=0.5)
+    assert out["desirable_reward"] == pytest.approx(-0.5 / 3)
+    assert out["undesirable_reward"] == pytest.approx(0.25)
+    assert out["reward_margin"] == pytest.approx(-0.5 / 3 - 0.25)
+    assert out["desirable_reward_positive"] == pytest.approx(1 / 3)  # 0 is not > 0
+    assert out["undesirable_reward_negative"] == pytest.approx(0.5)
+    assert (out["desirable_rows"], out["undesirable_rows"]) == (3, 2)
+    # A kind without rows: its figures (and the margin) are NaN, not an error.
+    only = kto_reward_statistics([-1.0], [-2.0], [True], beta=1.0)
+    assert only["desirable_reward"] == 1.0 and only["undesirable_rows"] == 0
+    assert math.isnan(only["undesirable_reward"]) and math.isnan(only["reward_margin"])
+    with pytest.raises(ValueError, match="one shape"):
+        kto_reward_statistics([-1.0, -2.0], [-2.0, -2.0], [True], beta=1.0)
 
 
 def test_reference_is_the_sft_policy_and_metrics_equal_a_recomputation(dpo_run, sft_folder):
@@ -392,3 +445,154 @@ def test_sync_reference_needs_an_online_reference(tmp_path):
 
     callbacks = tiny_run("dpo", tmp_path).callbacks()
     assert not any(isinstance(c, SyncReferenceModel) for c in callbacks)
+
+
+def test_kto_trains_natively_unpaired_rows_and_reports_kto_figures(
+        sft_folder, unpaired_rows, tmp_path):
+    # Two steps, two rounds: the first round's loss is step 0's alone.
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "data.files": [str(unpaired_rows)],
+                                     "preference.method": "kto",
+                                     "preference.undesirable_weight": 1.5,
+                                     "training.steps": 2, "training.epochs": 2})
+    metrics = run.train()
+    # The rows, split as the pairs are (by content, with the seed), each side in file order;
+    # no pairs at all.
+    rows = read_unpaired_rows(unpaired_rows)
+    train, validation = split_examples(rows, run.recipe.data.validation_fraction,
+                                       seed=run.recipe.training.seed)
+    assert run.rows == {"train": train, "validation": validation}
+    assert run.pairs == {} and run.examples == {} and run.reference_values == {}
+    for split, items in run.rows.items():
+        assert run.kto_rows[split].desirable.tolist() == [label for *_, label in items]
+    counts = {"train": len(train), "validation": len(validation)}
+    assert metrics["documents"] == metrics["kto_rows"] == counts
+    assert metrics["kto_data"] == "unpaired rows" and metrics["loss_type"] == "kto"
+    assert not any(key.startswith(("val_implicit", "val_pairs", "val_length"))
+                   for key in metrics)
+    # Step 0: the policy is its reference, so a row costs its weight times 1/2.
+    keras.utils.set_random_seed(run.recipe.training.seed)
+    desirable = next(iter(run.make_dataset("train", DPO["training.batch_size"])))[
+        "desirable"].numpy()
+    expected = 0.5 * np.mean(np.where(desirable, 1.0, 1.5))
+    assert metrics["train_loss_first_round"] == pytest.approx(expected, abs=1e-5)
+    # Held-out: KTO's figures of every validation row, recomputed from the saved model
+    # against the SFT policy's values (the precomputed ones, reused).
+    ordered = run.kto_row_dataset("validation", 3, ordered=True)
+    reference = precompute_reference_log_probs(_start_backbone(run, sft_folder),
+                                               ordered)["reference_logps"]
+    np.testing.assert_allclose(run.row_reference_logps["validation"], reference, atol=1e-4)
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    policy = np.concatenate([model(batch)["logps"].numpy() for batch in ordered])
+    rewards = 0.1 * (policy - reference)
+    labels = np.array([label for *_, label in validation])
+    assert 0 < labels.sum() < len(labels)
+    again = {"desirable_reward": rewards[labels].mean(),
+             "undesirable_reward": rewards[~labels].mean(),
+             "desirable_reward_positive": np.mean(rewards[labels] > 0),
+             "undesirable_reward_negative": np.mean(rewards[~labels] < 0)}
+    again["reward_margin"] = again["desirable_reward"] - again["undesirable_reward"]
+    for key, value in again.items():
+        assert metrics[f"val_{key}"] == pytest.approx(value, abs=1e-4), key
+    assert (metrics["val_desirable_rows"], metrics["val_undesirable_rows"]) == (
+        int(labels.sum()), int((~labels).sum()))
+    assert abs(metrics["val_reward_margin"]) > 1e-5  # the policy moved
+    assert math.isfinite(metrics["val_loss"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["val_desirable_rows"] == metrics["val_desirable_rows"]
+    # The win rate's prompts: the validation rows' distinct prompts, in row order.
+    limited = run.with_recipe(run.recipe.replace({"preference.judge_prompts": 5}))
+    firsts = {}
+    for index, (prompt, *_) in enumerate(validation):
+        firsts.setdefault(json.dumps(prompt), index)
+    assert len(firsts) < len(validation)  # some prompt has two rows there
+    split, prompts, prompt_ids = limited.judge_prompts()
+    assert split == "validation" and len(prompts) == 5
+    assert prompts == [validation[i][0] for i in list(firsts.values())[:5]]
+    for ids, index in zip(prompt_ids, firsts.values()):
+        np.testing.assert_array_equal(ids, run.kto_rows["validation"].prompt_ids[index])
+
+
+def test_apo_zero_unpaired_trains_through_the_recipe_without_kl_rows(
+        sft_folder, tmp_path, monkeypatch):
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "preference.method": "kto",
+                                     "preference.loss_type": ["apo_zero_unpaired"],
+                                     "preference.desirable_weight": 2.0,
+                                     "training.steps": 2, "training.epochs": 2})
+    objective = run._objective(_probe_backbone(), None)
+    assert isinstance(objective, KahnemanTverskyOptimization)
+    assert objective.loss_type == "apo_zero_unpaired" and objective.desirable_weight == 2.0
+    # No pass of the run sees a KTO batch's KL rows: the reference pass runs on pairs only
+    # (the held-out pairs' values); the rows' values come from the rows alone.
+    seen = []
+
+    def recording(model, dataset, **options):
+        seen.append(sorted(set(KTO_KEYS) & set(dataset.element_spec)))
+        return precompute_reference_log_probs(model, dataset, **options)
+
+    monkeypatch.setattr("kobjectives.runs.dpo.precompute_reference_log_probs", recording)
+    metrics = run.train()
+    assert seen == [[], []]  # the validation pairs: the reference's values, the policy's
+    assert metrics["loss_type"] == "apo_zero_unpaired" and metrics["kto_data"] == "pairs unpaired"
+    start = _start_backbone(run, sft_folder)
+    for split in ("train", "validation"):
+        values = run.kto_reference_values[split]
+        assert not values["reference_kl_logps"].any()  # unread: 0
+        expected = precompute_reference_log_probs(
+            start, run.kto_row_dataset(split, 8, ordered=True))["reference_logps"]
+        np.testing.assert_allclose(values["reference_logps"], expected, atol=1e-4)
+    # Step 0: 1 - sig(0) or sig(0), times the row's weight.
+    keras.utils.set_random_seed(run.recipe.training.seed)
+    desirable = next(iter(run.make_dataset("train", DPO["training.batch_size"])))[
+        "desirable"].numpy()
+    assert metrics["train_loss_first_round"] == pytest.approx(
+        0.5 * np.mean(np.where(desirable, 2.0, 1.0)), abs=1e-5)
+    # It trained: the held-out pairs' rewards against the starting policy moved.
+    assert abs(metrics["val_reward_margin"]) > 1e-5
+    assert math.isfinite(metrics["train_loss_last_round"])
+    model = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert model.loss_type == "apo_zero_unpaired"
+
+
+def test_kto_loss_type_and_unpaired_data_errors(tmp_path, unpaired_rows):
+    files = {"data.files": [str(unpaired_rows)]}
+    for loss_type in (["kto", "apo_zero_unpaired"], ["sigmoid", "kto"]):
+        with pytest.raises(RecipeError, match=(
+                rf"preference\.loss_type = {re.escape(str(loss_type))}: method 'kto' takes "
+                r"one of KTO's types, \['kto'\] or \['apo_zero_unpaired'\]")):
+            tiny_run("dpo", tmp_path, {"preference.method": "kto",
+                                       "preference.loss_type": loss_type})
+    with pytest.raises(RecipeError, match=r"preference\.loss_type = \['apo_zero_unpaired'\]: "
+                                          r".* is KTO's.*preference\.method = 'kto'"):
+        tiny_run("dpo", tmp_path, {"preference.loss_type": ["apo_zero_unpaired"]})
+    for loss_type, expected in ((["sigmoid"], "kto"), (["kto"], "kto"),
+                                (["apo_zero_unpaired"], "apo_zero_unpaired")):
+        run = tiny_run("dpo", tmp_path, {"preference.method": "kto",
+                                         "preference.loss_type": loss_type, **files})
+        assert run._objective(_probe_backbone(), None).loss_type == expected
+    # Unpaired rows need method 'kto': the others (and the reward run) need pairs.
+    for method in ("dpo", "simpo"):
+        with pytest.raises(RecipeError, match=(
+                r"data\.files \(--data\): .*rows\.jsonl:1 is an unpaired row .*method "
+                rf"'{method}' .*needs pairs .*preference\.method=kto")):
+            tiny_run("dpo", tmp_path, {"preference.method": method, **files})
+    with pytest.raises(RecipeError, match=r"data\.files .*the 'reward' run needs pairs"):
+        tiny_run("reward", tmp_path, files)
+    with pytest.raises(RecipeError, match=r"data\.balance_lengths = true balances pairs"):
+        tiny_run("dpo", tmp_path, {"preference.method": "kto", "data.balance_lengths": True,
+                                   **files})
+    # The same refusal when the data are read (a recipe that skipped the checks).
+    run = tiny_run("dpo", tmp_path, {"preference.method": "kto", **files})
+    assert run.load_examples()[0] == "unpaired"
+    other = run.with_recipe(run.recipe.replace({"preference.method": "dpo"}))
+    with pytest.raises(ValueError, match=r"rows\.jsonl:1 is an unpaired row .*needs pairs"):
+        other.load_examples()
+    # A file mixing the formats fails when read, naming both lines.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(unpaired_rows.read_text() + json.dumps(
+        {"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
+    run = tiny_run("dpo", tmp_path, {"preference.method": "kto", "data.files": [str(mixed)]})
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:51 is a pair .*mixed\.jsonl:1 is an "
+                                         r"unpaired row"):
+        run.load_examples()

@@ -243,10 +243,14 @@ def _kto_rows(x, with_kl):
     )
 
 
-def _kto_reference_log_probs(language_model, x, chunk_size):
-    sums, _ = completion_log_probs(language_model, *_kto_rows(x, with_kl=True),
+def _kto_reference_log_probs(language_model, x, chunk_size, with_kl=True):
+    """The reference's sums of the rows and, `with_kl`, of the KL rows (else
+    zeros: `apo_zero_unpaired` has no KL reference point and never reads
+    them, so the KL rows are not run)."""
+    sums, _ = completion_log_probs(language_model, *_kto_rows(x, with_kl=with_kl),
                                    chunk_size=chunk_size, training=False)
-    rows, kl_rows = split_pairs(tf.stop_gradient(sums))
+    sums = tf.stop_gradient(sums)
+    rows, kl_rows = split_pairs(sums) if with_kl else (sums, tf.zeros_like(sums))
     return dict(zip(KTO_REFERENCE_LOG_PROBS_KEYS, (rows, kl_rows)))
 
 
@@ -1088,8 +1092,10 @@ class KahnemanTverskyOptimization(_PolicyObjective):
 
     def compute_frozen_outputs(self, name, x):
         """The reference's summed completion log-probabilities of the rows
-        and the KL rows: `{"reference_logps", "reference_kl_logps"}`."""
-        return _kto_reference_log_probs(self.reference.model, x, self.chunk_size)
+        and the KL rows: `{"reference_logps", "reference_kl_logps"}` (with
+        `loss_type="apo_zero_unpaired"` the KL rows are not run: zeros)."""
+        return _kto_reference_log_probs(self.reference.model, x, self.chunk_size,
+                                        with_kl=self.loss_type == "kto")
 
     def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
         """`{"kto": (per-row losses, row weights)}`."""

@@ -699,6 +699,23 @@ def test_kto_errors_and_config():
                                np.mean(expected), rtol=1e-5)
 
 
+def test_kto_apo_zero_unpaired_online_reference_scores_the_rows_alone():
+    """apo_zero_unpaired has no KL reference point: its online reference
+    scores the rows only (KL values zeros, never read), and the loss equals
+    the one from the reference's values precomputed into the batch."""
+    model = KahnemanTverskyOptimization(lm(0), lm(1), beta=0.3, loss_type="apo_zero_unpaired")
+    x = kto_rows()
+    outputs = model.compute_frozen_outputs("reference", x)
+    assert outputs["reference_logps"].shape == (B,)
+    np.testing.assert_array_equal(outputs["reference_kl_logps"], np.zeros(B, "float32"))
+    ref_logps, _ = hand_logps(model.reference.model, x, "")
+    np.testing.assert_allclose(outputs["reference_logps"], ref_logps, rtol=1e-5, atol=1e-5)
+    online = float(model.compute_loss(x, y_pred=model(x)))
+    given = dict(x, reference_logps=outputs["reference_logps"].numpy(),
+                 reference_kl_logps=np.full(B, 123.0, "float32"))  # never read
+    assert float(model.compute_loss(given, y_pred=model(given))) == pytest.approx(online, rel=1e-6)
+
+
 # -- LD-DPO (ld_alpha) -------------------------------------------------------------------
 
 

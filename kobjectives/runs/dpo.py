@@ -111,6 +111,10 @@ class PreferenceConfig(Section):
         "longer completion's tokens past the shorter one's length in the policy's and the "
         "reference's log-probabilities (1: plain DPO, LD-DPO off; 0: those tokens dropped)",
         within="[0, 1]")
+    rpo_alpha: float = option(
+        0.0, "method 'dpo': RPO (TRL's DPOConfig.rpo_alpha): adds the chosen completions' "
+        "NLL (the 'sft' loss type, a token mean) with this weight to preference.loss_type's "
+        "losses (weight 1 each); 0: off", within="[0, inf)")
     desirable_weight: float = option(
         KTO_WEIGHT_DEFAULT, "method 'kto': lambda_D, the weight of a desirable row's loss",
         within="(0, inf)")
@@ -166,6 +170,15 @@ class PreferenceConfig(Section):
             yield (f"ld_alpha = {self.ld_alpha!r}: LD-DPO is the DPO family's (TRL's "
                    f"DPOConfig.ld_alpha); leave it {LD_ALPHA_OFF} with method "
                    f"{self.method!r}, or set preference.method = 'dpo'")
+        if self.rpo_alpha and self.method != "dpo":
+            yield (f"rpo_alpha = {self.rpo_alpha!r}: RPO adds an NLL term to the DPO family's "
+                   f"losses (TRL's DPOConfig.rpo_alpha); leave it 0 with method "
+                   f"{self.method!r} (cpo and orpo have their own NLL term), or set "
+                   "preference.method = 'dpo'")
+        if self.rpo_alpha and "sft" in self.loss_type:
+            yield (f"rpo_alpha = {self.rpo_alpha!r} adds the 'sft' loss type, but "
+                   f"preference.loss_type = {list(self.loss_type)} has it already (weight 1); "
+                   "drop 'sft' from loss_type, or leave rpo_alpha 0")
         if self.reference == "none" and self.method != "dpo":
             instead = ("needs a reference: set it 'precomputed' or 'online'"
                        if self.method in REFERENCE_METHODS else
@@ -558,8 +571,12 @@ class DPORun(PreferencePairsRun):
                 undesirable_weight=config.undesirable_weight,
                 loss_type=self.kto_loss_type(), **options)
         if config.method == "dpo":
+            loss_type, loss_weights = list(config.loss_type), None
+            if config.rpo_alpha:  # RPO: the chosen NLL with weight rpo_alpha
+                loss_type.append("sft")
+                loss_weights = [1.0] * len(config.loss_type) + [config.rpo_alpha]
             return DirectPreferenceOptimization(
-                policy, reference, loss_type=list(config.loss_type),
+                policy, reference, loss_type=loss_type, loss_weights=loss_weights,
                 label_smoothing=config.label_smoothing, use_weighting=config.use_weighting,
                 ld_alpha=self.ld_alpha(), reference_free=config.reference == "none", **options)
         if config.gamma:
@@ -642,7 +659,8 @@ class DPORun(PreferencePairsRun):
             "sequence_length": self.recipe.model.sequence_length,
             "method": config.method,
             "loss_type": loss_type,
-            **({"use_weighting": config.use_weighting, "ld_alpha": self.ld_alpha()}
+            **({"use_weighting": config.use_weighting, "ld_alpha": self.ld_alpha(),
+                "rpo_alpha": config.rpo_alpha}
                if config.method == "dpo" else {}),
             "beta": beta,
             **({"desirable_weight": config.desirable_weight,

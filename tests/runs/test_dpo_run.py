@@ -596,3 +596,20 @@ def test_kto_loss_type_and_unpaired_data_errors(tmp_path, unpaired_rows):
     with pytest.raises(ValueError, match=r"mixed\.jsonl:51 is a pair .*mixed\.jsonl:1 is an "
                                          r"unpaired row"):
         run.load_examples()
+
+
+def test_rpo_alpha_adds_the_sft_term_with_its_weight(tmp_path):
+    """`preference.rpo_alpha` is TRL's RPO: the DPO losses (weight 1) plus
+    `rpo_alpha` times the chosen completions' NLL (the 'sft' type)."""
+    run = tiny_run("dpo", tmp_path, {"preference.loss_type": ["sigmoid", "hinge"],
+                                     "preference.rpo_alpha": 0.25})
+    objective = run._objective(_probe_backbone(), None)
+    assert objective.loss_names == ("sigmoid", "hinge", "sft")
+    assert objective.loss_weights == {"sigmoid": 1.0, "hinge": 1.0, "sft": 0.25}
+    plain = tiny_run("dpo", tmp_path, {"preference.loss_type": ["sigmoid", "hinge"]})
+    assert plain._objective(_probe_backbone(), None).loss_names == ("sigmoid", "hinge")
+    with pytest.raises(RecipeError, match=r"rpo_alpha = 0\.5 adds the 'sft' loss type"):
+        tiny_run("dpo", tmp_path, {"preference.loss_type": ["sigmoid", "sft"],
+                                   "preference.rpo_alpha": 0.5})
+    with pytest.raises(RecipeError, match=r"rpo_alpha = 0\.5: .*method 'orpo'"):
+        tiny_run("dpo", tmp_path, {"preference.method": "orpo", "preference.rpo_alpha": 0.5})

@@ -542,10 +542,11 @@ class DPORun(PreferencePairsRun):
             raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
         if split == "train":
             return self.kto_row_dataset(split, batch_size, input_context=input_context)
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        self.check_validation_size(len(self.kto_rows[split]) // pipelines, batch_size)
         dataset = self.kto_row_dataset(
             split, batch_size, input_context=input_context, shuffle=True, repeat=False,
             seed=self.recipe.training.seed + 1, drop_remainder=True)
-        pipelines = input_context.num_input_pipelines if input_context else 1
         return self.finite_validation(
             dataset.take(self.recipe.training.validation_batches).cache(),
             len(self.kto_rows[split]) // pipelines, batch_size)

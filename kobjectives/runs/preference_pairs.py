@@ -396,6 +396,7 @@ class PreferencePairsRun(Run):
             raise ValueError(f"split must be 'train' or 'validation'. Received: {split!r}.")
         if split == "train":
             return self.pair_dataset(split, batch_size, input_context=input_context)
+        self.check_validation_size(len(self._shard(split, input_context)[0]), batch_size)
         dataset = self.pair_dataset(split, batch_size, ordered=True, input_context=input_context,
                                     drop_remainder=True, cache=True)
         return self.finite_validation(dataset.take(self.recipe.training.validation_batches),

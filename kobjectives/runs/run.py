@@ -244,10 +244,24 @@ class Run:
 
         batches = sum(1 for _ in dataset)
         if batches == 0:
-            raise ValueError(
-                f"The validation split ({count} documents) is smaller than one batch of "
-                f"{batch_size}. Give more data or raise data.validation_fraction.")
+            raise self.small_validation(count, batch_size)
         return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+    def check_validation_size(self, count, batch_size):
+        """Raises `small_validation` before a validation pipeline is built
+        from `count` examples when they cannot fill one batch."""
+        if count < batch_size:
+            raise self.small_validation(count, batch_size)
+
+    def small_validation(self, count, batch_size):
+        """The error of a validation split smaller than one batch, naming the
+        recipe keys that fix it."""
+        fraction = getattr(self.recipe.data, "validation_fraction", None)
+        share = "" if fraction is None else f", data.validation_fraction = {fraction}"
+        return ValueError(
+            f"The validation split ({count} examples{share}) is smaller than one batch of "
+            f"training.batch_size = {batch_size} (per replica). Raise "
+            "data.validation_fraction, lower training.batch_size, or give more data.")
 
     def datasets(self, strategy, skip_batches=0):
         """`(train, validation)` for `model.fit` under `strategy`: with several

@@ -291,10 +291,7 @@ class Seq2SeqSFTRun(Run):
                                        seed=self.recipe.training.seed, repeat=True,
                                        packing=self.recipe.seq2seq.packing,
                                        padding_token_id=self.token_id("pad"))
-        if len(examples) < batch_size:
-            raise ValueError(
-                f"The validation split ({len(examples)} pairs) is smaller than one batch of "
-                f"{batch_size}. Give more data or raise data.validation_fraction.")
+        self.check_validation_size(len(examples), batch_size)
         dataset = seq2seq_sft_dataset(examples, batch_size, shuffle=False, cache=True).take(
             self.recipe.training.validation_batches)
         return self.finite_validation(dataset, len(examples), batch_size)

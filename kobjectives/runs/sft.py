@@ -453,6 +453,7 @@ class SFTRun(Run):
         if split == "train":
             return sft_dataset(examples, shuffle=True, seed=self.recipe.training.seed,
                                repeat=True, **options)
+        self.check_validation_size(len(examples), batch_size)
         dataset = sft_dataset(examples, shuffle=False, cache=True, **options).take(
             self.recipe.training.validation_batches)
         return self.finite_validation(dataset, len(examples), batch_size)

@@ -181,3 +181,22 @@ def test_balance_lengths_trains_on_the_balanced_subset(tmp_path):
                                                       whole.examples["train"].rejected_ids)}
     assert kept < everything  # a subset of the same pairs
     assert len(run.examples["validation"]) == len(whole.examples["validation"])  # whole
+
+
+def test_a_validation_split_smaller_than_a_batch_names_the_recipe_keys(tmp_path):
+    """A validation split smaller than one batch: the error names the keys
+    that fix it, before any pipeline or model is built."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+                                        "rejected": f"No {i}."}) + "\n" for i in range(40)))
+    for name in ("reward", "dpo"):
+        run = tiny_run(name, tmp_path / name, {"data.files": [str(path)]})
+        run.prepare()
+        count, fraction = len(run.pairs["validation"]), run.recipe.data.validation_fraction
+        assert 0 < count < 40
+        with pytest.raises(ValueError, match=(
+                rf"validation split \({count} examples, data\.validation_fraction = {fraction}\) "
+                rf"is smaller than one batch of training\.batch_size = {count + 1} \(per "
+                r"replica\)\. Raise data\.validation_fraction, lower training\.batch_size")):
+            run.make_dataset("validation", count + 1)
+        assert run.make_dataset("validation", count) is not None

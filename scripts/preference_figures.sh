@@ -8,6 +8,8 @@
 #   bash scripts/preference_figures.sh [names...]
 # Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_mixed reward_helpful reward_select
 #        sft_small reward_small_select (a larger judge, validation only; not in the default list)
+#        dpo_select dpo_helpful dpo_ipo_helpful dpo_hinge_helpful simpo_helpful (the
+#        helpful subsets, the judge's data; not in the default list)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -55,6 +57,21 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
         --set data.balance_lengths=$2 --set training.steps=600 --set training.saved_model=false
     done ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
+    # DPO on the judge's data (the helpful subsets: helpful-online measures
+    # helpfulness), 256 judged prompts (SE about 0.03); its learning rate and steps
+    # were chosen on a 20% validation slice (dpo_select; no held-out subset read).
+    dpo_helpful) run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set preference.loss_type=sigmoid \
+      --set preference.judge_prompts=256 ;;
+    dpo_ipo_helpful|dpo_hinge_helpful) t=${n#dpo_}; t=${t%_helpful}
+      run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set preference.loss_type=$t \
+        --set preference.judge_prompts=256 ;;
+    simpo_helpful) run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set preference.method=simpo \
+      --set preference.judge_prompts=256 ;;
+    dpo_select) for v in "1e-4 300" "3e-4 600"; do set -- $v
+      run "dpo_select_lr$1_steps$2" dpo --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
+        --set data.validation_fraction=0.2 --set training.learning_rate=$1 \
+        --set training.steps=$2 --set training.saved_model=false
+    done ;;
     dpo_ipo) run $n dpo "${PREF[@]}" --set preference.loss_type=ipo ;;
     dpo_hinge) run $n dpo "${PREF[@]}" --set preference.loss_type=hinge ;;
     simpo) run $n dpo "${PREF[@]}" --set preference.method=simpo ;;

@@ -40,6 +40,7 @@ from kobjectives.runs import register
 from kobjectives.runs.preference_pairs import PreferenceDataConfig
 from kobjectives.runs.preference_pairs import PreferencePairsRun
 from kobjectives.runs.preference_pairs import length_baseline_accuracy
+from kobjectives.runs.preference_pairs import length_controlled_mean
 from kobjectives.runs.preference_pairs import render_pair_texts
 
 METHODS = ("dpo", "simpo", "cpo", "orpo", "kto")
@@ -76,6 +77,10 @@ preset: the source of the frozen reference of `preference.reference =
 
 JUDGE_SAVED_MODEL = "saved_model"
 """The folder of a reward run's SavedModel, inside its run folder."""
+
+JUDGED_ANSWERS_FILE = "judged_answers.jsonl"
+"""The win rate's answers, one JSON line per prompt (the prompt, both
+policies' answers and the judge's scores), in the run folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,12 +320,18 @@ def kto_reward_statistics(policy, reference, desirable, beta):
     }
 
 
-def win_rate(policy_scores, reference_scores):
+def win_rate(policy_scores, reference_scores, policy_lengths=None, reference_lengths=None):
     """The share of prompts whose policy answer scores above the reference
-    policy's, a tie counting one half (the DPO paper's protocol)."""
+    policy's, a tie counting one half (the DPO paper's protocol); given the
+    answers' lengths, the length-controlled win rate instead: the mean of
+    the win rates where the policy's answer is longer and where it is
+    shorter (`length_controlled_mean`), 0.5 for a judge that only measures
+    length."""
     policy_scores, reference_scores = np.asarray(policy_scores), np.asarray(reference_scores)
-    return float(np.mean(np.where(policy_scores == reference_scores, 0.5,
-                                  policy_scores > reference_scores)))
+    wins = np.where(policy_scores == reference_scores, 0.5, policy_scores > reference_scores)
+    if policy_lengths is None:
+        return float(np.mean(wins))
+    return length_controlled_mean(wins, policy_lengths, reference_lengths)
 
 
 @register
@@ -740,13 +751,23 @@ class DPORun(PreferencePairsRun):
                 judge(text=tf.constant(rendered[i:i + 16]))["reward"].numpy()
                 for i in range(0, len(rendered), 16)])
         prefix = "heldout" if split == "heldout" else "val"
+        words = {name: [len(text.split()) for text in texts] for name, texts in answers.items()}
+        with open(self._out_dir() / JUDGED_ANSWERS_FILE, "w") as file:
+            for i, prompt in enumerate(prompts):
+                file.write(json.dumps({"prompt": prompt, **{
+                    f"{name}_{key}": value for name in answers for key, value in (
+                        ("answer", answers[name][i]), ("score", float(scores[name][i])))}}) + "\n")
         return {
             f"{prefix}_win_rate": win_rate(scores["policy"], scores["reference"]),
+            f"{prefix}_length_controlled_win_rate": win_rate(
+                scores["policy"], scores["reference"], words["policy"], words["reference"]),
             f"{prefix}_judged_prompts": count,
             f"{prefix}_identical_answers": float(np.mean(
                 [a == b for a, b in zip(answers["policy"], answers["reference"])])),
             f"{prefix}_policy_judge_reward": float(np.mean(scores["policy"])),
             f"{prefix}_reference_judge_reward": float(np.mean(scores["reference"])),
+            f"{prefix}_policy_answer_words": float(np.mean(words["policy"])),
+            f"{prefix}_reference_answer_words": float(np.mean(words["reference"])),
             "judge": config.judge,
         }
 
@@ -798,8 +819,11 @@ class DPORun(PreferencePairsRun):
 
     def win_rate_lines(self, metrics):
         """The summary's win-rate lines (none without a judge)."""
-        return [f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f} "
-                f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by {metrics['judge']})"
+        return [f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f}, "
+                f"length-controlled {metrics[f'{prefix}_length_controlled_win_rate']:.4f} "
+                f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by {metrics['judge']}; "
+                f"answers of {metrics[f'{prefix}_policy_answer_words']:.1f} vs "
+                f"{metrics[f'{prefix}_reference_answer_words']:.1f} words)"
                 for prefix in ("val", "heldout") if f"{prefix}_win_rate" in metrics]
 
     # -- export --------------------------------------------------------------------

@@ -100,10 +100,25 @@ def length_controlled_accuracy(examples, chosen_scores, rejected_scores):
     completion has fewer (pairs of equal length left out; NaN when a side
     has no pair). A score that only measures length gets 0.5 whatever the
     data's length bias; chance is 0.5."""
-    chosen_lengths = np.array([len(c) for c in examples.chosen_ids])
-    rejected_lengths = np.array([len(r) for r in examples.rejected_ids])
     correct = np.asarray(chosen_scores) > np.asarray(rejected_scores)
-    sides = [correct[chosen_lengths > rejected_lengths], correct[chosen_lengths < rejected_lengths]]
+    return length_controlled_mean(correct, [len(c) for c in examples.chosen_ids],
+                                  [len(r) for r in examples.rejected_ids])
+
+
+def length_controlled_mean(outcomes, first_lengths, second_lengths):
+    """The mean of `outcomes` (one per pair of answers: 1 when the first
+    wins, 0 when it loses, 1/2 a tie) with length taken out: the mean of
+    their mean where the first answer is longer and their mean where it is
+    shorter (equal lengths left out; NaN when a side is empty).
+
+    Example:
+
+    >>> length_controlled_mean([1, 1, 1, 0], [5, 6, 7, 1], [1, 1, 1, 5])
+    0.5
+    """
+    outcomes = np.asarray(outcomes, np.float64)
+    first, second = np.asarray(first_lengths), np.asarray(second_lengths)
+    sides = [outcomes[first > second], outcomes[first < second]]
     if not all(side.size for side in sides):
         return float("nan")
     return float(np.mean([side.mean() for side in sides]))

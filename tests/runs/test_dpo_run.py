@@ -106,6 +106,16 @@ def test_statistics_and_win_rate_on_hand_computed_cases():
     assert out["policy_log_prob_accuracy"] == pytest.approx(1 / 3)
     assert out["reference_log_prob_accuracy"] == 0.0
     assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2.5 / 4)
+    # Length-controlled: wins 1, 1/2 (tie), 0, 1; the policy's answer longer on the first
+    # two ((1 + 1/2) / 2), shorter on the third (0), as long on the fourth (left out).
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0], [9, 9, 2, 5],
+                    [3, 3, 4, 5]) == pytest.approx((0.75 + 0.0) / 2)
+    # A judge that only rewards length: 0.9 raw win rate, 0.5 length-controlled.
+    lengths = np.arange(20)
+    policy_lengths = np.where(lengths < 18, lengths + 1, lengths - 1)
+    scores, reference_scores = policy_lengths.astype(float), lengths.astype(float)
+    assert win_rate(scores, reference_scores) == pytest.approx(0.9)
+    assert win_rate(scores, reference_scores, policy_lengths, lengths) == pytest.approx(0.5)
 
 
 def test_kto_reward_statistics_on_a_hand_computed_case():
@@ -188,6 +198,11 @@ def test_win_rate_protocol_and_generation(dpo_run, tmp_path):
     same = run.judged(start)
     assert same["val_judged_prompts"] == 5 and same["val_identical_answers"] == 1.0
     assert same["val_win_rate"] == 0.5
+    assert same["val_policy_answer_words"] == same["val_reference_answer_words"]
+    assert np.isnan(same["val_length_controlled_win_rate"])  # every pair of answers as long
+    answers = [json.loads(line) for line in (out / "judged_answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 5 and answers[0]["policy_answer"] == answers[0]["reference_answer"]
+    assert answers[0]["policy_score"] == pytest.approx(answers[0]["reference_score"])
     assert same["val_policy_judge_reward"] == pytest.approx(same["val_reference_judge_reward"])
     # Answers are the greedy continuations of the prompt, at most max_new_tokens long.
     answers = run.generate(start, run.examples["validation"].prompt_ids[:2])

@@ -9,7 +9,8 @@
 # Names: sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo reward_mixed reward_helpful reward_select
 #        sft_small reward_small_select (a larger judge, validation only; not in the default list)
 #        dpo_select dpo_helpful dpo_ipo_helpful dpo_hinge_helpful simpo_helpful (the
-#        helpful subsets, the judge's data; not in the default list)
+#        helpful subsets, the judge's data; not in the default list; the last three
+#        were measured with JUDGE=0: generating the win rate's answers takes ~20 min)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail

@@ -10,7 +10,7 @@
 #        sft_small reward_small_select (a larger judge, validation only; not in the default list)
 #        dpo_select dpo_helpful dpo_ipo_helpful dpo_hinge_helpful simpo_helpful (the
 #        helpful subsets, the judge's data; not in the default list; the last three
-#        were measured with JUDGE=0: generating the win rate's answers takes ~20 min)
+#        were measured with JUDGE_PROMPTS=64: 256 prompts' answers take ~20 min)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -65,9 +65,9 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
       --set preference.judge_prompts=256 ;;
     dpo_ipo_helpful|dpo_hinge_helpful) t=${n#dpo_}; t=${t%_helpful}
       run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set preference.loss_type=$t \
-        --set preference.judge_prompts=256 ;;
+        --set preference.judge_prompts=${JUDGE_PROMPTS:-256} ;;
     simpo_helpful) run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set preference.method=simpo \
-      --set preference.judge_prompts=256 ;;
+      --set preference.judge_prompts=${JUDGE_PROMPTS:-256} ;;
     dpo_select) for v in "1e-4 300" "3e-4 600"; do set -- $v
       run "dpo_select_lr$1_steps$2" dpo --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
         --set data.validation_fraction=0.2 --set training.learning_rate=$1 \

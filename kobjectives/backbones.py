@@ -13,6 +13,8 @@ import pathlib
 import keras
 import keras_hub
 
+from kobjectives import compat
+
 # name -> (keras-hub class, config). Vocabulary size and sequence length come
 # from the run.
 BACKBONES = {
@@ -270,6 +272,109 @@ def load_backbone(init, dropout=None, dtype=None):
     if dtype is not None:
         kwargs["dtype"] = dtype
     return keras_hub.models.Backbone.from_preset(location, **kwargs)
+
+
+def grow_token_embedding(backbone, vocabulary_size):
+    """A copy of `backbone` with `vocabulary_size` token embeddings: every
+    weight copied, the new rows (appended ids) as the backbone's initializer
+    draws them.
+
+    Args:
+        backbone: a keras-hub backbone with `vocabulary_size` in its config
+            (e.g. `GPT2Backbone`, `LlamaBackbone`).
+        vocabulary_size: int, the new size (the new ids are the last ones).
+
+    Returns:
+        A new backbone of the same class (`backbone` itself when the size
+        is unchanged).
+
+    Raises:
+        ValueError: `vocabulary_size` smaller than the backbone's.
+
+    Example:
+
+    >>> backbone = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=4,
+    ...     intermediate_dim=8, max_sequence_length=6)
+    >>> grown = grow_token_embedding(backbone, 14)
+    >>> grown.vocabulary_size, tuple(grown.get_layer("token_embedding").embeddings.shape)
+    (14, (14, 4))
+    """
+    old_size = backbone.vocabulary_size
+    if vocabulary_size < old_size:
+        raise ValueError(f"Cannot shrink the vocabulary from {old_size} to {vocabulary_size}.")
+    if vocabulary_size == old_size:
+        return backbone
+    config = backbone.get_config()
+    config["vocabulary_size"] = vocabulary_size
+    grown = type(backbone).from_config(config)
+    for new, old in zip(grown.weights, backbone.weights):
+        value = old.numpy()
+        if tuple(new.shape) != value.shape:
+            target = new.numpy()
+            target[tuple(slice(0, n) for n in value.shape)] = value
+            value = target
+        new.assign(value)
+    return grown
+
+
+def enable_lora(backbone, rank, layer_names=None):
+    """Trains low-rank adapters instead of the backbone: keras-hub's
+    `Backbone.enable_lora`, refusing a call that would adapt nothing.
+
+    Every weight of the backbone is frozen, and each layer named in
+    `layer_names` gains two trainable factors `A` (`[in, rank]`, He-uniform)
+    and `B` (`[rank, out]`, zeros): the layer's kernel becomes `kernel + A @
+    B` (Keras' `lora_alpha` is the rank), so the adapted backbone starts as
+    the same function. An attention projection's kernel `[hidden, heads,
+    head_dim]` gains `A` `[hidden, heads, rank]` and `B` `[rank, head_dim]`
+    (Keras' `EinsumDense.enable_lora`): rank `rank` per head. The adapted
+    layers' biases stay trainable, as Keras' `Dense.enable_lora` leaves them
+    (PEFT's `bias="lora_only"`). Saving merges the adapters into the kernels
+    (Keras' `save_own_variables`): a preset written afterwards is a plain
+    backbone, and `kobjectives.distribute.RunBackup` backs the unmerged
+    kernels and the adapters up beside its checkpoint to resume exactly.
+
+    Reference: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
+    Models", https://arxiv.org/abs/2106.09685.
+
+    Args:
+        backbone: a built `keras_hub.models.Backbone`.
+        rank: int >= 1, the adapters' rank.
+        layer_names: list of layer names to adapt (PEFT's `target_modules`);
+            None: `backbone.default_lora_layer_names()` (the attention
+            query and value projections: `query_dense` / `value_dense`,
+            `query` / `value`).
+
+    Returns:
+        The backbone (adapted in place).
+
+    Raises:
+        ValueError: `rank` below 1, or no layer of the backbone has one of
+            the names (keras-hub's `T5Backbone` names its projections
+            `query_projector` / `value_projector`); the message lists the
+            names that can be adapted.
+
+    Example:
+
+    >>> backbone = build_backbone("gpt2_tiny", 100, 8, dropout=0.0)
+    >>> backbone = enable_lora(backbone, rank=2)
+    >>> sorted({w.path.split("/")[-1] for w in backbone.trainable_weights})
+    ['bias', 'lora_kernel_a', 'lora_kernel_b']
+    """
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"LoRA rank must be an int >= 1. Received: rank={rank!r}.")
+    names = list(layer_names or backbone.default_lora_layer_names())
+    adaptable = sorted({layer.name for layer in compat.flatten_layers(backbone)
+                        if layer is not backbone and hasattr(layer, "enable_lora")
+                        and layer.weights})
+    if not set(names) & set(adaptable):
+        raise ValueError(
+            f"No layer of {type(backbone).__name__} is named {names}: LoRA would adapt "
+            f"nothing. Name the layers to adapt (the recipe's model.lora_layers); this "
+            f"backbone's adaptable layers are {adaptable}.")
+    backbone.enable_lora(rank, target_layer_names=names)
+    return backbone
 
 
 def load_tokenizer(init):

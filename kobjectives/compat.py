@@ -9,6 +9,7 @@ revisited (and, once upstream has a public way, deleted):
 |---|---|---|
 | `flatten_layers` | `Layer._flatten_layers` | the recursive layer walk (no public one) |
 | `seed_generators` | `Layer._seed_generators` | the random state of dropout, to replay it (GradCache) |
+| `lora_state` | `Dense._kernel`, `EinsumDense._kernel`, `Embedding._embeddings` | a LoRA layer's unmerged weights: Keras checkpoints merge the adapters into the kernel and load them back as zeros, so `RunBackup` saves these to resume exactly |
 | `share_embedding_table` | `Embedding._embeddings`, `Layer._untrack_variable`, `Layer._tracker` | two embedding layers over one variable (ELECTRA) |
 | `loss_tracker` | `Trainer._loss_tracker` | the `loss` log, for a `train_step` that computes its own gradients |
 | `is_multi_worker` | `MultiWorkerMirroredStrategy.extended._in_multi_worker_mode` | whether Keras reduces step logs on axis 0 |
@@ -32,6 +33,21 @@ def flatten_layers(model):
 def seed_generators(layer):
     """The `keras.random.SeedGenerator`s a layer owns directly (dropout's)."""
     return list(getattr(layer, "_seed_generators", ()))
+
+
+def lora_state(layer):
+    """The variables a LoRA layer's Keras checkpoint does not restore: its
+    kernel without the adapters (`Dense._kernel`, `EinsumDense._kernel`,
+    `Embedding._embeddings`) and the two factors (`lora_kernel_a`/`_b`,
+    `lora_embeddings_a`/`_b`). Keras saves the kernel with the adapters merged in and
+    loads the factors back as zeros (`Dense.save_own_variables` /
+    `load_own_variables`): the same function, but not the same training
+    state. Empty for a layer without LoRA."""
+    if not getattr(layer, "lora_enabled", False):
+        return []
+    if isinstance(layer, keras.layers.Embedding):
+        return [layer._embeddings, layer.lora_embeddings_a, layer.lora_embeddings_b]
+    return [layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b]
 
 
 def share_embedding_table(source, target):

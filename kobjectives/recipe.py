@@ -260,6 +260,21 @@ class ModelConfig(Section):
     sequence_length: int = option(64, "tokens per sequence, special tokens included",
                                   within="[2, 16384]")
     dropout: float = option(0.1, "the backbone's dropout rate", within="[0, 1)")
+    lora_rank: int = option(
+        0, "0: train every weight; N > 0: train rank-N LoRA adapters instead, the "
+        "backbone frozen (keras-hub's `Backbone.enable_lora`; needs model.init)",
+        within="[0, inf)")
+    lora_layers: tuple[str, ...] = option(
+        (), "the layers LoRA adapts (empty: keras-hub's default_lora_layer_names(), the "
+        "attention query and value projections)")
+
+    def check(self):
+        if self.lora_rank and not self.init:
+            yield (f"lora_rank = {self.lora_rank}: LoRA adapts a trained backbone; set "
+                   "model.init (a run folder or preset), or model.lora_rank = 0")
+        if self.lora_layers and not self.lora_rank:
+            yield (f"lora_layers = {list(self.lora_layers)}: names the layers LoRA adapts; "
+                   "set model.lora_rank > 0 too")
 
 
 @dataclasses.dataclass(frozen=True)

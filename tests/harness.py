@@ -298,6 +298,29 @@ TINY_RUN = {
 """Tiny values for every run; each applies where the recipe has the key."""
 
 
+def assert_lora_trained(start, trained, rank, adapted=("query", "value"), also_trained=()):
+    """`trained` (a backbone loaded from a LoRA run's preset, adapters merged)
+    differs from `start` as rank-`rank` LoRA on the layers named in `adapted`
+    allows: their kernels moved by `A @ B` of rank <= `rank` (their biases
+    train too), layers in `also_trained` may change, every other weight is
+    exactly the start's."""
+    moved = []
+    for new, old in zip(trained.weights, start.weights):
+        layer, name = new.path.split("/")[-2:]
+        before, after = old.numpy(), new.numpy()
+        if layer in also_trained:
+            continue
+        if layer not in adapted:
+            np.testing.assert_array_equal(after, before, err_msg=new.path)
+        elif name == "kernel":
+            # Keras factors a kernel [..., out] as A [..., rank] @ B [rank, out]
+            # (an attention projection's rank per head).
+            delta = (after - before).reshape(-1, before.shape[-1])
+            assert 0 < np.linalg.matrix_rank(delta, tol=1e-6) <= rank, new.path
+            moved.append(new.path)
+    assert moved, f"no kernel of the layers {adapted} moved"
+
+
 def tiny_run(name, out_dir, overrides=None, log=lambda *_: None, **kwargs):
     """The registered run `name` on a tiny recipe (`TINY_RUN`, then
     `overrides` `{"section.key": value}`), writing into `out_dir`."""

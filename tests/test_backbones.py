@@ -3,6 +3,7 @@ import pytest
 from kobjectives.backbones import BACKBONES
 from kobjectives.backbones import build_backbone
 from kobjectives.backbones import check_backbone
+from kobjectives.backbones import enable_lora
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -36,6 +37,36 @@ def test_kinds_name_the_seq2seq_and_permutation_backbones():
     check_backbone("xlnet_tiny", kind="permutation")
     with pytest.raises(ValueError, match="encoder-decoder .*bart_tiny, t5_tiny"):
         check_backbone("bert_tiny", kind="seq2seq")
+
+
+def test_enable_lora_trains_only_the_adapters_of_the_named_layers():
+    import numpy as np
+
+    backbone = build_backbone("gpt2_tiny", 50, 8, dropout=0.0)
+    ids = np.array([[1, 2, 3, 4]], "int32")
+    inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    before = backbone(inputs)
+    enable_lora(backbone, rank=3)
+    names = sorted({w.path.split("/")[-2] for w in backbone.trainable_weights})
+    assert names == ["query", "value"]  # keras-hub's default_lora_layer_names()
+    # The adapters, and the adapted layers' biases (Keras' Dense.enable_lora).
+    assert sorted({w.path.split("/")[-1] for w in backbone.trainable_weights}) == [
+        "bias", "lora_kernel_a", "lora_kernel_b"]
+    a = next(w for w in backbone.trainable_weights if w.path.endswith("lora_kernel_a"))
+    assert a.shape[-1] == 3
+    np.testing.assert_allclose(backbone(inputs), before, atol=1e-6)  # B starts at zero
+
+
+def test_enable_lora_refuses_what_would_adapt_nothing():
+    with pytest.raises(ValueError, match=r"LoRA rank must be an int >= 1. Received: rank=0"):
+        enable_lora(build_backbone("gpt2_tiny", 50, 8), rank=0)
+    t5 = build_backbone("t5_tiny", 50, 8)
+    with pytest.raises(ValueError, match=r"No layer of T5Backbone is named \['query', 'value'\].*"
+                                         r"model.lora_layers.*'query_projector'"):
+        enable_lora(t5, rank=2, layer_names=["query", "value"])
+    enable_lora(t5, rank=2, layer_names=["query_projector", "value_projector"])
+    assert {w.path.split("/")[-2] for w in t5.trainable_weights} == {
+        "query_projector", "value_projector"}
 
 
 def _toy_copy_task(n, vocabulary, seed):

@@ -41,6 +41,32 @@ def test_seed_generators_are_the_state_dropout_draws_from():
     assert compat.seed_generators(keras.layers.Dense(2)) == []
 
 
+@pytest.mark.parametrize("make", [
+    lambda: keras.layers.Dense(3),
+    lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=3),
+    lambda: keras.layers.Embedding(4, 3),
+])
+def test_lora_state_is_what_a_keras_checkpoint_does_not_restore(make):
+    layer = make()
+    layer.build((None, 4) if not isinstance(layer, keras.layers.Embedding) else (None,))
+    assert compat.lora_state(layer) == []
+    layer.enable_lora(2)
+    base, a, b = compat.lora_state(layer)
+    assert a.path.endswith("_a") and b.path.endswith("_b") and "lora" in a.path
+    a.assign(np.full(a.shape, 0.5, "float32"))
+    b.assign(np.full(b.shape, 0.25, "float32"))
+    unmerged = np.array(base)
+    store = {}
+    layer.save_own_variables(store)
+    # Upstream saves the merged kernel (alpha = rank: scale 1) ...
+    merged = unmerged + np.array(a) @ np.array(b)
+    np.testing.assert_allclose(store["0"], merged, rtol=1e-6)
+    layer.load_own_variables(store)
+    # ... and loads it as the base with zero factors: the training state is lost.
+    np.testing.assert_allclose(np.array(base), merged, rtol=1e-6)
+    assert not np.array(a).any() and not np.array(b).any()
+
+
 def test_share_embedding_table_makes_one_variable():
     source, target = keras.layers.Embedding(10, 4), keras.layers.Embedding(10, 4)
     source.build((None,))

@@ -11,7 +11,7 @@ import kobjectives
 BELOW = {
     "recipe": set(),
     "compat": set(),
-    "backbones": set(),
+    "backbones": {"compat"},  # enable_lora walks the layers
     "ops": set(),
     "distribute": {"compat"},
     "layers": {"ops"},

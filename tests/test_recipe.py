@@ -146,6 +146,15 @@ def test_checks_across_keys_and_sections():
         "masking.mask_selection_length = 40: at most model.sequence_length = 32"]
     both = recipe.replace({"data.files": __file__, "data.tfds": "imdb_reviews"}).problems()
     assert both == ["data.files and data.tfds: give one text source, not both"]
+    assert recipe.replace({"model.lora_rank": 4}).problems() == [
+        "model.lora_rank = 4: LoRA adapts a trained backbone; set model.init (a run folder "
+        "or preset), or model.lora_rank = 0"]
+    assert recipe.replace({"model.lora_layers": "query_projector"}).problems() == [
+        "model.lora_layers = ['query_projector']: names the layers LoRA adapts; set "
+        "model.lora_rank > 0 too"]
+    lora = recipe.replace({"model.init": "run", "model.lora_rank": 2,
+                           "model.lora_layers": "query,value"})
+    assert lora.problems() == [] and lora.model.lora_layers == ("query", "value")
 
 
 def test_attention_memory_bounds_the_sequence_length(monkeypatch):

@@ -19,7 +19,9 @@ import numpy as np
 
 from kobjectives import compat
 
-RANDOM_STATE_FILE = "random_state.npz"
+# What a Keras checkpoint leaves out: dropout's seed-generator states and LoRA
+# layers' unmerged kernels and factors.
+UNSAVED_STATE_FILE = "unsaved_state.npz"
 
 
 def task():
@@ -145,6 +147,13 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     training ends normally; it is kept when training fails (e.g.
     `StopOnNonFiniteLoss`).
 
+    Beside the Keras checkpoint, each epoch's backup holds what Keras leaves
+    out (`unsaved_state.npz`): the dropout seed generators' states and, for
+    layers with LoRA, the kernels without the adapters and both factors
+    (Keras saves merged kernels and restores zero adapters). A resumed run
+    therefore continues exactly where the backup was taken. With an int
+    `save_freq` only the Keras checkpoint is written mid-epoch.
+
     The model must be built before `fit` restores it; `Objective.fit` builds
     an objective from the first batch when a backup is waiting.
 
@@ -210,17 +219,20 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         finally:
             self._weights_path, self._training_metadata_path = own
         self._current_epoch = self.restored_epoch()
-        self._restore_random_state(os.path.join(restore, RANDOM_STATE_FILE))
+        self._restore_unsaved_state(os.path.join(restore, UNSAVED_STATE_FILE))
         self._truncate_log(self._current_epoch)
 
-    def _random_states(self):
-        return [generator.state for layer in compat.flatten_layers(self.model)
-                for generator in compat.seed_generators(layer)]
+    def _unsaved_state(self):
+        """The variables Keras checkpoints leave out or change: the seed
+        generators' states (without them a resumed run would draw the first
+        rounds' dropout masks again) and LoRA layers' unmerged kernels and
+        factors (Keras saves the merged kernel and loads zero adapters)."""
+        layers = compat.flatten_layers(self.model)
+        return ([generator.state for layer in layers
+                 for generator in compat.seed_generators(layer)]
+                + [variable for layer in layers for variable in compat.lora_state(layer)])
 
-    def _restore_random_state(self, path):
-        """Restores the dropout (seed generator) states saved with the backup:
-        Keras checkpoints leave them out, and without them a resumed run would
-        draw the first rounds' dropout masks again."""
+    def _restore_unsaved_state(self, path):
         if not os.path.exists(path):
             return
         try:
@@ -228,18 +240,21 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 values = [saved[f"state_{i}"] for i in range(len(saved.files))]
         except (ValueError, OSError, KeyError) as error:
             raise _corrupted(path, error) from None
-        states = self._random_states()
-        if len(values) != len(states):
+        variables = self._unsaved_state()
+        if len(values) != len(variables) or any(
+                tuple(v.shape) != value.shape for v, value in zip(variables, values)):
             raise _corrupted(path, ValueError(
-                f"{len(values)} random states saved, the model has {len(states)}"))
-        for state, value in zip(states, values):
-            state.assign(value)
+                f"{len(values)} states saved, the model has {len(variables)} "
+                "(random states, LoRA kernels and factors) of other shapes"))
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.save_freq == "epoch":
-            states = {f"state_{i}": np.asarray(state) for i, state in enumerate(self._random_states())}
-            path = os.path.join(self.backup_dir, RANDOM_STATE_FILE)
+            states = {f"state_{i}": keras.ops.convert_to_numpy(variable)
+                      for i, variable in enumerate(self._unsaved_state())}
+            path = os.path.join(self.backup_dir, UNSAVED_STATE_FILE)
             temporary = path + ".tmp.npz"
             np.savez(temporary, **states)
             os.replace(temporary, path)

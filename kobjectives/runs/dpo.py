@@ -386,6 +386,11 @@ class DPORun(PreferencePairsRun):
             yield (f"preference.reference = {config.reference!r}: method "
                    f"{config.method!r} uses no reference in training; leave it 'precomputed' "
                    "(the starting policy's values are still computed for the held-out figures)")
+        if config.sync_reference_steps and self.recipe.model.lora_rank:
+            yield (f"preference.sync_reference_steps = {config.sync_reference_steps}: TR-DPO "
+                   "mixes the policy's weights into the reference's, but with model.lora_rank "
+                   f"= {self.recipe.model.lora_rank} the policy's are LoRA adapters the "
+                   "reference lacks; leave one of them 0")
         if config.judge:
             judge = pathlib.Path(config.judge).expanduser() / JUDGE_SAVED_MODEL
             if not (judge / "saved_model.pb").is_file():

@@ -24,7 +24,6 @@ from kobjectives.runs.run import Run
 from kobjectives.runs.sft import DATASETS
 from kobjectives.runs.sft import SFTDataConfig
 from kobjectives.runs.sft import chat_tokenizer
-from kobjectives.runs.sft import grow_token_embedding
 
 _WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
 
@@ -418,14 +417,6 @@ class PreferencePairsRun(Run):
                                       len(self._shard(split, input_context)[0]), batch_size)
 
     # -- model -------------------------------------------------------------------
-
-    def build_backbone(self, sequence_length=None, **overrides):
-        """The base's backbone; an init's token embedding grown by the chat
-        markers its vocabulary lacked (`grow_token_embedding`)."""
-        backbone = super().build_backbone(sequence_length, **overrides)
-        if self.recipe.model.init and backbone.vocabulary_size < self.tokenizer.vocabulary_size():
-            backbone = grow_token_embedding(backbone, self.tokenizer.vocabulary_size())
-        return backbone
 
     def load_tokenizer(self):
         tokenizer = super().load_tokenizer()

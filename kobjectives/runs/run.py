@@ -290,20 +290,37 @@ class Run:
 
     # -- model -------------------------------------------------------------------
 
-    def build_backbone(self, sequence_length=None, **overrides):
+    def build_backbone(self, sequence_length=None, lora=True, **overrides):
         """The recipe's backbone: loaded from `model.init`, or built from the
         config `model.backbone` for the tokenizer's vocabulary and
-        `sequence_length` tokens (default `model.sequence_length`)."""
+        `sequence_length` tokens (default `model.sequence_length`).
+
+        An init whose vocabulary lacks tokens of this run's tokenizer (the
+        chat markers SFT appends) has its token embedding grown
+        (`backbones.grow_token_embedding`). With `model.lora_rank` (and
+        `lora`), the backbone trains LoRA adapters of that rank on
+        `model.lora_layers` instead of its weights (`backbones.enable_lora`);
+        a grown token embedding stays trainable too, so the new tokens'
+        rows learn (PEFT's `modules_to_save`)."""
         model = self.recipe.model
-        if model.init:
-            if overrides:
-                raise RecipeError(
-                    f"model.init = {model.init!r}: this backbone's sizes come from the preset; "
-                    f"{sorted(overrides)} cannot change them.")
-            return backbones.load_backbone(model.init, dropout=model.dropout)
-        return backbones.build_backbone(
-            model.backbone, self.tokenizer.vocabulary_size(),
-            sequence_length or model.sequence_length, dropout=model.dropout, **overrides)
+        if not model.init:
+            return backbones.build_backbone(
+                model.backbone, self.tokenizer.vocabulary_size(),
+                sequence_length or model.sequence_length, dropout=model.dropout, **overrides)
+        if overrides:
+            raise RecipeError(
+                f"model.init = {model.init!r}: this backbone's sizes come from the preset; "
+                f"{sorted(overrides)} cannot change them.")
+        backbone = backbones.load_backbone(model.init, dropout=model.dropout)
+        size = self.tokenizer.vocabulary_size()
+        grown = getattr(backbone, "vocabulary_size", size) < size
+        if grown:
+            backbone = backbones.grow_token_embedding(backbone, size)
+        if lora and model.lora_rank:
+            backbones.enable_lora(backbone, model.lora_rank, list(model.lora_layers) or None)
+            if grown:
+                backbone.get_layer("token_embedding").trainable = True
+        return backbone
 
     def build_objective(self):
         """The objective, uncompiled (called in the strategy's scope)."""
@@ -354,9 +371,14 @@ class Run:
 
     def describe(self, model):
         """One line naming the objective and its size, for the log."""
+        lora = self.recipe.model.lora_rank
+        trained = ""
+        if lora:
+            count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+            trained = f", {count:,} trained: LoRA rank {lora}"
         return (f"{type(model).__name__} over "
                 f"{self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+                f"({model.count_params():,} parameters{trained})")
 
     # -- the driver --------------------------------------------------------------
 

@@ -213,50 +213,6 @@ def chat_tokenizer(vocabulary, lowercase, template=DEFAULT_CHAT_TEMPLATE):
         vocabulary=data_lib.add_chat_tokens(list(vocabulary), template), lowercase=lowercase)
 
 
-def grow_token_embedding(backbone, vocabulary_size):
-    """A copy of `backbone` with `vocabulary_size` token embeddings: every
-    weight copied, the new rows (appended ids) as the backbone's initializer
-    draws them.
-
-    Args:
-        backbone: a keras-hub backbone with `vocabulary_size` in its config
-            (e.g. `GPT2Backbone`, `LlamaBackbone`).
-        vocabulary_size: int, the new size (the new ids are the last ones).
-
-    Returns:
-        A new backbone of the same class (`backbone` itself when the size
-        is unchanged).
-
-    Raises:
-        ValueError: `vocabulary_size` smaller than the backbone's.
-
-    Example:
-
-    >>> backbone = keras_hub.models.GPT2Backbone(
-    ...     vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=4,
-    ...     intermediate_dim=8, max_sequence_length=6)
-    >>> grown = grow_token_embedding(backbone, 14)
-    >>> grown.vocabulary_size, tuple(grown.get_layer("token_embedding").embeddings.shape)
-    (14, (14, 4))
-    """
-    old_size = backbone.vocabulary_size
-    if vocabulary_size < old_size:
-        raise ValueError(f"Cannot shrink the vocabulary from {old_size} to {vocabulary_size}.")
-    if vocabulary_size == old_size:
-        return backbone
-    config = backbone.get_config()
-    config["vocabulary_size"] = vocabulary_size
-    grown = type(backbone).from_config(config)
-    for new, old in zip(grown.weights, backbone.weights):
-        value = old.numpy()
-        if tuple(new.shape) != value.shape:
-            target = new.numpy()
-            target[tuple(slice(0, n) for n in value.shape)] = value
-            value = target
-        new.assign(value)
-    return grown
-
-
 @register
 class SFTRun(Run):
     """`kobjectives train sft`: a `CausalLanguageModel` fine-tuned on chat
@@ -459,14 +415,6 @@ class SFTRun(Run):
         return self.finite_validation(dataset, len(examples), batch_size)
 
     # -- model -------------------------------------------------------------------
-
-    def build_backbone(self, sequence_length=None, **overrides):
-        """The base's backbone; an init's token embedding grown by the chat
-        markers its vocabulary lacked (`grow_token_embedding`)."""
-        backbone = super().build_backbone(sequence_length, **overrides)
-        if self.recipe.model.init and backbone.vocabulary_size < self.tokenizer.vocabulary_size():
-            backbone = grow_token_embedding(backbone, self.tokenizer.vocabulary_size())
-        return backbone
 
     def build_objective(self):
         sft = self.recipe.sft

@@ -30,7 +30,8 @@ from kobjectives.runs.dpo import _probe_backbone
 from kobjectives.runs.dpo import implicit_reward_statistics
 from kobjectives.runs.dpo import kto_reward_statistics
 from kobjectives.runs.dpo import win_rate
-from kobjectives.runs.sft import grow_token_embedding
+from kobjectives.backbones import grow_token_embedding
+from tests.harness import assert_lora_trained
 from tests.harness import tiny_run
 
 SFT = {
@@ -444,6 +445,29 @@ def test_sync_reference_steps_runs_tr_dpo(dpo_run, sft_folder, tmp_path):
     assert not (tmp_path / "backup").exists()  # the synced reference's backup went with it
     # The policy did move: its held-out rewards against the starting policy are not 0.
     assert abs(metrics["val_reward_margin"]) > 1e-5
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "online"])
+def test_lora_trains_adapters_from_the_reference_policy(sft_folder, tmp_path, reference):
+    """`model.lora_rank`: the adapters start at zero, so the first step's
+    policy is its reference (sigmoid loss exactly log 2, one step a round);
+    only the query/value adapters and biases train; the preset is the
+    merged policy, a plain backbone a later `--init` loads."""
+    run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),
+                                     "model.lora_rank": 2, "model.dropout": 0.0,
+                                     "preference.reference": reference,
+                                     "training.learning_rate": 0.05, "training.warmup_steps": 0,
+                                     "training.steps": 2, "training.epochs": 2})
+    metrics = run.train()
+    assert metrics["train_loss_first_round"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(metrics["train_loss_last_round"] - math.log(2)) > 1e-6
+    assert_lora_trained(backbones.load_backbone(str(sft_folder)),
+                        backbones.load_backbone(str(tmp_path)), rank=2)
+    with pytest.raises(RecipeError, match=r"sync_reference_steps = 2: TR-DPO .*model.lora_rank "
+                                          r"= 2 the policy's are LoRA adapters"):
+        tiny_run("dpo", tmp_path, {"model.init": str(sft_folder), "model.lora_rank": 2,
+                                   "preference.reference": "online",
+                                   "preference.sync_reference_steps": 2})
 
 
 def test_sync_reference_needs_an_online_reference(tmp_path):

@@ -88,6 +88,35 @@ def test_run_backup_resumes_at_the_epoch_after_the_backup(tmp_path):
     assert int(reference.optimizer.iterations) == 12
 
 
+def _lora_model():
+    model = _model()
+    model(np.zeros((1, 2), "float32"))
+    model.dense.enable_lora(1)
+    return model
+
+
+def test_a_lora_run_resumes_exactly(tmp_path):
+    # Keras checkpoints merge the adapters into the kernel and load zero
+    # adapters; the backup keeps the unmerged kernel and both factors.
+    backup, log = tmp_path / "backup", tmp_path / "history.csv"
+    data = _dataset().take(3)  # every epoch the same batches
+    with pytest.raises(KeyboardInterrupt):
+        _lora_model().fit(data, epochs=3, verbose=0,
+                          callbacks=[RunBackup(str(backup), str(log)), Crash(epoch=2, batch=1)])
+    resumed = _lora_model()
+    resumed.fit(data, epochs=3, verbose=0,
+                callbacks=[RunBackup(str(backup), str(log))])
+    uninterrupted = _lora_model()
+    uninterrupted.fit(data, epochs=3, verbose=0)
+    kernel, a, b = (np.array(v) for v in (uninterrupted.dense._kernel,
+                                          uninterrupted.dense.lora_kernel_a,
+                                          uninterrupted.dense.lora_kernel_b))
+    assert np.abs(b).min() > 0  # the adapters trained
+    np.testing.assert_array_equal(np.array(resumed.dense._kernel), kernel)  # still the start
+    np.testing.assert_allclose(np.array(resumed.dense.lora_kernel_a), a, rtol=1e-6)
+    np.testing.assert_allclose(np.array(resumed.dense.lora_kernel_b), b, rtol=1e-6)
+
+
 def test_log_rows_written_after_the_backup_are_dropped_on_resume(tmp_path):
     backup, log = tmp_path / "backup", tmp_path / "history.csv"
     model = _model()

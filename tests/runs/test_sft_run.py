@@ -6,6 +6,7 @@ errors at recipe and data time."""
 import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,10 @@ from kobjectives.recipe import RecipeError
 from kobjectives.runs import load_recipe
 from kobjectives.runs import run_class
 from kobjectives.runs.sft import completion_scoring_inputs
-from kobjectives.runs.sft import grow_token_embedding
+from kobjectives.backbones import grow_token_embedding
+from kobjectives import backbones
+from kobjectives import compat
+from tests.harness import assert_lora_trained
 from tests.harness import tiny_run
 
 SFT = {
@@ -206,6 +210,30 @@ def test_init_from_a_clm_run_folder_grows_its_vocabulary_by_the_markers(tmp_path
     # ... and it trains on the marker ids.
     history = model.fit(run.make_dataset("train", 8), epochs=1, steps_per_epoch=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_lora_from_a_clm_run_trains_the_adapters_and_the_grown_embedding(tmp_path):
+    """`model.lora_rank`: only the attention query/value adapters (and
+    biases) train, plus the token embedding the chat markers grew; the
+    preset holds a plain backbone with the adapters merged."""
+    clm_dir = tmp_path / "clm"
+    tiny_run("clm", clm_dir, {"model.sequence_length": 48, "training.steps": 1,
+                              "training.saved_model": False, "data.max_documents": 60}).train()
+    lines = []
+    tiny_run("sft", tmp_path / "sft", {
+        **SFT, "model.init": str(clm_dir), "data.max_documents": 60, "model.lora_rank": 2,
+        "training.steps": 2, "training.epochs": 1, "training.saved_model": False,
+        "model.dropout": 0.0}, log=lambda *parts: lines.append(" ".join(map(str, parts)))).train()
+    assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2\)", line)
+               for line in lines)
+    start = backbones.grow_token_embedding(backbones.load_backbone(str(clm_dir)),
+                                           backbones.load_backbone(str(tmp_path / "sft"))
+                                           .vocabulary_size)
+    trained = backbones.load_backbone(str(tmp_path / "sft"))
+    assert not any(getattr(layer, "lora_enabled", False) for layer in compat.flatten_layers(trained))
+    assert_lora_trained(start, trained, rank=2, also_trained=("token_embedding",))
+    embedding = trained.get_layer("token_embedding").embeddings.numpy()
+    assert not np.array_equal(embedding, start.get_layer("token_embedding").embeddings.numpy())
 
 
 def test_grow_token_embedding_copies_every_weight_and_appends_rows():

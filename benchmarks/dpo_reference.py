@@ -48,7 +48,13 @@ Memory, per training process: the peak RSS (`getrusage(RUSAGE_SELF)
 built (imports, data and batches already in memory), and TensorFlow's CPU
 allocator peak above its level at that point
 (`tf.config.experimental.get_memory_info("CPU:0")`); plus the parameters
-held (policy, and reference when online).
+held (policy, and reference when online) and trained.
+
+`--lora-rank N`: the policy trains rank-N LoRA adapters
+(`kobjectives.backbones.enable_lora`: the attention query and value
+projections, the rest frozen), enabled after the reference's copy is made;
+the step then skips the frozen weights' gradients and optimizer updates, so
+the reference's forward pass is a larger share of an online step.
 
 Exactness (in the `precompute` process, after the timed passes): the loss
 of the first training batch, eagerly, from the initial weights, by an
@@ -216,6 +222,7 @@ def train_child(args):
 
     from kobjectives.data import REFERENCE_LOGPS_KEYS
     from kobjectives.data import preference_dataset
+    from kobjectives import backbones
     from kobjectives.objectives import CausalLanguageModel
     from kobjectives.objectives import DirectPreferenceOptimization
 
@@ -238,12 +245,15 @@ def train_child(args):
 
     policy, reference = _backbones(args, tokenizer.vocabulary_size(), with_reference=online)
     weight_checksum = _checksum(policy.get_weights())
+    if args.lora_rank:  # after the reference's copy: only the policy adapts
+        backbones.enable_lora(policy, args.lora_rank)
     model = DirectPreferenceOptimization(CausalLanguageModel(policy), reference=reference,
                                          loss_type="sigmoid", beta=0.1)
     model.compile(optimizer="auto", jit_compile=True)
     parameters = policy.count_params() + (reference.count_params() if online else 0)
     _emit({"mode": args.mode, "parameters": parameters,
            "policy_parameters": policy.count_params(),
+           "trained_parameters": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
            "batch_checksum": batch_checksum, "weight_checksum": weight_checksum})
 
     compile_s = None
@@ -279,7 +289,7 @@ def train_child(args):
 def _child_command(args, mode):
     command = [sys.executable, os.path.abspath(__file__), "--mode", mode]
     for name in ("data", "pairs", "vocabulary_size", "backbone", "length", "batch_size",
-                 "steps", "warmup", "workdir"):
+                 "steps", "warmup", "workdir", "lora_rank"):
         command += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     return command
 
@@ -360,7 +370,8 @@ def parent(args):
         print("WARNING: the two modes started from different weights")
     for mode in MODES:
         f = final[mode]
-        print(f"{mode:>11}: parameters held {ready[mode]['parameters']:,}; first compile "
+        print(f"{mode:>11}: parameters held {ready[mode]['parameters']:,} (trained "
+              f"{ready[mode]['trained_parameters']:,}); first compile "
               f"{f['compile_s']:.1f} s; peak RSS {f['peak_rss_mib']:.0f} MiB (growth "
               f"{f['rss_growth_mib']:.0f} MiB over {f['peak_rss_mib'] - f['rss_growth_mib']:.0f} "
               f"MiB before the models); RSS at the end {f['vmrss_end_mib']:.0f} MiB; TF "
@@ -403,6 +414,9 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="> 0: the policy trains LoRA adapters of this rank "
+                        "(keras-hub's Backbone.enable_lora), its other weights frozen")
     parser.add_argument("--mode", choices=("precompute",) + MODES, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()

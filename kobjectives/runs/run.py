@@ -255,9 +255,12 @@ class Run:
 
     def small_validation(self, count, batch_size):
         """The error of a validation split smaller than one batch, naming the
-        recipe keys that fix it."""
+        recipe keys that fix it (`count` examples: more than a batch when
+        packing put them into fewer rows)."""
         fraction = getattr(self.recipe.data, "validation_fraction", None)
         share = "" if fraction is None else f", data.validation_fraction = {fraction}"
+        if count >= batch_size:  # enough examples, packed into fewer rows
+            share += f", packed into fewer than {batch_size} rows"
         return ValueError(
             f"The validation split ({count} examples{share}) is smaller than one batch of "
             f"training.batch_size = {batch_size} (per replica). Raise "

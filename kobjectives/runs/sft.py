@@ -410,8 +410,14 @@ class SFTRun(Run):
             return sft_dataset(examples, shuffle=True, seed=self.recipe.training.seed,
                                repeat=True, **options)
         self.check_validation_size(len(examples), batch_size)
-        dataset = sft_dataset(examples, shuffle=False, cache=True, **options).take(
-            self.recipe.training.validation_batches)
+        try:
+            dataset = sft_dataset(examples, shuffle=False, cache=True, **options)
+        except ValueError as error:
+            if "leaves no batch" not in str(error):
+                raise
+            # Enough examples, packed into fewer windows than one batch.
+            raise self.small_validation(len(examples), batch_size) from error
+        dataset = dataset.take(self.recipe.training.validation_batches)
         return self.finite_validation(dataset, len(examples), batch_size)
 
     # -- model -------------------------------------------------------------------

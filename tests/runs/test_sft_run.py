@@ -333,6 +333,27 @@ def test_hh_rlhf_reads_only_the_train_subsets_of_the_shared_data(shared_data, tm
         run.validation_examples) == 60
 
 
+def test_a_validation_split_packed_into_less_than_a_batch_says_so(tmp_path):
+    """Enough validation examples for a batch, packed into fewer rows: the
+    error says they were packed (not that the examples were too few)."""
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say {i}", "completion": f"{i}"}) + "\n"
+                            for i in range(80)))
+    run = tiny_run("sft", tmp_path / "run", {"data.files": [str(path)],
+                                             "data.validation_fraction": 0.3})
+    run.prepare()
+    count = len(run.examples("validation"))
+    assert count >= 8
+    with pytest.raises(ValueError, match=rf"validation split \({count} examples, "
+                                         r"data\.validation_fraction = 0\.3, packed into fewer "
+                                         rf"than {count} rows\) is smaller than one batch"):
+        run.make_dataset("validation", count)
+    with pytest.raises(ValueError, match=rf"\({count} examples, data\.validation_fraction = "
+                                         rf"0\.3\) is smaller than one batch of "
+                                         rf"training\.batch_size = {count + 1}"):
+        run.make_dataset("validation", count + 1)
+
+
 def test_data_files_are_json_lines_examples_in_both_sft_formats(tmp_path):
     path = tmp_path / "mine.jsonl"
     rows = [{"prompt": "Say hi", "completion": "hi"},

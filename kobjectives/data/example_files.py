@@ -342,16 +342,15 @@ def read_unpaired_rows(files, limit=None):
 
     Raises:
         ValueError: a malformed line, or a pair among the rows (named by
-            file and line).
+            file and line, as `read_preference_examples` names them), or
+            files of pairs.
     """
-    rows = []
-    for row, where in read_jsonl(files, limit):
-        if preference_row_format(row, where) == "pairs":
-            raise ValueError(
-                f"{where} is a pair {PREFERENCE_FORMAT}, not an unpaired row "
-                f"{UNPAIRED_FORMAT}. Write each of its answers as a row (chosen: label true, "
-                "rejected: label false), or read pairs with read_preference_pairs.")
-        rows.append(unpaired_row(row, where))
+    kind, rows = read_preference_examples(files, limit)
+    if kind == "pairs":
+        raise ValueError(
+            f"{files} holds pairs {PREFERENCE_FORMAT}, not unpaired rows {UNPAIRED_FORMAT}. "
+            "Write each pair's answers as rows (chosen: label true, rejected: label false), "
+            "or read pairs with read_preference_pairs.")
     return rows
 
 

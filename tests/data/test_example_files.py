@@ -144,12 +144,20 @@ def test_unpaired_rows_take_string_or_turn_prompts_and_completions(tmp_path):
     ({"prompt": "p", "text": "a"}, r"rows\.jsonl:2 has the keys \['prompt', 'text'\]: a "
                                    r"preference example is a pair .* or an unpaired row"),
     ({"prompt": "p", "chosen": "a", "rejected": "b"},
-     r"rows\.jsonl:2 is a pair .*, not an unpaired row .*chosen: label true"),
+     r"rows\.jsonl:2 is a pair .*, but .*rows\.jsonl:1 is an unpaired row .*chosen: "
+     r"label true"),
 ])
 def test_a_malformed_unpaired_row_is_named_by_file_and_line(tmp_path, row, message):
     path = _write(tmp_path / "rows.jsonl", {"prompt": "p", "completion": "c", "label": True},
                   row)
     with pytest.raises((ValueError, TypeError), match=message):
+        read_unpaired_rows(path)
+
+
+def test_unpaired_rows_refuses_files_of_pairs(tmp_path):
+    path = _write(tmp_path / "pairs.jsonl", {"prompt": "p", "chosen": "a", "rejected": "b"})
+    with pytest.raises(ValueError, match=r"pairs\.jsonl holds pairs .*, not unpaired rows .*"
+                                         r"chosen: label true.*read_preference_pairs"):
         read_unpaired_rows(path)
 
 

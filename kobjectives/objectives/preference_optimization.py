@@ -838,13 +838,19 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
             (SimPO), 1 (CPO, ORPO).
         chunk_size: None (full logits) or an int, as
             `DirectPreferenceOptimization`.
+        alpha: float, AlphaPO's reward shape (TRL's `CPOConfig.alpha`):
+            methods `"simpo"` and `"cpo"` (any `cpo_loss_type`) take the
+            rewards `(1 - p^-alpha) / alpha` instead of log-probabilities;
+            0 (default) is off, and ORPO refuses another value. TRL's
+            `loss_type="alphapo"` is `method="simpo"` with `alpha`.
         **kwargs: `keras.Model` arguments.
 
     Inputs and outputs: as `DirectPreferenceOptimization` (no reference
         keys).
 
     Reference:
-        Meng et al., 2024, "SimPO", https://arxiv.org/abs/2405.14734; Xu
+        Meng et al., 2024, "SimPO", https://arxiv.org/abs/2405.14734; Gupta
+        et al., 2025, "AlphaPO", https://arxiv.org/abs/2501.03884; Xu
         et al., 2024, "Contrastive Preference Optimization",
         https://arxiv.org/abs/2401.08417; Hong et al., 2024, "ORPO",
         https://arxiv.org/abs/2403.07691; TRL's `CPOTrainer`,
@@ -875,7 +881,7 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
         return (_TERM[self._method], "nll")
 
     def __init__(self, policy, method="simpo", beta=None, gamma=None, label_smoothing=0.0,
-                 cpo_loss_type=None, nll_weight=None, chunk_size=None, **kwargs):
+                 cpo_loss_type=None, nll_weight=None, chunk_size=None, alpha=0.0, **kwargs):
         if not isinstance(method, str) or method not in REFERENCE_FREE_METHODS:
             raise ValueError(
                 f"Unknown `method` {method!r}. Valid choices: "
@@ -914,12 +920,19 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
                 "ORPO's odds-ratio loss does not use `label_smoothing`. Set "
                 f"label_smoothing=0. Received: {label_smoothing!r}"
             )
+        if method == "orpo" and alpha != 0.0:
+            raise ValueError(
+                "ORPO's odds-ratio loss does not use `alpha` (AlphaPO's rewards are SimPO's and "
+                f"CPO's). Set alpha=0. Received: {alpha!r}"
+            )
         one = [-1.0]
         if method == "simpo":
-            simpo_loss(one, [-2.0], beta=beta, gamma=gamma, label_smoothing=label_smoothing)
+            simpo_loss(one, [-2.0], beta=beta, gamma=gamma, label_smoothing=label_smoothing,
+                       alpha=alpha)
         elif method == "cpo":
             cpo_loss(one, [-2.0], beta=beta, loss_type=cpo_loss_type,
-                     label_smoothing=label_smoothing, simpo_gamma=0.5 if gamma is None else gamma)
+                     label_smoothing=label_smoothing, simpo_gamma=0.5 if gamma is None else gamma,
+                     alpha=alpha)
         object.__setattr__(self, "_method", method)
         super().__init__(policy, chunk_size=chunk_size,
                          loss_weights={_TERM[method]: 1.0, "nll": nll_weight}, **kwargs)
@@ -928,6 +941,7 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
         self.gamma = gamma
         self.label_smoothing = float(label_smoothing)
         self.cpo_loss_type = cpo_loss_type
+        self.alpha = float(alpha)
         self._create_reward_metrics()
         self.log_odds_ratio = (keras.metrics.Mean(name="log_odds_ratio")
                                if method == "orpo" else None)
@@ -947,14 +961,14 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
         if self.method == "simpo":
             losses, chosen_rewards, rejected_rewards = simpo_loss(
                 average_c, average_r, beta=self.beta, gamma=self.gamma,
-                label_smoothing=self.label_smoothing)
+                label_smoothing=self.label_smoothing, alpha=self.alpha)
         elif self.method == "cpo":
             averaged = self.cpo_loss_type in ("ipo", "simpo")
             c, r = (average_c, average_r) if averaged else (pc, pr)
             losses, chosen_rewards, rejected_rewards = cpo_loss(
                 c, r, beta=self.beta, loss_type=self.cpo_loss_type,
                 label_smoothing=self.label_smoothing,
-                simpo_gamma=0.5 if self.gamma is None else self.gamma)
+                simpo_gamma=0.5 if self.gamma is None else self.gamma, alpha=self.alpha)
         else:
             losses, log_odds = odds_ratio_loss(average_c, average_r, beta=self.beta)
             chosen_rewards, rejected_rewards = self.beta * average_c, self.beta * average_r
@@ -972,6 +986,7 @@ class ReferenceFreePreferenceOptimization(_PolicyObjective):
             "label_smoothing": self.label_smoothing,
             "cpo_loss_type": self.cpo_loss_type,
             "nll_weight": weights["nll"],
+            "alpha": self.alpha,
         })
         return config
 

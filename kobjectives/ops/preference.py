@@ -47,8 +47,8 @@ rejected completion, `rc, rr` the reference's; the log-ratios
 f-divergence (below) the scores `sc = f(lc)`, `sr = f(lr)` replace the
 log-ratios where marked; `d = sc - sr`, `x = beta * d`.
 
-`dpo_loss` loss types, the formulas of TRL's `DPOTrainer` (the newest
-version readable here is TRL 1.13; see "TRL version" below):
+`dpo_loss` loss types, the formulas of TRL's `DPOTrainer` (transcribed from
+TRL 1.13, checked unchanged through 1.16; see "TRL version" below):
 
 - `sigmoid`: `-log_sig(x)`. DPO, Rafailov et al. 2023,
   https://arxiv.org/abs/2305.18290.
@@ -122,14 +122,19 @@ Rewards. Every DPO type reports TRL's implicit rewards `beta * lc` and
 `beta * lr` (the plain log-ratios even under an f-divergence), without
 gradient.
 
-TRL version. The formulas were transcribed from the newest TRL source that
-could be read while writing this module: `DPOTrainer` and `KTOTrainer` of
-TRL 1.13 (whose 15 DPO types are the list above), and the `CPOTrainer`,
-ORPO `odds_ratio_loss` and `RewardTrainer` of late 0.x releases; TRL 1.14 to
-1.16 could not be read, so any change they made is not reflected here. TRL
-1.x's `ld_alpha` (LD-DPO) is `ld_token_weights` (above), transcribed from
-the `ld_alpha` branch of TRL 1.x's `DPOTrainer`; its `use_weighting` (WPO)
-is `wpo_weights` (above), transcribed from its `use_weighting` branch.
+TRL version. The formulas were transcribed from `DPOTrainer` and
+`KTOTrainer` of TRL 1.13 (whose 15 DPO types are the list above) and the
+`CPOTrainer`, ORPO `odds_ratio_loss` and `RewardTrainer` of late 0.x
+releases, then checked against the sources of TRL 1.14.0, 1.14.2, 1.15.0 and
+1.16.0 (the newest on PyPI on 2026-12-07): their DPO, KTO, CPO and ORPO
+loss code, loss types, defaults and rewards are 1.13's. What changed is how
+the log-probabilities are computed (1.15: a chunked LM head; `sft` written
+as the mean of the chosen tokens' log-probabilities, the same value) and the
+data preparation (1.14.2: the completion starts after the common prefix of
+the tokenized prompt and prompt + completion). TRL 1.x's `ld_alpha`
+(LD-DPO) is `ld_token_weights` (above), transcribed from the `ld_alpha`
+branch of its `DPOTrainer`; its `use_weighting` (WPO) is `wpo_weights`
+(above), transcribed from its `use_weighting` branch.
 
 The other objectives:
 
@@ -141,6 +146,15 @@ The other objectives:
   (c - r)) - eps log_sig(-beta (c - r))`, `hinge`, `ipo` (on averaged
   log-probabilities, as TRL), `simpo`. CPO, Xu et al. 2024,
   https://arxiv.org/abs/2401.08417 (its NLL term is the caller's).
+- AlphaPO (`alpha` of `simpo_loss` and `cpo_loss`, TRL's `CPOConfig.alpha`;
+  `loss_type="alphapo"` there is SimPO with `alpha` and no NLL term): the
+  log-probabilities `c`, `r` above are replaced by the rewards `(1 -
+  p^-alpha) / alpha = -expm1(-alpha logp) / alpha` (`p = exp(logp)`; alpha
+  0: `logp`). Where `alpha logp < -80` (a long completion's summed
+  log-probability with alpha > 0), `p^-alpha` would overflow float32 (TRL's
+  loss is inf or NaN there): the exponent is clamped at 80, so the reward
+  saturates and that completion gets no gradient. Gupta et al. 2025,
+  https://arxiv.org/abs/2501.03884.
 - `odds_ratio_loss`: ORPO's `-beta log_sig(log_odds)`, `log_odds = (c - r) -
   (log(1 - exp(c)) - log(1 - exp(r)))` on averaged log-probabilities. ORPO,
   Hong et al. 2024, https://arxiv.org/abs/2403.07691.
@@ -927,6 +941,28 @@ def _pair(chosen, rejected):
     return chosen, rejected
 
 
+# `p^-alpha = exp(-alpha logp)` stays finite in float32 up to this exponent.
+ALPHAPO_MAX_EXPONENT = 80.0
+
+
+def _check_alpha(alpha):
+    if not _is_number(alpha) or not math.isfinite(alpha):
+        raise ValueError(
+            "`alpha` (AlphaPO's reward shape) must be a finite number (0: the log-probability "
+            f"rewards). Received: alpha={alpha!r}")
+    return float(alpha)
+
+
+def _alphapo_rewards(logps, alpha):
+    """AlphaPO's rewards `(1 - p^-alpha) / alpha` of log-probabilities
+    `logps` (`logps` itself for alpha 0), the exponent clamped at
+    `ALPHAPO_MAX_EXPONENT`."""
+    if alpha == 0.0:
+        return logps
+    exponent = tf.minimum(-alpha * logps, ALPHAPO_MAX_EXPONENT)
+    return -tf.math.expm1(exponent) / alpha
+
+
 def _smoothed_sigmoid(x, label_smoothing):
     losses = tf.math.softplus(-x)
     if label_smoothing:
@@ -934,7 +970,8 @@ def _smoothed_sigmoid(x, label_smoothing):
     return losses
 
 
-def simpo_loss(chosen_logps, rejected_logps, beta=2.0, gamma=0.5, label_smoothing=0.0):
+def simpo_loss(chosen_logps, rejected_logps, beta=2.0, gamma=0.5, label_smoothing=0.0,
+               alpha=0.0):
     """SimPO: `-log_sig(beta (c - r) - gamma)` on length-averaged log-probs.
 
     `gamma` is the target reward margin in reward units (SimPO's gamma), the
@@ -943,7 +980,10 @@ def simpo_loss(chosen_logps, rejected_logps, beta=2.0, gamma=0.5, label_smoothin
     authors' own code takes `gamma_beta_ratio = gamma / beta` instead (their
     0.5 with beta 2.0 is gamma = 1.0 here). With label smoothing (cDPO
     style), `-(1 - eps) log_sig(z) - eps log_sig(-z)`. Meng et al. 2024,
-    https://arxiv.org/abs/2405.14734.
+    https://arxiv.org/abs/2405.14734. With `alpha`, AlphaPO (Gupta et al.
+    2025, https://arxiv.org/abs/2501.03884; TRL's `CPOConfig(loss_type=
+    "alphapo", alpha=...)`): `c`, `r` become `(1 - p^-alpha) / alpha`, `p`
+    the exponentiated average log-probability (see the module docstring).
 
     Args:
         chosen_logps, rejected_logps: float tensors `[batch]`, the policy's
@@ -952,10 +992,12 @@ def simpo_loss(chosen_logps, rejected_logps, beta=2.0, gamma=0.5, label_smoothin
         beta: positive float.
         gamma: float, the target margin.
         label_smoothing: float in `[0, 0.5]`.
+        alpha: float, AlphaPO's reward shape; 0 (default) is SimPO.
 
     Returns:
         `(losses, chosen_rewards, rejected_rewards)`, float32 `[batch]`;
-        the rewards are `beta * logps` (TRL's), without gradient.
+        the rewards are `beta * logps` (TRL's; with `alpha`, `beta` times
+        AlphaPO's rewards), without gradient.
 
     Example:
 
@@ -968,14 +1010,16 @@ def simpo_loss(chosen_logps, rejected_logps, beta=2.0, gamma=0.5, label_smoothin
     known = known_values(gamma)
     if known is not None and not (np.ndim(known) == 0 and np.isfinite(np.asarray(known, float))):
         raise ValueError(f"`gamma` must be a finite number. Received: gamma={gamma!r}")
+    alpha = _check_alpha(alpha)
     chosen, rejected = _pair(chosen_logps, rejected_logps)
+    chosen, rejected = _alphapo_rewards(chosen, alpha), _alphapo_rewards(rejected, alpha)
     x = beta * (chosen - rejected) - tf.cast(gamma, tf.float32)
     losses = _smoothed_sigmoid(x, label_smoothing)
     return losses, tf.stop_gradient(beta * chosen), tf.stop_gradient(beta * rejected)
 
 
 def cpo_loss(chosen_logps, rejected_logps, beta=0.1, loss_type="sigmoid", label_smoothing=0.0,
-             *, simpo_gamma=0.5):
+             *, simpo_gamma=0.5, alpha=0.0):
     """CPO's preference loss: DPO on the policy's log-ratio, no reference.
 
     TRL's `CPOTrainer.cpo_loss` with `z = c - r`: `sigmoid` `-(1 - eps)
@@ -985,7 +1029,9 @@ def cpo_loss(chosen_logps, rejected_logps, beta=0.1, loss_type="sigmoid", label_
     `hinge` and length-averaged ones to `ipo` and `simpo`; do the same.
     Label smoothing is used by `sigmoid` and `simpo` only (TRL ignores it,
     with a warning, for `hinge` and `ipo`: a `ValueError` here). CPO's
-    behaviour-cloning NLL term (`cpo_alpha`) is the caller's. Xu et al.
+    behaviour-cloning NLL term (`cpo_alpha`) is the caller's. With `alpha`
+    (TRL's `CPOConfig.alpha`, every type), AlphaPO's rewards `(1 - p^-alpha)
+    / alpha` replace the log-probabilities (see `simpo_loss`). Xu et al.
     2024, https://arxiv.org/abs/2401.08417.
 
     Args:
@@ -994,10 +1040,12 @@ def cpo_loss(chosen_logps, rejected_logps, beta=0.1, loss_type="sigmoid", label_
         loss_type: one of `CPO_LOSS_TYPES`.
         label_smoothing: float in `[0, 0.5]`.
         simpo_gamma: float, the margin of `simpo`.
+        alpha: float, AlphaPO's reward shape; 0 (default) is off.
 
     Returns:
         `(losses, chosen_rewards, rejected_rewards)`, float32 `[batch]`;
-        rewards `beta * logps` without gradient.
+        rewards `beta * logps` (with `alpha`, `beta` times AlphaPO's
+        rewards) without gradient.
 
     Example:
 
@@ -1009,14 +1057,16 @@ def cpo_loss(chosen_logps, rejected_logps, beta=0.1, loss_type="sigmoid", label_
     label_smoothing = _check_label_smoothing(label_smoothing)
     if loss_type == "simpo":
         return simpo_loss(chosen_logps, rejected_logps, beta=beta, gamma=simpo_gamma,
-                          label_smoothing=label_smoothing)
+                          label_smoothing=label_smoothing, alpha=alpha)
     if label_smoothing > 0.0 and loss_type in ("hinge", "ipo"):
         raise ValueError(
             f"CPO loss type {loss_type!r} does not use `label_smoothing` (only 'sigmoid' and "
             f"'simpo' do). Set label_smoothing=0. Received: {label_smoothing}"
         )
     beta = _check_positive("beta", beta)
+    alpha = _check_alpha(alpha)
     chosen, rejected = _pair(chosen_logps, rejected_logps)
+    chosen, rejected = _alphapo_rewards(chosen, alpha), _alphapo_rewards(rejected, alpha)
     z = chosen - rejected
     if loss_type == "sigmoid":
         losses = _smoothed_sigmoid(beta * z, label_smoothing)

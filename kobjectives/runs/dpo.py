@@ -106,6 +106,10 @@ class PreferenceConfig(Section):
     label_smoothing: float = option(
         0.0, "label smoothing, for the types that use it (exo_pair, robust, aot, simpo, cpo)",
         within="[0, 0.5]")
+    alpha: float = option(
+        0.0, "methods 'simpo', 'cpo': AlphaPO (TRL's CPOConfig.alpha; loss_type 'alphapo' is "
+        "simpo with it): the rewards (1 - p^-alpha) / alpha replace the log-probabilities; "
+        "0: off")
     use_weighting: bool = option(
         False, "method 'dpo': WPO weighting (TRL's DPOConfig.use_weighting): each pair's loss "
         "times the policy's w_chosen * w_rejected, w = exp(mean over the completion of "
@@ -167,6 +171,10 @@ class PreferenceConfig(Section):
         if self.gamma and self.method != "simpo":
             yield (f"gamma = {self.gamma!r}: the target reward margin is SimPO's; leave it 0 "
                    f"with method {self.method!r}, or set preference.method = 'simpo'")
+        if self.alpha and self.method not in ("simpo", "cpo"):
+            yield (f"alpha = {self.alpha!r}: AlphaPO reshapes SimPO's and CPO's rewards (TRL's "
+                   f"CPOConfig.alpha); leave it 0 with method {self.method!r}, or set "
+                   "preference.method = 'simpo' or 'cpo'")
         if self.use_weighting and self.method != "dpo":
             yield ("use_weighting = true: WPO weighting is the DPO family's (TRL's "
                    f"DPOConfig.use_weighting); leave it false with method {self.method!r}, or "
@@ -600,6 +608,8 @@ class DPORun(PreferencePairsRun):
             options["gamma"] = config.gamma
         if config.label_smoothing:
             options["label_smoothing"] = config.label_smoothing
+        if config.alpha:
+            options["alpha"] = config.alpha
         return ReferenceFreePreferenceOptimization(policy, method=config.method, **options)
 
     def _starting_backbone(self):
@@ -680,6 +690,7 @@ class DPORun(PreferencePairsRun):
                 "rpo_alpha": config.rpo_alpha}
                if config.method == "dpo" else {}),
             "beta": beta,
+            **({"alpha": config.alpha} if config.alpha else {}),
             **({"desirable_weight": config.desirable_weight,
                 "undesirable_weight": config.undesirable_weight,
                 "kto_rows": {s: len(r) for s, r in self.kto_rows.items()},

@@ -204,6 +204,13 @@ def test_simpo_cpo_and_orpo_equal_their_ops_on_hand_computed_log_probs():
     np.testing.assert_allclose(float(ipo.compute_loss(x, y_pred=ipo(x))),
                                np.mean(cpo_loss(ac, ar, beta=0.1, loss_type="ipo")[0]) + nll,
                                rtol=1e-5)  # averaged log-probs, as TRL
+    # AlphaPO (TRL's loss_type="alphapo": SimPO with alpha, no NLL term).
+    alphapo = ReferenceFreePreferenceOptimization(policy, method="simpo", alpha=0.25)
+    expected, chosen, _ = simpo_loss(ac, ar, beta=2.0, gamma=0.5, alpha=0.25)
+    np.testing.assert_allclose(float(alphapo.compute_loss(x, y_pred=alphapo(x))),
+                               np.mean(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(alphapo.chosen_reward.result()), np.mean(chosen), rtol=1e-5)
+    assert abs(float(np.mean(expected)) - float(simpo.compute_loss(x, y_pred=simpo(x)))) > 1e-4
 
 
 def test_reference_equal_to_policy_gives_log_2_and_rewards_0():
@@ -596,12 +603,17 @@ def test_reference_free_errors_and_config():
         ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="robust")
     with pytest.raises(ValueError, match="nll_weight"):
         ReferenceFreePreferenceOptimization(policy, loss_weights={"nll": 1.0})
+    with pytest.raises(ValueError, match=r"ORPO's odds-ratio loss does not use `alpha`"):
+        ReferenceFreePreferenceOptimization(policy, method="orpo", alpha=0.5)
+    with pytest.raises(ValueError, match=r"`alpha` \(AlphaPO's reward shape\)"):
+        ReferenceFreePreferenceOptimization(policy, method="simpo", alpha=float("nan"))
     model = ReferenceFreePreferenceOptimization(policy, method="cpo", cpo_loss_type="simpo",
-                                                gamma=0.7, nll_weight=0.2)
+                                                gamma=0.7, nll_weight=0.2, alpha=-0.5)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert type(clone) is ReferenceFreePreferenceOptimization
     assert clone.get_config() == model.get_config()
     assert clone.loss_weights == {"cpo": 1.0, "nll": 0.2} and clone.gamma == 0.7
+    assert clone.alpha == -0.5
 
 
 ORPO_CASE = ObjectiveCase(

@@ -571,6 +571,50 @@ def _check_cpo(loss_type, ls):
     assert losses.shape == (4,)
 
 
+def _alphapo_reward(logps, alpha):
+    """TRL's `(1 - p.pow(-alpha)) / alpha` with `p = exp(logps)`, in float64."""
+    return (1 - np.exp(np.asarray(logps, np.float64)) ** -alpha) / alpha
+
+
+@pytest.mark.parametrize("alpha", [0.25, -0.5])
+def test_alphapo_matches_trl(alpha):
+    c, r = np.array([-0.8, -1.5, -3.0, -0.01]), np.array([-1.2, -1.0, -0.5, -4.0])
+    beta, gamma = 2.0, 0.5
+    losses, chosen, rejected = ops.simpo_loss(c, r, beta=beta, gamma=gamma, alpha=alpha)
+    rc, rr = _alphapo_reward(c, alpha), _alphapo_reward(r, alpha)
+    logits = (rc - rr) - gamma / beta
+    np.testing.assert_allclose(losses.numpy(), -_logsig(beta * logits), rtol=1e-5)
+    np.testing.assert_allclose(chosen.numpy(), beta * rc, rtol=1e-5)
+    np.testing.assert_allclose(rejected.numpy(), beta * rr, rtol=1e-5)
+    # CPO's types take the same rewards (TRL's `alpha` works with every type).
+    losses, _, _ = ops.cpo_loss(c, r, beta=0.1, loss_type="ipo", alpha=alpha)
+    np.testing.assert_allclose(losses.numpy(), (rc - rr - 1 / (2 * 0.1)) ** 2, rtol=1e-5)
+    losses, chosen, _ = ops.cpo_loss(c, r, beta=0.1, loss_type="sigmoid", alpha=alpha)
+    np.testing.assert_allclose(losses.numpy(), -_logsig(0.1 * (rc - rr)), rtol=1e-5)
+    np.testing.assert_allclose(chosen.numpy(), 0.1 * rc, rtol=1e-5)
+    # alpha 0 is SimPO itself.
+    np.testing.assert_array_equal(ops.simpo_loss(c, r, alpha=0.0)[0].numpy(),
+                                  ops.simpo_loss(c, r)[0].numpy())
+
+
+def test_alphapo_saturates_instead_of_overflowing():
+    # A summed log-probability of -800 with alpha 0.25: p^-alpha = e^200 overflows
+    # float32 (TRL's loss is inf or NaN). The exponent is clamped at 80: finite
+    # loss, and no gradient through the saturated completion.
+    c = tf.Variable([-800.0, -1.0])
+    r = tf.Variable([-900.0, -2.0])
+    with tf.GradientTape() as tape:
+        losses, chosen, rejected = ops.cpo_loss(c, r, beta=0.1, alpha=0.25)
+        total = tf.reduce_sum(losses)
+    grad_c, grad_r = tape.gradient(total, [c, r])
+    assert np.all(np.isfinite(losses.numpy())) and np.all(np.isfinite(chosen.numpy()))
+    saturated = -np.expm1(80.0) / 0.25
+    np.testing.assert_allclose(chosen.numpy()[0], 0.1 * saturated, rtol=1e-6)
+    np.testing.assert_allclose(losses.numpy()[0], np.log(2.0), rtol=1e-6)  # both saturated
+    assert grad_c.numpy()[0] == 0.0 and grad_r.numpy()[0] == 0.0
+    assert grad_c.numpy()[1] < 0.0 < grad_r.numpy()[1]  # the other pair still learns
+
+
 def test_cpo_and_simpo_errors():
     with pytest.raises(ValueError, match="Unknown `loss_type` 'robust'.*'simpo'"):
         ops.cpo_loss(AVG_C, AVG_R, loss_type="robust")
@@ -583,6 +627,10 @@ def test_cpo_and_simpo_errors():
         ops.simpo_loss(AVG_C, AVG_R[:2])
     with pytest.raises(ValueError, match="gamma"):
         ops.simpo_loss(AVG_C, AVG_R, gamma=float("nan"))
+    for alpha in (float("inf"), "0.5", True):
+        with pytest.raises(ValueError, match=r"`alpha` \(AlphaPO's reward shape\) must be a "
+                                             r"finite number"):
+            ops.cpo_loss(AVG_C, AVG_R, alpha=alpha)
 
 
 def test_odds_ratio_matches_trl_and_is_accurate_near_zero():

@@ -273,6 +273,17 @@ def test_use_weighting_is_the_dpo_familys_and_reaches_the_objective(tmp_path):
         assert objective.use_weighting is value
 
 
+def test_alpha_is_simpos_and_cpos_and_reaches_the_objective(tmp_path):
+    for method in ("dpo", "orpo", "kto"):  # AlphaPO reshapes SimPO's and CPO's rewards
+        with pytest.raises(RecipeError, match=rf"preference\.alpha = 0\.25: AlphaPO .*'{method}'"):
+            tiny_run("dpo", tmp_path, {"preference.method": method, "preference.alpha": 0.25})
+    for method in ("simpo", "cpo"):
+        run = tiny_run("dpo", tmp_path, {"preference.method": method, "preference.alpha": -0.5})
+        assert run._objective(_probe_backbone(), None).alpha == -0.5
+    assert tiny_run("dpo", tmp_path, {"preference.method": "simpo"})._objective(
+        _probe_backbone(), None).alpha == 0.0
+
+
 def test_kto_trains_the_pairs_unpaired_and_reports_the_dpo_figures(sft_folder, tmp_path):
     # Two steps, two rounds: the first round's loss is step 0's alone.
     run = tiny_run("dpo", tmp_path, {**DPO, "model.init": str(sft_folder),

@@ -101,10 +101,8 @@ class CPCRun(Run):
             exclude_same_token=cpc.exclude_same_token,
         )
 
-    def describe(self, model):
-        return (f"ContrastivePredictiveCoding (K={self.recipe.cpc.max_offset}) over "
-                f"{self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+    def objective_label(self, model):
+        return f"ContrastivePredictiveCoding (K={self.recipe.cpc.max_offset})"
 
     def evaluate(self, fitted):
         held_out = cpc_statistics(

@@ -328,10 +328,8 @@ class DenoisingRun(Run):
             backbone, decoder_start_token_id=self.token_id(self.decoder_start),
             padding_token_id=self.token_id("pad"), logit_scale=logit_scale)
 
-    def describe(self, model):
-        return (f"DenoisingSeq2Seq ({self.name}) over "
-                f"{self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+    def objective_label(self, model):
+        return f"DenoisingSeq2Seq ({self.name})"
 
     # -- evaluation ------------------------------------------------------------
 

@@ -372,14 +372,19 @@ class Run:
         model.compile(optimizer=self.optimizer(), jit_compile=self.jit_compile())
         return model
 
+    def objective_label(self, model):
+        """How `describe` names the objective: its class name."""
+        return type(model).__name__
+
     def describe(self, model):
-        """One line naming the objective and its size, for the log."""
+        """One line naming the objective (`objective_label`) and its size
+        (with LoRA, the trained share), for the log."""
         lora = self.recipe.model.lora_rank
         trained = ""
         if lora:
             count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
             trained = f", {count:,} trained: LoRA rank {lora}"
-        return (f"{type(model).__name__} over "
+        return (f"{self.objective_label(model)} over "
                 f"{self.recipe.model.init or self.recipe.model.backbone} "
                 f"({model.count_params():,} parameters{trained})")
 

@@ -168,10 +168,8 @@ class SentencePairRun(MaskedLMRun):
             self.build_backbone(), task=pairs.task, mlm_weight=pairs.mlm_weight,
             pair_weight=pairs.pair_weight)
 
-    def describe(self, model):
-        return (f"SentencePairPretrainer ({self.recipe.pairs.task.upper()}) over "
-                f"{self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+    def objective_label(self, model):
+        return f"SentencePairPretrainer ({self.recipe.pairs.task.upper()})"
 
     def evaluate(self, fitted):
         unigram_id = baselines.most_frequent_token(

@@ -316,10 +316,8 @@ class Seq2SeqSFTRun(Run):
             backbone, decoder_start_token_id=self.token_id(start),
             padding_token_id=self.token_id("pad"), logit_scale=logit_scale)
 
-    def describe(self, model):
-        return (f"DenoisingSeq2Seq (seq2seq SFT) over "
-                f"{self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+    def objective_label(self, model):
+        return "DenoisingSeq2Seq (seq2seq SFT)"
 
     # -- evaluation ----------------------------------------------------------------
 

@@ -364,12 +364,10 @@ class SimCSERun(Run):
             freeze_token_embedding=config.freeze_token_embedding,
         )
 
-    def describe(self, model):
+    def objective_label(self, model):
         config = self.recipe.contrastive
         views = "NLI" if self.supervised else config.augmentation
-        return (f"ContrastiveEncoder ({config.mode}, {views} views, {config.pooling} pooling) "
-                f"over {self.recipe.model.init or self.recipe.model.backbone} "
-                f"({model.count_params():,} parameters)")
+        return f"ContrastiveEncoder ({config.mode}, {views} views, {config.pooling} pooling)"
 
     def fit(self, model, train, validation, callbacks):
         """Scores the untrained backbone, trains and scores the masked-LM

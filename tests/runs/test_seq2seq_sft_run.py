@@ -7,6 +7,7 @@ from a t5 run folder; HH-RLHF pairs; the errors at recipe and check time."""
 import gzip
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -228,6 +229,26 @@ def test_init_from_a_t5_run_folder_reuses_its_tokenizer_weights_and_logit_scale(
         tiny_run("seq2seq_sft", tmp_path / "x", {"model.init": str(tmp_path / "t5_auto")})
     tiny_run("seq2seq_sft", tmp_path / "y", {"model.init": str(tmp_path / "t5_auto"),
                                              "model.reinitialize_t5_embedding": False})
+
+
+def test_lora_on_a_t5_init_names_t5s_projections(tmp_path):
+    _fake_t5_run_folder(tmp_path / "t5", reinitialize=True)
+    recipe = {**S2S, "model.init": str(tmp_path / "t5"), "data.max_documents": 40,
+              "model.lora_rank": 2}
+    run = tiny_run("seq2seq_sft", tmp_path / "sft", recipe)
+    run.prepare()
+    with pytest.raises(ValueError, match=r"No layer of T5Backbone is named .*model\.lora_layers"
+                                         r".*'query_projector'.*'value_projector'"):
+        run.build_objective()  # keras-hub's default names are other backbones'
+    run = tiny_run("seq2seq_sft", tmp_path / "sft", {
+        **recipe, "model.lora_layers": ["query_projector", "value_projector"]})
+    run.prepare()
+    model = run.build_objective()
+    assert {(w.path.split("/")[-2], w.path.split("/")[-1]) for w in model.trainable_weights} == {
+        (layer, factor) for layer in ("query_projector", "value_projector")
+        for factor in ("lora_kernel_a", "lora_kernel_b")}
+    assert re.search(r"^DenoisingSeq2Seq \(seq2seq SFT\) over .*t5 \([\d,]+ parameters, "
+                     r"[\d,]+ trained: LoRA rank 2\)$", run.describe(model))
 
 
 def test_a_bart_init_refuses_a_target_longer_than_its_positions(tmp_path):

@@ -1154,7 +1154,7 @@ class KahnemanTverskyOptimization(_PolicyObjective):
 
 
 def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=None,
-                                   ld_alpha=None):
+                                   ld_alpha=None, kl_rows=None):
     """The reference's log-probabilities of every example, in one pass.
 
     Runs the reference policy over `dataset` and returns its summed
@@ -1186,6 +1186,11 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
         ld_alpha: None (the objective's; for a bare reference model, off)
             or a float in `[0, 1]`, LD-DPO's weight (pair batches only);
             with an objective it must equal the objective's.
+        kl_rows: KTO batches only: whether to run the KL rows. None: as the
+            objective needs them (not with `loss_type="apo_zero_unpaired"`),
+            yes for a bare model; False: `reference_kl_logps` are zeros and
+            only the rows run (their log-probabilities alone, e.g. a
+            policy's).
 
     Returns:
         A dict of float32 numpy arrays `[num_examples]`:
@@ -1196,7 +1201,8 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
         ValueError: an objective without a reference (or with
             `reference_free=True`), batches of neither layout, an empty
             dataset; a bad `ld_alpha`, one that differs
-            from the objective's, or one with KTO rows.
+            from the objective's, or one with KTO rows; `kl_rows` with pairs,
+            or True for an objective that has no KL reference point.
 
     Example:
 
@@ -1218,6 +1224,7 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
     True
     """
     ld_alpha = _check_ld_alpha(ld_alpha)
+    with_kl = True if kl_rows is None else bool(kl_rows)
     if isinstance(objective_or_reference, Objective) and not isinstance(
             objective_or_reference, CausalLanguageModel):
         own = getattr(objective_or_reference, "ld_alpha", None)
@@ -1228,6 +1235,14 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
                 "handing the objective."
             )
         ld_alpha = own
+        if isinstance(objective_or_reference, KahnemanTverskyOptimization):
+            needs_kl = objective_or_reference.loss_type == "kto"
+            if kl_rows and not needs_kl:
+                raise ValueError(
+                    f"`kl_rows=True`, but the objective's loss_type "
+                    f"{objective_or_reference.loss_type!r} has no KL reference point: its KL "
+                    "rows are never read. Leave kl_rows=None.")
+            with_kl = needs_kl if kl_rows is None else bool(kl_rows)
         if getattr(objective_or_reference, "reference_free", False):
             raise _nothing_to_precompute()
         if "reference" not in type(objective_or_reference).frozen_models:
@@ -1259,6 +1274,10 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
     if not isinstance(spec, dict):
         raise ValueError("`dataset` must yield dicts (or `(x, ...)` tuples of dicts).")
     if all(k in spec for k in PAIR_INPUT_KEYS):
+        if kl_rows is not None:
+            raise ValueError(
+                f"`kl_rows={kl_rows}` is for KTO rows, but `dataset` yields preference pairs. "
+                "Leave kl_rows=None.")
         keys = REFERENCE_LOG_PROBS_KEYS
 
         def compute(language_model, x, chunk_size):
@@ -1269,7 +1288,10 @@ def precompute_reference_log_probs(objective_or_reference, dataset, chunk_size=N
                 f"`ld_alpha={ld_alpha}` weighs pairs (LD-DPO), but `dataset` yields KTO rows, "
                 "which have no pair. Leave ld_alpha=None."
             )
-        compute, keys = _kto_reference_log_probs, KTO_REFERENCE_LOG_PROBS_KEYS
+        keys = KTO_REFERENCE_LOG_PROBS_KEYS
+
+        def compute(language_model, x, chunk_size):
+            return _kto_reference_log_probs(language_model, x, chunk_size, with_kl=with_kl)
     else:
         raise ValueError(
             "`dataset` must yield preference_dataset batches (keys "

@@ -16,7 +16,6 @@ import pathlib
 import numpy as np
 
 from kobjectives import backbones
-from kobjectives.data.preference import KTO_REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import kto_dataset
 from kobjectives.data.preference import kto_examples
@@ -460,17 +459,14 @@ class DPORun(PreferencePairsRun):
         done = [f"{len(self.examples[s])} {s} pairs" for s in splits]
         if config.method == "kto" and self.uses_precomputed_reference():
             self.kto_reference_values = {}
+            # apo_zero_unpaired has no KL reference point: its KL rows are not run.
+            with_kl = self.kto_loss_type() == "kto"
             for split, rows in self.kto_rows.items():
-                if self.kto_loss_type() == "kto":
-                    self.kto_reference_values[split] = precompute_reference_log_probs(
-                        start, self.kto_row_dataset(split, batch_size, ordered=True),
-                        chunk_size=config.chunk_size or None)
-                    done.append(f"{len(rows)} {split} rows and their KL rows")
-                else:  # No KL reference point: the KL rows' values are never read.
-                    logps = self.row_log_probs(start, split)
-                    self.kto_reference_values[split] = dict(zip(
-                        KTO_REFERENCE_LOGPS_KEYS, (logps, np.zeros_like(logps))))
-                    done.append(f"{len(rows)} {split} rows (no KL rows: apo_zero_unpaired)")
+                self.kto_reference_values[split] = precompute_reference_log_probs(
+                    start, self.kto_row_dataset(split, batch_size, ordered=True),
+                    chunk_size=config.chunk_size or None, kl_rows=with_kl)
+                done.append(f"{len(rows)} {split} rows " + (
+                    "and their KL rows" if with_kl else "(no KL rows: apo_zero_unpaired)"))
         if self.rows is not None:
             # The held-out figures' reference: the starting policy's values of the rows.
             if self.kto_reference_values:
@@ -661,19 +657,12 @@ class DPORun(PreferencePairsRun):
         """The summed completion log-probabilities of every KTO row of
         `split`, in order, under `model`'s policy (a
         `KahnemanTverskyOptimization`, or a causal backbone): the rows
-        alone, their KL rows never run (the forward pass of
-        `KahnemanTverskyOptimization(loss_type='apo_zero_unpaired')`)."""
-        import tensorflow as tf
-
+        alone, their KL rows never run."""
         policy = model.policy if isinstance(model, KahnemanTverskyOptimization) else model
-        scorer = KahnemanTverskyOptimization(
-            policy, loss_type="apo_zero_unpaired",
-            chunk_size=self.recipe.preference.chunk_size or None)
-        dataset = self.kto_row_dataset(split, self.recipe.training.batch_size, ordered=True)
-        # One trace for every batch, the last (smaller) one included.
-        step = tf.function(lambda x: scorer(x, training=False)["logps"],
-                           input_signature=[dataset.element_spec])
-        return np.concatenate([step(batch).numpy() for batch in dataset]).astype(np.float32)
+        return precompute_reference_log_probs(
+            policy, self.kto_row_dataset(split, self.recipe.training.batch_size, ordered=True),
+            chunk_size=self.recipe.preference.chunk_size or None,
+            kl_rows=False)["reference_logps"]
 
     def evaluate(self, fitted):
         config = self.recipe.preference

@@ -754,6 +754,28 @@ def test_kto_apo_zero_unpaired_online_reference_scores_the_rows_alone():
     assert float(model.compute_loss(given, y_pred=model(given))) == pytest.approx(online, rel=1e-6)
 
 
+def test_precomputing_kto_rows_runs_the_kl_rows_only_where_they_are_read():
+    x = kto_rows()
+    rows = tf.data.Dataset.from_tensors(x)
+    kto = KahnemanTverskyOptimization(lm(0), lm(1), beta=0.3)
+    apo = KahnemanTverskyOptimization(lm(0), kto.reference, beta=0.3,
+                                      loss_type="apo_zero_unpaired")
+    full = precompute_reference_log_probs(kto, rows)
+    assert np.abs(full["reference_kl_logps"]).min() > 0  # the KL rows ran
+    for values in (precompute_reference_log_probs(apo, rows),  # as the objective needs
+                   precompute_reference_log_probs(kto.reference, rows, kl_rows=False)):
+        np.testing.assert_array_equal(values["reference_kl_logps"], np.zeros(B, "float32"))
+        np.testing.assert_allclose(values["reference_logps"], full["reference_logps"],
+                                   rtol=1e-6)
+    np.testing.assert_allclose(apo.compute_frozen_outputs("reference", x)["reference_logps"],
+                               full["reference_logps"], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`kl_rows=True`, but .*'apo_zero_unpaired' has no KL"):
+        precompute_reference_log_probs(apo, rows, kl_rows=True)
+    with pytest.raises(ValueError, match=r"`kl_rows=False` is for KTO rows, .*pairs"):
+        precompute_reference_log_probs(lm(1), tf.data.Dataset.from_tensors(pairs()),
+                                       kl_rows=False)
+
+
 # -- LD-DPO (ld_alpha) -------------------------------------------------------------------
 
 

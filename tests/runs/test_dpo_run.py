@@ -573,17 +573,20 @@ def test_apo_zero_unpaired_trains_through_the_recipe_without_kl_rows(
     objective = run._objective(_probe_backbone(), None)
     assert isinstance(objective, KahnemanTverskyOptimization)
     assert objective.loss_type == "apo_zero_unpaired" and objective.desirable_weight == 2.0
-    # No pass of the run sees a KTO batch's KL rows: the reference pass runs on pairs only
-    # (the held-out pairs' values); the rows' values come from the rows alone.
+    # No pass of the run runs a KTO batch's KL rows: the rows' values come from the rows
+    # alone (kl_rows=False); the held-out pairs are scored as pairs.
     seen = []
 
     def recording(model, dataset, **options):
-        seen.append(sorted(set(KTO_KEYS) & set(dataset.element_spec)))
+        kto = bool(set(KTO_KEYS) & set(dataset.element_spec))
+        seen.append(f"rows, kl_rows={options.get('kl_rows')}" if kto else "pairs")
         return precompute_reference_log_probs(model, dataset, **options)
 
     monkeypatch.setattr("kobjectives.runs.dpo.precompute_reference_log_probs", recording)
     metrics = run.train()
-    assert seen == [[], []]  # the validation pairs: the reference's values, the policy's
+    # The validation pairs (the reference's values, the policy's); the train and
+    # validation rows (the reference's).
+    assert sorted(seen) == ["pairs", "pairs", "rows, kl_rows=False", "rows, kl_rows=False"]
     assert metrics["loss_type"] == "apo_zero_unpaired" and metrics["kto_data"] == "pairs unpaired"
     start = _start_backbone(run, sft_folder)
     for split in ("train", "validation"):

@@ -118,6 +118,32 @@ def test_resume_continues_the_data_stream(finished, crashed, tmp_path):
         np.testing.assert_allclose(row_a["loss"], row_b["loss"], rtol=1e-5)
 
 
+def test_a_lora_run_killed_after_a_round_resumes_to_the_same_weights(finished, tmp_path):
+    """LoRA from a run folder: Keras checkpoints merge the adapters, the
+    backup keeps them apart; killed after round 2 and rerun, the run ends
+    with the uninterrupted run's weights and round losses."""
+    lora = tiny(model={"init": str(finished[0]), "lora_rank": 2})
+    MaskedLMRun(lora, tmp_path / "whole", log=quiet).train()
+    with pytest.raises(KeyboardInterrupt):
+        CrashingRun(lora, tmp_path / "resumed", log=quiet).train()
+    assert (tmp_path / "resumed" / "backup" / "unsaved_state.npz").is_file()
+    MaskedLMRun(lora, tmp_path / "resumed", log=quiet).train()
+    a = keras.saving.load_model(tmp_path / "whole" / "model.keras")
+    b = keras.saving.load_model(tmp_path / "resumed" / "model.keras")
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), atol=1e-6, err_msg=x.path)
+    rows_a = read_run_log(tmp_path / "whole" / "history.csv")
+    rows_b = read_run_log(tmp_path / "resumed" / "history.csv")
+    np.testing.assert_allclose([r["loss"] for r in rows_a], [r["loss"] for r in rows_b],
+                               rtol=1e-5)
+    # The adapters trained: the merged query kernels moved from the init's.
+    start = keras.saving.load_model(finished[0] / "model.keras")
+    moved = [w.path for w, s in zip(a.backbone.weights, start.backbone.weights)
+             if not np.array_equal(w.numpy(), s.numpy())]
+    assert any("query/kernel" in path for path in moved)
+    assert not any("intermediate" in path or "output_dense" in path for path in moved)
+
+
 def test_corrupted_backup_names_the_file_and_the_fix(crashed, tmp_path):
     tmp_path = tmp_path / "run"
     shutil.copytree(crashed, tmp_path)

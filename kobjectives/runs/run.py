@@ -293,15 +293,15 @@ class Run:
 
     # -- model -------------------------------------------------------------------
 
-    def build_backbone(self, sequence_length=None, lora=True, **overrides):
+    def build_backbone(self, sequence_length=None, **overrides):
         """The recipe's backbone: loaded from `model.init`, or built from the
         config `model.backbone` for the tokenizer's vocabulary and
         `sequence_length` tokens (default `model.sequence_length`).
 
         An init whose vocabulary lacks tokens of this run's tokenizer (the
         chat markers SFT appends) has its token embedding grown
-        (`backbones.grow_token_embedding`). With `model.lora_rank` (and
-        `lora`), the backbone trains LoRA adapters of that rank on
+        (`backbones.grow_token_embedding`). With `model.lora_rank`, the
+        backbone trains LoRA adapters of that rank on
         `model.lora_layers` instead of its weights (`backbones.enable_lora`);
         a grown token embedding stays trainable too, so the new tokens'
         rows learn (PEFT's `modules_to_save`)."""
@@ -319,7 +319,7 @@ class Run:
         grown = getattr(backbone, "vocabulary_size", size) < size
         if grown:
             backbone = backbones.grow_token_embedding(backbone, size)
-        if lora and model.lora_rank:
+        if model.lora_rank:
             backbones.enable_lora(backbone, model.lora_rank, list(model.lora_layers) or None)
             if grown:
                 backbone.get_layer("token_embedding").trainable = True

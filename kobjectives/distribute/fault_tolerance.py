@@ -22,6 +22,9 @@ from kobjectives import compat
 # What a Keras checkpoint leaves out: dropout's seed-generator states and LoRA
 # layers' unmerged kernels and factors.
 UNSAVED_STATE_FILE = "unsaved_state.npz"
+# The same, written by kobjectives before LoRA: the seed states alone (the
+# layout of the file above for a model without LoRA).
+LEGACY_STATE_FILE = "random_state.npz"
 
 
 def task():
@@ -219,7 +222,10 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         finally:
             self._weights_path, self._training_metadata_path = own
         self._current_epoch = self.restored_epoch()
-        self._restore_unsaved_state(os.path.join(restore, UNSAVED_STATE_FILE))
+        path = os.path.join(restore, UNSAVED_STATE_FILE)
+        if not os.path.exists(path):
+            path = os.path.join(restore, LEGACY_STATE_FILE)
+        self._restore_unsaved_state(path)
         self._truncate_log(self._current_epoch)
 
     def _unsaved_state(self):

@@ -117,6 +117,43 @@ def test_a_lora_run_resumes_exactly(tmp_path):
     np.testing.assert_allclose(resumed_b, b, rtol=1e-6)
 
 
+class DropoutRegressor(Regressor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = keras.layers.Dropout(0.5, seed=1)
+
+    def call(self, x, training=False):
+        return self.dense(self.dropout(x, training=training))
+
+
+def _dropout_model():
+    keras.utils.set_random_seed(0)
+    model = DropoutRegressor()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("state_file", ["unsaved_state.npz", "random_state.npz", None])
+def test_dropout_states_resume_from_the_backup_or_an_earlier_versions(tmp_path, state_file):
+    # random_state.npz: the file of backups written before LoRA backups.
+    data = _dataset().take(3)
+    backup = tmp_path / "backup"
+    _dropout_model().fit(data, epochs=1, verbose=0,
+                         callbacks=[RunBackup(str(backup), delete_checkpoint=False)])
+    saved = backup / "unsaved_state.npz"
+    if state_file is None:
+        saved.unlink()
+    else:
+        saved.rename(backup / state_file)
+    resumed = _dropout_model()
+    resumed.fit(data, epochs=2, verbose=0, callbacks=[RunBackup(str(backup))])
+    uninterrupted = _dropout_model()
+    uninterrupted.fit(data, epochs=2, verbose=0)
+    same = all(np.array_equal(a, b) for a, b in zip(resumed.get_weights(),
+                                                    uninterrupted.get_weights()))
+    assert same == (state_file is not None)  # without the states, epoch 1's masks again
+
+
 def test_log_rows_written_after_the_backup_are_dropped_on_resume(tmp_path):
     backup, log = tmp_path / "backup", tmp_path / "history.csv"
     model = _model()

@@ -364,6 +364,14 @@ def enable_lora(backbone, rank, layer_names=None):
     """
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"LoRA rank must be an int >= 1. Received: rank={rank!r}.")
+    names = _check_lora_layers(backbone, layer_names)
+    backbone.enable_lora(rank, target_layer_names=names)
+    return backbone
+
+
+def _check_lora_layers(backbone, layer_names):
+    """The layer names LoRA adapts in `backbone` (`layer_names`, or its
+    defaults); raises when none of them is an adaptable layer of it."""
     names = list(layer_names or backbone.default_lora_layer_names())
     adaptable = sorted({layer.name for layer in compat.flatten_layers(backbone)
                         if layer is not backbone and hasattr(layer, "enable_lora")
@@ -373,8 +381,33 @@ def enable_lora(backbone, rank, layer_names=None):
             f"No layer of {type(backbone).__name__} is named {names}: LoRA would adapt "
             f"nothing. Name the layers to adapt (the recipe's model.lora_layers); this "
             f"backbone's adaptable layers are {adaptable}.")
-    backbone.enable_lora(rank, target_layer_names=names)
-    return backbone
+    return names
+
+
+def check_lora_layers(init, layer_names=None):
+    """Raises (as `enable_lora`) unless LoRA on `layer_names` (None: the
+    defaults) adapts a layer of the backbone at `init`, before its weights
+    are loaded: the check runs on a probe of the preset's class with one
+    layer and a small vocabulary (the layer names do not depend on them).
+    A preset whose probe cannot be built (a preset name, an unusual config)
+    is left to `enable_lora`.
+
+    Args:
+        init: a run folder or preset directory (see `preset_location`).
+        layer_names: list of layer names, or None.
+    """
+    config = preset_config(init)
+    if config is None:
+        return
+    config = json.loads(json.dumps(config))  # a copy
+    for key, small in (("num_layers", 1), ("vocabulary_size", 64)):
+        if key in config.get("config", {}):
+            config["config"][key] = small
+    try:
+        probe = keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError, KeyError):  # a probe that cannot be built checks nothing
+        return
+    _check_lora_layers(probe, layer_names)
 
 
 def load_tokenizer(init):

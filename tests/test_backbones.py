@@ -3,6 +3,7 @@ import pytest
 from kobjectives.backbones import BACKBONES
 from kobjectives.backbones import build_backbone
 from kobjectives.backbones import check_backbone
+from kobjectives.backbones import check_lora_layers
 from kobjectives.backbones import enable_lora
 
 
@@ -67,6 +68,22 @@ def test_enable_lora_refuses_what_would_adapt_nothing():
     enable_lora(t5, rank=2, layer_names=["query_projector", "value_projector"])
     assert {w.path.split("/")[-2] for w in t5.trainable_weights} == {
         "query_projector", "value_projector"}
+
+
+def test_check_lora_layers_reads_the_init_before_its_weights(tmp_path):
+    import keras_hub
+
+    from kobjectives.backbones import save_preset
+
+    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"], oov_token="[UNK]")
+    save_preset(build_backbone("gpt2_tiny", 6, 8), tokenizer, tmp_path / "preset")
+    check_lora_layers(str(tmp_path / "preset"))  # the defaults: query, value
+    check_lora_layers(str(tmp_path / "preset"), ["query", "nope"])  # one is enough
+    with pytest.raises(ValueError, match=r"No layer of GPT2Backbone is named \['q'\]: .*"
+                                         r"adaptable layers are \[.*'query'"):
+        check_lora_layers(str(tmp_path / "preset"), ["q"])
+    check_lora_layers("gpt2_base_en", ["q"])  # a preset name: left to enable_lora
 
 
 def _toy_copy_task(n, vocabulary, seed):

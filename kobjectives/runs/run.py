@@ -150,6 +150,11 @@ class Run:
                 message = str(error)
                 yield message if message.startswith("model.") else \
                     f"model.init = {model.init!r}: {message}"
+            if model.lora_rank:
+                try:
+                    backbones.check_lora_layers(model.init, list(model.lora_layers) or None)
+                except (ValueError, FileNotFoundError) as error:
+                    yield f"model.lora_layers = {list(model.lora_layers)}: {error}"
         else:
             try:
                 backbones.check_backbone(model.backbone, kind=self.backbone_kind)

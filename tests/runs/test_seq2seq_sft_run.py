@@ -235,11 +235,10 @@ def test_lora_on_a_t5_init_names_t5s_projections(tmp_path):
     _fake_t5_run_folder(tmp_path / "t5", reinitialize=True)
     recipe = {**S2S, "model.init": str(tmp_path / "t5"), "data.max_documents": 40,
               "model.lora_rank": 2}
-    run = tiny_run("seq2seq_sft", tmp_path / "sft", recipe)
-    run.prepare()
-    with pytest.raises(ValueError, match=r"No layer of T5Backbone is named .*model\.lora_layers"
-                                         r".*'query_projector'.*'value_projector'"):
-        run.build_objective()  # keras-hub's default names are other backbones'
+    # keras-hub's default names are other backbones': refused before any data is read.
+    with pytest.raises(RecipeError, match=r"model\.lora_layers = \[\]: No layer of T5Backbone "
+                                          r"is named .*'query_projector'.*'value_projector'"):
+        tiny_run("seq2seq_sft", tmp_path / "sft", recipe)
     run = tiny_run("seq2seq_sft", tmp_path / "sft", {
         **recipe, "model.lora_layers": ["query_projector", "value_projector"]})
     run.prepare()

@@ -11,6 +11,8 @@
 #        dpo_select dpo_helpful dpo_ipo_helpful dpo_hinge_helpful simpo_helpful (the
 #        helpful subsets, the judge's data; not in the default list; the last three
 #        were measured with JUDGE_PROMPTS=64: 256 prompts' answers take ~20 min)
+#        dpo_select_lora dpo_lora_helpful (LoRA rank 8 on the helpful subsets; not in the
+#        default list)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -73,6 +75,15 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
         --set data.validation_fraction=0.2 --set training.learning_rate=$1 \
         --set training.steps=$2 --set training.saved_model=false
     done ;;
+    # LoRA (rank 8) on the helpful subsets: the learning rate chosen on the 20%
+    # validation slice (dpo_select_lora), then scored once (dpo_lora_helpful, LORA_LR).
+    dpo_select_lora) for lr in 1e-3 3e-3; do
+      run "dpo_select_lora8_lr$lr" dpo --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
+        --set data.validation_fraction=0.2 --set model.lora_rank=8 \
+        --set training.learning_rate=$lr --set training.steps=300 --set training.saved_model=false
+    done ;;
+    dpo_lora_helpful) run $n dpo "${PREF[@]}" "${HELPFUL[@]}" --set model.lora_rank=8 \
+      --set training.learning_rate=${LORA_LR:-1e-3} ;;
     dpo_ipo) run $n dpo "${PREF[@]}" --set preference.loss_type=ipo ;;
     dpo_hinge) run $n dpo "${PREF[@]}" --set preference.loss_type=hinge ;;
     simpo) run $n dpo "${PREF[@]}" --set preference.method=simpo ;;

@@ -399,7 +399,6 @@ def check_lora_layers(init, layer_names=None):
     config = preset_config(init)
     if config is None:
         return
-    config = json.loads(json.dumps(config))  # a copy
     for key, small in (("num_layers", 1), ("vocabulary_size", 64)):
         if key in config.get("config", {}):
             config["config"][key] = small

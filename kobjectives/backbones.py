@@ -7,6 +7,7 @@ keras-hub's own backbone classes, small enough to pretrain on two CPU cores.
 
 import inspect
 import json
+import math
 import os
 import pathlib
 
@@ -318,15 +319,16 @@ def grow_token_embedding(backbone, vocabulary_size):
     return grown
 
 
-def enable_lora(backbone, rank, layer_names=None):
+def enable_lora(backbone, rank, layer_names=None, alpha=None):
     """Trains low-rank adapters instead of the backbone: keras-hub's
     `Backbone.enable_lora`, refusing a call that would adapt nothing.
 
     Every weight of the backbone is frozen, and each layer named in
     `layer_names` gains two trainable factors `A` (`[in, rank]`, He-uniform)
-    and `B` (`[rank, out]`, zeros): the layer's kernel becomes `kernel + A @
-    B` (Keras' `lora_alpha` is the rank), so the adapted backbone starts as
-    the same function. An attention projection's kernel `[hidden, heads,
+    and `B` (`[rank, out]`, zeros): the layer's kernel becomes `kernel +
+    (alpha / rank) A @ B` (the Keras layers' `lora_alpha`, which keras-hub's
+    `enable_lora` leaves at the rank), so the adapted backbone starts as the
+    same function. An attention projection's kernel `[hidden, heads,
     head_dim]` gains `A` `[hidden, heads, rank]` and `B` `[rank, head_dim]`
     (Keras' `EinsumDense.enable_lora`): rank `rank` per head. The adapted
     layers' biases stay trainable, as Keras' `Dense.enable_lora` leaves them
@@ -345,15 +347,17 @@ def enable_lora(backbone, rank, layer_names=None):
             None: `backbone.default_lora_layer_names()` (the attention
             query and value projections: `query_dense` / `value_dense`,
             `query` / `value`).
+        alpha: number > 0, PEFT's `lora_alpha`: the adapters' product is
+            scaled by `alpha / rank`. None: the rank (scale 1).
 
     Returns:
         The backbone (adapted in place).
 
     Raises:
-        ValueError: `rank` below 1, or no layer of the backbone has one of
-            the names (keras-hub's `T5Backbone` names its projections
-            `query_projector` / `value_projector`); the message lists the
-            names that can be adapted.
+        ValueError: `rank` below 1, `alpha` not above 0, or no layer of the
+            backbone has one of the names (keras-hub's `T5Backbone` names its
+            projections `query_projector` / `value_projector`); the message
+            lists the names that can be adapted.
 
     Example:
 
@@ -364,8 +368,16 @@ def enable_lora(backbone, rank, layer_names=None):
     """
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"LoRA rank must be an int >= 1. Received: rank={rank!r}.")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not alpha > 0 or math.isinf(alpha)):
+        raise ValueError(f"LoRA alpha must be a finite number > 0 (None: the rank). "
+                         f"Received: alpha={alpha!r}.")
     names = _check_lora_layers(backbone, layer_names)
     backbone.enable_lora(rank, target_layer_names=names)
+    if alpha is not None:
+        for layer in compat.flatten_layers(backbone):
+            if getattr(layer, "lora_enabled", False):
+                layer.lora_alpha = alpha  # read at call time: scale alpha / rank
     return backbone
 
 

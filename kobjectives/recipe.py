@@ -267,6 +267,9 @@ class ModelConfig(Section):
     lora_layers: tuple[str, ...] = option(
         (), "the layers LoRA adapts (empty: keras-hub's default_lora_layer_names(), the "
         "attention query and value projections)")
+    lora_alpha: float = option(
+        0.0, "PEFT's lora_alpha: the adapters' product is scaled by lora_alpha / lora_rank "
+        "(0: the rank, scale 1, keras-hub's default)", within="[0, inf)")
 
     def check(self):
         if self.lora_rank and not self.init:
@@ -275,6 +278,9 @@ class ModelConfig(Section):
         if self.lora_layers and not self.lora_rank:
             yield (f"lora_layers = {list(self.lora_layers)}: names the layers LoRA adapts; "
                    "set model.lora_rank > 0 too")
+        if self.lora_alpha and not self.lora_rank:
+            yield (f"lora_alpha = {self.lora_alpha}: scales LoRA adapters; set "
+                   "model.lora_rank > 0 too")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,9 +58,35 @@ def test_enable_lora_trains_only_the_adapters_of_the_named_layers():
     np.testing.assert_allclose(backbone(inputs), before, atol=1e-6)  # B starts at zero
 
 
+@pytest.mark.parametrize("alpha", [None, 2, 12.0])
+def test_lora_alpha_scales_the_adapters_in_the_call_and_in_the_saved_kernel(alpha):
+    import numpy as np
+
+    from kobjectives import compat
+
+    backbone = enable_lora(build_backbone("gpt2_tiny", 50, 8, dropout=0.0), rank=4, alpha=alpha)
+    query = next(layer for layer in compat.flatten_layers(backbone) if layer.name == "query")
+    rng = np.random.default_rng(0)
+    query.lora_kernel_b.assign(rng.normal(size=query.lora_kernel_b.shape))
+    kernel = compat.lora_state(query)[0].numpy()  # the unmerged kernel
+    # EinsumDense: kernel [hidden, heads, head_dim], A [hidden, heads, rank], B [rank, head_dim].
+    delta = np.einsum("dhr,re->dhe", query.lora_kernel_a.numpy(), query.lora_kernel_b.numpy())
+    scale = (4 if alpha is None else alpha) / 4
+    x = rng.normal(size=(1, 3, kernel.shape[0])).astype("float32")
+    expected = np.einsum("btd,dhe->bthe", x, kernel + scale * delta) + query.bias.numpy()
+    np.testing.assert_allclose(query(x), expected, rtol=1e-4, atol=1e-4)
+    store = {}
+    query.save_own_variables(store)  # what model.keras and a preset hold: merged
+    np.testing.assert_allclose(store["0"], kernel + scale * delta, rtol=1e-5, atol=1e-6)
+
+
 def test_enable_lora_refuses_what_would_adapt_nothing():
     with pytest.raises(ValueError, match=r"LoRA rank must be an int >= 1. Received: rank=0"):
         enable_lora(build_backbone("gpt2_tiny", 50, 8), rank=0)
+    for alpha in (0, -1.0, float("inf"), True, "8"):
+        with pytest.raises(ValueError, match=r"LoRA alpha must be a finite number > 0 \(None: "
+                                             r"the rank\). Received: alpha="):
+            enable_lora(build_backbone("gpt2_tiny", 50, 8), rank=2, alpha=alpha)
     t5 = build_backbone("t5_tiny", 50, 8)
     with pytest.raises(ValueError, match=r"No layer of T5Backbone is named \['query', 'value'\].*"
                                          r"model.lora_layers.*'query_projector'"):

@@ -152,6 +152,9 @@ def test_checks_across_keys_and_sections():
     assert recipe.replace({"model.lora_layers": "query_projector"}).problems() == [
         "model.lora_layers = ['query_projector']: names the layers LoRA adapts; set "
         "model.lora_rank > 0 too"]
+    assert recipe.replace({"model.lora_alpha": 16}).problems() == [
+        "model.lora_alpha = 16.0: scales LoRA adapters; set model.lora_rank > 0 too"]
+    assert "model.lora_alpha" in recipe.replace({"model.lora_alpha": -1}).problems()[0]
     lora = recipe.replace({"model.init": "run", "model.lora_rank": 2,
                            "model.lora_layers": "query,value"})
     assert lora.problems() == [] and lora.model.lora_layers == ("query", "value")

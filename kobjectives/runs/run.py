@@ -306,8 +306,9 @@ class Run:
         An init whose vocabulary lacks tokens of this run's tokenizer (the
         chat markers SFT appends) has its token embedding grown
         (`backbones.grow_token_embedding`). With `model.lora_rank`, the
-        backbone trains LoRA adapters of that rank on
-        `model.lora_layers` instead of its weights (`backbones.enable_lora`);
+        backbone trains LoRA adapters of that rank (scaled by
+        `model.lora_alpha / model.lora_rank`) on `model.lora_layers` instead
+        of its weights (`backbones.enable_lora`);
         a grown token embedding stays trainable too, so the new tokens'
         rows learn (PEFT's `modules_to_save`)."""
         model = self.recipe.model
@@ -325,7 +326,8 @@ class Run:
         if grown:
             backbone = backbones.grow_token_embedding(backbone, size)
         if model.lora_rank:
-            backbones.enable_lora(backbone, model.lora_rank, list(model.lora_layers) or None)
+            backbones.enable_lora(backbone, model.lora_rank, list(model.lora_layers) or None,
+                                  alpha=model.lora_alpha or None)
             if grown:
                 backbone.get_layer("token_embedding").trainable = True
         return backbone
@@ -388,7 +390,8 @@ class Run:
         trained = ""
         if lora:
             count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-            trained = f", {count:,} trained: LoRA rank {lora}"
+            alpha = self.recipe.model.lora_alpha
+            trained = f", {count:,} trained: LoRA rank {lora}" + (f", alpha {alpha:g}" if alpha else "")
         return (f"{self.objective_label(model)} over "
                 f"{self.recipe.model.init or self.recipe.model.backbone} "
                 f"({model.count_params():,} parameters{trained})")

@@ -222,9 +222,9 @@ def test_lora_from_a_clm_run_trains_the_adapters_and_the_grown_embedding(tmp_pat
     lines = []
     tiny_run("sft", tmp_path / "sft", {
         **SFT, "model.init": str(clm_dir), "data.max_documents": 60, "model.lora_rank": 2,
-        "training.steps": 2, "training.epochs": 1, "training.saved_model": False,
+        "model.lora_alpha": 8, "training.steps": 2, "training.epochs": 1, "training.saved_model": False,
         "model.dropout": 0.0}, log=lambda *parts: lines.append(" ".join(map(str, parts)))).train()
-    assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2\)", line)
+    assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2, alpha 8\)", line)
                for line in lines)
     start = backbones.grow_token_embedding(backbones.load_backbone(str(clm_dir)),
                                            backbones.load_backbone(str(tmp_path / "sft"))

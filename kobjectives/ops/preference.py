@@ -8,7 +8,8 @@ loss, as in TRL, and a weighted or cross-replica mean is the caller's
 (`kobjectives.ops.global_weighted_mean`). All math is in float32 whatever the
 input dtype, and written in `log_sigmoid`/`softplus` form: no
 `log(sigmoid(x))`, no `exp` of a large argument, so margins of hundreds of
-nats give finite, correct losses and gradients.
+nats give finite, correct losses and gradients (one exception, shared with
+TRL: `ipo` under a non-default f-divergence, see below).
 
 Sequence log-probabilities (`sequence_log_probs`,
 `sequence_log_probs_from_logits`) are the one op every objective shares: the
@@ -65,7 +66,9 @@ TRL 1.13, checked unchanged through 1.16; see "TRL version" below):
 - `nca_pair`: `-log_sig(beta lc) - log_sig(-beta lc) / 2 - log_sig(-beta lr)
   / 2`. NCA, Chen et al. 2024, https://arxiv.org/abs/2402.05369.
 - `robust`: `((1 - eps) (-log_sig(x)) - eps (-log_sig(-x))) / (1 - 2 eps)`,
-  unbiased under a label-flip rate `eps < 0.5`. Robust DPO, Chowdhury et al.
+  unbiased under a label-flip rate `eps < 0.5`, computed as the equal
+  `-log_sig(x) - eps x / (1 - 2 eps)` (TRL's form divides the rounding
+  error of two softplus terms by `1 - 2 eps`). Robust DPO, Chowdhury et al.
   2024, https://arxiv.org/abs/2403.00409.
 - `bco_pair`: `-log_sig(beta lc - delta) - log_sig(-(beta lr - delta))`,
   `delta` the running mean of the rewards in the BCO paper and in TRL before
@@ -105,7 +108,9 @@ https://arxiv.org/abs/2309.16240: the score is `f'(exp(l))` of a log-ratio
 `f_alpha_divergence_coef` (0.5; `alpha = 1` is `reverse_kl`). As in TRL the
 exponent `(alpha - 1) l` is clamped at 80 so the score stays finite in
 float32; `forward_kl` (alpha 0) is clamped alike (`-l <= 80`; TRL does not
-clamp it, and overflows there). As in TRL, only the types built on the
+clamp it, and overflows there). `ipo` squares the score difference, which
+overflows float32 (in TRL as well) once it passes about 1.8e19: an
+exponent above about 44. As in TRL, only the types built on the
 chosen-rejected score difference take a non-default divergence: `sigmoid`,
 `sigmoid_norm`, `hinge`, `ipo`, `exo_pair`, `robust`, `discopop`, `sft`; any
 other raises.
@@ -890,7 +895,7 @@ def dpo_loss(
             return (-log_sig(chosen) - 0.5 * log_sig(-chosen)
                     - 0.5 * log_sig(-beta * rejected_logratios))
         if name == "robust":
-            return ((1.0 - eps) * -log_sig(x) - eps * -log_sig(-x)) / (1.0 - 2.0 * eps)
+            return -log_sig(x) - eps * x / (1.0 - 2.0 * eps)
         if name == "bco_pair":
             delta = 0.0 if bco_delta is None else tf.cast(bco_delta, tf.float32)
             return (-log_sig(beta * chosen_logratios - delta)

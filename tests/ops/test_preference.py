@@ -875,3 +875,15 @@ def test_ld_token_weights_and_extra_weights_errors():
         ops.sequence_log_probs(h, k, y, w, extra_weights=-w)
     with pytest.raises(ValueError, match="`extra_weights` of shape"):
         ops.sequence_log_probs(h, k, y, w, extra_weights=w[:, :3])
+
+
+def test_robust_keeps_float32_accuracy_at_a_flip_rate_near_one_half():
+    """TRL's form divides two softplus terms' rounding by `1 - 2 eps` (50 at
+    eps 0.49); the equal `-log_sig(x) - eps x / (1 - 2 eps)` does not. Near
+    a zero margin the loss is about log 2: within a few float32 ulps of it."""
+    rng = np.random.default_rng(0)
+    pc, pr, rc, rr = (np.float32(rng.uniform(-3, 0, 256)) for _ in range(4))
+    losses, _, _ = ops.dpo_loss(pc, pr, rc, rr, beta=0.001, loss_type="robust",
+                                label_smoothing=0.49)
+    expected = np_dpo("robust", pc, pr, rc, rr, 0.001, ls=0.49)
+    np.testing.assert_allclose(losses.numpy(), expected, rtol=0, atol=4 * 2**-24)

@@ -61,6 +61,29 @@ RESERVED_HH_RLHF_SUBSETS = ("helpful-online",)
 
 HH_RLHF_TARGETS = ("chosen", "rejected")
 
+class SkippedRowsWarning(UserWarning):
+    """Malformed rows left out of a read (`invalid="skip"`): the message
+    counts them, names the first by file and line, and says how to stop at
+    them instead (`invalid="error"`). A run reports `count` and `first` in
+    its own words (its recipe has no `invalid` key).
+
+    Attributes:
+        count: int, the rows left out.
+        first: str, the first one, `"file:line: why"`.
+
+    Example:
+
+    >>> warning = SkippedRowsWarning("2 skipped", 2, "a.jsonl:3: no turn")
+    >>> str(warning), warning.count, warning.first
+    ('2 skipped', 2, 'a.jsonl:3: no turn')
+    """
+
+    def __init__(self, message, count, first):
+        super().__init__(message)
+        self.count = count
+        self.first = first
+
+
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -427,8 +450,8 @@ def read_hh_rlhf(path, subsets=HH_RLHF_TRAIN_SUBSETS, target="chosen", allow_res
 
     A few dialogues of the data are malformed (about 0.3%: an empty
     assistant turn, two assistant turns in a row). With `invalid="skip"`
-    they are left out with one warning counting them; with `"error"` the
-    first one raises, naming its file and line.
+    they are left out with one `SkippedRowsWarning` counting them; with
+    `"error"` the first one raises, naming its file and line.
 
     Args:
         path: str or path-like, the directory or file.
@@ -514,9 +537,9 @@ def read_hh_rlhf(path, subsets=HH_RLHF_TRAIN_SUBSETS, target="chosen", allow_res
         if max_dialogues is not None and len(conversations) >= max_dialogues:
             break
     if skipped:
-        warnings.warn(
+        warnings.warn(SkippedRowsWarning(
             f"read_hh_rlhf skipped {skipped} malformed dialogue(s) (the first: "
-            f"{first_skipped}). Pass invalid='error' to stop at them.",
+            f"{first_skipped}). Pass invalid='error' to stop at them.", skipped, first_skipped),
             stacklevel=2,
         )
     if not conversations:

@@ -12,14 +12,22 @@ dataset guide (https://huggingface.co/docs/trl/dataset_formats):
   - prompt-completion: `{"prompt": ..., "completion": ...}`, the prompt a
     string (one user turn) or a list of turns ending with a user turn;
 - preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`, the prompt
-  as above, chosen and rejected strings or one assistant turn each
-  (`[{"role": "assistant", "content": ...}]`);
+  as above, chosen and rejected strings or one assistant turn each;
 - unpaired preference (KTO): `{"prompt": ..., "completion": ..., "label":
   true|false}`, the prompt as above, the completion a string or one
   assistant turn, `label` a JSON boolean (true: desirable). The files of one
   run hold pairs or unpaired rows, not both (`read_preference_examples`).
 
-Every error names the file and the line, and says what the line needs.
+An answer (`completion`, `chosen`, `rejected`) is a non-empty string or, in
+TRL's conversational form, a list holding one assistant message,
+`[{"role": "assistant", "content": ...}]`; a bare message dict is not an
+accepted form (TRL's neither): wrap it in a list.
+
+Every error names the file and the line, and says what the line needs. The
+pairs and unpaired rows read from files are `Located` tuples: they keep
+their `"file:line"` (`where`), so the later errors of
+`kobjectives.data.tokenize_preference_pairs`, `preference_arrays` and the
+KTO functions name the line too, not the pair's index after a split.
 """
 
 import glob
@@ -35,6 +43,39 @@ UNPAIRED_FORMAT = "{'prompt': ..., 'completion': ..., 'label': true|false}"
 PREFERENCE_FORMATS = ("pairs", "unpaired")
 """What `read_preference_examples` finds: pairs (`PREFERENCE_FORMAT`) or
 unpaired rows (`UNPAIRED_FORMAT`, TRL's unpaired preference format, KTO's)."""
+
+ANSWER_FORMS = ('a non-empty string, or a list of message dicts such as '
+                '[{"role": "assistant", "content": ...}]')
+"""The accepted forms of an answer (`completion`, `chosen`, `rejected`)."""
+
+
+class Located(tuple):
+    """An example's fields (a tuple) that also know where the example was
+    read: `where`, e.g. `"prefs.jsonl:10"`.
+
+    It is equal to, printed and JSON-encoded as the plain tuple, so it goes
+    wherever the tuple goes (`split_examples` puts it on the same side);
+    the functions that name examples in their errors
+    (`kobjectives.data.tokenize_preference_pairs`, `kto_examples`) name it
+    by `where` instead of its index in their input.
+
+    Args:
+        fields: an iterable, the tuple's items.
+        where: optional str, how errors name the example.
+
+    Example:
+
+    >>> pair = Located(("Hi", "Hello!", "Go away."), "prefs.jsonl:10")
+    >>> pair == ("Hi", "Hello!", "Go away."), pair.where
+    (True, 'prefs.jsonl:10')
+    >>> pair
+    ('Hi', 'Hello!', 'Go away.')
+    """
+
+    def __new__(cls, fields, where=None):
+        located = super().__new__(cls, fields)
+        located.where = where
+        return located
 
 
 def example_file_paths(files):
@@ -110,9 +151,26 @@ def _text(value, where, key):
     return value
 
 
-def _prompt_turns(prompt, where):
-    """A prompt string as one user turn; a list of turns checked to end
-    with a user turn."""
+def prompt_turns(prompt, where="row"):
+    """A prompt as the file readers read it: a string as one user turn, a
+    list of turns checked to end with a user turn.
+
+    Args:
+        prompt: a non-empty str, or a list of `{"role", "content"}` turns
+            ending with a `user` turn.
+        where: how errors name the example.
+
+    Returns:
+        A list of turns.
+
+    Raises:
+        ValueError, TypeError: a blank string, or a malformed conversation.
+
+    Example:
+
+    >>> prompt_turns("What does json.dumps do?")
+    [{'role': 'user', 'content': 'What does json.dumps do?'}]
+    """
     if isinstance(prompt, str):
         return [{"role": "user", "content": _text(prompt, where, "prompt")}]
     turns = check_conversation(prompt, f"{where} 'prompt'")
@@ -123,17 +181,41 @@ def _prompt_turns(prompt, where):
     return list(prompt)
 
 
-def _completion(value, where, key):
-    """A completion: a string, or a list of one assistant turn."""
+def completion_text(value, where="row", key="completion"):
+    """An answer as the file readers read it: a non-empty string, or a
+    list of one assistant message (TRL's conversational form), as its text.
+
+    Args:
+        value: the answer (`completion`, `chosen` or `rejected`).
+        where: how errors name the example.
+        key: the answer's key, for errors.
+
+    Returns:
+        The answer's text.
+
+    Raises:
+        ValueError, TypeError: any other value (a bare message dict
+            included: the error says to wrap it in a list).
+
+    Example:
+
+    >>> completion_text([{"role": "assistant", "content": "Hello!"}])
+    'Hello!'
+    """
     if isinstance(value, list):
         turns = check_conversation([{"role": "user", "content": "-"}, *value],
                                    f"{where} {key!r}")
         if len(turns) != 2:
             raise ValueError(
-                f"{where}: {key!r} must be a string or one assistant turn; it has "
-                f"{len(value)} turns (put the earlier ones in 'prompt').")
+                f"{where}: {key!r} must be {ANSWER_FORMS}; as a list it holds one assistant "
+                f"turn, and this one has {len(value)} messages (put the earlier turns in "
+                "'prompt').")
         return turns[1][1]
-    return _text(value, where, key)
+    if not isinstance(value, str) or not value.strip():
+        hint = (" A single message dict is not an accepted form: wrap it in a list."
+                if isinstance(value, dict) else "")
+        raise ValueError(f"{where}: {key!r} must be {ANSWER_FORMS}.{hint} Received: {value!r}")
+    return value
 
 
 def sft_conversation(row, where="row"):
@@ -163,8 +245,8 @@ def sft_conversation(row, where="row"):
                 "with the assistant turn to learn.")
         return list(row["messages"])
     if "prompt" in row and "completion" in row:
-        return _prompt_turns(row["prompt"], where) + [
-            {"role": "assistant", "content": _completion(row["completion"], where, "completion")}]
+        completion = completion_text(row["completion"], where, "completion")
+        return prompt_turns(row["prompt"], where) + [{"role": "assistant", "content": completion}]
     raise ValueError(
         f"{where} has the keys {sorted(row)}: a fine-tuning example is {SFT_FORMATS}.")
 
@@ -236,13 +318,13 @@ def preference_pair(row, where="row"):
         raise ValueError(
             f"{where} lacks {missing}: a preference example is {PREFERENCE_FORMAT} (an "
             "explicit prompt; chosen and rejected answer it).")
-    chosen = _completion(row["chosen"], where, "chosen")
-    rejected = _completion(row["rejected"], where, "rejected")
+    chosen = completion_text(row["chosen"], where, "chosen")
+    rejected = completion_text(row["rejected"], where, "rejected")
     if chosen == rejected:
         raise ValueError(
             f"{where}: 'chosen' and 'rejected' are the same text ({chosen[:40]!r}), so the "
             "pair prefers nothing. Drop the line or fix its rejected answer.")
-    return _prompt_turns(row["prompt"], where), chosen, rejected
+    return prompt_turns(row["prompt"], where), chosen, rejected
 
 
 def read_preference_pairs(files, limit=None):
@@ -254,9 +336,10 @@ def read_preference_pairs(files, limit=None):
         limit: optional int, the most pairs.
 
     Returns:
-        A list of triples.
+        A list of `Located` triples (`where`: their `"file:line"`).
     """
-    return [preference_pair(row, where) for row, where in read_jsonl(files, limit)]
+    return [Located(preference_pair(row, where), where)
+            for row, where in read_jsonl(files, limit)]
 
 
 def preference_row_format(row, where="row"):
@@ -325,8 +408,8 @@ def unpaired_row(row, where="row"):
         raise ValueError(
             f"{where}: 'label' must be true (a desirable completion) or false (an undesirable "
             f"one), a JSON boolean. Received: {label!r}")
-    return (_prompt_turns(row["prompt"], where), _completion(row["completion"], where,
-                                                             "completion"), label)
+    return (prompt_turns(row["prompt"], where),
+            completion_text(row["completion"], where, "completion"), label)
 
 
 def read_unpaired_rows(files, limit=None):
@@ -338,7 +421,7 @@ def read_unpaired_rows(files, limit=None):
         limit: optional int, the most rows.
 
     Returns:
-        A list of triples.
+        A list of `Located` triples (`where`: their `"file:line"`).
 
     Raises:
         ValueError: a malformed line, or a pair among the rows (named by
@@ -369,7 +452,8 @@ def read_preference_examples(files, limit=None):
     Returns:
         `(format, examples)`: `"pairs"` and a list of `(prompt, chosen,
         rejected)` triples (`preference_pair`), or `"unpaired"` and a list
-        of `(prompt, completion, label)` triples (`unpaired_row`).
+        of `(prompt, completion, label)` triples (`unpaired_row`); the
+        triples are `Located` (`where`: their `"file:line"`).
 
     Raises:
         ValueError: a malformed line, or a line of the other format than
@@ -395,6 +479,6 @@ def read_preference_examples(files, limit=None):
                 f"{where} is {names[kind]}, but {first_where} is {names[first]}: the files "
                 "hold one format. For KTO, write each pair as two unpaired rows (chosen: "
                 "label true, rejected: label false); else drop the unpaired rows.")
-        examples.append(preference_pair(row, where) if kind == "pairs" else
-                        unpaired_row(row, where))
+        examples.append(Located(preference_pair(row, where) if kind == "pairs" else
+                                unpaired_row(row, where), where))
     return first, examples

@@ -61,6 +61,16 @@ The start token, when given, always stays. Pairs whose chosen and
 rejected are the same (as text, as tokens, or once truncated) raise: they
 prefer nothing.
 
+**Naming.** Errors name a pair by its `where` when it has one (the
+`kobjectives.data.example_files.Located` tuples of the file readers:
+`"prefs.jsonl:10"`; HH-RLHF pairs: their file and line; corpus pairs: the
+name they ask about), else by its index in the input (`pairs[8]`).
+`tokenize_preference_pairs` and `kto_examples` keep the names in what they
+return (`names`), so the truncation errors of `preference_arrays` and
+`kto_arrays` name the same line. Those errors are `PairLengthError`s, whose
+`describe` can name the fix in other words than the Python arguments (a
+run names its recipe keys).
+
 **KTO** (`kto_examples`, `kto_dataset`): rows `(prompt, completion,
 desirable)`; a pair gives a desirable row (its chosen, at its place) and an
 undesirable row (its rejected, after all the input's rows, as TRL's
@@ -106,12 +116,14 @@ from kobjectives.data.chat import HH_RLHF_SUBSETS
 from kobjectives.data.chat import HH_RLHF_TRAIN_SUBSETS
 from kobjectives.data.chat import RESERVED_HH_RLHF_SUBSETS
 from kobjectives.data.chat import ChatTemplate
+from kobjectives.data.chat import SkippedRowsWarning
 from kobjectives.data.chat import _hh_files
 from kobjectives.data.chat import _open
 from kobjectives.data.chat import check_conversation
 from kobjectives.data.chat import parse_hh_rlhf
 from kobjectives.data.corpus_tasks import PROMPT_TEMPLATE
 from kobjectives.data.corpus_tasks import prompt_completion_task
+from kobjectives.data.example_files import Located
 from kobjectives.data.sft import tokenize_sft_examples
 
 TRUNCATIONS = ("keep_end", "keep_start", "error")
@@ -157,6 +169,8 @@ class PreferenceExamples:
         rejected_ids: list of int32 numpy arrays, the rejected one.
         start_token_id: optional int, laid out before every prompt (never
             truncated).
+        names: optional list of str, how errors name each pair (e.g.
+            `"prefs.jsonl:10"`); None: `pairs[i]`.
 
     Example:
 
@@ -164,15 +178,22 @@ class PreferenceExamples:
     ...                               [np.array([8, 8, 9])])
     >>> len(examples), examples.lengths.tolist()  # prompt + the longer completion
     (1, [5])
+    >>> examples.name(0)
+    'pairs[0]'
     """
 
     prompt_ids: list
     chosen_ids: list
     rejected_ids: list
     start_token_id: object = None
+    names: list = None
 
     def __len__(self):
         return len(self.prompt_ids)
+
+    def name(self, index):
+        """How errors name pair `index`: its name, else `pairs[index]`."""
+        return _name(self.names, index, "pairs")
 
     @property
     def lengths(self):
@@ -197,6 +218,8 @@ class KTOExamples:
         source_index: int64 numpy array `[num_rows]`, the input example
             each row comes from.
         start_token_id: optional int, laid out before every prompt.
+        names: optional list of str, how errors name each row (e.g.
+            `"rows.jsonl:4"`); None: `rows[i]`.
 
     Example:
 
@@ -211,9 +234,14 @@ class KTOExamples:
     desirable: np.ndarray
     source_index: np.ndarray
     start_token_id: object = None
+    names: list = None
 
     def __len__(self):
         return len(self.prompt_ids)
+
+    def name(self, index):
+        """How errors name row `index`: its name, else `rows[index]`."""
+        return _name(self.names, index, "rows")
 
     @property
     def lengths(self):
@@ -221,6 +249,79 @@ class KTOExamples:
         start = int(self.start_token_id is not None)
         return np.asarray([start + len(prompt) + len(completion) for prompt, completion
                            in zip(self.prompt_ids, self.completion_ids)], np.int64)
+
+
+def _name(names, index, what):
+    return names[index] if names is not None and names[index] else f"{what}[{index}]"
+
+
+def _where(item, index, what):
+    """How errors name input `item` (at `index` of `what`): its `where`
+    (a `Located` tuple), else `what[index]`."""
+    where = getattr(item, "where", None)
+    return where if isinstance(where, str) and where else f"{what}[{index}]"
+
+
+class PairLengthError(ValueError):
+    """A pair (or KTO row) that does not fit `sequence_length` by the
+    truncation rule: too long with `truncation="error"`, or left without a
+    completion token by `"keep_start"` (its prompt fills the window).
+
+    The message names the Python arguments; `describe` words the fix with
+    other names (a run: its recipe keys).
+
+    Attributes:
+        name: how the pair is named (`"prefs.jsonl:10"`, `"pairs[3]"`).
+        truncation: the rule that refused it.
+        prompt_length: int, its prompt's tokens.
+        completion_length: int, its longer completion's tokens.
+        room: int, the window less the start token.
+
+    Example:
+
+    >>> error = PairLengthError("prefs.jsonl:10", "keep_start", 9, 2, 7)
+    >>> print(error)
+    prefs.jsonl:10: the completion has no token left after truncation: the prompt has 9 tokens and fills the 7 left in the window, and truncation='keep_start' never cuts the prompt. Pass truncation='keep_end' (the prompt keeps its last tokens), raise `sequence_length`, or drop the pair.
+    >>> print(error.describe("data.truncation = {}", "model.sequence_length"))
+    prefs.jsonl:10: the completion has no token left after truncation: the prompt has 9 tokens and fills the 7 left in the window, and data.truncation = keep_start never cuts the prompt. Set data.truncation = keep_end (the prompt keeps its last tokens), raise model.sequence_length, or drop the pair.
+    """
+
+    def __init__(self, name, truncation, prompt_length, completion_length, room):
+        self.name, self.truncation, self.room = name, truncation, room
+        self.prompt_length, self.completion_length = prompt_length, completion_length
+        super().__init__(self.describe())
+
+    def __reduce__(self):
+        return type(self), (self.name, self.truncation, self.prompt_length,
+                            self.completion_length, self.room)
+
+    def describe(self, truncation="truncation={!r}", sequence_length="`sequence_length`",
+                 verb=None):
+        """The message, naming the truncation rule with `truncation` (a
+        format string of the rule's name) and the window with
+        `sequence_length`; `verb` ("pass", "set") asks for another rule
+        (default: "set" when `truncation` does not start with
+        "truncation=")."""
+        verb = verb or ("pass" if truncation.startswith("truncation=") else "set")
+        keep_end, keep_start = truncation.format("keep_end"), truncation.format("keep_start")
+        if self.truncation == "keep_start":
+            return (
+                f"{self.name}: the completion has no token left after truncation: the prompt "
+                f"has {self.prompt_length} tokens and fills the {self.room} left in the "
+                f"window, and {keep_start} never cuts the prompt. {verb.capitalize()} "
+                f"{keep_end} (the prompt keeps its last tokens), raise {sequence_length}, or "
+                "drop the pair.")
+        if self.prompt_length >= self.room:
+            problem = (f"its prompt alone has {self.prompt_length} tokens and fills the "
+                       f"{self.room} the window leaves for the prompt and completion")
+        else:
+            problem = (f"its prompt ({self.prompt_length} tokens) and longer completion "
+                       f"({self.completion_length}) exceed the {self.room} tokens the window "
+                       "leaves for them")
+        return (
+            f"{self.name}: {problem} (after the start token, if any). Raise "
+            f"{sequence_length}, drop the long pairs, or {verb} {keep_end} (cut the prompt's "
+            f"start first) or {keep_start} (cut the completions' end first).")
 
 
 def _check_int(name, value, minimum, allow_none=False):
@@ -367,10 +468,12 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
         batch_size: int, strings per tokenizer call.
 
     Returns:
-        `PreferenceExamples`.
+        `PreferenceExamples`, named as the pairs are (`names`).
 
     Raises:
-        ValueError: no pairs; a malformed pair (named `pairs[i]`); chosen
+        ValueError: no pairs; a malformed pair (named by its `where`, a
+            `kobjectives.data.example_files.Located` pair's `"file:line"`,
+            else `pairs[i]`); chosen
             equal to rejected, as text or as token ids; a prompt without
             tokens and no `start_token_id`; a marker missing from the
             vocabulary.
@@ -392,9 +495,9 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
     _check_template(template)
     start_token_id = _check_int("start_token_id", start_token_id, 0, allow_none=True)
     pairs = _check_tokenizer_inputs(pairs, "pairs")
+    names = [_where(pair, index, "pairs") for index, pair in enumerate(pairs)]
     texts = []
-    for index, pair in enumerate(pairs):
-        name = f"pairs[{index}]"
+    for pair, name in zip(pairs, names):
         prompt, chosen, rejected = _pair_fields(pair, name)
         _check_different(chosen, rejected, name)
         prompt_text, chosen_text = _split_prompt(prompt, chosen, template, name)
@@ -402,8 +505,7 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
         texts.append((prompt_text, [chosen_text, rejected_text]))
     tokenized = _tokenize_prompt_completions(texts, tokenizer, template, batch_size)
     prompts, chosens, rejecteds = [], [], []
-    for index, (prompt, (chosen, rejected)) in enumerate(tokenized):
-        name = f"pairs[{index}]"
+    for name, (prompt, (chosen, rejected)) in zip(names, tokenized):
         _check_prompt_tokens(prompt, start_token_id, name)
         if np.array_equal(chosen, rejected):
             raise ValueError(
@@ -413,14 +515,15 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
         prompts.append(prompt)
         chosens.append(chosen)
         rejecteds.append(rejected)
-    return PreferenceExamples(prompts, chosens, rejecteds, start_token_id)
+    return PreferenceExamples(prompts, chosens, rejecteds, start_token_id, names)
 
 
 def _kto_rows(items):
-    """`[(prompt, completion, desirable, source index)]` of the KTO inputs."""
+    """`[(prompt, completion, desirable, source index, name)]` of the KTO
+    inputs."""
     rows, undesirable = [], []
     for index, item in enumerate(items):
-        name = f"examples[{index}]"
+        name = _where(item, index, "examples")
         if isinstance(item, dict) and "completion" in item:
             missing = sorted({"prompt", "label"} - set(item))
             if missing:
@@ -439,11 +542,11 @@ def _kto_rows(items):
                 f"{type(item).__name__} {str(item)[:60]!r}")
         prompt, completion, third = fields
         if isinstance(third, (bool, np.bool_)):
-            rows.append((prompt, completion, bool(third), index))
+            rows.append((prompt, completion, bool(third), index, name))
         elif isinstance(third, str):
             _check_different(completion, third, name)
-            rows.append((prompt, completion, True, index))
-            undesirable.append((prompt, third, False, index))
+            rows.append((prompt, completion, True, index, f"{name} (chosen)"))
+            undesirable.append((prompt, third, False, index, f"{name} (rejected)"))
         else:
             raise TypeError(
                 f"{name}: the third field must be a bool (desirable) for an unpaired row or "
@@ -470,12 +573,13 @@ def kto_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE, start_toke
 
     Returns:
         `KTOExamples` (rows in the order above; `source_index` names each
-        row's input).
+        row's input, `names` how errors name it: the input's `where`, else
+        `examples[i]`, with `(chosen)` or `(rejected)` for a pair's rows).
 
     Raises:
         ValueError, TypeError: as `tokenize_preference_pairs` (an input is
-            named `examples[i]`), or a third field that is neither a bool
-            nor a str.
+            named by its `where`, else `examples[i]`), or a third field
+            that is neither a bool nor a str.
 
     Example:
 
@@ -493,19 +597,18 @@ def kto_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE, start_toke
     start_token_id = _check_int("start_token_id", start_token_id, 0, allow_none=True)
     rows = _kto_rows(_check_tokenizer_inputs(examples, "examples"))
     texts = []
-    for prompt, completion, _, index in rows:
-        prompt_text, completion_text = _split_prompt(
-            prompt, completion, template, f"examples[{index}]")
+    for prompt, completion, _, _, name in rows:
+        prompt_text, completion_text = _split_prompt(prompt, completion, template, name)
         texts.append((prompt_text, [completion_text]))
     tokenized = _tokenize_prompt_completions(texts, tokenizer, template, batch_size)
-    for (prompt, _), (_, _, _, index) in zip(tokenized, rows):
-        _check_prompt_tokens(prompt, start_token_id, f"examples[{index}]")
+    for (prompt, _), row in zip(tokenized, rows):
+        _check_prompt_tokens(prompt, start_token_id, row[4])
     return KTOExamples(
         [prompt for prompt, _ in tokenized],
         [completions[0] for _, completions in tokenized],
         np.asarray([row[2] for row in rows], bool),
         np.asarray([row[3] for row in rows], np.int64),
-        start_token_id)
+        start_token_id, [row[4] for row in rows])
 
 
 # ---------------------------------------------------------------------------
@@ -521,27 +624,13 @@ def _kept_lengths(prompt_length, completion_lengths, room, truncation, max_promp
     if prompt_length + longest <= room:
         return prompt_length, list(completion_lengths)
     if truncation == "error":
-        if prompt_length >= room:
-            problem = (f"its prompt alone has {prompt_length} tokens and fills the "
-                       f"{room} left for the prompt and completion")
-        else:
-            problem = (f"its prompt ({prompt_length} tokens) and longer completion "
-                       f"({longest}) exceed the {room} tokens left for them")
-        raise ValueError(
-            f"{name}: {problem} (sequence_length less the start token). Raise "
-            "`sequence_length`, drop the long pairs, or pass truncation='keep_end' (cut "
-            "the prompt's start first) or 'keep_start' (cut the completions' end first).")
+        raise PairLengthError(name, truncation, prompt_length, longest, room)
     if truncation == "keep_end":
         prompt_kept = min(prompt_length, max(room - longest, max_prompt_length))
     else:
         prompt_kept = prompt_length
         if prompt_kept >= room:
-            raise ValueError(
-                f"{name}: the completion has no token left after truncation: the prompt "
-                f"has {prompt_length} tokens and fills the {room} left in the window, and "
-                "truncation='keep_start' never cuts the prompt. Pass truncation='keep_end' "
-                "(the prompt keeps its last tokens), raise `sequence_length`, or drop the "
-                "pair.")
+            raise PairLengthError(name, truncation, prompt_length, longest, room)
     return prompt_kept, [min(length, room - prompt_kept) for length in completion_lengths]
 
 
@@ -583,7 +672,10 @@ def _check_container(examples, cls, producer):
             f"Received: {type(examples).__name__}")
     if len(examples) == 0:
         raise ValueError("`examples` is empty: there is nothing to lay out.")
-    fields = [field.name for field in dataclasses.fields(cls) if field.name != "start_token_id"]
+    fields = [field.name for field in dataclasses.fields(cls)
+              if field.name not in ("start_token_id", "names")]
+    if examples.names is not None:
+        fields.append("names")
     counts = {field: len(getattr(examples, field)) for field in fields}
     if len(set(counts.values())) != 1:
         raise ValueError(f"The fields of `examples` differ in length: {counts}.")
@@ -619,8 +711,9 @@ def preference_arrays(examples, sequence_length, truncation="keep_end", max_prom
     Raises:
         ValueError: bad arguments; a pair too long with
             `truncation="error"`, or whose completion keeps no token with
-            `"keep_start"`; chosen and rejected identical once truncated
-            (each names `pairs[i]` and the fix).
+            `"keep_start"` (both a `PairLengthError`); chosen and rejected
+            identical once truncated (each names the pair, `examples.name(i)`:
+            its `"file:line"` or `pairs[i]`, and the fix).
 
     Example:
 
@@ -645,7 +738,7 @@ def preference_arrays(examples, sequence_length, truncation="keep_end", max_prom
               **_empty_arrays(count, sequence_length, pad_token_id, "rejected_")}
     for index, (prompt, chosen, rejected) in enumerate(zip(
             examples.prompt_ids, examples.chosen_ids, examples.rejected_ids)):
-        name = f"pairs[{index}]"
+        name = examples.name(index)
         if not len(chosen) or not len(rejected):
             raise ValueError(f"{name}: an empty completion; there is nothing to score.")
         _check_prompt_tokens(prompt, start, name)
@@ -678,6 +771,11 @@ def collapsed_pairs(examples, sequence_length, truncation="keep_end", max_prompt
     Returns:
         A sorted list of int indices into `examples`.
 
+    Raises:
+        PairLengthError: a pair `preference_arrays` refuses for its length
+            (`truncation="error"`, or `"keep_start"` leaving no completion
+            token).
+
     Example:
 
     >>> examples = PreferenceExamples(
@@ -697,7 +795,7 @@ def collapsed_pairs(examples, sequence_length, truncation="keep_end", max_prompt
             continue
         _, (chosen_kept, rejected_kept) = _kept_lengths(
             len(prompt), (len(chosen), len(rejected)), room, truncation, max_prompt_length,
-            f"pairs[{index}]")
+            examples.name(index))
         if np.array_equal(chosen[:chosen_kept], rejected[:rejected_kept]):
             collapsed.append(index)
     return collapsed
@@ -804,7 +902,7 @@ def kto_arrays(examples, sequence_length, truncation="keep_end", max_prompt_leng
     Raises:
         ValueError: fewer than 2 rows, bad arguments, or a row too long /
             left without completion as `preference_arrays` (named
-            `rows[i]`, KL rows with their partner).
+            `examples.name(i)`, KL rows with their partner).
 
     Example:
 
@@ -835,9 +933,10 @@ def kto_arrays(examples, sequence_length, truncation="keep_end", max_prompt_leng
     for index, prompt in enumerate(examples.prompt_ids):
         partner = int(partners[index])
         for prefix, completion, name in (
-                ("", examples.completion_ids[index], f"rows[{index}]"),
+                ("", examples.completion_ids[index], examples.name(index)),
                 ("kl_", examples.completion_ids[partner],
-                 f"rows[{index}] (KL row, with the completion of rows[{partner}])")):
+                 f"{examples.name(index)} (KL row, with the completion of "
+                 f"{examples.name(partner)})")):
             if not len(completion):
                 raise ValueError(f"{name}: an empty completion; there is nothing to score.")
             _check_prompt_tokens(prompt, start, name)
@@ -1064,8 +1163,9 @@ def read_hh_rlhf_pairs(path, subsets=HH_RLHF_TRAIN_SUBSETS, allow_reserved=False
     (`kobjectives.data.parse_hh_rlhf`), does not end with an assistant
     turn, the two dialogues differ before their last turn, or the two
     answers are the same (36 of the 8,545 rows of the derived test file).
-    With `invalid="skip"` they are left out with one warning counting them;
-    with `"error"` the first raises, naming its file and line.
+    With `invalid="skip"` they are left out with one
+    `kobjectives.data.chat.SkippedRowsWarning` counting them; with
+    `"error"` the first raises, naming its file and line.
 
     Args:
         path: str or path-like, the directory or file.
@@ -1075,7 +1175,8 @@ def read_hh_rlhf_pairs(path, subsets=HH_RLHF_TRAIN_SUBSETS, allow_reserved=False
         invalid: `"skip"` or `"error"`.
 
     Returns:
-        A list of `(conversation, chosen, rejected)` tuples, in file order.
+        A list of `(conversation, chosen, rejected)` tuples, in file order
+        (`Located`: `where` is their `"file:line"`).
 
     Raises:
         ValueError: an unknown or reserved subset, a row without
@@ -1122,16 +1223,17 @@ def read_hh_rlhf_pairs(path, subsets=HH_RLHF_TRAIN_SUBSETS, allow_reserved=False
                 if missing:
                     raise ValueError(f"{file}:{number}: the row has no {missing[0]!r} field.")
                 try:
-                    pairs.append(_hh_pair(row))
+                    pairs.append(Located(_hh_pair(row), f"{file}:{number}"))
                 except ValueError as error:
                     if invalid == "error":
                         raise ValueError(f"{file}:{number}: {error}") from None
                     skipped += 1
                     first_skipped = first_skipped or f"{file}:{number}: {error}"
     if skipped:
-        warnings.warn(
+        warnings.warn(SkippedRowsWarning(
             f"read_hh_rlhf_pairs skipped {skipped} malformed row(s) (the first: "
-            f"{first_skipped}). Pass invalid='error' to stop at them.", stacklevel=2)
+            f"{first_skipped}). Pass invalid='error' to stop at them.", skipped, first_skipped),
+            stacklevel=2)
     if not pairs:
         raise ValueError(f"No HH-RLHF pair of subsets {list(subsets)} in {path}.")
     return pairs
@@ -1173,7 +1275,8 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
         root: optional directory read instead of the standard library.
 
     Returns:
-        A list of `(conversation, chosen, rejected)` tuples.
+        A list of `(conversation, chosen, rejected)` tuples (`Located`:
+        `where` is `"the corpus pair about json.dumps"`).
 
     Raises:
         ValueError: bad arguments, or fewer than two different paragraphs.
@@ -1218,5 +1321,6 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
             rejected = chosen
             while rejected == chosen:
                 rejected = completions[int(rng.integers(len(completions)))]
-        pairs.append(([{"role": "user", "content": example["prompt"]}], chosen, rejected))
+        pairs.append(Located(([{"role": "user", "content": example["prompt"]}], chosen, rejected),
+                             f"the corpus pair about {names[index]}"))
     return pairs

@@ -17,13 +17,18 @@ from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
 from kobjectives.data.chat import HH_RLHF_SUBSETS
 from kobjectives.data.example_files import PREFERENCE_FORMAT
 from kobjectives.data.example_files import UNPAIRED_FORMAT
+from kobjectives.data.example_files import completion_text
 from kobjectives.data.example_files import preference_row_format
+from kobjectives.data.example_files import prompt_turns
 from kobjectives.data.preference import TRUNCATIONS
+from kobjectives.data.preference import PairLengthError
+from kobjectives.recipe import RecipeError
 from kobjectives.recipe import option
 from kobjectives.runs.run import Run
 from kobjectives.runs.sft import DATASETS
 from kobjectives.runs.sft import SFTDataConfig
 from kobjectives.runs.sft import chat_tokenizer
+from kobjectives.runs.sft import reading_skipped_rows
 
 _WORDPIECE_TOKENIZERS = ("BertTokenizer", "WordPieceTokenizer")
 
@@ -73,14 +78,59 @@ class PreferenceDataConfig(SFTDataConfig):
 
 
 def render_pair_texts(pair, template=DEFAULT_CHAT_TEMPLATE):
-    """`(chosen_text, rejected_text)`: a `(prompt, chosen, rejected)` pair
-    as the rendered texts a reward SavedModel scores (the prompt's
-    generation prompt, then the completion and the end marker)."""
-    prompt, chosen, rejected = (pair["prompt"], pair["chosen"], pair["rejected"]) if \
-        isinstance(pair, dict) else pair
-    head = prompt if isinstance(prompt, str) else template.generation_prompt(prompt)
+    """`(chosen_text, rejected_text)`: a pair as the rendered texts a
+    reward SavedModel scores (the prompt's generation prompt, then the
+    answer and the end marker), read as the run reads `data.files`
+    (`kobjectives.data.example_files.prompt_turns`, `completion_text`): a
+    string prompt is one user turn, an answer is a string (used as it is,
+    so an empty generated answer renders too) or a list of one assistant
+    message.
+
+    Args:
+        pair: a `(prompt, chosen, rejected)` tuple or list, or a
+            `{"prompt", "chosen", "rejected"}` dict (TRL's preference row).
+        template: the run's `ChatTemplate`.
+
+    Returns:
+        Two str.
+
+    Raises:
+        TypeError: a pair of another kind (a str, a tuple of another
+            length).
+        ValueError: a dict lacking a key; a malformed prompt or answer.
+
+    Example:
+
+    >>> render_pair_texts(("Hi", "Hello!", "Go away."))[0]
+    '<|user|>\\nHi<|end|>\\n<|assistant|>\\nHello!<|end|>\\n'
+    """
+    where = getattr(pair, "where", None) or "pair"
+    if isinstance(pair, dict):
+        missing = [key for key in ("prompt", "chosen", "rejected") if key not in pair]
+        if missing:
+            raise ValueError(f"{where}: a dict pair needs 'prompt', 'chosen' and 'rejected'; "
+                             f"it lacks {missing}.")
+        prompt, chosen, rejected = pair["prompt"], pair["chosen"], pair["rejected"]
+    elif isinstance(pair, (list, tuple)) and len(pair) == 3:
+        prompt, chosen, rejected = pair
+    else:
+        raise TypeError(
+            "render_pair_texts takes a (prompt, chosen, rejected) triple or a {'prompt', "
+            f"'chosen', 'rejected'}} dict. Received: {type(pair).__name__} {str(pair)[:60]!r}")
+    head = template.generation_prompt(prompt_turns(prompt, where))
+    chosen, rejected = (answer if isinstance(answer, str) else completion_text(answer, where, key)
+                        for answer, key in ((chosen, "chosen"), (rejected, "rejected")))
     return (f"{head}{chosen}{template.end_marker}\n",
             f"{head}{rejected}{template.end_marker}\n")
+
+
+def recipe_length_error(error):
+    """A `kobjectives.data.preference.PairLengthError` (a pair or KTO row
+    that does not fit the window by the truncation rule) as a `RecipeError`
+    naming the recipe's keys (`data.truncation`, `model.sequence_length`)
+    instead of the Python arguments."""
+    return RecipeError(error.describe(truncation="data.truncation = {}",
+                                      sequence_length="model.sequence_length (--sequence-length)"))
 
 
 def length_baseline_accuracy(examples):
@@ -222,19 +272,22 @@ class PreferencePairsRun(Run):
         if kind == "unpaired" and not self.trains_unpaired_rows():
             [(_, where)] = data_lib.read_jsonl(data.files, limit=1)
             raise ValueError(self.pairs_needed(where) + ".")
-        return kind, [tuple(example) for example in examples]
+        return kind, examples
 
     def load_pairs(self, subsets=None):
         """The `(prompt, chosen, rejected)` pairs of `data.files`
         (`kobjectives.data.read_preference_pairs`) or `data.dataset` (at most
         `data.max_documents`); `subsets`: HH-RLHF subsets read instead of
-        `data.hh_rlhf_subsets` (the held-out ones)."""
+        `data.hh_rlhf_subsets` (the held-out ones). The pairs of files and
+        HH-RLHF keep their `"file:line"` (`Located` tuples), which the
+        errors about them name."""
         data = self.recipe.data
         limit = data.max_documents or None
         if data.files and not subsets:
             pairs = data_lib.read_preference_pairs(data.files, limit)
         elif data.dataset == "hh_rlhf":
-            pairs = data_lib.read_hh_rlhf_pairs(
+            pairs = reading_skipped_rows(
+                self.log, "HH-RLHF row(s)", data_lib.read_hh_rlhf_pairs,
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
                 subsets=subsets or data.hh_rlhf_subsets, allow_reserved=bool(subsets),
                 limit=limit)
@@ -243,8 +296,8 @@ class PreferencePairsRun(Run):
                 seed=self.recipe.training.seed, limit=limit,
                 max_characters=min(300, 2 * self.recipe.model.sequence_length),
                 template=self.template)
-        return [(p["prompt"], p["chosen"], p["rejected"]) if isinstance(p, dict) else tuple(p)
-                for p in pairs]
+        return [(p["prompt"], p["chosen"], p["rejected"]) if isinstance(p, dict) else
+                p if isinstance(p, tuple) else tuple(p) for p in pairs]
 
     def prepare(self):
         """The pairs split into train and validation (a stable hash of
@@ -263,7 +316,7 @@ class PreferencePairsRun(Run):
         self.pairs = {"train": train, "validation": validation}
         if data.heldout_subsets:
             self.pairs["heldout"] = self.load_pairs(data.heldout_subsets)
-        self.log(f"data: {len(pairs)} {data.source} pairs ({len(train)} train, "
+        self.log(f"data: {len(pairs)} pairs from {data.source_label} ({len(train)} train, "
                  f"{len(validation)} validation)" + (
                      f"; {len(self.pairs['heldout'])} held-out pairs of "
                      f"{list(data.heldout_subsets)}, scored after training only"
@@ -322,7 +375,8 @@ class PreferencePairsRun(Run):
         self.pairs[split] = [self.pairs[split][i] for i in keep]
         self.examples[split] = data_lib.PreferenceExamples(
             [examples.prompt_ids[i] for i in keep], [examples.chosen_ids[i] for i in keep],
-            [examples.rejected_ids[i] for i in keep], examples.start_token_id)
+            [examples.rejected_ids[i] for i in keep], examples.start_token_id,
+            None if examples.names is None else [examples.names[i] for i in keep])
 
     def balance_lengths(self):
         """`data.balance_lengths`: keeps the length-balanced subset of the
@@ -340,11 +394,20 @@ class PreferencePairsRun(Run):
     def drop_collapsed_pairs(self):
         """Drops the pairs whose chosen and rejected answers are identical
         once cut to the window (`collapsed_pairs`; they prefer nothing),
-        logging and recording (`self.dropped`) how many per split."""
+        logging and recording (`self.dropped`) how many per split.
+
+        Raises:
+            RecipeError: a pair that does not fit the window by
+                `data.truncation` (named by its file and line, with the
+                recipe keys that fix it: `recipe_length_error`).
+        """
         self.dropped = {}
         for split, examples in self.examples.items():
-            collapsed = set(data_lib.collapsed_pairs(
-                examples, self.recipe.model.sequence_length, self.recipe.data.truncation))
+            try:
+                collapsed = set(data_lib.collapsed_pairs(
+                    examples, self.recipe.model.sequence_length, self.recipe.data.truncation))
+            except PairLengthError as error:
+                raise recipe_length_error(error) from None
             if not collapsed:
                 continue
             self.keep_pairs(split, [i for i in range(len(examples)) if i not in collapsed])
@@ -383,7 +446,8 @@ class PreferencePairsRun(Run):
         step, index = input_context.num_input_pipelines, input_context.input_pipeline_id
         examples = data_lib.PreferenceExamples(
             examples.prompt_ids[index::step], examples.chosen_ids[index::step],
-            examples.rejected_ids[index::step], examples.start_token_id)
+            examples.rejected_ids[index::step], examples.start_token_id,
+            None if examples.names is None else examples.names[index::step])
         extra = None if extra is None else {k: v[index::step] for k, v in extra.items()}
         return examples, extra
 
@@ -399,9 +463,13 @@ class PreferencePairsRun(Run):
                        **options)
         if ordered:
             options.setdefault("drop_remainder", False)
-            return data_lib.preference_dataset(examples, shuffle=False, **options)
-        return data_lib.preference_dataset(examples, shuffle=True, repeat=True,
-                                           seed=self.recipe.training.seed, **options)
+            options.update(shuffle=False)
+        else:
+            options.update(shuffle=True, repeat=True, seed=self.recipe.training.seed)
+        try:
+            return data_lib.preference_dataset(examples, **options)
+        except PairLengthError as error:
+            raise recipe_length_error(error) from None
 
     def make_dataset(self, split, batch_size, input_context=None):
         """`"train"`: shuffled, repeated batches; `"validation"`: at most

@@ -38,6 +38,7 @@ from kobjectives.runs.denoising import special_token_id
 from kobjectives.runs.run import RECIPE_FILE
 from kobjectives.runs.run import Run
 from kobjectives.runs.sft import SFTDataConfig
+from kobjectives.runs.sft import reading_skipped_rows
 
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqSFTModelConfig(Seq2SeqModelConfig):
@@ -191,7 +192,8 @@ class Seq2SeqSFTRun(Run):
         if data.files:
             return data_lib.read_seq2seq_pairs(data.files, limit)
         if data.dataset == "hh_rlhf":
-            conversations = data_lib.read_hh_rlhf(
+            conversations = reading_skipped_rows(
+                self.log, "HH-RLHF dialogue(s)", data_lib.read_hh_rlhf,
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
                 subsets=data.hh_rlhf_subsets, target="chosen", max_dialogues=limit)
             return [dialogue_pair(conversation, f"hh_rlhf dialogue {index}")
@@ -224,8 +226,8 @@ class Seq2SeqSFTRun(Run):
         pairs = self.load_pairs()
         self.train_documents, self.validation_documents = data_lib.split_examples(
             pairs, data.validation_fraction, seed=self.recipe.training.seed)
-        self.log(f"data: {len(pairs)} {data.source} pairs ({len(self.train_documents)} train, "
-                 f"{len(self.validation_documents)} validation)")
+        self.log(f"data: {len(pairs)} pairs from {data.source_label} "
+                 f"({len(self.train_documents)} train, {len(self.validation_documents)} validation)")
         if self.recipe.model.init:
             self.tokenizer = backbones.load_tokenizer(self.recipe.model.init)
             self.log(f"tokenizer: from {self.recipe.model.init} "

@@ -3,6 +3,7 @@
 
 import dataclasses
 import pathlib
+import warnings
 
 import keras_hub
 import numpy as np
@@ -13,6 +14,7 @@ from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
 from kobjectives.data.chat import HH_RLHF_SUBSETS
 from kobjectives.data.chat import HH_RLHF_TRAIN_SUBSETS
 from kobjectives.data.chat import RESERVED_HH_RLHF_SUBSETS
+from kobjectives.data.chat import SkippedRowsWarning
 from kobjectives.data.sft import LOSS_ON
 from kobjectives.data.sft import ChatPromptPreprocessor
 from kobjectives.data.sft import SFTExamples
@@ -66,6 +68,11 @@ class SFTDataConfig(DataConfig):
     def source(self):
         """Where the examples come from: `"files"`, else `data.dataset`."""
         return "files" if self.files else self.dataset
+
+    @property
+    def source_label(self):
+        """`source` as the log names it: `"data.files"`, or the dataset."""
+        return "data.files" if self.files else self.dataset
 
     def check(self):
         yield from super().check()
@@ -189,6 +196,34 @@ def completion_scoring_inputs(windows):
             "segment_ids": scoring, "example_ids": windows["segment_ids"]}
 
 
+def reading_skipped_rows(log, what, read, *args, **kwargs):
+    """`read(*args, **kwargs)` (an HH-RLHF reader), its
+    `kobjectives.data.chat.SkippedRowsWarning` logged with `log` in the
+    run's words: the reader's says to pass `invalid='error'`, a Python
+    argument the recipe has no key for. Other warnings pass through.
+
+    Example:
+
+    >>> def read():
+    ...     warnings.warn(SkippedRowsWarning("...", 2, "a.jsonl:3: no turn"))
+    ...     return ["kept"]
+    >>> reading_skipped_rows(print, "HH-RLHF dialogue(s)", read)
+    data: 2 malformed HH-RLHF dialogue(s) left out (the first: a.jsonl:3: no turn)
+    ['kept']
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = read(*args, **kwargs)
+    for warning in caught:
+        if isinstance(warning.message, SkippedRowsWarning):
+            log(f"data: {warning.message.count} malformed {what} left out (the first: "
+                f"{warning.message.first})")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno, source=warning.source)
+    return out
+
+
 def chat_tokenizer(vocabulary, lowercase, template=DEFAULT_CHAT_TEMPLATE):
     """A keras-hub `BertTokenizer` over `vocabulary` with the chat markers
     appended (`kobjectives.data.add_chat_tokens`).
@@ -239,6 +274,7 @@ class SFTRun(Run):
     train_examples = None
     validation_examples = None
     overlong_counts = None
+    no_completion_counts = None
 
     # -- checks ------------------------------------------------------------------
 
@@ -285,7 +321,8 @@ class SFTRun(Run):
         if data.files:
             return data_lib.read_sft_conversations(data.files, limit)
         if data.dataset == "hh_rlhf":
-            return data_lib.read_hh_rlhf(
+            return reading_skipped_rows(
+                self.log, "HH-RLHF dialogue(s)", data_lib.read_hh_rlhf,
                 pathlib.Path(data.shared_dir).expanduser() / "hh_rlhf",
                 subsets=data.hh_rlhf_subsets, target="chosen", max_dialogues=limit)
         # Completions short enough that most pairs fit the window whole.
@@ -306,8 +343,8 @@ class SFTRun(Run):
         examples = self.load_examples()
         self.train_documents, self.validation_documents = data_lib.split_examples(
             examples, data.validation_fraction, seed=self.recipe.training.seed)
-        self.log(f"data: {len(examples)} {data.source} examples ({len(self.train_documents)} "
-                 f"train, {len(self.validation_documents)} validation)")
+        self.log(f"data: {len(examples)} examples from {data.source_label} "
+                 f"({len(self.train_documents)} train, {len(self.validation_documents)} validation)")
         if self.recipe.model.init:
             base = backbones.load_tokenizer(self.recipe.model.init)
             self.tokenizer = chat_tokenizer(base.get_vocabulary(), base.get_config().get(
@@ -326,7 +363,7 @@ class SFTRun(Run):
             self.log(f"tokenizer: WordPiece, {self.tokenizer.vocabulary_size()} pieces "
                      "(chat markers included)")
         data_lib.save_vocabulary(self.vocabulary, out_dir)
-        self.overlong_counts = {}
+        self.overlong_counts, self.no_completion_counts = {}, {}
         self.train_examples = self.tokenized(self.train_documents, "train")
         self.validation_examples = self.tokenized(self.validation_documents, "validation")
 
@@ -341,6 +378,10 @@ class SFTRun(Run):
     def tokenized(self, conversations, split):
         """`SFTExamples` of `conversations` (completion mask); the examples
         longer than the window refused, dropped or cut to it (`overlong`).
+        An example cut to the window with no completion token left (its
+        prompt fills the window) would add no loss: it is left out and
+        counted (`no_completion_counts`), unless it trains on every token
+        (`sft.loss_on = "all"`, train split).
 
         Raises:
             ValueError: with `overlong() == "error"`, an example longer than
@@ -367,15 +408,23 @@ class SFTRun(Run):
                 "or set sft.overlong = 'drop' (leave such examples out) or 'truncate' (keep "
                 "their first tokens).")
         self.overlong_counts[split] = int(too_long.size)
+        empty = []
+        if overlong == "truncate" and (split != "train" or self.recipe.sft.loss_on == "completion"):
+            # Position 0 is never a target: a completion token there adds no loss either.
+            empty = [int(i) for i in too_long if not examples.completion_mask[i][1:length].any()]
+        self.no_completion_counts[split] = len(empty)
         if too_long.size:
             done = "left out" if overlong == "drop" else "cut to their first tokens"
             self.log(f"{split}: {too_long.size} of {len(lengths)} examples longer than "
-                     f"{length} tokens {done}")
-        keep = np.arange(len(lengths)) if overlong == "truncate" else np.flatnonzero(
-            lengths <= length)
+                     f"{length} tokens {done}" + (
+                         f"; {len(empty)} of them had no completion token left and are left "
+                         "out" if empty else ""))
+        keep = np.setdiff1d(np.arange(len(lengths)), empty) if overlong == "truncate" else \
+            np.flatnonzero(lengths <= length)
         if not keep.size:
             raise ValueError(
-                f"No {split} example fits model.sequence_length = {length}: raise it.")
+                f"No {split} example fits model.sequence_length = {length}"
+                f"{' with a completion token left' if empty else ''}: raise it.")
         return SFTExamples([examples.token_ids[i][:length] for i in keep],
                            [examples.completion_mask[i][:length] for i in keep])
 
@@ -471,6 +520,7 @@ class SFTRun(Run):
             "train_window_fill": float(lengths.sum() / windows["token_ids"].size),
             "overlong": self.overlong(),
             "overlong_examples": dict(self.overlong_counts or {}),
+            "overlong_without_completion": dict(self.no_completion_counts or {}),
             "perplexity_unit": "per completion token (WordPiece, vocab.txt), the answer's "
                                "end marker included",
         }

@@ -178,3 +178,41 @@ def test_files_mixing_pairs_and_unpaired_rows_are_refused_naming_both_lines(tmp_
     with pytest.raises(ValueError, match=r"mixed\.jsonl:1 is an unpaired row .*this needs pairs"
                                          r".*preference\.method=kto"):
         read_preference_pairs(mixed)
+
+
+@pytest.mark.parametrize("reader, row, key", [
+    (read_sft_conversations, {"prompt": "Name a prime.", "completion": ASSISTANT}, "completion"),
+    (read_preference_pairs, {"prompt": "Name a prime.", "chosen": ASSISTANT,
+                             "rejected": "Eight."}, "chosen"),
+    (read_unpaired_rows, {"prompt": "Name a prime.", "completion": ASSISTANT, "label": True},
+     "completion"),
+])
+def test_a_bare_message_dict_answer_is_refused_saying_what_is_accepted(tmp_path, reader, row,
+                                                                        key):
+    """TRL's conversational answer is a list of messages; a bare dict is
+    neither of TRL's forms, and the error shows both accepted ones."""
+    good = {"prompt": "p", "completion": "c"} if reader is read_sft_conversations else (
+        {"prompt": "p", "chosen": "a", "rejected": "b"} if reader is read_preference_pairs
+        else {"prompt": "p", "completion": "c", "label": False})
+    path = _write(tmp_path / "sft_pc.jsonl", good, good, "\n", row)
+    with pytest.raises(ValueError) as error:
+        reader(path)
+    assert str(error.value) == (
+        f"{path}:4: '{key}' must be a non-empty string, or a list of message dicts such as "
+        '[{"role": "assistant", "content": ...}]. A single message dict is not an accepted '
+        f"form: wrap it in a list. Received: {ASSISTANT!r}")
+    # Wrapped in a list, as the error says, the same line reads.
+    fixed = _write(tmp_path / "fixed.jsonl", good, {**row, key: [ASSISTANT]})
+    assert len(reader(fixed)) == 2
+
+
+def test_pairs_and_unpaired_rows_keep_the_file_and_line_they_were_read_from(tmp_path):
+    pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = _write(tmp_path / "prefs.jsonl", pair, "\n", pair)
+    pairs = read_preference_pairs(path)
+    assert pairs == [([{"role": "user", "content": "p"}], "a", "b")] * 2  # plain tuples' equality
+    assert [p.where for p in pairs] == [f"{path}:1", f"{path}:3"]
+    assert [p.where for p in read_preference_examples(path)[1]] == [f"{path}:1", f"{path}:3"]
+    rows = _write(tmp_path / "rows.jsonl", {"prompt": "p", "completion": "c", "label": True},
+                  {"prompt": "p", "completion": "d", "label": False})
+    assert [row.where for row in read_unpaired_rows(rows)] == [f"{rows}:1", f"{rows}:2"]

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kobjectives.data.chat import SkippedRowsWarning
 from kobjectives.data.chat import add_chat_tokens
 from kobjectives.data.preference import KTO_KEYS
 from kobjectives.data.preference import PAIR_KEYS
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
 from kobjectives.data.preference import KTOExamples
+from kobjectives.data.preference import PairLengthError
 from kobjectives.data.preference import PreferenceExamples
 from kobjectives.data.preference import _kl_partners
 from kobjectives.data.preference import collapsed_pairs
@@ -510,3 +512,105 @@ def test_length_balanced_pairs_errors():
         length_balanced_pairs(_length_pairs([(2, 1)]), bins=0)
     with pytest.raises(TypeError, match="tokenize_preference_pairs"):
         length_balanced_pairs([([1], [2], [3])])
+
+
+# --- naming pairs by their file and line -------------------------------------------------
+
+
+def _pairs_file(tmp_path, bad_line, bad_pair, count=10):
+    from kobjectives.data import read_preference_pairs
+
+    lines = [json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})] * count
+    lines[bad_line - 1] = json.dumps(bad_pair)
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, read_preference_pairs(path)
+
+
+def test_errors_after_a_split_name_the_pair_by_its_file_and_line(tmp_path):
+    """Pairs read from a file are named by `file:line` in the errors of the
+    tokenizer and the layout, also once a split has reordered them."""
+    # Line 10: chosen and rejected differ only in letter case.
+    path, pairs = _pairs_file(tmp_path, 10, {"prompt": "a", "chosen": "B!", "rejected": "b!"})
+    subset = pairs[5:]  # the pair is pairs[4] here, and line 10 of the file
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:10: chosen and rejected "
+                                         r"tokenize to the same 3 ids"):
+        tokenize_preference_pairs(subset, _tokenizer(), start_token_id=START)
+    # Line 10: a prompt of 6 tokens fills a window of 6 (5 after the start token).
+    path, pairs = _pairs_file(tmp_path, 10, {"prompt": "a b c d e f", "chosen": "b",
+                                             "rejected": "c"})
+    examples = tokenize_preference_pairs(pairs[5:], _tokenizer(), start_token_id=START)
+    assert examples.name(4) == f"{path}:10" and examples.name(0) == f"{path}:6"
+    # <|user|> a b c d e f <|end|> <|assistant|>: 9 prompt tokens; the window leaves 7.
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:10: the completion has no "
+                                         r"token left after truncation: the prompt has 9 tokens "
+                                         r"and fills the 7 left in the window.*Pass "
+                                         r"truncation='keep_end'"):
+        preference_arrays(examples, 8, truncation="keep_start")
+    with pytest.raises(PairLengthError, match=rf"^{re.escape(str(path))}:10: its prompt alone "
+                                              r"has 9 tokens and fills the 7 .*pass "
+                                              r"truncation='keep_end'"):
+        collapsed_pairs(examples, 8, truncation="error")
+    # Without a `where` (plain tuples), the index in the input.
+    plain = tokenize_preference_pairs([tuple(p) for p in pairs[5:]], _tokenizer(),
+                                      start_token_id=START)
+    assert plain.names == [f"pairs[{i}]" for i in range(5)]
+    with pytest.raises(ValueError, match=r"^pairs\[4\]: the completion has no token left"):
+        preference_arrays(plain, 8, truncation="keep_start")
+
+
+def test_pair_length_error_words_its_fix_with_the_names_given():
+    error = PairLengthError("prefs.jsonl:10", "error", 3, 9, 7)
+    assert str(error) == (
+        "prefs.jsonl:10: its prompt (3 tokens) and longer completion (9) exceed the 7 tokens "
+        "the window leaves for them (after the start token, if any). Raise `sequence_length`, "
+        "drop the long pairs, or pass truncation='keep_end' (cut the prompt's start first) or "
+        "truncation='keep_start' (cut the completions' end first).")
+    assert error.describe("data.truncation = {}", "model.sequence_length") == (
+        "prefs.jsonl:10: its prompt (3 tokens) and longer completion (9) exceed the 7 tokens "
+        "the window leaves for them (after the start token, if any). Raise "
+        "model.sequence_length, drop the long pairs, or set data.truncation = keep_end (cut "
+        "the prompt's start first) or data.truncation = keep_start (cut the completions' end "
+        "first).")
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
+def test_kto_rows_are_named_by_their_file_and_line(tmp_path):
+    from kobjectives.data import read_unpaired_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in [
+        {"prompt": "a", "completion": "b", "label": True},
+        {"prompt": "a b c d e f", "completion": "c", "label": False}]) + "\n")
+    rows = kto_examples(read_unpaired_rows(path), _tokenizer(), start_token_id=START)
+    assert rows.names == [f"{path}:1", f"{path}:2"]
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: the completion has no "
+                                         "token left after truncation"):
+        kto_arrays(rows, 8, truncation="keep_start")
+    # A pair unpaired: its two rows, named by the pair.
+    unpaired = kto_examples([("a", "b", "c")], _tokenizer())
+    assert unpaired.names == ["examples[0] (chosen)", "examples[0] (rejected)"]
+    assert unpaired.source_index.tolist() == [0, 0]
+
+
+def test_hh_rlhf_and_corpus_pairs_carry_a_descriptive_name(tmp_path):
+    good = {"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: A\n\nAssistant: C"}
+    bad = {"chosen": "\n\nHuman: A", "rejected": "\n\nHuman: A\n\nAssistant: C"}
+    _write(tmp_path / "helpful-base.test.jsonl.gz", [good, bad, bad, good])
+    with pytest.warns(SkippedRowsWarning) as caught:
+        pairs = read_hh_rlhf_pairs(tmp_path, subsets="helpful-base")
+    [warning] = caught
+    assert warning.message.count == 2
+    assert warning.message.first == (f"{tmp_path / 'helpful-base.test.jsonl.gz'}:2: a dialogue "
+                                      "does not end with an assistant turn")
+    assert "Pass invalid='error' to stop at them." in str(warning.message)
+    assert [pair.where for pair in pairs] == [f"{tmp_path / 'helpful-base.test.jsonl.gz'}:{n}"
+                                              for n in (1, 4)]
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "spam.py").write_text("def fry(eggs):\n    '''Fry the eggs in a pan.'''\n"
+                                  "def boil(eggs):\n    '''Boil the eggs in water.'''\n")
+    assert [pair.where for pair in corpus_preference_pairs(root=root)] == [
+        "the corpus pair about spam.fry", "the corpus pair about spam.boil"]

@@ -221,7 +221,7 @@ def test_lora_from_a_clm_run_trains_the_adapters_and_the_grown_embedding(tmp_pat
                               "training.saved_model": False, "data.max_documents": 60}).train()
     lines = []
     tiny_run("sft", tmp_path / "sft", {
-        **SFT, "model.init": str(clm_dir), "data.max_documents": 60, "model.lora_rank": 2,
+        **SFT, "model.init": str(clm_dir), "data.max_documents": 120, "model.lora_rank": 2,
         "model.lora_alpha": 8, "training.steps": 2, "training.epochs": 1, "training.saved_model": False,
         "model.dropout": 0.0}, log=lambda *parts: lines.append(" ".join(map(str, parts)))).train()
     assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2, alpha 8\)", line)
@@ -368,3 +368,67 @@ def test_data_files_are_json_lines_examples_in_both_sft_formats(tmp_path):
         rows[1]["messages"]]
     assert run_class("seq2seq_sft")({"data": {"files": [str(path)]}}, tmp_path).load_pairs() \
         == [{"input": "Say hi", "target": "hi"}, {"input": "User: Say yo", "target": "yo"}]
+
+
+def _long_prompt_examples(tmp_path):
+    """40 examples: 6 whose prompt alone fills a 16-token window, 4 whose
+    completion runs past it, 30 that fit."""
+    rows = [{"prompt": f"Say {i}", "completion": f"{i}"} for i in range(30)]
+    rows += [{"prompt": " ".join(["story"] * 30) + f" {i}", "completion": "the end"}
+             for i in range(6)]
+    rows += [{"prompt": f"Count {i}", "completion": " ".join(["one"] * 30)} for i in range(4)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_truncate_leaves_out_the_examples_cut_to_no_completion_token(tmp_path):
+    """`sft.overlong = "truncate"`: an example whose prompt fills the window
+    keeps no completion token, so it would take a window and add no loss:
+    it is left out and counted apart from the examples cut."""
+    logs = []
+    overrides = {"data.files": [str(_long_prompt_examples(tmp_path))], "sft.overlong": "truncate",
+                 "model.sequence_length": 16, "data.validation_fraction": 0.25}
+    run = tiny_run("sft", tmp_path / "run", overrides, log=logs.append)
+    run.prepare()
+    cut, empty = run.overlong_counts, run.no_completion_counts
+    assert sum(cut.values()) == 10 and sum(empty.values()) == 6
+    assert len(run.train_examples) + len(run.validation_examples) == 34
+    for examples in (run.train_examples, run.validation_examples):
+        assert examples.lengths.max() <= 16
+        assert all(mask[1:].any() for mask in examples.completion_mask)  # a target each
+    sizes = {"train": len(run.train_documents), "validation": len(run.validation_documents)}
+    expected = [f"{split}: {cut[split]} of {sizes[split]} examples longer than 16 tokens cut to "
+                f"their first tokens" + (f"; {empty[split]} of them had no completion token "
+                                         "left and are left out" if empty[split] else "")
+                for split in ("train", "validation") if cut[split]]
+    assert [line for line in logs if "longer than 16 tokens" in line] == expected
+    # With the loss on every token, a training example without completion still teaches.
+    run = tiny_run("sft", tmp_path / "all", {**overrides, "sft.loss_on": "all"})
+    run.prepare()
+    assert run.no_completion_counts == {"train": 0, "validation": empty["validation"]}
+    assert len(run.train_examples) == sizes["train"]
+
+
+def test_skipped_hh_rlhf_dialogues_are_logged_without_a_python_argument(tmp_path):
+    folder = tmp_path / "shared" / "hh_rlhf"
+    folder.mkdir(parents=True)
+    rows = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: hello", "rejected": "-"}
+            for i in range(4)]
+    rows[2]["chosen"] = "\n\nHuman: hi\n\nHuman: again"
+    file = folder / "helpful-base.test.jsonl.gz"
+    with gzip.open(file, "wt") as out:
+        out.write("".join(json.dumps(row) + "\n" for row in rows))
+    logs = []
+    run = tiny_run("sft", tmp_path / "run", {
+        "data.dataset": "hh_rlhf", "data.shared_dir": str(tmp_path / "shared"),
+        "data.hh_rlhf_subsets": "helpful-base"}, log=logs.append)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(run.load_examples()) == 3
+    assert logs == [f"data: 1 malformed HH-RLHF dialogue(s) left out (the first: {file}:3: "
+                    "dialogue turn[1]: a 'user' turn follows a 'user' turn; user and assistant "
+                    "turns must alternate, starting with 'user' (merge consecutive turns of one "
+                    "role).)"]

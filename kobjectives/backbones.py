@@ -5,6 +5,7 @@ the run's vocabulary and sequence length. These are configurations of
 keras-hub's own backbone classes, small enough to pretrain on two CPU cores.
 """
 
+import glob
 import inspect
 import json
 import math
@@ -212,17 +213,20 @@ def class_kind(class_name):
 def preset_location(init):
     """Where `model.init` points: a preset directory (a run folder's
     `preset/`, or a directory written by `save_to_preset`) as a string, or
-    the name keras-hub resolves.
+    a name keras-hub resolves (one of `keras_hub.models.Backbone.presets`,
+    or a handle such as `kaggle://...` or `hf://...`; loading it may need
+    the network).
 
     Raises:
-        FileNotFoundError: `init` is a path (it names a folder, or contains a
-            path separator) without a preset in it.
+        FileNotFoundError: `init` is a folder without a preset in it, a path
+            that does not exist, or neither an existing folder nor a name
+            keras-hub knows; the message names `init` and the fix.
     """
     path = pathlib.Path(init).expanduser()
     for candidate in (path / PRESET_FOLDER, path):
         if (candidate / "config.json").is_file():
             return str(candidate)
-    if path.exists() or os.sep in init or init.startswith("."):
+    if path.exists():
         if (path / "recipe.json").is_file():
             raise FileNotFoundError(
                 f"{init} is a run folder without a {PRESET_FOLDER}/ (the run did not finish, "
@@ -230,7 +234,22 @@ def preset_location(init):
         raise FileNotFoundError(
             f"{init} holds no keras-hub preset (no config.json): give a run folder written "
             "by `kobjectives train`, a directory written by `save_to_preset`, or a preset name.")
-    return init
+    if "://" in init or init in keras_hub.models.Backbone.presets:
+        return init
+    fix = ("give --init the folder of a finished `kobjectives train` run (its --out, with "
+           "its parent folder, e.g. runs/NAME), a directory written by `save_to_preset`, or "
+           "a keras-hub preset name")
+    here = f"no folder {path} here (in {os.getcwd()})"
+    if "/" in init or os.sep in init or init.startswith((".", "~")):
+        raise FileNotFoundError(f"{here}: {fix}.")
+    # A run folder's name typed without its parent (`my_run` for `runs/my_run`).
+    nearby = sorted(str(p) for p in pathlib.Path().glob(f"*/{glob.escape(init)}")
+                    if (p / PRESET_FOLDER / "config.json").is_file()
+                    or (p / "config.json").is_file())
+    hint = f" {nearby[0]} holds a preset here: --init {nearby[0]}." if nearby else ""
+    raise FileNotFoundError(
+        f"{here}, and {init!r} is not a keras-hub preset name "
+        f"(keras_hub.models.Backbone.presets lists them): {fix}.{hint}")
 
 
 def preset_config(init):

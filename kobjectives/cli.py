@@ -33,8 +33,10 @@ The run folder (--out) receives vocab.txt, recipe.json, checkpoints/, logs/
 (TensorBoard), history.csv (one row per round), loss_curve.png, model.keras,
 preset/ (the trained backbone and tokenizer, a keras-hub preset), saved_model/
 and metrics.json, plus backup/ while training: rerunning the same command with
-the same --out resumes from the last completed round (--no-resume starts
-over). Without --out each run gets a new timestamped folder.
+the same --out resumes an interrupted run from its last completed round, and
+leaves a finished one (metrics.json) as it is, saying so (exit code 0); another
+recipe there is an error. --no-resume trains from the start in that folder.
+Without --out each run gets a new timestamped folder.
 Precedence: the named recipe < --config FILE < the flags and --set.
 """
 
@@ -116,8 +118,9 @@ def _train_parser(subparsers):
     )
     _recipe_options(parser)
     parser.add_argument("--no-resume", action="store_true",
-                        help="delete the run folder's backup/ and history.csv first: start over "
-                        "instead of resuming an interrupted run")
+                        help="delete the run folder's backup/, history.csv and metrics.json "
+                        "first: train from the start instead of resuming an interrupted run "
+                        "or leaving a finished one as it is")
     parser.set_defaults(command=_train)
 
 

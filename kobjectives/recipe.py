@@ -312,7 +312,8 @@ class TrainingConfig(Section):
 
     steps: int = option(1000, "optimizer steps", within="[1, inf)")
     epochs: int = option(
-        5, "evaluation / checkpoint rounds the steps are split into (at most steps)",
+        5, "evaluation / checkpoint rounds the steps are split into: ceil(steps / epochs) "
+        "steps each, the last round shorter where they do not divide (at most steps rounds)",
         within="[1, inf)")
     batch_size: int = option(32, "global batch size (split over replicas)", within="[1, inf)")
     learning_rate: float = option(1e-3, "AdamW's peak learning rate", within="(0, 1]")

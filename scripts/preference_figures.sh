@@ -12,7 +12,8 @@
 #        helpful subsets, the judge's data; not in the default list; the last three
 #        were measured with JUDGE_PROMPTS=64: 256 prompts' answers take ~20 min)
 #        dpo_select_lora dpo_lora_helpful (LoRA rank 8 on the helpful subsets; not in the
-#        default list)
+#        default list); reward_select_lora (the judge with LoRA or a lower learning
+#        rate, validation only; not in the default list)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -58,6 +59,16 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
       run "select_$1_balanced_$2" reward --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
         --set data.validation_fraction=0.2 --set reward.pooling=$1 \
         --set data.balance_lengths=$2 --set training.steps=600 --set training.saved_model=false
+    done ;;
+    # The judge's recipe (mean pooling, balanced lengths) with fewer trained weights or a
+    # lower learning rate: LoRA rank 8 at 1e-3 and 3e-3, the full fine-tune at 1e-4
+    # (validation only).
+    reward_select_lora) for v in "lora8_lr1e-3 8 1e-3" "lora8_lr3e-3 8 3e-3" "full_lr1e-4 0 1e-4"; do
+      set -- $v
+      run "select_reward_$1" reward --init "$OUT/sft" "${HH[@]}" "${HELPFUL[@]}" \
+        --set data.validation_fraction=0.2 --set reward.pooling=mean \
+        --set data.balance_lengths=true --set training.steps=600 --set training.saved_model=false \
+        --set model.lora_rank=$2 --set training.learning_rate=$3
     done ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
     # DPO on the judge's data (the helpful subsets: helpful-online measures

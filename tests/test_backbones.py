@@ -1,3 +1,5 @@
+import pathlib
+
 import pytest
 
 from kobjectives.backbones import BACKBONES
@@ -211,3 +213,41 @@ def test_a_preset_tokenizer_loads_whatever_the_backbone_class(tmp_path):
     assert isinstance(tokenizer, keras_hub.models.BertTokenizer)
     assert tokenizer.get_vocabulary() == vocabulary
     assert [list(map(int, row)) for row in tokenizer(["A b"])] == [[5, 6]]
+
+
+def test_preset_location_names_a_missing_folder_and_an_unknown_preset_name(tmp_path, monkeypatch):
+    import os
+
+    from kobjectives.backbones import preset_config
+    from kobjectives.backbones import preset_location
+
+    monkeypatch.chdir(tmp_path)
+    fix = ("give --init the folder of a finished `kobjectives train` run (its --out, with its "
+           "parent folder, e.g. runs/NAME), a directory written by `save_to_preset`, or a "
+           "keras-hub preset name.")
+    # A path that does not exist: said so, not "holds no keras-hub preset".
+    with pytest.raises(FileNotFoundError) as error:
+        preset_location("runs/does-not-exist")
+    assert str(error.value) == f"no folder runs/does-not-exist here (in {os.getcwd()}): {fix}"
+    # A run folder's name without its parent: neither a folder here nor a preset name.
+    with pytest.raises(FileNotFoundError) as error:
+        preset_config("my_sft_run")
+    assert str(error.value) == (
+        f"no folder my_sft_run here (in {os.getcwd()}), and 'my_sft_run' is not a keras-hub "
+        f"preset name (keras_hub.models.Backbone.presets lists them): {fix}")
+    # ... and where a folder below holds that run, the message names it.
+    (tmp_path / "runs" / "my_sft_run" / "preset").mkdir(parents=True)
+    (tmp_path / "runs" / "my_sft_run" / "preset" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError,
+                       match=r"e.g. runs/NAME\), .* runs/my_sft_run holds a preset here: "
+                             r"--init runs/my_sft_run\.$"):
+        preset_location("my_sft_run")
+    assert preset_location("runs/my_sft_run") == str(pathlib.Path("runs/my_sft_run/preset"))
+    # An existing folder without a preset keeps its own message.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="^empty holds no keras-hub preset"):
+        preset_location("empty")
+    # Names keras-hub knows (presets, handles) are left to keras-hub (maybe the network).
+    assert preset_location("bert_tiny_en_uncased") == "bert_tiny_en_uncased"
+    assert preset_config("bert_tiny_en_uncased") is None
+    assert preset_location("kaggle://keras/bert/keras/x") == "kaggle://keras/bert/keras/x"

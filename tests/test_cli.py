@@ -189,6 +189,34 @@ def test_missing_data_files_fail_before_any_work(tmp_path, capsys, no_data):
     assert "data.files: " in capsys.readouterr().err
 
 
+def test_rerunning_a_finished_run_leaves_it_and_no_resume_starts_over(tmp_path, capsys,
+                                                                      no_data):
+    from kobjectives.runs.run import write_json
+
+    out = tmp_path / "run"
+    out.mkdir()
+    # A finished run's folder: its recipe.json and metrics.json (written last), no backup/.
+    write_json(out / "recipe.json", resolve("mlm", *TINY).to_dict())
+    write_json(out / "metrics.json", {"recipe": "mlm", "steps": 6})
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    args = ["train", "mlm", *TINY, "--out", str(out)]
+    assert cli.main(args) == 0  # nothing to do is not a failure
+    assert (f"{out} holds a finished 'mlm' run of this recipe (metrics.json): nothing to "
+            "train, the folder is left as it is. To train it again there, rerun with "
+            "--no-resume; or give a new --out.") in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # Another recipe there is an error naming the keys that differ.
+    assert cli.main([*args, "--seed", "3"]) == 2
+    assert (f"kobjectives: error: --out {out} holds a finished run of another recipe (its "
+            "recipe.json -> this one: training.seed 0 -> 3). Give a new --out, or add "
+            "--no-resume") in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # --no-resume trains from the start: metrics.json goes, and the run reads its data.
+    with pytest.raises(AssertionError, match="data was read"):
+        cli.main([*args, "--no-resume"])
+    assert not (out / "metrics.json").exists()
+
+
 # A whole run in a new process (about 40 s): the in-process driver is tested in
 # tests/runs/test_run.py, the CLI's parsing and early errors above.
 @pytest.mark.slow

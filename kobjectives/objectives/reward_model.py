@@ -48,10 +48,12 @@ class RewardModel(SequenceClassifier):
       (Ouyang et al. 2022), with Llama 2's per-pair margin.
     - `centering`: the mean over pairs of `(r_c + r_r)^2`
       (`kobjectives.ops.reward_centering`), weighted by
-      `center_rewards_coefficient` (0 when None: then it is only logged,
-      as `centering_loss`, a measure of how far the rewards drift from
-      zero). Eisenstein et al. 2023 (TRL's `center_rewards_coefficient`,
-      0.01 suggested).
+      `center_rewards_coefficient`. Eisenstein et al. 2023 (TRL's
+      `center_rewards_coefficient`, 0.01 suggested). With the coefficient
+      None or 0 the term is not part of the objective and not computed:
+      `loss_names` is then `("bradley_terry",)` and there is no
+      `centering_loss` metric (`chosen_reward` and `rejected_reward` show
+      how far the rewards drift from zero).
 
     The total is TRL's: `bradley_terry + coefficient * centering`, each a
     global-batch weighted mean (exact under `tf.distribute`).
@@ -60,7 +62,8 @@ class RewardModel(SequenceClassifier):
     epoch and under `tf.distribute`): `reward_accuracy` (the share of pairs
     with `r_c > r_r`; a tie counts as wrong, as in TRL), `reward_margin`
     (the mean of `r_c - r_r`), `chosen_reward` and `rejected_reward` (the
-    mean rewards), plus `bradley_terry_loss` and `centering_loss`.
+    mean rewards), plus `bradley_terry_loss` and, with centering on,
+    `centering_loss` (each named loss unweighted).
 
     **Outputs.** `call` on a preference batch returns `{"chosen_rewards",
     "rejected_rewards"}` float32 `[batch]`; on single sequences
@@ -77,7 +80,7 @@ class RewardModel(SequenceClassifier):
         dropout: float in `[0, 1)`, the dropout before the head. Defaults
             to 0.
         center_rewards_coefficient: optional float >= 0, the weight of the
-            centering loss. Defaults to None (not added).
+            centering loss. Defaults to None: no centering term (as 0).
         hidden_dim: int, needed only for a backbone without `hidden_dim`
             or `token_embedding`.
         **kwargs: `keras.Model` arguments (`name`, `dtype`).
@@ -109,6 +112,8 @@ class RewardModel(SequenceClassifier):
     ['bradley_terry_loss', 'centering_loss', 'chosen_reward', 'loss', 'rejected_reward', 'reward_accuracy', 'reward_margin']
     >>> model.export_outputs({"token_ids": ids, "padding_mask": ids > 0})["reward"].shape
     TensorShape([2])
+    >>> RewardModel(backbone).loss_names  # centering off: no centering_loss metric
+    ('bradley_terry',)
     """
 
     own_loss = None
@@ -127,11 +132,16 @@ class RewardModel(SequenceClassifier):
             raise ValueError(
                 "`center_rewards_coefficient` must be None or a finite number >= 0 (TRL "
                 f"suggests 0.01). Received: center_rewards_coefficient={coefficient!r}")
+        weights = {"bradley_terry": 1.0}
+        if coefficient:
+            weights["centering"] = float(coefficient)
+        else:
+            # Centering off: only the Bradley-Terry loss, no `centering_loss` metric.
+            # Set on the instance before the base reads it (a plain tuple: nothing to track).
+            object.__setattr__(self, "loss_names", ("bradley_terry",))
         super().__init__(
             backbone, num_classes=1, mode="regression", pooling=pooling, dropout=dropout,
-            hidden_dim=hidden_dim,
-            loss_weights={"bradley_terry": 1.0, "centering": float(coefficient or 0.0)},
-            **kwargs)
+            hidden_dim=hidden_dim, loss_weights=weights, **kwargs)
         self.center_rewards_coefficient = None if coefficient is None else float(coefficient)
         self.reward_accuracy = keras.metrics.Mean(name="reward_accuracy")
         self.reward_margin = keras.metrics.Mean(name="reward_margin")
@@ -232,7 +242,8 @@ class RewardModel(SequenceClassifier):
 
     def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
         """`{"bradley_terry": (per-pair loss, weights), "centering":
-        ((r_c + r_r)^2, weights)}`; the base reduces, weights and sums them.
+        ((r_c + r_r)^2, weights)}` (no `centering` with the coefficient None
+        or 0); the base reduces, weights and sums them.
 
         Args:
             x: the preference batch; its `margin` (float `[batch]`), when
@@ -248,10 +259,10 @@ class RewardModel(SequenceClassifier):
         chosen, rejected = self._rewards(y_pred)
         margin = x.get("margin") if isinstance(x, dict) else None
         weights = self._pair_weights(chosen, sample_weight)
-        return {
-            "bradley_terry": (bradley_terry_loss(chosen, rejected, margin=margin), weights),
-            "centering": (reward_centering(chosen, rejected), weights),
-        }
+        losses = {"bradley_terry": (bradley_terry_loss(chosen, rejected, margin=margin), weights)}
+        if "centering" in self.loss_names:
+            losses["centering"] = (reward_centering(chosen, rejected), weights)
+        return losses
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return Objective.compute_loss(self, x, y, y_pred, sample_weight, training=training)

@@ -55,12 +55,16 @@ def restored_round(out_dir):
 
 
 def clear_backup(out_dir):
-    """Deletes a run folder's `backup/` and `history.csv`: the next run starts over."""
+    """Deletes a run folder's `backup/`, `history.csv` and `metrics.json`:
+    the next run starts over (without `metrics.json` the folder no longer
+    holds a finished run, which `Run.train` would leave as it is).
+    `kobjectives train --no-resume`."""
     import shutil
 
     out_dir = pathlib.Path(out_dir)
     shutil.rmtree(out_dir / "backup", ignore_errors=True)
     (out_dir / "history.csv").unlink(missing_ok=True)
+    (out_dir / "metrics.json").unlink(missing_ok=True)
 
 
 class RoundProgress(keras.callbacks.Callback):
@@ -74,6 +78,8 @@ class RoundProgress(keras.callbacks.Callback):
         rounds: int, the rounds of the run.
         steps_per_round: int.
         log: a print-like function.
+        steps: int, the steps of the run (default `rounds * steps_per_round`;
+            fewer when the last round is shorter).
 
     Example:
 
@@ -83,10 +89,11 @@ class RoundProgress(keras.callbacks.Callback):
     round 1/2 (step 10/20): loss 1.2500, val_loss 1.5000 (... s)
     """
 
-    def __init__(self, rounds, steps_per_round, log=print):
+    def __init__(self, rounds, steps_per_round, log=print, steps=None):
         super().__init__()
         self.rounds = rounds
         self.steps_per_round = steps_per_round
+        self.steps = rounds * steps_per_round if steps is None else steps
         self.log = log
         self._started = time.time()
 
@@ -95,15 +102,54 @@ class RoundProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         values = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items())
-        total = self.rounds * self.steps_per_round
-        self.log(f"round {epoch + 1}/{self.rounds} (step {(epoch + 1) * self.steps_per_round}/"
-                 f"{total}): {values} ({time.time() - self._started:.0f} s)")
+        step = min((epoch + 1) * self.steps_per_round, self.steps)
+        self.log(f"round {epoch + 1}/{self.rounds} (step {step}/{self.steps}): {values} "
+                 f"({time.time() - self._started:.0f} s)")
 
 
-def progress_callbacks(rounds, steps_per_round, log=print, stream=None):
+class StopAfterSteps(keras.callbacks.Callback):
+    """Ends `fit` after exactly `steps` training steps: where the rounds
+    (epochs of `steps_per_round` steps) do not divide them, the last round
+    stops early; Keras still evaluates it and calls `on_epoch_end` (the
+    backup, the round log) as for any round.
+
+    Args:
+        steps: int, the steps of the whole run (counted from round 0, so a
+            resumed `fit`, which starts at a later round, stops at the same
+            step).
+        steps_per_round: int, `fit`'s `steps_per_epoch`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> model = keras.Sequential([keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> x, y = np.zeros((8, 2), "float32"), np.zeros((8, 1), "float32")
+    >>> history = model.fit(x, y, batch_size=2, epochs=3, steps_per_epoch=2, verbose=0,
+    ...                     callbacks=[StopAfterSteps(steps=5, steps_per_round=2)])
+    >>> int(model.optimizer.iterations), len(history.history["loss"])
+    (5, 3)
+    """
+
+    def __init__(self, steps, steps_per_round):
+        super().__init__()
+        self.steps = int(steps)
+        self.steps_per_round = int(steps_per_round)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch * self.steps_per_round + batch + 1 >= self.steps:
+            self.model.stop_training = True
+
+
+def progress_callbacks(rounds, steps_per_round, log=print, stream=None, steps=None):
     """`(verbose, callbacks)` for `model.fit`: the Keras progress bar on a
-    terminal, else no bar and one `RoundProgress` line per round."""
+    terminal, else no bar and one `RoundProgress` line per round (`steps`:
+    the run's steps, when its last round is shorter)."""
     stream = stream or sys.stdout
     if getattr(stream, "isatty", lambda: False)():
         return 1, []
-    return 0, [RoundProgress(rounds, steps_per_round, log)]
+    return 0, [RoundProgress(rounds, steps_per_round, log, steps=steps)]

@@ -17,6 +17,7 @@ import numpy as np
 
 from kobjectives import backbones
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
+from kobjectives.data.preference import PairLengthError
 from kobjectives.data.preference import kto_dataset
 from kobjectives.data.preference import kto_examples
 from kobjectives.data.sft import ChatPromptPreprocessor
@@ -40,7 +41,9 @@ from kobjectives.runs.preference_pairs import PreferenceDataConfig
 from kobjectives.runs.preference_pairs import PreferencePairsRun
 from kobjectives.runs.preference_pairs import length_baseline_accuracy
 from kobjectives.runs.preference_pairs import length_controlled_mean
+from kobjectives.runs.preference_pairs import recipe_length_error
 from kobjectives.runs.preference_pairs import render_pair_texts
+from kobjectives.runs.reward import length_controlled_text
 
 METHODS = ("dpo", "simpo", "cpo", "orpo", "kto")
 """The `preference.method` choices: the DPO family
@@ -155,7 +158,8 @@ class PreferenceConfig(Section):
         "the policy's and the starting policy's greedy answers to held-out prompts are "
         "scored by it, giving the win rate (empty: no win rate)")
     judge_prompts: int = option(
-        64, "held-out prompts answered for the win rate", within="[1, inf)")
+        64, "distinct held-out prompts answered for the win rate (a prompt several pairs "
+        "share counts once)", within="[1, inf)")
     max_new_tokens: int = option(
         48, "the most tokens of a generated answer (win rate and export)", within="[1, inf)")
 
@@ -325,6 +329,35 @@ def kto_reward_statistics(policy, reference, desirable, beta):
         "desirable_rows": int(chosen.size),
         "undesirable_rows": int(rejected.size),
     }
+
+
+def distinct_prompts(examples, prompt_ids, count):
+    """`(prompts, prompt_ids)`: the prompts (first items) of the first
+    `count` `examples` with distinct prompts, each at its first
+    occurrence, and their `prompt_ids`.
+
+    Args:
+        examples: sequence of pairs `(prompt, chosen, rejected)` or rows
+            `(prompt, completion, label)`; a prompt is a str or turns.
+        prompt_ids: sequence, one item per example.
+        count: int, the most prompts to keep.
+
+    Example:
+
+    >>> distinct_prompts([("a", "x", "y"), ("a", "z", "y"), ("b", "x", "y")],
+    ...                  [[1], [1], [2]], 5)
+    (['a', 'b'], [[1], [2]])
+    """
+    prompts, kept, seen = [], [], set()
+    for example, ids in zip(examples, prompt_ids):
+        if len(prompts) >= count:
+            break
+        key = json.dumps(example[0], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(example[0])
+            kept.append(ids)
+    return prompts, kept
 
 
 def win_rate(policy_scores, reference_scores, policy_lengths=None, reference_lengths=None):
@@ -544,7 +577,10 @@ class DPORun(PreferencePairsRun):
             options.setdefault("shuffle", True)
             options.setdefault("repeat", True)
             options.setdefault("seed", self.recipe.training.seed)
-        dataset = kto_dataset(self.kto_rows[split], **options)
+        try:
+            dataset = kto_dataset(self.kto_rows[split], **options)
+        except PairLengthError as error:
+            raise recipe_length_error(error) from None
         if input_context is not None and input_context.num_input_pipelines > 1:
             dataset = dataset.shard(input_context.num_input_pipelines,
                                     input_context.input_pipeline_id)
@@ -715,24 +751,18 @@ class DPORun(PreferencePairsRun):
 
     def judge_prompts(self):
         """`(split, prompts, prompt_ids)`: the win rate's prompts (turns)
-        and their tokens: those of the first `preference.judge_prompts`
-        pairs of the held-out split (else validation); for unpaired rows
-        the first `preference.judge_prompts` distinct prompts of the
-        validation rows, in row order."""
+        and their tokens: the first `preference.judge_prompts` distinct
+        prompts (`distinct_prompts`) of the held-out split's pairs (else
+        the validation pairs), or of the validation rows for unpaired
+        rows, in order: a prompt that several pairs share is answered and
+        judged once."""
         count = self.recipe.preference.judge_prompts
         if self.rows is None:
             split = "heldout" if "heldout" in self.examples else "validation"
-            count = min(count, len(self.examples[split]))
-            return (split, [pair[0] for pair in self.pairs[split][:count]],
-                    self.examples[split].prompt_ids[:count])
-        prompts, prompt_ids, seen = [], [], set()
-        for row, ids in zip(self.rows["validation"], self.kto_rows["validation"].prompt_ids):
-            key = json.dumps(row[0], sort_keys=True)
-            if key not in seen and len(prompts) < count:
-                seen.add(key)
-                prompts.append(row[0])
-                prompt_ids.append(ids)
-        return "validation", prompts, prompt_ids
+            return (split, *distinct_prompts(self.pairs[split],
+                                             self.examples[split].prompt_ids, count))
+        return ("validation", *distinct_prompts(
+            self.rows["validation"], self.kto_rows["validation"].prompt_ids, count))
 
     def judged(self, model):
         """The win rate of the policy's greedy answers over the starting
@@ -823,13 +853,22 @@ class DPORun(PreferencePairsRun):
         return lines + self.win_rate_lines(metrics)
 
     def win_rate_lines(self, metrics):
-        """The summary's win-rate lines (none without a judge)."""
-        return [f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f}, "
-                f"length-controlled {metrics[f'{prefix}_length_controlled_win_rate']:.4f} "
+        """The summary's win-rate lines (none without a judge); an undefined
+        length-controlled win rate (null in metrics.json) says why."""
+        lines = []
+        for prefix in ("val", "heldout"):
+            if f"{prefix}_win_rate" not in metrics:
+                continue
+            controlled = length_controlled_text(
+                metrics[f"{prefix}_length_controlled_win_rate"],
+                "prompts where the policy's answer has more words and prompts where it has fewer")
+            lines.append(
+                f"win rate over the starting policy {metrics[f'{prefix}_win_rate']:.4f} "
                 f"({metrics[f'{prefix}_judged_prompts']} prompts, judged by {metrics['judge']}; "
                 f"answers of {metrics[f'{prefix}_policy_answer_words']:.1f} vs "
-                f"{metrics[f'{prefix}_reference_answer_words']:.1f} words)"
-                for prefix in ("val", "heldout") if f"{prefix}_win_rate" in metrics]
+                f"{metrics[f'{prefix}_reference_answer_words']:.1f} words), length-controlled "
+                f"{controlled}")
+        return lines
 
     # -- export --------------------------------------------------------------------
 

@@ -52,6 +52,24 @@ class RewardRecipe(Recipe):
         warmup_steps=30)
 
 
+def length_controlled_text(value, what):
+    """A length-controlled metric as the log prints it: 4 decimals, or
+    `"undefined (it needs WHAT)"` where it is not finite
+    (`length_controlled_mean` had nothing on one side, e.g. every answer
+    as long as the other; metrics.json holds null there).
+
+    Example:
+
+    >>> length_controlled_text(0.51234, "pairs of both kinds")
+    '0.5123'
+    >>> length_controlled_text(float("nan"), "pairs of both kinds")
+    'undefined (it needs pairs of both kinds)'
+    """
+    if value is None or not np.isfinite(value):
+        return f"undefined (it needs {what})"
+    return f"{value:.4f}"
+
+
 class RenderedTextPreprocessor(tf.Module):
     """Rendered chat text -> the reward model's inputs, as in training.
 
@@ -173,16 +191,22 @@ class RewardRun(PreferencePairsRun):
         return metrics
 
     def summary(self, metrics):
+        def controlled(prefix):
+            return length_controlled_text(
+                metrics[f"{prefix}_length_controlled_accuracy"],
+                "pairs whose chosen answer has more tokens and pairs whose chosen answer has "
+                "fewer")
+
         return [
             f"held-out reward accuracy {metrics['val_reward_accuracy']:.4f} vs length baseline "
             f"{metrics['length_baseline_accuracy']:.4f} and chance 0.5 "
             f"({metrics['val_pairs']} pairs); mean margin {metrics['val_reward_margin']:.4f}; "
-            f"length-controlled {metrics['val_length_controlled_accuracy']:.4f}",
+            f"length-controlled {controlled('val')}",
         ] + ([
             f"held-out {list(self.recipe.data.heldout_subsets)}: reward accuracy "
             f"{metrics['heldout_reward_accuracy']:.4f} vs length baseline "
             f"{metrics['heldout_length_baseline_accuracy']:.4f} ({metrics['heldout_pairs']} "
-            f"pairs); length-controlled {metrics['heldout_length_controlled_accuracy']:.4f}"]
+            f"pairs); length-controlled {controlled('heldout')}"]
             if "heldout_reward_accuracy" in metrics else [])
 
     # -- export --------------------------------------------------------------------

@@ -27,6 +27,8 @@ DEFAULT_SEARCH_SPACE = {
 
 RECIPE_FILE = "recipe.json"
 MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+"""Written last: a run folder holding it (and no `backup/`) holds a finished run."""
 
 
 @dataclasses.dataclass
@@ -68,10 +70,12 @@ class Run:
     - `fit(model, train, validation, callbacks)`: the loop itself (a
       reinforcement-learning run owns it: rollouts between updates).
 
-    `train()` is the driver: recipe.json, seeding, `prepare`, the strategy
-    and dtype policy, resume (the data stream continues where the backup
-    stopped), the datasets, the objective in the strategy's scope, the loop
-    with checkpoints, TensorBoard, backup and a stop on a non-finite loss,
+    `train()` is the driver: a folder holding a finished run of the recipe
+    left as it is (`finished`), recipe.json, seeding, `prepare`, the
+    strategy and dtype policy, resume (the data stream continues where the
+    backup stopped), the datasets, the objective in the strategy's scope,
+    the loop (exactly `training.steps` steps) with checkpoints,
+    TensorBoard, backup and a stop on a non-finite loss,
     `loss_curve.png`, evaluation, `model.keras`, the keras-hub preset
     (`preset/`, what `--init` starts from), the SavedModel (unless
     `training.saved_model = false`) and `metrics.json`.
@@ -145,7 +149,12 @@ class Run:
         if model.init:
             try:
                 backbones.check_init(model.init, self.backbone_kind, model.sequence_length)
-            except (ValueError, FileNotFoundError) as error:
+            except FileNotFoundError as error:
+                # No preset there (a missing path, a name keras-hub does not know): the
+                # message names the path and the fix; nothing more to check about it.
+                yield f"model.init = {model.init!r}: {error}"
+                return
+            except ValueError as error:
                 # check_init names the key it is about (model.init or model.sequence_length).
                 message = str(error)
                 yield message if message.startswith("model.") else \
@@ -337,19 +346,24 @@ class Run:
         raise NotImplementedError
 
     def rounds(self):
-        """`(epochs, steps_per_epoch)`: the steps split into evaluation rounds."""
+        """`(epochs, steps_per_epoch)`: `training.steps` split into evaluation
+        rounds of `ceil(steps / epochs)` steps, `training.epochs` of them (at
+        most `steps`; fewer only where the last would be empty, e.g. 5 steps
+        in 4 rounds are 2, 2, 1). Where they do not divide the steps, the
+        last round is shorter: `fit` stops it after exactly `training.steps`
+        (`kobjectives.runs.callbacks.StopAfterSteps`), so 200 steps in 3
+        rounds are 67, 67 and 66."""
         training = self.recipe.training
-        epochs = max(1, min(training.epochs, training.steps))
-        return epochs, max(1, training.steps // epochs)
+        steps_per_epoch = -(-training.steps // max(1, min(training.epochs, training.steps)))
+        return -(-training.steps // steps_per_epoch), steps_per_epoch
 
     def optimizer(self, steps=None, learning_rate=None, warmup_steps=None, weight_decay=None):
         """AdamW with linear warm-up and cosine decay to 0, clipnorm 1.0: over
-        the `rounds()`' steps with `[training]`'s rates, unless given (a
+        `training.steps` with `[training]`'s rates, unless given (a
         second training phase, such as a baseline's, gives its own)."""
         training = self.recipe.training
         if steps is None:
-            epochs, steps_per_epoch = self.rounds()
-            steps = epochs * steps_per_epoch
+            steps = training.steps
         warmup_steps = training.warmup_steps if warmup_steps is None else warmup_steps
         warmup = min(warmup_steps, max(steps - 1, 0))
         return keras.optimizers.AdamW(
@@ -428,35 +442,83 @@ class Run:
 
         return run_callbacks(self._out_dir())
 
+    def finished(self):
+        """The metrics of the finished run of this recipe in `out_dir` (its
+        `metrics.json`, written last, with no `backup/` waiting), or None: a
+        new folder, or an interrupted run (which `train` resumes).
+
+        Raises:
+            ValueError: `out_dir` holds a finished run of another recipe
+                (the keys that differ are named).
+        """
+        from kobjectives.distribute import RunBackup
+
+        out_dir = self._out_dir()
+        if not (out_dir / METRICS_FILE).is_file() or RunBackup(out_dir / "backup").has_backup():
+            return None
+        path = out_dir / RECIPE_FILE
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+        current = json.loads(json.dumps(_plain(self.recipe.to_dict())))
+        if recorded != current:
+            detail = (f"its {RECIPE_FILE} -> this one: {recipe_differences(recorded, current)}"
+                      if recorded else f"it has no {RECIPE_FILE}")
+            raise ValueError(
+                f"--out {out_dir} holds a finished run of another recipe ({detail}). Give a "
+                "new --out, or add --no-resume to train this recipe there from the start "
+                "(replacing that run's outputs).")
+        return json.loads((out_dir / METRICS_FILE).read_text())
+
     def train(self):
         """Trains, evaluates, saves and exports; returns the metrics dict
-        (also written to `out_dir/metrics.json`)."""
+        (also written to `out_dir/metrics.json`).
+
+        A folder with a backup resumes from its last completed round. A
+        folder holding a finished run of the same recipe (`finished`) is
+        left as it is: its recorded metrics are returned, nothing is
+        trained (`kobjectives train --no-resume` trains it again).
+
+        Raises:
+            ValueError: `out_dir` holds a finished run of another recipe.
+        """
         from kobjectives.runs.callbacks import restored_round
 
         started = time.time()
         out_dir = self._out_dir()
+        recorded = self.finished()
+        if recorded is not None:
+            self.log(f"{out_dir} holds a finished {self.name!r} run of this recipe "
+                     f"({METRICS_FILE}): nothing to train, the folder is left as it is. To "
+                     "train it again there, rerun with --no-resume; or give a new --out.")
+            return recorded
         out_dir.mkdir(parents=True, exist_ok=True)
+        # From here until the new metrics.json, the folder holds no finished run.
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
         write_json(out_dir / RECIPE_FILE, self.recipe.to_dict())
         keras.utils.set_random_seed(self.recipe.training.seed)
         self.prepare()
         self.strategy = self.resolve_strategy()
         epochs, steps_per_epoch = self.rounds()
+        steps = self.recipe.training.steps
         resumed = restored_round(out_dir)
+        done = min(resumed * steps_per_epoch, steps)
         if resumed:
             self.log(f"resuming from {out_dir / 'backup'}: round {resumed} of {epochs} done "
-                     f"(step {resumed * steps_per_epoch}); the training data continues at "
-                     f"batch {resumed * steps_per_epoch + 1}")
-        train, validation = self.datasets(self.strategy, resumed * steps_per_epoch)
+                     f"(step {done}); the training data continues at batch {done + 1}")
+        train, validation = self.datasets(self.strategy, done)
         with self.strategy.scope():
             model = self.build_model()
         self.log(f"model: {self.describe(model)}, strategy {type(self.strategy).__name__} "
                  f"x{self.strategy.num_replicas_in_sync}")
+        last = steps - (epochs - 1) * steps_per_epoch
+        self.log(f"training: {steps} steps in {epochs} rounds of {steps_per_epoch}"
+                 + (f" (the last {last})" if last != steps_per_epoch else ""))
         history = self.fit(model, train, validation, self.callbacks())
-        plot_history(history, out_dir / "loss_curve.png", self.title or self.name, steps_per_epoch)
+        plot_history(history, out_dir / "loss_curve.png", self.title or self.name, steps_per_epoch,
+                     steps=steps)
         fitted = FittedRun(
             model=model, history=history,
             evaluation=model.evaluate(validation, return_dict=True, verbose=0),
-            validation=validation, steps=epochs * steps_per_epoch,
+            validation=validation, steps=steps,
         )
         metrics = self.evaluate(fitted)
         folder = self.save(model)
@@ -472,22 +534,27 @@ class Run:
             "documents": self.document_counts(),
             "wall_seconds": round(time.time() - started, 1),
         }
-        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / METRICS_FILE, metrics)
         for line in self.summary(metrics):
             self.log(line)
         self.log(f"run folder: {out_dir}")
         return metrics
 
     def fit(self, model, train, validation, callbacks):
-        """The training loop: `model.fit` over `rounds()` with `callbacks`;
-        returns the per-round history across resumes (`round_history`)."""
+        """The training loop: `model.fit` over `rounds()` with `callbacks`,
+        `training.steps` steps in all (`StopAfterSteps` ends a shorter last
+        round); returns the per-round history across resumes
+        (`round_history`)."""
+        from kobjectives.runs.callbacks import StopAfterSteps
         from kobjectives.runs.callbacks import progress_callbacks
 
         epochs, steps_per_epoch = self.rounds()
-        verbose, progress = progress_callbacks(epochs, steps_per_epoch, self.log)
+        steps = self.recipe.training.steps
+        verbose, progress = progress_callbacks(epochs, steps_per_epoch, self.log, steps=steps)
+        stop = [StopAfterSteps(steps, steps_per_epoch)] if epochs * steps_per_epoch > steps else []
         result = model.fit(
             train, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
-            callbacks=[*callbacks, *progress], verbose=verbose, shuffle=False,
+            callbacks=[*callbacks, *stop, *progress], verbose=verbose, shuffle=False,
         )
         return round_history(self._out_dir(), result.history)
 
@@ -560,22 +627,53 @@ class Run:
         return self.tokenizer
 
 
+def _plain(value):
+    """`value` with numpy numbers as Python numbers, tuples as lists and
+    non-finite floats as None: what JSON holds."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(path, payload):
     """Writes `payload` as JSON; numpy numbers become Python numbers and
     non-finite floats `null` (JSON has no NaN or Infinity)."""
+    pathlib.Path(path).write_text(json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n")
 
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
 
-    pathlib.Path(path).write_text(json.dumps(clean(payload), indent=2, allow_nan=False) + "\n")
+def recipe_differences(recorded, current, limit=5):
+    """`"training.steps 200 -> 400, ..."`: the keys whose values differ
+    between two `recipe.json` tables (at most `limit` named).
+
+    Example:
+
+    >>> recipe_differences({"recipe": "mlm", "training": {"steps": 200, "seed": 0}},
+    ...                    {"recipe": "mlm", "training": {"steps": 400, "seed": 0}})
+    'training.steps 200 -> 400'
+    """
+
+    def flat(table):
+        out = {}
+        for key, value in (table or {}).items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    missing = object()
+    old, new = flat(recorded), flat(current)
+    changed = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+               for key in sorted(set(old) | set(new), key=lambda k: (k != "recipe", k))
+               if old.get(key, missing) != new.get(key, missing)]
+    more = f", and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
 
 
 def round_history(out_dir, history):
@@ -601,9 +699,10 @@ def round_history(out_dir, history):
     return history
 
 
-def plot_history(history, path, title, steps_per_round=None):
+def plot_history(history, path, title, steps_per_round=None, steps=None):
     """Writes a PNG of the training and validation loss after each round;
-    with `steps_per_round` the x axis counts training steps."""
+    with `steps_per_round` the x axis counts training steps (at most
+    `steps`: a shorter last round ends there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -613,6 +712,8 @@ def plot_history(history, path, title, steps_per_round=None):
     for key, label in (("loss", "train"), ("val_loss", "validation")):
         if key in history:
             x = np.arange(1, len(history[key]) + 1) * (steps_per_round or 1)
+            if steps_per_round and steps:
+                x = np.minimum(x, steps)
             ax.plot(x, history[key], marker="o", label=label)
     ax.set_xlabel("training step (train: mean over the preceding round)"
                   if steps_per_round else "round (epoch)")

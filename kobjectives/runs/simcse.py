@@ -385,8 +385,7 @@ class SimCSERun(Run):
             "masked LM (mean-pooled)", masked_lm)
         started = time.time()
         history = super().fit(model, train, validation, callbacks)
-        epochs, steps_per_epoch = self.rounds()
-        self.log(f"contrastive training: {epochs * steps_per_epoch} steps, loss "
+        self.log(f"contrastive training: {self.recipe.training.steps} steps, loss "
                  f"{history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}, held-out loss "
                  f"{history['val_loss'][-1]:.3f} ({time.time() - started:.0f} s)")
         return history

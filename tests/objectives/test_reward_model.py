@@ -108,6 +108,34 @@ def test_loss_and_metrics_equal_a_hand_computation_with_margin_centering_and_wei
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("coefficient", [None, 0.0, 0.3])
+def test_the_centering_loss_is_a_metric_only_where_it_is_part_of_the_objective(coefficient):
+    keras.utils.set_random_seed(0)
+    model = scaled_head(RewardModel(gpt2(), center_rewards_coefficient=coefficient))
+    model.compile()
+    x = pairs(margin=True)
+    result = model.evaluate(x, batch_size=B, verbose=0, return_dict=True)
+    common = ["bradley_terry_loss", "chosen_reward", "loss", "rejected_reward",
+              "reward_accuracy", "reward_margin"]
+    if coefficient:
+        assert model.loss_names == ("bradley_terry", "centering")
+        assert sorted(result) == sorted(common + ["centering_loss"])
+    else:
+        # Off: no term, no metric (no `centering_loss 4.39` in a run's log).
+        assert model.loss_names == ("bradley_terry",)
+        assert sorted(result) == common
+        out = model(x)
+        rc, rr = (out[k].numpy().astype("float64") for k in ("chosen_rewards", "rejected_rewards"))
+        np.testing.assert_allclose(result["loss"], softplus(-(rc - rr - x["margin"])).mean(),
+                                   rtol=1e-5)
+    np.testing.assert_allclose(result["loss"], float(model.compute_loss(x, None, model(x))),
+                               rtol=1e-5)
+    # The config rebuilds the same objective.
+    rebuilt = RewardModel.from_config(model.get_config())
+    assert rebuilt.loss_names == model.loss_names
+    assert rebuilt.center_rewards_coefficient == coefficient
+
+
 def test_reward_accuracy_counts_ties_as_wrong_and_is_exact_over_batches():
     model = RewardModel(gpt2())
     chosen = tf.constant([1.0, 0.5, -2.0, 3.0])

@@ -12,6 +12,7 @@ recipe time."""
 import json
 import math
 import re
+import types
 
 import keras
 import numpy as np
@@ -666,3 +667,49 @@ def test_rpo_alpha_adds_the_sft_term_with_its_weight(tmp_path):
                                    "preference.rpo_alpha": 0.5})
     with pytest.raises(RecipeError, match=r"rpo_alpha = 0\.5: .*method 'orpo'"):
         tiny_run("dpo", tmp_path, {"preference.method": "orpo", "preference.rpo_alpha": 0.5})
+
+
+def test_the_judge_answers_each_distinct_prompt_once(tmp_path):
+    """The win rate's prompts: the first `preference.judge_prompts` distinct
+    prompts of the pairs (held-out, else validation), each at its first pair."""
+    run = tiny_run("dpo", tmp_path, {"preference.judge_prompts": 3})
+    turns = [{"role": "user", "content": "b?"}]
+    pairs = [("a?", "x", "y"), ("a?", "z", "y"), (turns, "x", "y"), ("c?", "x", "y"),
+             ([dict(turns[0])], "q", "r"), ("d?", "x", "y")]
+    run.pairs = {"validation": pairs}
+    run.examples = {"validation": types.SimpleNamespace(prompt_ids=[[i] for i in range(6)])}
+    assert run.judge_prompts() == ("validation", ["a?", turns, "c?"], [[0], [2], [3]])
+    run.pairs["heldout"] = [("h?", "x", "y")] * 4 + [("i?", "x", "y")]
+    run.examples["heldout"] = types.SimpleNamespace(prompt_ids=[[10 + i] for i in range(5)])
+    assert run.judge_prompts() == ("heldout", ["h?", "i?"], [[10], [14]])
+
+
+def test_an_undefined_length_controlled_win_rate_is_said_in_words(tmp_path):
+    run = tiny_run("dpo", tmp_path)
+    metrics = {"val_win_rate": 0.5, "val_length_controlled_win_rate": float("nan"),
+               "val_judged_prompts": 5, "judge": "runs/judge", "val_policy_answer_words": 4.0,
+               "val_reference_answer_words": 4.0}
+    assert run.win_rate_lines(metrics) == [
+        "win rate over the starting policy 0.5000 (5 prompts, judged by runs/judge; answers of "
+        "4.0 vs 4.0 words), length-controlled undefined (it needs prompts where the policy's "
+        "answer has more words and prompts where it has fewer)"]
+    metrics["val_length_controlled_win_rate"] = 0.25
+    assert run.win_rate_lines(metrics)[0].endswith("words), length-controlled 0.2500")
+
+
+def test_a_kto_row_too_long_names_its_line_and_the_recipe_keys(sft_folder, tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}.", "label": i % 2 == 0}
+            for i in range(24)]
+    rows[9]["prompt"] = " ".join(f"word{i}" for i in range(60)) + "?"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = tiny_run("dpo", tmp_path / "run", {
+        "model.init": str(sft_folder), "preference.method": "kto", "data.files": [str(path)],
+        "data.truncation": "error", "model.sequence_length": 32,
+        "data.validation_fraction": 0.5})
+    with pytest.raises(RecipeError) as caught:
+        run.prepare()
+    message = str(caught.value)
+    assert message.startswith(f"{path}:10: its prompt alone has "), message
+    assert "data.truncation = keep_end" in message and "model.sequence_length" in message
+    assert "truncation='" not in message

@@ -200,3 +200,16 @@ def test_a_validation_split_smaller_than_a_batch_names_the_recipe_keys(tmp_path)
                 r"replica\)\. Raise data\.validation_fraction, lower training\.batch_size")):
             run.make_dataset("validation", count + 1)
         assert run.make_dataset("validation", count) is not None
+
+
+def test_an_undefined_length_controlled_accuracy_is_said_in_words(tmp_path):
+    run = tiny_run("reward", tmp_path)
+    metrics = {"val_reward_accuracy": 0.75, "length_baseline_accuracy": 0.5, "val_pairs": 4,
+               "val_reward_margin": 0.125, "val_length_controlled_accuracy": float("nan")}
+    # metrics.json holds null there (write_json); the log says why instead of "nan".
+    assert run.summary(metrics) == [
+        "held-out reward accuracy 0.7500 vs length baseline 0.5000 and chance 0.5 (4 pairs); "
+        "mean margin 0.1250; length-controlled undefined (it needs pairs whose chosen answer "
+        "has more tokens and pairs whose chosen answer has fewer)"]
+    metrics["val_length_controlled_accuracy"] = 0.5
+    assert run.summary(metrics)[0].endswith("; length-controlled 0.5000")

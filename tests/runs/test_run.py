@@ -1,5 +1,6 @@
-"""The `Run` driver: the run folder, resume that continues the data stream,
-starts from a run folder or a keras-hub preset, progress output."""
+"""The `Run` driver: the run folder, exactly `training.steps` steps in
+rounds, resume that continues the data stream, a finished run left as it
+is, starts from a run folder or a keras-hub preset, progress output."""
 
 import io
 import json
@@ -19,6 +20,7 @@ from kobjectives.recipe import RecipeError
 from kobjectives.runs import load_run
 from kobjectives.runs import run_class
 from kobjectives.runs.callbacks import RoundProgress
+from kobjectives.runs.callbacks import clear_backup
 from kobjectives.runs.callbacks import progress_callbacks
 from kobjectives.runs.mlm import MaskedLMRun
 from kobjectives.runs.run import round_history
@@ -28,7 +30,8 @@ TINY = {
     "tokenizer": {"vocabulary_size": 400},
     "model": {"sequence_length": 16},
     "masking": {"mask_selection_length": 3},
-    "training": {"steps": 6, "epochs": 3, "batch_size": 8, "warmup_steps": 1,
+    # 7 steps in 3 rounds: 3, 3 and a last round of 1 (StopAfterSteps).
+    "training": {"steps": 7, "epochs": 3, "batch_size": 8, "warmup_steps": 1,
                  "validation_batches": 2, "jit_compile": False},
 }
 
@@ -80,11 +83,14 @@ def test_run_folder_has_every_output(finished):
     assert not (tmp_path / "backup").exists()  # deleted after a normal end
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
-    assert written["recipe"] == "mlm" and written["steps"] == 6
+    assert written["recipe"] == "mlm" and written["steps"] == 7
     assert 0.0 <= written["val_masked_accuracy"] <= 1.0
     recipe = json.loads((tmp_path / "recipe.json").read_text())
-    assert recipe["recipe"] == "mlm" and recipe["training"]["steps"] == 6
-    assert [row["step"] for row in read_run_log(tmp_path / "history.csv")] == [2, 4, 6]
+    assert recipe["recipe"] == "mlm" and recipe["training"]["steps"] == 7
+    # Exactly training.steps optimizer steps: the last round is the shorter one.
+    assert [row["step"] for row in read_run_log(tmp_path / "history.csv")] == [3, 6, 7]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch_001.weights.h5", "epoch_002.weights.h5", "epoch_003.weights.h5"]
     # The preset holds the trained backbone and the tokenizer.
     reloaded = load_run(tmp_path)
     preset = keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))
@@ -103,10 +109,10 @@ def test_resume_continues_the_data_stream(finished, crashed, tmp_path):
                 log=lines.append).train()
     assert (tmp_path / "resumed" / "model.keras").is_file()
     assert not (tmp_path / "resumed" / "saved_model").exists()
-    assert any("round 2 of 3 done (step 4)" in line and "continues at batch 5" in line
+    assert any("round 2 of 3 done (step 6)" in line and "continues at batch 7" in line
                for line in lines), lines
-    # The resumed run trained round 3 on batches 5-6 of the stream, as the
-    # uninterrupted run did: the same weights and the same round log.
+    # The resumed run trained round 3 (one step, the last of 7) on batch 7 of
+    # the stream, as the uninterrupted run did: the same weights and round log.
     a = keras.saving.load_model(reference / "model.keras")
     b = keras.saving.load_model(tmp_path / "resumed" / "model.keras")
     for x, y in zip(a.weights, b.weights):
@@ -116,6 +122,54 @@ def test_resume_continues_the_data_stream(finished, crashed, tmp_path):
     assert len(rows_a) == len(rows_b) == 3
     for row_a, row_b in zip(rows_a, rows_b):
         np.testing.assert_allclose(row_a["loss"], row_b["loss"], rtol=1e-5)
+    assert [row["step"] for row in rows_b] == [3, 6, 7]
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["steps"] == 7
+
+
+def test_rounds_split_the_steps_exactly():
+    def rounds(steps, epochs):
+        return MaskedLMRun(tiny(training={"steps": steps, "epochs": epochs})).rounds()
+
+    assert rounds(200, 3) == (3, 67)  # 67 + 67 + 66: 200 steps, not 3 x 66 = 198
+    assert rounds(6, 3) == (3, 2)
+    assert rounds(7, 3) == (3, 3)  # 3 + 3 + 1
+    assert rounds(5, 4) == (3, 2)  # 2 + 2 + 1: a fourth round would be empty
+    assert rounds(2, 5) == (2, 1)  # at most one round per step
+    run = MaskedLMRun(tiny(training={"steps": 200, "epochs": 3, "warmup_steps": 10}))
+    schedule = run.optimizer().get_config()["learning_rate"]["config"]
+    assert schedule["warmup_steps"] + schedule["decay_steps"] == 200  # the schedule spans all 200
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in folder.rglob("*")}
+
+
+def test_a_finished_run_is_left_as_it_is_unless_started_over(finished, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(finished[0], folder)
+    before = _snapshot(folder)
+    lines = []
+    metrics = MaskedLMRun(tiny(), folder, log=lines.append).train()
+    assert lines == [
+        f"{folder} holds a finished 'mlm' run of this recipe (metrics.json): nothing to train, "
+        "the folder is left as it is. To train it again there, rerun with --no-resume; or give "
+        "a new --out."]
+    assert metrics == json.loads((folder / "metrics.json").read_text())
+    assert _snapshot(folder) == before
+    # Another recipe in a finished run's folder is an error naming what changed.
+    with pytest.raises(ValueError) as error:
+        MaskedLMRun(tiny(training={"steps": 8}, model={"dropout": 0.0}), folder,
+                    log=quiet).train()
+    assert str(error.value) == (
+        f"--out {folder} holds a finished run of another recipe (its recipe.json -> this one: "
+        "model.dropout 0.1 -> 0.0, training.steps 7 -> 8). Give a new --out, or add "
+        "--no-resume to train this recipe there from the start (replacing that run's outputs).")
+    assert _snapshot(folder) == before
+    # --no-resume (clear_backup) removes metrics.json: the folder no longer holds a finished run.
+    clear_backup(folder)
+    assert not (folder / "metrics.json").exists()
+    assert MaskedLMRun(tiny(training={"steps": 8}), folder).finished() is None
 
 
 def test_a_lora_run_killed_after_a_round_resumes_to_the_same_weights(finished, tmp_path):
@@ -199,9 +253,24 @@ def test_missing_data_files_fail_before_any_work_but_a_finished_run_reloads(tmp_
         str(tmp_path / "gone" / "*.txt"),)
 
 
-def test_bad_init_fails_before_any_work(tmp_path):
+def test_bad_init_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="model.init = .*no keras-hub preset"):
         MaskedLMRun(tiny(model={"init": str(tmp_path)}), tmp_path / "run")
+    # A path that does not exist, and a run folder's name typed without its parent
+    # (neither a folder here nor a keras-hub preset name): one line each, at check time.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as error:
+        MaskedLMRun(tiny(model={"init": "runs/does-not-exist", "lora_rank": 2}), "run")
+    assert str(error.value).splitlines()[1:] == [
+        f"  model.init = 'runs/does-not-exist': no folder runs/does-not-exist here (in {tmp_path}): "
+        "give --init the folder of a finished `kobjectives train` run (its --out, with its parent "
+        "folder, e.g. runs/NAME), a directory written by `save_to_preset`, or a keras-hub preset "
+        "name."]
+    with pytest.raises(RecipeError, match=r"model.init = 'my_sft_run': no folder my_sft_run here "
+                                          r".*'my_sft_run' is not a keras-hub preset name "
+                                          r"\(keras_hub.models.Backbone.presets lists them\)"):
+        MaskedLMRun(tiny(model={"init": "my_sft_run"}), "run")
+    assert not (tmp_path / "run").exists()
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "recipe.json").write_text("{}")
     with pytest.raises(RecipeError, match="run folder without a preset"):
@@ -221,6 +290,10 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_round_elsewhere():
     callback.on_epoch_begin(1)
     callback.on_epoch_end(1, {"loss": 2.0, "val_loss": 3.0})
     assert len(lines) == 1 and lines[0].startswith("round 2/3 (step 20/30): loss 2.0000, val_loss 3.0000")
+    # A shorter last round: 25 steps in rounds of 10, 10 and 5.
+    _, (callback,) = progress_callbacks(3, 10, log=lines.append, stream=io.StringIO(), steps=25)
+    callback.on_epoch_end(2, {"loss": 1.0})
+    assert lines[-1].startswith("round 3/3 (step 25/25): loss 1.0000")
 
 
 def test_registry_names_every_run():

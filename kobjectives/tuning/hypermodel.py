@@ -125,9 +125,9 @@ class RunHyperModel(keras_tuner.HyperModel):
     `run.with_recipe(trial_recipe).build_model()` (KerasTuner enters the
     strategy's scope). `fit(hp, model, ...)` trains on the trial run's
     `Run.datasets` (so data-pipeline hyperparameters are honoured) and
-    reports `val_loss` after every round (`training.epochs` rounds of
-    `training.steps / training.epochs` steps; Hyperband passes its own
-    `epochs`). Every trial is scored on the same validation data, the base
+    reports `val_loss` after every round (`Run.rounds()`: exactly
+    `training.steps` steps in `training.epochs` rounds, the last one
+    shorter where they do not divide; Hyperband passes its own `epochs`). Every trial is scored on the same validation data, the base
     recipe's (fixed masks / views), unless the run class sets
     `tuning_fixed_validation = False` (e.g. when a data hyperparameter
     changes the shapes the model expects). Every trial starts from the same
@@ -250,10 +250,15 @@ class RunHyperModel(keras_tuner.HyperModel):
         return train, self._validation
 
     def fit(self, hp, model, *args, epochs=None, callbacks=None, verbose=0, **kwargs):
+        from kobjectives.runs.callbacks import StopAfterSteps
+
         run = self.trial_run(hp)
         rounds, steps_per_epoch = run.rounds()
         train, validation = self.datasets(run)
         callbacks = list(callbacks or []) + [keras.callbacks.TerminateOnNaN()]
+        steps = run.recipe.training.steps
+        if epochs is None and rounds * steps_per_epoch > steps:  # a shorter last round
+            callbacks.append(StopAfterSteps(steps, steps_per_epoch))
         kwargs.pop("steps_per_epoch", None)
         kwargs.pop("validation_data", None)
         history = model.fit(

@@ -198,6 +198,16 @@ def test_fit_honours_data_hyperparameters_and_scores_on_base_validation():
     assert len(hypermodel.fit(hp, hypermodel.build(hp), epochs=1).history["val_loss"]) == 1
 
 
+def test_a_trial_trains_exactly_its_steps_when_the_rounds_do_not_divide_them():
+    hypermodel, _ = toy_hypermodel(**{"training.steps": 5, "training.epochs": 2})
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare(hp)
+    model = hypermodel.build(hp)
+    history = hypermodel.fit(hp, model)  # rounds of 3 steps, the last one 2
+    assert len(history.history["val_loss"]) == 2
+    assert int(model.optimizer.iterations) == 5
+
+
 def test_diverging_trial_fails_instead_of_scoring_nan():
     hypermodel, _ = toy_hypermodel({"training.learning_rate": ("choice", [1.0])},
                                    **{"toy.scale": 1000.0})

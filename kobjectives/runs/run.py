@@ -399,13 +399,19 @@ class Run:
 
     def describe(self, model):
         """One line naming the objective (`objective_label`) and its size
-        (with LoRA, the trained share), for the log."""
+        (with LoRA, the trained share, naming a grown token embedding that
+        trains whole beside the adapters), for the log."""
         lora = self.recipe.model.lora_rank
         trained = ""
         if lora:
-            count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+            sizes = {w.path: int(np.prod(w.shape)) for w in model.trainable_weights}
             alpha = self.recipe.model.lora_alpha
-            trained = f", {count:,} trained: LoRA rank {lora}" + (f", alpha {alpha:g}" if alpha else "")
+            trained = f", {sum(sizes.values()):,} trained: LoRA rank {lora}" + (
+                f", alpha {alpha:g}" if alpha else "")
+            embedding = sum(n for path, n in sizes.items()
+                            if "token_embedding" in path and "lora" not in path)
+            if embedding:
+                trained += f", and the grown token embedding ({embedding:,})"
         return (f"{self.objective_label(model)} over "
                 f"{self.recipe.model.init or self.recipe.model.backbone} "
                 f"({model.count_params():,} parameters{trained})")

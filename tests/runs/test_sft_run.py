@@ -224,7 +224,8 @@ def test_lora_from_a_clm_run_trains_the_adapters_and_the_grown_embedding(tmp_pat
         **SFT, "model.init": str(clm_dir), "data.max_documents": 120, "model.lora_rank": 2,
         "model.lora_alpha": 8, "training.steps": 2, "training.epochs": 1, "training.saved_model": False,
         "model.dropout": 0.0}, log=lambda *parts: lines.append(" ".join(map(str, parts)))).train()
-    assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2, alpha 8\)", line)
+    assert any(re.search(r"\([\d,]+ parameters, [\d,]+ trained: LoRA rank 2, alpha 8, and the grown token "
+                         r"embedding \([\d,]+\)\)", line)
                for line in lines)
     start = backbones.grow_token_embedding(backbones.load_backbone(str(clm_dir)),
                                            backbones.load_backbone(str(tmp_path / "sft"))

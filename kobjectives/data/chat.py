@@ -83,6 +83,9 @@ class SkippedRowsWarning(UserWarning):
         self.count = count
         self.first = first
 
+    def __reduce__(self):
+        return type(self), (str(self), self.count, self.first)
+
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}

@@ -462,8 +462,17 @@ class Run:
         out_dir = self._out_dir()
         if not (out_dir / METRICS_FILE).is_file() or RunBackup(out_dir / "backup").has_backup():
             return None
+        try:
+            metrics = json.loads((out_dir / METRICS_FILE).read_text())
+        except (OSError, ValueError):  # cut short (a kill while writing it): not finished
+            return None
         path = out_dir / RECIPE_FILE
         recorded = json.loads(path.read_text()) if path.is_file() else {}
+        try:  # keys added since it was written take their defaults, as `load_run` reads it
+            recorded = self.recipe_class.from_dict(recorded, source=str(path)).to_dict()
+        except (ValueError, KeyError, TypeError):  # a key that no longer exists: compared as is
+            pass
+        recorded = json.loads(json.dumps(_plain(recorded)))
         current = json.loads(json.dumps(_plain(self.recipe.to_dict())))
         if recorded != current:
             detail = (f"its {RECIPE_FILE} -> this one: {recipe_differences(recorded, current)}"
@@ -472,7 +481,7 @@ class Run:
                 f"--out {out_dir} holds a finished run of another recipe ({detail}). Give a "
                 "new --out, or add --no-resume to train this recipe there from the start "
                 "(replacing that run's outputs).")
-        return json.loads((out_dir / METRICS_FILE).read_text())
+        return metrics
 
     def train(self):
         """Trains, evaluates, saves and exports; returns the metrics dict
@@ -649,8 +658,13 @@ def _plain(value):
 
 def write_json(path, payload):
     """Writes `payload` as JSON; numpy numbers become Python numbers and
-    non-finite floats `null` (JSON has no NaN or Infinity)."""
-    pathlib.Path(path).write_text(json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n")
+    non-finite floats `null` (JSON has no NaN or Infinity). The file is
+    replaced whole (written beside it, then renamed), never left half
+    written."""
+    path = pathlib.Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n")
+    os.replace(partial, path)
 
 
 def recipe_differences(recorded, current, limit=5):
@@ -675,7 +689,10 @@ def recipe_differences(recorded, current, limit=5):
 
     missing = object()
     old, new = flat(recorded), flat(current)
-    changed = [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+    def shown(table, key):
+        return json.dumps(table[key]) if key in table else "(absent)"
+
+    changed = [f"{key} {shown(old, key)} -> {shown(new, key)}"
                for key in sorted(set(old) | set(new), key=lambda k: (k != "recipe", k))
                if old.get(key, missing) != new.get(key, missing)]
     more = f", and {len(changed) - limit} more" if len(changed) > limit else ""

@@ -211,17 +211,19 @@ def reading_skipped_rows(log, what, read, *args, **kwargs):
     data: 2 malformed HH-RLHF dialogue(s) left out (the first: a.jsonl:3: no turn)
     ['kept']
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = read(*args, **kwargs)
-    for warning in caught:
-        if isinstance(warning.message, SkippedRowsWarning):
-            log(f"data: {warning.message.count} malformed {what} left out (the first: "
-                f"{warning.message.first})")
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno, source=warning.source)
-    return out
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return read(*args, **kwargs)
+    finally:  # also when the read then fails (no row left): the count explains why
+        for warning in caught:
+            if isinstance(warning.message, SkippedRowsWarning):
+                log(f"data: {warning.message.count} malformed {what} left out (the first: "
+                    f"{warning.message.first})")
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno, source=warning.source)
 
 
 def chat_tokenizer(vocabulary, lowercase, template=DEFAULT_CHAT_TEMPLATE):

@@ -257,7 +257,7 @@ class RunHyperModel(keras_tuner.HyperModel):
         train, validation = self.datasets(run)
         callbacks = list(callbacks or []) + [keras.callbacks.TerminateOnNaN()]
         steps = run.recipe.training.steps
-        if epochs is None and rounds * steps_per_epoch > steps:  # a shorter last round
+        if (epochs or rounds) * steps_per_epoch > steps:  # a shorter last round, or a budget past it
             callbacks.append(StopAfterSteps(steps, steps_per_epoch))
         kwargs.pop("steps_per_epoch", None)
         kwargs.pop("validation_data", None)

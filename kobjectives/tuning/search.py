@@ -70,7 +70,7 @@ def make_tuner(kind, hypermodel, max_trials, directory, project_name, seed=0,
         kind: `"random"` (`RandomSearch`), `"bayesian"`
             (`BayesianOptimization`) or `"hyperband"` (`Hyperband`, whose
             budget unit is a round of `training.steps / training.epochs`
-            steps; `max_epochs` defaults to `training.epochs`; `max_trials`
+            steps; `max_epochs` defaults to the run's rounds (`Run.rounds()`, `training.epochs` of them); `max_trials`
             caps the number of trials it runs).
         hypermodel: a `RunHyperModel`.
         max_trials: int >= 1.
@@ -116,7 +116,7 @@ def make_tuner(kind, hypermodel, max_trials, directory, project_name, seed=0,
         return BayesianOptimization(
             max_trials=int(max_trials), num_initial_points=min(2, int(max_trials)), **common
         )
-    epochs = max_epochs or hypermodel.run.recipe.training.epochs
+    epochs = max_epochs or hypermodel.run.rounds()[0]
     if epochs < 2:
         raise ValueError(
             "The hyperband tuner allocates rounds (epochs) to trials: set "

@@ -156,3 +156,12 @@ def test_real_hh_rlhf_train_dialogues(shared_data):
     # The derived file names each row's subset: the reserved rows are skipped.
     derived = read_hh_rlhf(folder / "hh_test_prompt_chosen_rejected.jsonl", max_dialogues=50)
     assert len(derived) == 50
+
+
+def test_skipped_rows_warning_pickles_with_its_count_and_first_row():
+    import pickle
+
+    from kobjectives.data.chat import SkippedRowsWarning
+
+    warning = pickle.loads(pickle.dumps(SkippedRowsWarning("2 skipped", 2, "a.jsonl:3: no turn")))
+    assert (str(warning), warning.count, warning.first) == ("2 skipped", 2, "a.jsonl:3: no turn")

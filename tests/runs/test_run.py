@@ -166,6 +166,18 @@ def test_a_finished_run_is_left_as_it_is_unless_started_over(finished, tmp_path)
         "model.dropout 0.1 -> 0.0, training.steps 7 -> 8). Give a new --out, or add "
         "--no-resume to train this recipe there from the start (replacing that run's outputs).")
     assert _snapshot(folder) == before
+    # A recipe.json written before a key existed reads it at its default: still this recipe.
+    recipe = json.loads((folder / "recipe.json").read_text())
+    del recipe["model"]["lora_alpha"]
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    assert MaskedLMRun(tiny(), folder).finished() == metrics
+    recipe["model"]["nope"] = 1  # a key that no longer exists: another recipe, named
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match=r"model\.nope 1 -> \(absent\)"):
+        MaskedLMRun(tiny(), folder).finished()
+    # A metrics.json cut short (a kill while writing it) is no finished run.
+    (folder / "metrics.json").write_text('{"steps": 7, "val_lo')
+    assert MaskedLMRun(tiny(), folder).finished() is None
     # --no-resume (clear_backup) removes metrics.json: the folder no longer holds a finished run.
     clear_backup(folder)
     assert not (folder / "metrics.json").exists()

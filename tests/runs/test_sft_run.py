@@ -433,3 +433,20 @@ def test_skipped_hh_rlhf_dialogues_are_logged_without_a_python_argument(tmp_path
                     "dialogue turn[1]: a 'user' turn follows a 'user' turn; user and assistant "
                     "turns must alternate, starting with 'user' (merge consecutive turns of one "
                     "role).)"]
+
+
+def test_skipped_rows_are_logged_when_the_read_then_fails():
+    import warnings
+
+    from kobjectives.data.chat import SkippedRowsWarning
+    from kobjectives.runs.sft import reading_skipped_rows
+
+    def read():
+        warnings.warn(SkippedRowsWarning("...", 3, "a.jsonl:1: no turn"))
+        raise ValueError("No HH-RLHF dialogue left.")
+
+    lines = []
+    with pytest.raises(ValueError, match="No HH-RLHF dialogue left"):
+        reading_skipped_rows(lines.append, "HH-RLHF dialogue(s)", read)
+    assert lines == ["data: 3 malformed HH-RLHF dialogue(s) left out (the first: "
+                     "a.jsonl:1: no turn)"]

@@ -206,6 +206,10 @@ def test_a_trial_trains_exactly_its_steps_when_the_rounds_do_not_divide_them():
     history = hypermodel.fit(hp, model)  # rounds of 3 steps, the last one 2
     assert len(history.history["val_loss"]) == 2
     assert int(model.optimizer.iterations) == 5
+    # A Hyperband budget past the rounds stops at training.steps too (the schedule ends there).
+    model = hypermodel.build(hp)
+    hypermodel.fit(hp, model, epochs=4)
+    assert int(model.optimizer.iterations) == 5
 
 
 def test_diverging_trial_fails_instead_of_scoring_nan():

@@ -101,6 +101,10 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
     Args:
         loss_weights: optional dict `{loss name: weight}` for the named
             losses (`loss_names`); missing names weigh 1.
+        loss_names: optional sequence, the named losses this instance
+            computes: some of the class's `loss_names` (default: all of
+            them), e.g. a term an option turns off, which then has no
+            weight and no `{name}_loss` metric.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
     """
 
@@ -120,8 +124,15 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
     # here; their `compile` then refuses a `loss`.
     own_loss = None
 
-    def __init__(self, loss_weights=None, **kwargs):
+    def __init__(self, loss_weights=None, loss_names=None, **kwargs):
         super().__init__(**kwargs)
+        if loss_names is not None:
+            unknown = sorted(set(loss_names) - set(type(self).loss_names))
+            if unknown or not loss_names:
+                raise ValueError(
+                    f"`loss_names` must be some of {type(self).__name__}'s losses "
+                    f"{list(type(self).loss_names)}. Received: loss_names={list(loss_names)}")
+            self.loss_names = tuple(name for name in type(self).loss_names if name in loss_names)
         loss_weights = dict(loss_weights or {})
         unknown = sorted(set(loss_weights) - set(self.loss_names))
         if unknown:
@@ -339,6 +350,8 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
             config[name] = None if frozen is None else frozen.get_config()
         if self.loss_names:
             config["loss_weights"] = dict(self.loss_weights)
+        if self.loss_names != type(self).loss_names:
+            config["loss_names"] = list(self.loss_names)
         return config
 
     @classmethod

@@ -132,16 +132,12 @@ class RewardModel(SequenceClassifier):
             raise ValueError(
                 "`center_rewards_coefficient` must be None or a finite number >= 0 (TRL "
                 f"suggests 0.01). Received: center_rewards_coefficient={coefficient!r}")
-        weights = {"bradley_terry": 1.0}
-        if coefficient:
-            weights["centering"] = float(coefficient)
-        else:
-            # Centering off: only the Bradley-Terry loss, no `centering_loss` metric.
-            # Set on the instance before the base reads it (a plain tuple: nothing to track).
-            object.__setattr__(self, "loss_names", ("bradley_terry",))
+        # Centering off: only the Bradley-Terry loss, no `centering_loss` metric.
+        weights = {"bradley_terry": 1.0, **({"centering": float(coefficient)} if coefficient else {})}
+        kwargs.pop("loss_names", None)  # derived from the coefficient (an older config has none)
         super().__init__(
             backbone, num_classes=1, mode="regression", pooling=pooling, dropout=dropout,
-            hidden_dim=hidden_dim, loss_weights=weights, **kwargs)
+            hidden_dim=hidden_dim, loss_weights=weights, loss_names=tuple(weights), **kwargs)
         self.center_rewards_coefficient = None if coefficient is None else float(coefficient)
         self.reward_accuracy = keras.metrics.Mean(name="reward_accuracy")
         self.reward_margin = keras.metrics.Mean(name="reward_margin")
@@ -299,7 +295,7 @@ class RewardModel(SequenceClassifier):
     def get_config(self):
         config = super().get_config()
         for key in ("num_classes", "mode", "label_smoothing", "class_weights",
-                    "positive_weights", "loss_weights"):
+                    "positive_weights", "loss_weights", "loss_names"):
             config.pop(key, None)
         config["center_rewards_coefficient"] = self.center_rewards_coefficient
         return config

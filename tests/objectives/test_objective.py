@@ -42,11 +42,12 @@ class Student(Objective):
     def compute_losses(self, x, y, y_pred, sample_weight=None, training=True):
         target = self.frozen_outputs("teacher", x)["teacher_out"]
         weights = x.get("weights", tf.ones_like(y_pred[:, 0]))
-        return {
+        terms = {
             "match": (tf.reduce_sum((y_pred - target) ** 2, axis=-1), weights),
             # A scalar term must be this replica's share of the global value.
             "l2": global_weighted_mean(tf.reduce_sum(y_pred ** 2, axis=-1), 1.0),
         }
+        return {name: terms[name] for name in self.loss_names}
 
 
 def net(seed, dropout=0.0):
@@ -131,6 +132,26 @@ def test_named_losses_are_weighted_summed_and_tracked():
     np.testing.assert_allclose(logs["match_loss"], expected_match, rtol=1e-5)
     np.testing.assert_allclose(logs["l2_loss"], expected_l2, rtol=1e-5)
     np.testing.assert_allclose(logs["loss"], expected_match + 0.25 * expected_l2, rtol=1e-5)
+
+
+def test_an_instance_computes_some_of_the_named_losses():
+    model = Student(net(0), net(1), loss_names=["match"])
+    assert model.loss_names == ("match",) and model.loss_weights == {"match": 1.0}
+    batch = {"features": X[:8], "weights": W[:8]}
+    pred, target = model(batch).numpy(), model.teacher(X[:8]).numpy()
+    expected = (((pred - target) ** 2).sum(-1) * W[:8]).sum() / W[:8].sum()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = model.evaluate(tf.data.Dataset.from_tensors(batch), return_dict=True, verbose=0)
+    assert "l2_loss" not in logs
+    np.testing.assert_allclose([logs["match_loss"], logs["loss"]], [expected] * 2, rtol=1e-5)
+    config = Student(net(0), loss_names=["match"]).get_config()  # (an in-memory teacher is not saved)
+    assert config["loss_names"] == ["match"]
+    assert "loss_names" not in Student(net(0)).get_config()  # all of them: the class's
+    assert Student.from_config(config).loss_names == ("match",)
+    for bad in (["typo"], []):
+        with pytest.raises(ValueError, match=r"`loss_names` must be some of Student's losses "
+                                             r"\['match', 'l2'\]"):
+            Student(net(0), loss_names=bad)
 
 
 def test_loss_weights_are_checked():

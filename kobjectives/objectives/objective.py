@@ -127,12 +127,15 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
     def __init__(self, loss_weights=None, loss_names=None, **kwargs):
         super().__init__(**kwargs)
         if loss_names is not None:
-            unknown = sorted(set(loss_names) - set(type(self).loss_names))
-            if unknown or not loss_names:
+            declared = _declared_loss_names(type(self))
+            if declared is None:
+                raise TypeError(f"{type(self).__name__} derives its loss_names from its "
+                                "arguments; it takes no `loss_names`.")
+            if not loss_names or set(loss_names) - set(declared):
                 raise ValueError(
                     f"`loss_names` must be some of {type(self).__name__}'s losses "
-                    f"{list(type(self).loss_names)}. Received: loss_names={list(loss_names)}")
-            self.loss_names = tuple(name for name in type(self).loss_names if name in loss_names)
+                    f"{list(declared)}. Received: loss_names={list(loss_names)}")
+            self.loss_names = tuple(name for name in declared if name in loss_names)
         loss_weights = dict(loss_weights or {})
         unknown = sorted(set(loss_weights) - set(self.loss_names))
         if unknown:
@@ -350,7 +353,8 @@ class Objective(compat.TrainerWorkarounds, keras.Model):
             config[name] = None if frozen is None else frozen.get_config()
         if self.loss_names:
             config["loss_weights"] = dict(self.loss_weights)
-        if self.loss_names != type(self).loss_names:
+        declared = _declared_loss_names(type(self))
+        if declared is not None and self.loss_names != declared:
             config["loss_names"] = list(self.loss_names)
         return config
 
@@ -454,3 +458,10 @@ def _backup_waiting(callbacks):
         elif isinstance(callback, keras.callbacks.BackupAndRestore):
             return True
     return False
+
+
+def _declared_loss_names(cls):
+    """The class's `loss_names` tuple, or None where instances derive them
+    (a property, e.g. from a list of loss types)."""
+    names = cls.loss_names
+    return names if isinstance(names, tuple) else None

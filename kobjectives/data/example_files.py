@@ -24,10 +24,12 @@ TRL's conversational form, a list holding one assistant message,
 accepted form (TRL's neither): wrap it in a list.
 
 Every error names the file and the line, and says what the line needs. The
-pairs and unpaired rows read from files are `Located` tuples: they keep
-their `"file:line"` (`where`), so the later errors of
-`kobjectives.data.tokenize_preference_pairs`, `preference_arrays` and the
-KTO functions name the line too, not the pair's index after a split.
+examples read from files keep their `"file:line"` (`where`): pairs and
+unpaired rows are `kobjectives.data.located.Located` tuples, SFT
+conversations `LocatedConversation` lists. So the later errors of
+`kobjectives.data.tokenize_sft_examples`, `tokenize_preference_pairs`,
+`preference_arrays`, the KTO functions and the `sft` run's overlong examples
+name the line too, not the example's index after a split.
 """
 
 import glob
@@ -35,6 +37,8 @@ import json
 import os
 
 from kobjectives.data.chat import check_conversation
+from kobjectives.data.located import Located
+from kobjectives.data.located import LocatedConversation
 from kobjectives.data.seq2seq_sft import dialogue_pair
 
 SFT_FORMATS = "{'messages': [turns]} or {'prompt': ..., 'completion': ...}"
@@ -47,35 +51,6 @@ unpaired rows (`UNPAIRED_FORMAT`, TRL's unpaired preference format, KTO's)."""
 ANSWER_FORMS = ('a non-empty string, or a list of message dicts such as '
                 '[{"role": "assistant", "content": ...}]')
 """The accepted forms of an answer (`completion`, `chosen`, `rejected`)."""
-
-
-class Located(tuple):
-    """An example's fields (a tuple) that also know where the example was
-    read: `where`, e.g. `"prefs.jsonl:10"`.
-
-    It is equal to, printed and JSON-encoded as the plain tuple, so it goes
-    wherever the tuple goes (`split_examples` puts it on the same side);
-    the functions that name examples in their errors
-    (`kobjectives.data.tokenize_preference_pairs`, `kto_examples`) name it
-    by `where` instead of its index in their input.
-
-    Args:
-        fields: an iterable, the tuple's items.
-        where: optional str, how errors name the example.
-
-    Example:
-
-    >>> pair = Located(("Hi", "Hello!", "Go away."), "prefs.jsonl:10")
-    >>> pair == ("Hi", "Hello!", "Go away."), pair.where
-    (True, 'prefs.jsonl:10')
-    >>> pair
-    ('Hi', 'Hello!', 'Go away.')
-    """
-
-    def __new__(cls, fields, where=None):
-        located = super().__new__(cls, fields)
-        located.where = where
-        return located
 
 
 def example_file_paths(files):
@@ -259,9 +234,11 @@ def read_sft_conversations(files, limit=None):
         limit: optional int, the most examples.
 
     Returns:
-        A list of conversations.
+        A list of conversations (`LocatedConversation`: `where` is their
+        `"file:line"`).
     """
-    return [sft_conversation(row, where) for row, where in read_jsonl(files, limit)]
+    return [LocatedConversation(sft_conversation(row, where), where)
+            for row, where in read_jsonl(files, limit)]
 
 
 def read_seq2seq_pairs(files, limit=None):

@@ -62,7 +62,7 @@ rejected are the same (as text, as tokens, or once truncated) raise: they
 prefer nothing.
 
 **Naming.** Errors name a pair by its `where` when it has one (the
-`kobjectives.data.example_files.Located` tuples of the file readers:
+`kobjectives.data.located.Located` tuples of the file readers:
 `"prefs.jsonl:10"`; HH-RLHF pairs: their file and line; corpus pairs: the
 name they ask about), else by its index in the input (`pairs[8]`).
 `tokenize_preference_pairs` and `kto_examples` keep the names in what they
@@ -123,7 +123,8 @@ from kobjectives.data.chat import check_conversation
 from kobjectives.data.chat import parse_hh_rlhf
 from kobjectives.data.corpus_tasks import PROMPT_TEMPLATE
 from kobjectives.data.corpus_tasks import prompt_completion_task
-from kobjectives.data.example_files import Located
+from kobjectives.data.located import Located
+from kobjectives.data.located import example_name
 from kobjectives.data.sft import tokenize_sft_examples
 
 TRUNCATIONS = ("keep_end", "keep_start", "error")
@@ -253,13 +254,6 @@ class KTOExamples:
 
 def _name(names, index, what):
     return names[index] if names is not None and names[index] else f"{what}[{index}]"
-
-
-def _where(item, index, what):
-    """How errors name input `item` (at `index` of `what`): its `where`
-    (a `Located` tuple), else `what[index]`."""
-    where = getattr(item, "where", None)
-    return where if isinstance(where, str) and where else f"{what}[{index}]"
 
 
 class PairLengthError(ValueError):
@@ -472,7 +466,7 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
 
     Raises:
         ValueError: no pairs; a malformed pair (named by its `where`, a
-            `kobjectives.data.example_files.Located` pair's `"file:line"`,
+            `kobjectives.data.located.Located` pair's `"file:line"`,
             else `pairs[i]`); chosen
             equal to rejected, as text or as token ids; a prompt without
             tokens and no `start_token_id`; a marker missing from the
@@ -495,7 +489,7 @@ def tokenize_preference_pairs(pairs, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
     _check_template(template)
     start_token_id = _check_int("start_token_id", start_token_id, 0, allow_none=True)
     pairs = _check_tokenizer_inputs(pairs, "pairs")
-    names = [_where(pair, index, "pairs") for index, pair in enumerate(pairs)]
+    names = [example_name(pair, index, "pairs") for index, pair in enumerate(pairs)]
     texts = []
     for pair, name in zip(pairs, names):
         prompt, chosen, rejected = _pair_fields(pair, name)
@@ -523,7 +517,7 @@ def _kto_rows(items):
     inputs."""
     rows, undesirable = [], []
     for index, item in enumerate(items):
-        name = _where(item, index, "examples")
+        name = example_name(item, index, "examples")
         if isinstance(item, dict) and "completion" in item:
             missing = sorted({"prompt", "label"} - set(item))
             if missing:

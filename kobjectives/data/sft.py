@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
+from kobjectives.data.located import example_name
 from kobjectives.ops.causal_lm import causal_lm_targets
 from kobjectives.data.chat import ChatTemplate
 
@@ -224,8 +225,8 @@ def tokenize_sft_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
     marker_ids = {}
     texts = []  # the text pieces to tokenize
     plans = []  # per example: [(marker id or index into texts, is_completion)]
-    for index, example in enumerate(examples):
-        name = f"examples[{index}]"
+    names = [example_name(example, index, "examples") for index, example in enumerate(examples)]
+    for example, name in zip(examples, names):
         plan = []
         for text, is_completion in _segments(example, template, name):
             for piece_index, piece in enumerate(split.split(text)):
@@ -243,7 +244,7 @@ def tokenize_sft_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
     for start in range(0, len(texts), batch_size):
         pieces.extend(_tokenize_batch(tokenizer, texts[start:start + batch_size]))
     token_ids, completion_mask = [], []
-    for index, plan in enumerate(plans):
+    for name, plan in zip(names, plans):
         ids = [] if start_token_id is None else [start_token_id]
         flags = [] if start_token_id is None else [0]
         for kind, value, is_completion in plan:
@@ -251,10 +252,10 @@ def tokenize_sft_examples(examples, tokenizer, template=DEFAULT_CHAT_TEMPLATE,
             ids.extend(new)
             flags.extend([int(is_completion)] * len(new))
         if not ids:
-            raise ValueError(f"examples[{index}] has no token: its text is empty.")
+            raise ValueError(f"{name} has no token: its text is empty.")
         if loss_on == "completion" and not any(flags):
             raise ValueError(
-                f"examples[{index}] has no completion token (no assistant turn, or an "
+                f"{name} has no completion token (no assistant turn, or an "
                 "empty completion), so it has nothing to learn. Drop it, or pass "
                 "loss_on='all'."
             )

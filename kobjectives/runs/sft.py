@@ -387,8 +387,9 @@ class SFTRun(Run):
 
         Raises:
             ValueError: with `overlong() == "error"`, an example longer than
-                `model.sequence_length` (named by split and index, with its
-                first user turn); no example left.
+                `model.sequence_length` (named by its `"file:line"` when read
+                from `data.files`, else by split and index; with its first
+                user turn); no example left.
         """
         examples = tokenize_sft_examples(
             conversations, self.tokenizer, self.template, loss_on="completion",
@@ -402,8 +403,10 @@ class SFTRun(Run):
             index = int(too_long[0])
             prompt = next((turn["content"] for turn in conversations[index]
                            if turn["role"] == "user"), "")
+            where = getattr(conversations[index], "where", None)
+            example = f"data.files example {where}" if where else f"{name} {split} example {index}"
             raise ValueError(
-                f"{name} {split} example {index} (user: {prompt[:60]!r}) has "
+                f"{example} (user: {prompt[:60]!r}) has "
                 f"{int(lengths[index])} tokens, more than model.sequence_length = {length} "
                 f"({too_long.size} of {len(lengths)} {split} examples are longer). An example "
                 "(its chat turns) is never split across windows: raise model.sequence_length, "

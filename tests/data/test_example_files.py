@@ -206,7 +206,13 @@ def test_a_bare_message_dict_answer_is_refused_saying_what_is_accepted(tmp_path,
     assert len(reader(fixed)) == 2
 
 
-def test_pairs_and_unpaired_rows_keep_the_file_and_line_they_were_read_from(tmp_path):
+def test_examples_keep_the_file_and_line_they_were_read_from(tmp_path):
+    sft = _write(tmp_path / "sft.jsonl", {"prompt": "p", "completion": "c"}, "\n",
+                 {"messages": [USER, ASSISTANT]})
+    conversations = read_sft_conversations(sft)
+    assert conversations == [[{"role": "user", "content": "p"},
+                              {"role": "assistant", "content": "c"}], [USER, ASSISTANT]]
+    assert [c.where for c in conversations] == [f"{sft}:1", f"{sft}:3"]
     pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
     path = _write(tmp_path / "prefs.jsonl", pair, "\n", pair)
     pairs = read_preference_pairs(path)

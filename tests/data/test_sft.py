@@ -10,6 +10,7 @@ import tensorflow as tf
 from kobjectives.data.chat import ChatTemplate
 from kobjectives.data.chat import add_chat_tokens
 from kobjectives.data.chat import read_hh_rlhf
+from kobjectives.data.located import LocatedConversation
 from kobjectives.data.sft import SFTExamples
 from kobjectives.data.sft import best_fit_decreasing
 from kobjectives.data.sft import pack_sft_examples
@@ -75,6 +76,10 @@ def test_tokenize_fails_clearly():
     with pytest.raises(ValueError, match=r"examples\[1\] has no completion token.*loss_on='all'"):
         tokenize_sft_examples([_chat("a", "b"), _chat("a")], tokenizer)
     assert tokenize_sft_examples([_chat("a")], tokenizer, loss_on="all").lengths.tolist() == [3]
+    # An example read from a file is named by its file and line, not its index.
+    with pytest.raises(ValueError, match=r"^sft\.jsonl:4 has no completion token"):
+        tokenize_sft_examples([_chat("a", "b"), LocatedConversation(_chat("a"), "sft.jsonl:4")],
+                              tokenizer)
     with pytest.raises(ValueError, match=r"examples\[0\]\[1\]: the 'assistant' turn is empty"):
         tokenize_sft_examples([_chat("a", " ")], tokenizer)
     with pytest.raises(TypeError, match=r"examples\[0\] must be a conversation"):

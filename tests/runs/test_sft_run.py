@@ -383,6 +383,16 @@ def _long_prompt_examples(tmp_path):
     return path
 
 
+def test_an_overlong_example_from_data_files_is_named_by_its_file_and_line(tmp_path):
+    path = _long_prompt_examples(tmp_path)  # lines 31-36: prompts that fill 16 tokens
+    run = tiny_run("sft", tmp_path / "run", {"data.files": [str(path)],
+                                              "model.sequence_length": 16})
+    with pytest.raises(ValueError, match=rf"^data\.files example {re.escape(str(path))}:3[1-9] "
+                                         r"\(user: 'story story .*\) has \d+ tokens, more than "
+                                         r"model\.sequence_length = 16"):
+        run.prepare()
+
+
 def test_truncate_leaves_out_the_examples_cut_to_no_completion_token(tmp_path):
     """`sft.overlong = "truncate"`: an example whose prompt fills the window
     keeps no completion token, so it would take a window and add no loss:

@@ -153,6 +153,14 @@ def test_an_instance_computes_some_of_the_named_losses():
                                              r"\['match', 'l2'\]"):
             Student(net(0), loss_names=bad)
 
+    class Derived(Student):  # loss names derived per instance (as the preference objectives')
+        loss_names = property(lambda self: ("match",))
+
+    assert Derived(net(0)).loss_names == ("match",)
+    with pytest.raises(TypeError, match=r"^Derived derives its loss_names from its arguments; "
+                                        r"it takes no `loss_names`\.$"):
+        Derived(net(0), loss_names=["match"])
+
 
 def test_loss_weights_are_checked():
     with pytest.raises(ValueError, match="unknown losses \\['typo'\\]"):

@@ -54,6 +54,49 @@ def restored_round(out_dir):
     return backup.restored_epoch() if backup.has_backup() else 0
 
 
+def check_resumed_step(out_dir, resumed, step):
+    """Checks that the backup's last round, `resumed`, ended at `step`, the
+    step this recipe's rounds put it at (`Run.rounds`).
+
+    A backup written by an earlier kobjectives, which split `training.steps`
+    into rounds of `steps // epochs` steps (now `ceil(steps / epochs)`),
+    ended its rounds elsewhere where the epochs do not divide the steps: its
+    data and learning-rate schedule would resume off by the difference. The
+    round log `out_dir/history.csv` records each round's step (the
+    optimizer's iterations); without the log, or without the round in it,
+    nothing is checked.
+
+    Raises:
+        ValueError: the round ended at another step; the message names both
+            and the fix (`--no-resume`).
+
+    Example:
+
+    >>> import tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "history.csv").write_text("epoch,step,loss\\n1,3,2.0\\n")
+    >>> check_resumed_step(folder, 1, 3)  # as this recipe's rounds put it
+    >>> check_resumed_step(folder, 1, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...backup ended round 1 at step 3, but this recipe's rounds end it at step 4...
+    """
+    from kobjectives.distribute.fault_tolerance import read_run_log
+
+    path = pathlib.Path(out_dir) / "history.csv"
+    if not resumed or not path.is_file():
+        return
+    rows = [row for row in read_run_log(path) if row["epoch"] == resumed]
+    if rows and rows[-1]["step"] != step:
+        raise ValueError(
+            f"{pathlib.Path(out_dir) / 'backup'}: the backup ended round {resumed} at step "
+            f"{rows[-1]['step']}, but this recipe's rounds end it at step {step} (rounds of "
+            "ceil(training.steps / training.epochs) steps; an earlier kobjectives made them "
+            "training.steps // training.epochs). Resuming would continue its data and schedule "
+            "at the wrong step. Rerun with --no-resume to train from the start, or finish the "
+            "run with the kobjectives that began it.")
+
+
 def clear_backup(out_dir):
     """Deletes a run folder's `backup/`, `history.csv` and `metrics.json`:
     the next run starts over (without `metrics.json` the folder no longer

@@ -495,6 +495,7 @@ class Run:
         Raises:
             ValueError: `out_dir` holds a finished run of another recipe.
         """
+        from kobjectives.runs.callbacks import check_resumed_step
         from kobjectives.runs.callbacks import restored_round
 
         started = time.time()
@@ -516,6 +517,7 @@ class Run:
         steps = self.recipe.training.steps
         resumed = restored_round(out_dir)
         done = min(resumed * steps_per_epoch, steps)
+        check_resumed_step(out_dir, resumed, done)
         if resumed:
             self.log(f"resuming from {out_dir / 'backup'}: round {resumed} of {epochs} done "
                      f"(step {done}); the training data continues at batch {done + 1}")

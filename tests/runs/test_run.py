@@ -210,6 +210,22 @@ def test_a_lora_run_killed_after_a_round_resumes_to_the_same_weights(finished, t
     assert not any("intermediate" in path or "output_dense" in path for path in moved)
 
 
+def test_a_backup_whose_rounds_ended_elsewhere_is_refused(crashed, tmp_path):
+    """A backup written by a version that made 7 steps in 3 rounds of
+    7 // 3 = 2 ended round 2 at step 4; today's rounds of 3 end it at 6."""
+    tmp_path = tmp_path / "run"
+    shutil.copytree(crashed, tmp_path)
+    log = tmp_path / "history.csv"
+    rows = read_run_log(log)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 3), (2, 6)]  # today's rounds
+    log.write_text(log.read_text().replace("\n2,6,", "\n2,4,"))
+    with pytest.raises(ValueError, match=r"backup ended round 2 at step 4, but this recipe's "
+                                         r"rounds end it at step 6 .*--no-resume"):
+        MaskedLMRun(tiny(), tmp_path, log=quiet).train()
+    assert not (tmp_path / "metrics.json").exists()  # nothing trained, the backup kept
+    assert (tmp_path / "backup").is_dir()
+
+
 def test_corrupted_backup_names_the_file_and_the_fix(crashed, tmp_path):
     tmp_path = tmp_path / "run"
     shutil.copytree(crashed, tmp_path)

@@ -228,6 +228,10 @@ class DataConfig(Section):
     max_documents: int = option(0, "keep the first N documents (0 = all)", within="[0, inf)")
     validation_fraction: float = option(
         0.05, "held-out share; a stable hash of each document decides", within="(0, 1)")
+    split_seed: int = option(
+        -1, "seeds the train/validation split and the data drawn at random (-1: "
+        "training.seed); fix it to compare training seeds on the same examples",
+        within="[-1, 2147483647]")
 
     def check(self):
         if self.files and self.tfds:

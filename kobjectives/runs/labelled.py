@@ -61,4 +61,4 @@ class LabelledRun(Run):
     def split_documents(self, documents):
         """`(train, validation)`: a stable hash of each example decides."""
         return corpus_tasks.split_examples(
-            documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
+            documents, self.recipe.data.validation_fraction, seed=self.split_seed())

@@ -293,7 +293,7 @@ class PreferencePairsRun(Run):
                 limit=limit)
         else:
             pairs = data_lib.corpus_preference_pairs(
-                seed=self.recipe.training.seed, limit=limit,
+                seed=self.split_seed(), limit=limit,
                 max_characters=min(300, 2 * self.recipe.model.sequence_length),
                 template=self.template)
         return [(p["prompt"], p["chosen"], p["rejected"]) if isinstance(p, dict) else
@@ -309,7 +309,7 @@ class PreferencePairsRun(Run):
         data = self.recipe.data
         kind, pairs = self.load_examples()
         train, validation = data_lib.split_examples(
-            pairs, data.validation_fraction, seed=self.recipe.training.seed)
+            pairs, data.validation_fraction, seed=self.split_seed())
         if kind == "unpaired":
             self.prepare_rows(train, validation)
             return

@@ -201,10 +201,16 @@ class Run:
             format=data.format, max_documents=data.max_documents or None,
         )
 
+    def split_seed(self):
+        """The seed of the train/validation split: `data.split_seed`, or
+        `training.seed` where that is -1 (the default)."""
+        seed = self.recipe.data.split_seed
+        return self.recipe.training.seed if seed < 0 else seed
+
     def split_documents(self, documents):
         """`(train, validation)`: a stable hash of each document decides."""
         return data_lib.train_validation_split(
-            documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
+            documents, self.recipe.data.validation_fraction, seed=self.split_seed())
 
     def train_tokenizer(self, documents):
         """A WordPiece vocabulary trained on `documents`, as a keras-hub

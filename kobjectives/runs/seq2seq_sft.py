@@ -225,7 +225,7 @@ class Seq2SeqSFTRun(Run):
         data = self.recipe.data
         pairs = self.load_pairs()
         self.train_documents, self.validation_documents = data_lib.split_examples(
-            pairs, data.validation_fraction, seed=self.recipe.training.seed)
+            pairs, data.validation_fraction, seed=self.split_seed())
         self.log(f"data: {len(pairs)} pairs from {data.source_label} "
                  f"({len(self.train_documents)} train, {len(self.validation_documents)} validation)")
         if self.recipe.model.init:

@@ -344,7 +344,7 @@ class SFTRun(Run):
         data = self.recipe.data
         examples = self.load_examples()
         self.train_documents, self.validation_documents = data_lib.split_examples(
-            examples, data.validation_fraction, seed=self.recipe.training.seed)
+            examples, data.validation_fraction, seed=self.split_seed())
         self.log(f"data: {len(examples)} examples from {data.source_label} "
                  f"({len(self.train_documents)} train, {len(self.validation_documents)} validation)")
         if self.recipe.model.init:

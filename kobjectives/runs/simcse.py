@@ -296,14 +296,14 @@ class SimCSERun(Run):
         documents = super().load_documents()
         sentences = split_sentences(
             documents, data.min_characters, data.max_characters,
-            max_sentences=data.max_sentences or None, seed=self.recipe.training.seed)
+            max_sentences=data.max_sentences or None, seed=self.split_seed())
         self.log(f"data: {len(documents)} documents -> {len(sentences)} sentences")
         return sentences
 
     def split_documents(self, documents):
         if self.supervised:
             return split_nli_triples(
-                documents, self.recipe.data.validation_fraction, seed=self.recipe.training.seed)
+                documents, self.recipe.data.validation_fraction, seed=self.split_seed())
         return super().split_documents(documents)
 
     def document_counts(self):

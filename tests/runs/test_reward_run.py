@@ -213,3 +213,18 @@ def test_an_undefined_length_controlled_accuracy_is_said_in_words(tmp_path):
         "has more tokens and pairs whose chosen answer has fewer)"]
     metrics["val_length_controlled_accuracy"] = 0.5
     assert run.summary(metrics)[0].endswith("; length-controlled 0.5000")
+
+
+def test_split_seed_keeps_the_validation_pairs_across_training_seeds(tmp_path):
+    """`data.split_seed` fixes the split and the corpus pairs drawn; by
+    default (-1) they follow `training.seed`."""
+    def validation(name, **overrides):
+        run = tiny_run("reward", tmp_path / name, {**REWARD, **overrides})
+        run.prepare()
+        return run.pairs["validation"]
+
+    seed0 = validation("a")
+    assert validation("b", **{"training.seed": 1, "data.split_seed": 0}) == seed0
+    assert validation("c", **{"training.seed": 5, "data.split_seed": 1}) == validation(
+        "d", **{"training.seed": 1})
+    assert validation("e", **{"training.seed": 1}) != seed0

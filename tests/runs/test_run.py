@@ -347,3 +347,15 @@ def test_round_history_without_a_log_is_fits_history(tmp_path):
 def test_round_history_refuses_a_non_finite_last_loss(tmp_path):
     with pytest.raises(RuntimeError, match="non-finite loss"):
         round_history(tmp_path, {"loss": [1.0, math.nan]})
+
+
+def test_split_seed_keeps_the_validation_documents_across_training_seeds(tmp_path):
+    def validation(name, training_seed, split_seed=-1):
+        run = MaskedLMRun(tiny(training={"seed": training_seed}, data={"split_seed": split_seed}),
+                          tmp_path / name, log=quiet)
+        return run.split_documents(run.load_documents())[1]
+
+    assert validation("a", 1, split_seed=0) == validation("b", 0)
+    assert validation("c", 1) != validation("b", 0)
+    with pytest.raises(RecipeError, match=r"data.split_seed = -2"):
+        MaskedLMRun(tiny(data={"split_seed": -2}), tmp_path / "bad", log=quiet)

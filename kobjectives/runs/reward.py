@@ -79,9 +79,17 @@ class RenderedTextPreprocessor(tf.Module):
     the markers written in the text map to their ids (`special_tokens`
     with `special_tokens_in_strings`), the text between them is tokenized
     as in training (`tokenize_preference_pairs`), so the ids are the
-    training layout `[start] prompt completion`. A text too long for the
-    window keeps its first tokens (`data.truncation = 'keep_start'`'s
-    layout). Built from TensorFlow ops only (it runs inside a SavedModel).
+    training layout `[start] prompt completion`. The completion is what
+    follows the text's last assistant marker (a text without one is all
+    completion). A text too long for the window is cut by the training
+    rule (`kobjectives.data.preference_arrays`): with `"keep_end"` the
+    prompt loses tokens from its start, down to what leaves room for the
+    completion but never below half the window, then the completion keeps
+    its first tokens that fit (the training ids of a pair's longer answer;
+    in training a shorter answer is laid out beside the longer one, so its
+    prompt may keep fewer tokens than served alone); with `"keep_start"`
+    the text keeps its first tokens. Built from TensorFlow ops only (it
+    runs inside a SavedModel).
 
     Args:
         vocabulary: list of str, the run's vocabulary (markers included).
@@ -90,28 +98,65 @@ class RenderedTextPreprocessor(tf.Module):
         start_token_id: optional int, the first token.
         template: the run's `ChatTemplate`.
         pad_token_id: int.
+        truncation: `"keep_end"` (default) or `"keep_start"`, the run's
+            `data.truncation` (a run with `"error"` serves `"keep_end"`).
+
+    Example:
+
+    >>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "<|user|>", "<|assistant|>", "<|end|>",
+    ...               "a", "b", "c", "yes", "no"]
+    >>> serve = RenderedTextPreprocessor(vocabulary, True, 8, start_token_id=2)
+    >>> text = "<|user|>\\na b c a b c<|end|>\\n<|assistant|>\\nyes no<|end|>\\n"
+    >>> [vocabulary[i] for i in serve([text])["token_ids"][0]]
+    ['[CLS]', 'b', 'c', '<|end|>', '<|assistant|>', 'yes', 'no', '<|end|>']
+    >>> serve = RenderedTextPreprocessor(vocabulary, True, 8, 2, truncation="keep_start")
+    >>> [vocabulary[i] for i in serve([text])["token_ids"][0]]
+    ['[CLS]', '<|user|>', 'a', 'b', 'c', 'a', 'b', 'c']
     """
 
     def __init__(self, vocabulary, lowercase, sequence_length, start_token_id=None,
-                 template=DEFAULT_CHAT_TEMPLATE, pad_token_id=0):
+                 template=DEFAULT_CHAT_TEMPLATE, pad_token_id=0, truncation="keep_end"):
         super().__init__()
+        if truncation not in ("keep_end", "keep_start"):
+            raise ValueError("`truncation` must be 'keep_end' or 'keep_start'. Received: "
+                             f"truncation={truncation!r}")
         self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
             vocabulary=list(vocabulary), lowercase=lowercase,
             special_tokens=list(template.markers), special_tokens_in_strings=True)
         self.sequence_length = int(sequence_length)
         self.prefix = [] if start_token_id is None else [int(start_token_id)]
         self.pad_token_id = int(pad_token_id)
+        self.truncation = truncation
+        self.assistant_id = list(vocabulary).index(template.assistant_marker)
+
+    def _keep_end(self, tokens, room):
+        """The prompt (through the last assistant marker) cut from its
+        start, then the completion from its end, to `room` tokens."""
+        lengths = tf.cast(tokens.row_lengths(), tf.int32)
+        positions = tf.ragged.range(lengths)
+        marker = tf.ragged.boolean_mask(positions, tf.equal(tokens, self.assistant_id))
+        prompt = tf.maximum(tf.reduce_max(marker, axis=1), -1) + 1  # 0: no marker
+        completion = lengths - prompt
+        prompt_kept = tf.where(prompt + completion <= room, prompt, tf.minimum(
+            prompt, tf.maximum(room - completion, max(1, room // 2))))
+        completion_kept = tf.minimum(completion, room - prompt_kept)
+        first = (prompt - prompt_kept)[:, None]
+        keep = (positions >= first) & (positions < first + (prompt_kept + completion_kept)[:, None])
+        return tf.ragged.boolean_mask(tokens, keep)
 
     def __call__(self, text):
         tokens = self.tokenizer(tf.convert_to_tensor(text))
         if isinstance(tokens, list):
             tokens = tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1)
         tokens = tf.cast(tokens, tf.int32)
+        room = self.sequence_length - len(self.prefix)
+        if self.truncation == "keep_end":
+            tokens = self._keep_end(tokens, room)
+        tokens = tokens[:, :room]
         if self.prefix:
             start = tf.RaggedTensor.from_tensor(tf.fill(
                 tf.stack([tokens.nrows(), 1]), tf.constant(self.prefix[0], tf.int32)))
             tokens = tf.concat([start, tokens], axis=1)
-        tokens = tokens[:, :self.sequence_length]
         shape = tf.stack([tokens.nrows(), self.sequence_length])
         token_ids = tokens.to_tensor(default_value=self.pad_token_id, shape=shape)
         padding_mask = tf.sequence_mask(tokens.row_lengths(), self.sequence_length, tf.int32)
@@ -214,6 +259,8 @@ class RewardRun(PreferencePairsRun):
     def serving_preprocessor(self):
         """`RenderedTextPreprocessor`: the rendered conversation and answer
         in, the training layout's ids out."""
+        truncation = self.recipe.data.truncation
         return RenderedTextPreprocessor(
             self.tokenizer.get_vocabulary(), self.lowercase, self.recipe.model.sequence_length,
-            self.tokenizer.start_token_id, self.template, self.tokenizer.pad_token_id)
+            self.tokenizer.start_token_id, self.template, self.tokenizer.pad_token_id,
+            truncation="keep_start" if truncation == "keep_start" else "keep_end")

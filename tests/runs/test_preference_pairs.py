@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 
+from kobjectives.data import preference_arrays
 from kobjectives.data import read_preference_pairs
 from kobjectives.data import tokenize_preference_pairs
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
@@ -67,6 +68,35 @@ def test_the_rendered_text_is_served_as_the_ids_the_pair_was_trained_on(tmp_path
         trained = [tokenizer.start_token_id, *examples.prompt_ids[0], *answer_ids]
         length = int(served["padding_mask"][side].numpy().sum())
         assert served["token_ids"][side, :length].numpy().tolist() == trained
+
+
+@pytest.mark.parametrize("truncation", ["keep_end", "keep_start"])
+def test_a_text_too_long_for_the_window_is_served_as_it_was_trained(truncation):
+    """Cut by the run's `data.truncation`: with `keep_end` the prompt loses
+    its start and the answer stays (the judge of a long conversation sees
+    the answer), as the training layout of the pair's longer answer."""
+    words = [f"w{i}" for i in range(40)]
+    tokenizer = chat_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words +
+                               ["a1", "a2", "a3", "a4", "a5", "b1", "b2"], True)
+    pair = ([{"role": "user", "content": " ".join(words)}], "a1 a2 a3 a4 a5", "b1 b2")
+    # (a 40-word prompt, a window of 16)
+    examples = tokenize_preference_pairs([pair], tokenizer,
+                                         start_token_id=tokenizer.start_token_id)
+    serve = RenderedTextPreprocessor(tokenizer.get_vocabulary(), True, 16,
+                                     tokenizer.start_token_id, truncation=truncation)
+    served = serve(list(render_pair_texts(pair)))
+    if truncation == "keep_end":  # (training refuses the pair with keep_start)
+        trained = preference_arrays(examples, 16, truncation=truncation)
+        assert served["token_ids"][0].numpy().tolist() == trained["chosen_token_ids"][0].tolist()
+    answer = [tokenizer.token_to_id(w) for w in ("b1", "b2", "<|end|>")]
+    kept = served["token_ids"][1].numpy().tolist()
+    if truncation == "keep_end":  # the shorter answer, whole, after the prompt's last tokens
+        assert kept[-3:] == answer and kept[0] == tokenizer.start_token_id
+        assert kept[-4] == tokenizer.token_to_id("<|assistant|>")
+    else:  # the first 16 tokens: no answer left
+        assert not set(answer) & set(kept)
+    with pytest.raises(ValueError, match="`truncation` must be 'keep_end' or 'keep_start'"):
+        RenderedTextPreprocessor(tokenizer.get_vocabulary(), True, 16, truncation="error")
 
 
 @pytest.mark.parametrize("pair, error, message", [

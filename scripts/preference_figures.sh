@@ -13,7 +13,9 @@
 #        were measured with JUDGE_PROMPTS=64: 256 prompts' answers take ~20 min)
 #        dpo_select_lora dpo_lora_helpful (LoRA rank 8 on the helpful subsets; not in the
 #        default list); reward_select_lora (the judge with LoRA or a lower learning
-#        rate, validation only; not in the default list)
+#        rate, validation only; not in the default list); pretrain sft_pretrained
+#        reward_pretrained_select dpo_pretrained_helpful (causal-LM pretraining before
+#        SFT; not in the default list)
 # (reward_mixed, reward_helpful: the earlier judges; reward_select: how the judge's
 # recipe was chosen, on validation only; none of the three in the default list)
 set -euo pipefail
@@ -70,6 +72,24 @@ for name in "${@:-sft reward dpo_sigmoid dpo_ipo dpo_hinge simpo}"; do
         --set data.balance_lengths=true --set training.steps=600 --set training.saved_model=false \
         --set model.lora_rank=$2 --set training.learning_rate=$3
     done ;;
+    # Causal-LM pretraining before SFT: the allowed text of ../shared/data
+    # (scripts/pretraining_corpus.py: a novel, Shakespeare, WikiText-2 valid.txt, the
+    # HH-RLHF train dialogues less the sft run's held-out ones), 5,500 steps; then sft
+    # from it; then the judge's recipe on the 20% validation slice (validation only),
+    # and DPO sigmoid from it on the helpful subsets, judged by `reward`.
+    pretrain) python scripts/pretraining_corpus.py "$OUT/corpus" --shared "$SHARED"
+      run $n clm --data "$OUT/corpus/war_and_peace.txt" "$OUT/corpus/shakespeare.txt" \
+        "$OUT/corpus/wikitext2_valid.txt" "$OUT/corpus/hh_rlhf_train.txt" \
+        --set model.backbone=gpt2_tiny --set model.sequence_length=256 \
+        --set tokenizer.max_training_documents=0 --set training.steps=5500 \
+        --set training.epochs=5 --set training.saved_model=false ;;
+    sft_pretrained) run $n sft --init "$OUT/pretrain" "${HH[@]}" --set sft.overlong=truncate \
+      --set training.steps=2000 --set training.saved_model=false ;;
+    reward_pretrained_select) run $n reward --init "$OUT/sft_pretrained" "${HH[@]}" \
+      "${HELPFUL[@]}" --set data.validation_fraction=0.2 --set reward.pooling=mean \
+      --set data.balance_lengths=true --set training.steps=600 --set training.saved_model=false ;;
+    dpo_pretrained_helpful) run $n dpo "${PREF[@]}" --init "$OUT/sft_pretrained" "${HELPFUL[@]}" \
+      --set preference.loss_type=sigmoid --set preference.judge_prompts=${JUDGE_PROMPTS:-256} ;;
     dpo_sigmoid) run $n dpo "${PREF[@]}" --set preference.loss_type=sigmoid ;;
     # DPO on the judge's data (the helpful subsets: helpful-online measures
     # helpfulness), 256 judged prompts (SE about 0.03); its learning rate and steps

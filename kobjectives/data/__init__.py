@@ -114,6 +114,7 @@ from kobjectives.data.preference import REFERENCE_LOGPS_KEYS  # noqa: F401
 from kobjectives.data.preference import KTOExamples  # noqa: F401
 from kobjectives.data.preference import PreferenceExamples  # noqa: F401
 from kobjectives.data.preference import collapsed_pairs  # noqa: F401
+from kobjectives.data.preference import default_max_prompt_length  # noqa: F401
 from kobjectives.data.preference import length_balanced_pairs  # noqa: F401
 from kobjectives.data.preference import corpus_preference_pairs  # noqa: F401
 from kobjectives.data.preference import kto_arrays  # noqa: F401

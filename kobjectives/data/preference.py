@@ -628,12 +628,25 @@ def _kept_lengths(prompt_length, completion_lengths, room, truncation, max_promp
     return prompt_kept, [min(length, room - prompt_kept) for length in completion_lengths]
 
 
+def default_max_prompt_length(room):
+    """The fewest prompt tokens `"keep_end"` keeps when no
+    `max_prompt_length` is given: half the `room` (the window less the
+    start token), at least 1.
+
+    Example:
+
+    >>> default_max_prompt_length(255), default_max_prompt_length(1)
+    (127, 1)
+    """
+    return max(1, room // 2)
+
+
 def _resolve_lengths(sequence_length, start_token_id, max_prompt_length):
     start = int(start_token_id is not None)
     sequence_length = _check_int("sequence_length", sequence_length, 2 + start)
     room = sequence_length - start
     if max_prompt_length is None:
-        return sequence_length, room, max(1, room // 2)
+        return sequence_length, room, default_max_prompt_length(room)
     max_prompt_length = _check_int("max_prompt_length", max_prompt_length, 1)
     if max_prompt_length >= room:
         raise ValueError(

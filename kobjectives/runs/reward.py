@@ -101,10 +101,14 @@ class RenderedTextPreprocessor(tf.Module):
         truncation: `"keep_end"` (default) or `"keep_start"`, the run's
             `data.truncation` (a run with `"error"` serves `"keep_end"`).
 
+    Raises:
+        ValueError: a `vocabulary` without the template's markers (add them
+            with `kobjectives.data.add_chat_tokens`), or another `truncation`.
+
     Example:
 
     >>> vocabulary = ["[PAD]", "[UNK]", "[CLS]", "<|user|>", "<|assistant|>", "<|end|>",
-    ...               "a", "b", "c", "yes", "no"]
+    ...               "a", "b", "c", "yes", "no", "<|system|>"]
     >>> serve = RenderedTextPreprocessor(vocabulary, True, 8, start_token_id=2)
     >>> text = "<|user|>\\na b c a b c<|end|>\\n<|assistant|>\\nyes no<|end|>\\n"
     >>> [vocabulary[i] for i in serve([text])["token_ids"][0]]
@@ -120,14 +124,21 @@ class RenderedTextPreprocessor(tf.Module):
         if truncation not in ("keep_end", "keep_start"):
             raise ValueError("`truncation` must be 'keep_end' or 'keep_start'. Received: "
                              f"truncation={truncation!r}")
+        vocabulary = list(vocabulary)
+        missing = [marker for marker in template.markers if marker not in vocabulary]
+        if missing:
+            raise ValueError(
+                f"`vocabulary` lacks the chat markers {missing}: the text's turns cannot be "
+                "read. Add them with kobjectives.data.add_chat_tokens(vocabulary, template) "
+                "(the run's vocabulary has them).")
         self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-            vocabulary=list(vocabulary), lowercase=lowercase,
+            vocabulary=vocabulary, lowercase=lowercase,
             special_tokens=list(template.markers), special_tokens_in_strings=True)
         self.sequence_length = int(sequence_length)
         self.prefix = [] if start_token_id is None else [int(start_token_id)]
         self.pad_token_id = int(pad_token_id)
         self.truncation = truncation
-        self.assistant_id = list(vocabulary).index(template.assistant_marker)
+        self.assistant_id = vocabulary.index(template.assistant_marker)
 
     def _keep_end(self, tokens, room):
         """The prompt (through the last assistant marker) cut from its
@@ -138,7 +149,7 @@ class RenderedTextPreprocessor(tf.Module):
         prompt = tf.maximum(tf.reduce_max(marker, axis=1), -1) + 1  # 0: no marker
         completion = lengths - prompt
         prompt_kept = tf.where(prompt + completion <= room, prompt, tf.minimum(
-            prompt, tf.maximum(room - completion, max(1, room // 2))))
+            prompt, tf.maximum(room - completion, data_lib.default_max_prompt_length(room))))
         completion_kept = tf.minimum(completion, room - prompt_kept)
         first = (prompt - prompt_kept)[:, None]
         keep = (positions >= first) & (positions < first + (prompt_kept + completion_kept)[:, None])

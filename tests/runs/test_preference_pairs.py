@@ -97,6 +97,10 @@ def test_a_text_too_long_for_the_window_is_served_as_it_was_trained(truncation):
         assert not set(answer) & set(kept)
     with pytest.raises(ValueError, match="`truncation` must be 'keep_end' or 'keep_start'"):
         RenderedTextPreprocessor(tokenizer.get_vocabulary(), True, 16, truncation="error")
+    plain = [t for t in tokenizer.get_vocabulary() if t not in ("<|user|>", "<|assistant|>")]
+    with pytest.raises(ValueError, match=r"`vocabulary` lacks the chat markers "
+                       r"\['<\|user\|>', '<\|assistant\|>'\].*add_chat_tokens"):
+        RenderedTextPreprocessor(plain, True, 16)
 
 
 @pytest.mark.parametrize("pair, error, message", [

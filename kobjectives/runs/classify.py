@@ -11,8 +11,6 @@ ChnSentiCorp's `dev`) is scored once, at the end.
 
 import dataclasses
 import json
-import os
-import pathlib
 
 import keras
 import numpy as np
@@ -25,7 +23,6 @@ from kobjectives.metrics import baselines
 from kobjectives.metrics.classification_metrics import ClassificationReport
 from kobjectives.objectives.sequence_classifier import POOLING
 from kobjectives.objectives.sequence_classifier import SequenceClassifier
-from kobjectives.recipe import DataConfig
 from kobjectives.recipe import ModelConfig
 from kobjectives.recipe import Recipe
 from kobjectives.recipe import Section
@@ -34,6 +31,7 @@ from kobjectives.recipe import TrainingConfig
 from kobjectives.recipe import option
 from kobjectives.recipe import section
 from kobjectives.runs import register
+from kobjectives.runs.labelled import LabelledDataConfig
 from kobjectives.runs.labelled import LabelledRun
 from kobjectives.runs.run import write_json
 
@@ -42,34 +40,11 @@ RESERVED_FILES = ("sst2/test.tsv", "chinese/chnsenticorp_test.tsv")
 """Shared files for final evaluation only: refused as `data.files`."""
 
 
-def reserved_file_problems(files, reserved):
-    """Problem lines for `data.files` entries that are reserved shared splits.
-
-    Args:
-        files: the `data.files` patterns.
-        reserved: paths relative to the shared folder (e.g. `"sst2/test.tsv"`);
-            a file whose path ends with one of them is refused.
-
-    Returns:
-        An iterator of `"data.files: ..."` lines.
-
-    Example:
-
-    >>> list(reserved_file_problems(["../shared/data/sst2/test.tsv", "mine.tsv"],
-    ...                             RESERVED_FILES))
-    ["data.files: '../shared/data/sst2/test.tsv' is a reserved split (final evaluation only); never train or tune on it"]
-    """
-    for pattern in files:
-        path = pathlib.Path(os.path.expanduser(pattern)).as_posix()
-        for name in reserved:
-            if path == name or path.endswith("/" + name):
-                yield (f"data.files: {pattern!r} is a reserved split (final evaluation only); "
-                       "never train or tune on it")
-
-
 @dataclasses.dataclass(frozen=True)
-class ClassificationDataConfig(DataConfig):
+class ClassificationDataConfig(LabelledDataConfig):
     """Labelled texts: a named dataset or TSV files, and the validation slice."""
+
+    reserved_files = RESERVED_FILES
 
     files: tuple[str, ...] = option(
         (), "TSV files (label<TAB>text with a header row): the training file, then optionally "
@@ -86,16 +61,6 @@ class ClassificationDataConfig(DataConfig):
     validation_fraction: float = option(
         0.1, "the share of the training examples held out for validation (a stable hash "
         "of each example decides)", within="(0, 1)")
-
-    def check(self):
-        yield from super().check()
-        if self.files and self.dataset != "corpus":
-            yield (f"files: give data.files or data.dataset = {self.dataset!r}, not both")
-        if len(self.files) > 2:
-            yield (f"files: at most two files (the training file, then a held-out file); "
-                   f"received {len(self.files)}")
-        yield from (line[len("data."):] for line in
-                    reserved_file_problems(self.files, RESERVED_FILES))
 
 
 @dataclasses.dataclass(frozen=True)

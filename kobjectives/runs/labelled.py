@@ -3,6 +3,7 @@
 under `data.shared_dir`, or the embedded corpus' task), its check, and the
 split of the examples."""
 
+import dataclasses
 import glob
 import os
 import pathlib
@@ -10,7 +11,53 @@ import typing
 
 from kobjectives.data import corpus_tasks
 from kobjectives.data import labelled_pipelines as pipelines
+from kobjectives.recipe import DataConfig
 from kobjectives.runs.run import Run
+
+
+def reserved_file_problems(files, reserved):
+    """Problem lines for `data.files` entries that are reserved shared splits.
+
+    Args:
+        files: the `data.files` patterns.
+        reserved: paths relative to the shared folder (e.g. `"sst2/test.tsv"`);
+            a file whose path ends with one of them is refused.
+
+    Returns:
+        An iterator of `"data.files: ..."` lines.
+
+    Example:
+
+    >>> list(reserved_file_problems(["../shared/data/sst2/test.tsv", "mine.tsv"],
+    ...                             ("sst2/test.tsv",)))
+    ["data.files: '../shared/data/sst2/test.tsv' is a reserved split (final evaluation only); never train or tune on it"]
+    """
+    for pattern in files:
+        path = pathlib.Path(os.path.expanduser(pattern)).as_posix()
+        for name in reserved:
+            if path == name or path.endswith("/" + name):
+                yield (f"data.files: {pattern!r} is a reserved split (final evaluation only); "
+                       "never train or tune on it")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledDataConfig(DataConfig):
+    """The `data` section of a `LabelledRun`'s recipe: its check. A
+    subclass declares the fields it reads (`files`, `dataset`, `shared_dir`,
+    with its own help) and sets `reserved_files` (paths relative to the
+    shared folder that are refused as `data.files`)."""
+
+    reserved_files: typing.ClassVar[tuple[str, ...]] = ()
+
+    def check(self):
+        yield from super().check()
+        if self.files and self.dataset != "corpus":
+            yield f"files: give data.files or data.dataset = {self.dataset!r}, not both"
+        if len(self.files) > 2:
+            yield (f"files: at most two files (the training file, then a held-out file); "
+                   f"received {len(self.files)}")
+        yield from (line[len("data."):] for line in
+                    reserved_file_problems(self.files, self.reserved_files))
 
 
 class LabelledRun(Run):

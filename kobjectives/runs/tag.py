@@ -25,7 +25,6 @@ from kobjectives.layers.word_label_aligner import WordLabelAligner
 from kobjectives.layers.word_label_aligner import word_tags_from_token_tags
 from kobjectives.metrics.span_f1 import SpanF1
 from kobjectives.objectives.token_classifier import TokenClassifier
-from kobjectives.recipe import DataConfig
 from kobjectives.recipe import ModelConfig
 from kobjectives.recipe import Recipe
 from kobjectives.recipe import Section
@@ -34,7 +33,7 @@ from kobjectives.recipe import TrainingConfig
 from kobjectives.recipe import option
 from kobjectives.recipe import section
 from kobjectives.runs import register
-from kobjectives.runs.classify import reserved_file_problems
+from kobjectives.runs.labelled import LabelledDataConfig
 from kobjectives.runs.labelled import LabelledRun
 from kobjectives.runs.run import write_json
 
@@ -44,8 +43,10 @@ RESERVED_FILES = ("ner/conll2003/test.txt", "ner/cluener2020/dev.txt", "ner/wnut
 
 
 @dataclasses.dataclass(frozen=True)
-class TaggingDataConfig(DataConfig):
+class TaggingDataConfig(LabelledDataConfig):
     """Tagged sentences: a named dataset or CoNLL files, and the validation slice."""
+
+    reserved_files = RESERVED_FILES
 
     files: tuple[str, ...] = option(
         (), "CoNLL files (token<TAB>tag, blank line between sentences): the training file, "
@@ -62,16 +63,6 @@ class TaggingDataConfig(DataConfig):
     validation_fraction: float = option(
         0.1, "the share of the training sentences held out for validation (a stable hash "
         "of each sentence decides)", within="(0, 1)")
-
-    def check(self):
-        yield from super().check()
-        if self.files and self.dataset != "corpus":
-            yield f"files: give data.files or data.dataset = {self.dataset!r}, not both"
-        if len(self.files) > 2:
-            yield (f"files: at most two files (the training file, then a held-out file); "
-                   f"received {len(self.files)}")
-        yield from (line[len("data."):] for line in
-                    reserved_file_problems(self.files, RESERVED_FILES))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -431,6 +431,77 @@ def _open(path):
     return open(path, encoding="utf-8")
 
 
+def _check_hh_subsets(subsets, allow_reserved):
+    """`subsets` as a tuple of known HH-RLHF subsets; a reserved one needs
+    `allow_reserved`."""
+    if isinstance(subsets, str):
+        subsets = (subsets,)
+    subsets = tuple(subsets)
+    unknown = sorted(set(subsets) - set(HH_RLHF_SUBSETS))
+    if unknown or not subsets:
+        raise ValueError(
+            f"Unknown HH-RLHF subsets {unknown or '(none given)'}. Valid: {list(HH_RLHF_SUBSETS)}."
+        )
+    reserved = [subset for subset in subsets if subset in RESERVED_HH_RLHF_SUBSETS]
+    if reserved and not allow_reserved:
+        raise ValueError(
+            f"HH-RLHF subset(s) {reserved} are reserved for final evaluation: pass "
+            "allow_reserved=True only for that. Train and tune on "
+            f"{list(HH_RLHF_TRAIN_SUBSETS)}."
+        )
+    return subsets
+
+
+def _read_hh_rows(path, subsets, fields, parse, invalid, limit, caller, what):
+    """`[(parse(row), "file:line")]` of the rows of `subsets` in the HH-RLHF
+    file(s) at `path` (`_hh_files`), in file order, at most `limit`.
+
+    A row without one of `fields` raises. A row `parse` refuses (a
+    ValueError) is left out with one `SkippedRowsWarning` (`invalid="skip"`)
+    or raises naming its file and line (`"error"`). `caller` and `what`
+    (`"dialogue"`, `"pair"`) name the reader and its items in messages."""
+    if invalid not in ("skip", "error"):
+        raise ValueError(f"`invalid` must be 'skip' or 'error'. Received: {invalid!r}")
+    path = pathlib.Path(os.fspath(path))
+    items, skipped, first_skipped = [], 0, None
+    for file, file_subset in _hh_files(path, subsets):
+        with _open(file) as lines:
+            for number, line in enumerate(lines, 1):
+                if limit is not None and len(items) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                where = f"{file}:{number}"
+                try:
+                    row = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{where}: not a JSON object ({error}).") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: not a JSON object (a {type(row).__name__}).")
+                subset = row.get("subset", file_subset)
+                if subset is not None and subset not in subsets:
+                    continue
+                missing = [key for key in fields if key not in row]
+                if missing:
+                    raise ValueError(f"{where}: the row has no {missing[0]!r} field.")
+                try:
+                    items.append((parse(row), where))
+                except ValueError as error:
+                    if invalid == "error":
+                        raise ValueError(f"{where}: {error}") from None
+                    skipped += 1
+                    first_skipped = first_skipped or f"{where}: {error}"
+        if limit is not None and len(items) >= limit:
+            break
+    if skipped:
+        warnings.warn(SkippedRowsWarning(
+            f"{caller} skipped {skipped} malformed {what}(s) (the first: {first_skipped}). "
+            "Pass invalid='error' to stop at them.", skipped, first_skipped), stacklevel=3)
+    if not items:
+        raise ValueError(f"No HH-RLHF {what} of subsets {list(subsets)} in {path}.")
+    return items
+
+
 def read_hh_rlhf(path, subsets=HH_RLHF_TRAIN_SUBSETS, target="chosen", allow_reserved=False,
                  invalid="skip", max_dialogues=None):
     """Reads HH-RLHF dialogues as conversations for chat SFT.
@@ -495,56 +566,10 @@ def read_hh_rlhf(path, subsets=HH_RLHF_TRAIN_SUBSETS, target="chosen", allow_res
     ...
     ValueError: HH-RLHF subset(s) ['helpful-online'] are reserved for final evaluation: pass allow_reserved=True only for that. Train and tune on ['helpful-base', 'helpful-rejection-sampled', 'harmless-base'].
     """
-    if isinstance(subsets, str):
-        subsets = (subsets,)
-    subsets = tuple(subsets)
-    unknown = sorted(set(subsets) - set(HH_RLHF_SUBSETS))
-    if unknown or not subsets:
-        raise ValueError(
-            f"Unknown HH-RLHF subsets {unknown or '(none given)'}. Valid: {list(HH_RLHF_SUBSETS)}."
-        )
-    reserved = [subset for subset in subsets if subset in RESERVED_HH_RLHF_SUBSETS]
-    if reserved and not allow_reserved:
-        raise ValueError(
-            f"HH-RLHF subset(s) {reserved} are reserved for final evaluation: pass "
-            "allow_reserved=True only for that. Train and tune on "
-            f"{list(HH_RLHF_TRAIN_SUBSETS)}."
-        )
+    subsets = _check_hh_subsets(subsets, allow_reserved)
     if target not in HH_RLHF_TARGETS:
         raise ValueError(f"`target` must be one of {HH_RLHF_TARGETS}. Received: {target!r}")
-    if invalid not in ("skip", "error"):
-        raise ValueError(f"`invalid` must be 'skip' or 'error'. Received: {invalid!r}")
-    path = pathlib.Path(os.fspath(path))
-    conversations, skipped, first_skipped = [], 0, None
-    for file, file_subset in _hh_files(path, subsets):
-        with _open(file) as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                subset = row.get("subset", file_subset)
-                if subset is not None and subset not in subsets:
-                    continue
-                if target not in row:
-                    raise ValueError(f"{file}:{number}: the row has no {target!r} field.")
-                text = row.get("prompt", "") + row[target]
-                try:
-                    conversations.append(parse_hh_rlhf(text))
-                except ValueError as error:
-                    if invalid == "error":
-                        raise ValueError(f"{file}:{number}: {error}") from None
-                    skipped += 1
-                    first_skipped = first_skipped or f"{file}:{number}: {error}"
-                if max_dialogues is not None and len(conversations) >= max_dialogues:
-                    break
-        if max_dialogues is not None and len(conversations) >= max_dialogues:
-            break
-    if skipped:
-        warnings.warn(SkippedRowsWarning(
-            f"read_hh_rlhf skipped {skipped} malformed dialogue(s) (the first: "
-            f"{first_skipped}). Pass invalid='error' to stop at them.", skipped, first_skipped),
-            stacklevel=2,
-        )
-    if not conversations:
-        raise ValueError(f"No HH-RLHF dialogue of subsets {list(subsets)} in {path}.")
-    return conversations
+    rows = _read_hh_rows(
+        path, subsets, (target,), lambda row: parse_hh_rlhf(row.get("prompt", "") + row[target]),
+        invalid, max_dialogues, "read_hh_rlhf", "dialogue")
+    return [conversation for conversation, _ in rows]

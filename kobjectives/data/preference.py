@@ -102,23 +102,16 @@ Reference:
 
 import collections
 import dataclasses
-import json
 import numbers
-import os
-import pathlib
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from kobjectives.data.chat import DEFAULT_CHAT_TEMPLATE
-from kobjectives.data.chat import HH_RLHF_SUBSETS
 from kobjectives.data.chat import HH_RLHF_TRAIN_SUBSETS
-from kobjectives.data.chat import RESERVED_HH_RLHF_SUBSETS
 from kobjectives.data.chat import ChatTemplate
-from kobjectives.data.chat import SkippedRowsWarning
-from kobjectives.data.chat import _hh_files
-from kobjectives.data.chat import _open
+from kobjectives.data.chat import _check_hh_subsets
+from kobjectives.data.chat import _read_hh_rows
 from kobjectives.data.chat import check_conversation
 from kobjectives.data.chat import parse_hh_rlhf
 from kobjectives.data.corpus_tasks import PROMPT_TEMPLATE
@@ -1120,23 +1113,6 @@ def kto_dataset(examples, sequence_length, batch_size, truncation="keep_end",
 # ---------------------------------------------------------------------------
 
 
-def _check_hh_subsets(subsets, allow_reserved):
-    if isinstance(subsets, str):
-        subsets = (subsets,)
-    subsets = tuple(subsets)
-    unknown = sorted(set(subsets) - set(HH_RLHF_SUBSETS))
-    if unknown or not subsets:
-        raise ValueError(
-            f"Unknown HH-RLHF subsets {unknown or '(none given)'}. Valid: {list(HH_RLHF_SUBSETS)}.")
-    reserved = [subset for subset in subsets if subset in RESERVED_HH_RLHF_SUBSETS]
-    if reserved and not allow_reserved:
-        raise ValueError(
-            f"HH-RLHF subset(s) {reserved} are reserved for final evaluation: pass "
-            "allow_reserved=True only for that. Train and tune on "
-            f"{list(HH_RLHF_TRAIN_SUBSETS)}.")
-    return subsets
-
-
 def _hh_pair(row):
     """`(prompt conversation, chosen, rejected)` of one HH-RLHF row; a
     ValueError says why a row is malformed."""
@@ -1209,41 +1185,9 @@ def read_hh_rlhf_pairs(path, subsets=HH_RLHF_TRAIN_SUBSETS, allow_reserved=False
     """
     subsets = _check_hh_subsets(subsets, allow_reserved)
     limit = _check_int("limit", limit, 1, allow_none=True)
-    if invalid not in ("skip", "error"):
-        raise ValueError(f"`invalid` must be 'skip' or 'error'. Received: {invalid!r}")
-    path = pathlib.Path(os.fspath(path))
-    pairs, skipped, first_skipped = [], 0, None
-    for file, file_subset in _hh_files(path, subsets):
-        if limit is not None and len(pairs) >= limit:
-            break
-        with _open(file) as lines:
-            for number, line in enumerate(lines, 1):
-                if limit is not None and len(pairs) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                subset = row.get("subset", file_subset)
-                if subset is not None and subset not in subsets:
-                    continue
-                missing = [key for key in ("chosen", "rejected") if key not in row]
-                if missing:
-                    raise ValueError(f"{file}:{number}: the row has no {missing[0]!r} field.")
-                try:
-                    pairs.append(Located(_hh_pair(row), f"{file}:{number}"))
-                except ValueError as error:
-                    if invalid == "error":
-                        raise ValueError(f"{file}:{number}: {error}") from None
-                    skipped += 1
-                    first_skipped = first_skipped or f"{file}:{number}: {error}"
-    if skipped:
-        warnings.warn(SkippedRowsWarning(
-            f"read_hh_rlhf_pairs skipped {skipped} malformed row(s) (the first: "
-            f"{first_skipped}). Pass invalid='error' to stop at them.", skipped, first_skipped),
-            stacklevel=2)
-    if not pairs:
-        raise ValueError(f"No HH-RLHF pair of subsets {list(subsets)} in {path}.")
-    return pairs
+    return [Located(pair, where) for pair, where in _read_hh_rows(
+        path, subsets, ("chosen", "rejected"), _hh_pair, invalid, limit,
+        "read_hh_rlhf_pairs", "pair")]
 
 
 def _parent(name):

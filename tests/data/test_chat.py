@@ -9,6 +9,7 @@ from kobjectives.data.chat import add_chat_tokens
 from kobjectives.data.chat import check_conversation
 from kobjectives.data.chat import parse_hh_rlhf
 from kobjectives.data.chat import read_hh_rlhf
+from kobjectives.data.preference import read_hh_rlhf_pairs
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -138,6 +139,19 @@ def test_read_hh_rlhf_directory_file_targets_and_reserved_split(tmp_path):
         read_hh_rlhf(tmp_path, subsets=["helpful"])
     with pytest.raises(ValueError, match="target"):
         read_hh_rlhf(tmp_path, target="prompt")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"chosen": "x"', r"pairs.jsonl:2: not a JSON object \(Expecting"),
+    ('["chosen"]', r"pairs.jsonl:2: not a JSON object \(a list\)"),
+])
+def test_hh_rlhf_readers_name_the_line_that_is_not_a_json_object(tmp_path, line, message):
+    row = {"chosen": "\n\nHuman: A\n\nAssistant: B", "rejected": "\n\nHuman: A\n\nAssistant: C"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(row) + "\n" + line + "\n")
+    for read in (read_hh_rlhf, read_hh_rlhf_pairs):
+        with pytest.raises(ValueError, match=message):
+            read(path)
 
 
 def test_real_hh_rlhf_train_dialogues(shared_data):

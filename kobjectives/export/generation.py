@@ -56,7 +56,9 @@ class TextGenerator(tf.Module):
             `"greedy"`.
         stop_token_ids: ids that end a row's generation (e.g. the chat
             template's `<|end|>` marker). Defaults to none.
-        max_new_tokens: optional int, the most tokens kept per row.
+        max_new_tokens: optional int, the most tokens kept per row;
+            generation ends `max_new_tokens` after the batch's longest
+            prompt (the rest of the window stays as given).
 
     Call arguments:
         text: string tensor `[batch]`, the raw prompts.
@@ -143,14 +145,21 @@ class TextGenerator(tf.Module):
         prompt_mask = tf.cast(padding_mask, tf.bool)
         lengths = tf.reduce_sum(tf.cast(prompt_mask, tf.int32), axis=-1)
         index = tf.maximum(tf.reduce_min(lengths), 1)
+        window = tf.shape(token_ids)[1]
+        if self.max_new_tokens is not None:
+            # The sampler runs to the end of the window it is given: give it
+            # the longest prompt and `max_new_tokens` (attention is causal,
+            # so the positions cut off never change a logit).
+            window = tf.minimum(window, tf.reduce_max(lengths) + self.max_new_tokens)
 
         def next_logits(prompt, cache, index):
             # The sampler's `cache` carries `context` unchanged (`()` without one).
             return self.logits(prompt, index, cache if context is not None else None), None, cache
 
         generated = self.sampler(
-            next_logits, token_ids, cache=context, index=index, mask=prompt_mask,
-            stop_token_ids=self.stop_token_ids or None)
+            next_logits, token_ids[:, :window], cache=context, index=index,
+            mask=prompt_mask[:, :window], stop_token_ids=self.stop_token_ids or None)
+        generated = tf.concat([generated, token_ids[:, window:]], axis=1)
         return {"text": self._completion_text(generated, lengths), "token_ids": generated}
 
     def _completion_text(self, token_ids, lengths):
@@ -242,7 +251,7 @@ class Seq2SeqTextGenerator(TextGenerator):
             `"greedy"`.
         stop_token_ids: ids that end a row. Defaults to `(eos_token_id,)`
             (none without one); `()` for none.
-        max_new_tokens: optional int, the most tokens kept per row.
+        max_new_tokens: optional int, as `TextGenerator`'s.
         padding_token_id: int, pads the encoder text and the decoder window.
             Defaults to `objective.padding_token_id`, else 0.
 

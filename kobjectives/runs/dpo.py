@@ -437,6 +437,12 @@ class DPORun(PreferencePairsRun):
                 yield (f"preference.judge = {config.judge!r}: no SavedModel at {judge}; give "
                        "a `kobjectives train reward` run folder trained with "
                        "training.saved_model = true (or `kobjectives export` it first)")
+            length = self.recipe.model.sequence_length
+            if config.max_new_tokens > length - 2:
+                yield (f"preference.max_new_tokens = {config.max_new_tokens}: the judged "
+                       "answers leave a prompt model.sequence_length - max_new_tokens tokens "
+                       f"(the start token and one more at least); with model.sequence_length "
+                       f"= {length} use at most {length - 2}")
         try:
             self._objective(_probe_backbone(), None)
         except (ValueError, TypeError) as error:
@@ -809,21 +815,28 @@ class DPORun(PreferencePairsRun):
     def generate(self, objective, prompt_ids, batch_size=16):
         """Greedy answers (str) of `objective`'s policy to tokenized prompts
         (each `[start] prompt` keeping its last tokens so that
-        `preference.max_new_tokens` fit in the window)."""
+        `preference.max_new_tokens` fit in the window), in the order
+        given. The prompts are batched by length (a batch generates from its
+        shortest prompt to its longest and `max_new_tokens` more), and each
+        batch runs as one traced graph."""
+        import tensorflow as tf
+
         length = self.recipe.model.sequence_length
         room = length - self.recipe.preference.max_new_tokens
-        generator = self.text_generator(objective)
-        answers = []
-        for begin in range(0, len(prompt_ids), batch_size):
-            rows = [np.concatenate([[self.tokenizer.start_token_id], p])[-room:]
-                    for p in prompt_ids[begin:begin + batch_size]]
-            token_ids = np.full((len(rows), length), self.tokenizer.pad_token_id, np.int32)
-            mask = np.zeros((len(rows), length), np.int32)
-            for i, row in enumerate(rows):
+        generate = tf.function(self.text_generator(objective).generate)
+        rows = [np.concatenate([[self.tokenizer.start_token_id], p])[-room:] for p in prompt_ids]
+        order = np.argsort([len(row) for row in rows], kind="stable")
+        answers = [None] * len(rows)
+        for begin in range(0, len(rows), batch_size):
+            batch = order[begin:begin + batch_size]
+            token_ids = np.full((len(batch), length), self.tokenizer.pad_token_id, np.int32)
+            mask = np.zeros((len(batch), length), np.int32)
+            for i, row in enumerate(rows[j] for j in batch):
                 token_ids[i, :len(row)] = row
                 mask[i, :len(row)] = 1
-            out = generator.generate(token_ids, mask)
-            answers.extend(t.decode("utf-8") for t in out["text"].numpy())
+            out = generate(tf.constant(token_ids), tf.constant(mask))
+            for j, text in zip(batch, out["text"].numpy()):
+                answers[j] = text.decode("utf-8")
         return answers
 
     def summary(self, metrics):

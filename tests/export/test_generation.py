@@ -81,6 +81,21 @@ def test_stop_tokens_end_a_row_and_max_new_tokens_caps_the_text(model, tokenizer
     assert free(tf.constant(["c"]))["text"][0].numpy().decode().split()[:3] == text.split()
 
 
+def test_max_new_tokens_ends_generation_after_the_longest_prompt(model, tokenizer):
+    # The window is cut to the longest prompt and max_new_tokens (7 of 10
+    # here): the shorter prompt generates to there, and nothing after.
+    generator = TextGenerator(model, PromptPreprocessor(tokenizer, L), tokenizer,
+                              max_new_tokens=2)
+    out = generator(tf.constant(["a b c d", "e"]))
+    assert out["token_ids"].shape == (2, L)
+    for row, prompt in enumerate(["a b c d", "e"]):
+        prompt_ids = [2] + [VOCAB.index(word) for word in prompt.split()]
+        expected = greedy_by_hand(model, prompt_ids, steps=7 - len(prompt_ids))
+        np.testing.assert_array_equal(out["token_ids"][row].numpy(),
+                                      prompt_ids + expected + [0] * 3)
+        assert out["text"][row].numpy().decode() == " ".join(VOCAB[i] for i in expected[:2])
+
+
 def test_bad_arguments_are_named(model, tokenizer):
     preprocessor = PromptPreprocessor(tokenizer, L)
     with pytest.raises(TypeError, match="export_outputs"):
@@ -202,7 +217,9 @@ def test_seq2seq_decoder_prompt_of_several_ids_is_forced_and_max_new_tokens_caps
                                      max_new_tokens=3)
     out = generator(tf.constant(INPUTS[1:2]))
     expected = seq2seq_greedy_by_hand(objective, INPUTS[1], prompt=prompt)
-    assert out["token_ids"][0].numpy().tolist() == expected
+    # Generation ends 3 tokens after the prompt: the rest of the window stays padding.
+    assert out["token_ids"][0].numpy().tolist() == (
+        expected[:5] + [generator.padding_token_id] * (T - 5))
     assert out["text"][0].numpy().decode() == " ".join(S2S_VOCAB[i] for i in expected[2:5])
 
 

@@ -210,6 +210,11 @@ def test_win_rate_protocol_and_generation(dpo_run, tmp_path):
     answers = run.generate(start, run.examples["validation"].prompt_ids[:2])
     assert len(answers) == 2
     assert all(isinstance(a, str) and len(a.split()) <= 6 for a in answers)
+    # Batched by length, answered in the order given: as each prompt alone.
+    prompts = sorted(run.examples["validation"].prompt_ids[:4], key=len, reverse=True)
+    assert len({len(p) for p in prompts}) > 1
+    assert run.generate(start, prompts, batch_size=3) == [
+        run.generate(start, [p], batch_size=1)[0] for p in prompts]
     served = run.text_generator(start)(["What does json.dumps do?"])
     assert served["text"].shape == (1,)
 
@@ -225,6 +230,9 @@ def test_recipe_errors_are_named_before_any_data(tmp_path):
                                    "preference.reference": "online"})
     with pytest.raises(RecipeError, match="preference.judge"):
         tiny_run("dpo", tmp_path, {"preference.judge": str(tmp_path / "none")})
+    with pytest.raises(RecipeError, match=r"max_new_tokens = 31: .*= 32 use at most 30"):
+        tiny_run("dpo", tmp_path, {"preference.judge": str(tmp_path / "none"),
+                                   "preference.max_new_tokens": 31})
     with pytest.raises(RecipeError, match="heldout_subsets"):
         tiny_run("dpo", tmp_path, {"data.heldout_subsets": ["helpful-online"]})
     with pytest.raises(RecipeError, match="helpful-online"):
@@ -682,6 +690,23 @@ def test_the_judge_answers_each_distinct_prompt_once(tmp_path):
     run.pairs["heldout"] = [("h?", "x", "y")] * 4 + [("i?", "x", "y")]
     run.examples["heldout"] = types.SimpleNamespace(prompt_ids=[[10 + i] for i in range(5)])
     assert run.judge_prompts() == ("heldout", ["h?", "i?"], [[10], [14]])
+
+
+def test_generate_batches_prompts_by_length_and_answers_in_the_order_given(tmp_path):
+    import tensorflow as tf
+
+    run = tiny_run("dpo", tmp_path, {"preference.max_new_tokens": 8})
+    run.tokenizer = types.SimpleNamespace(start_token_id=2, pad_token_id=0)
+
+    def generate(token_ids, padding_mask):  # a row's answer: "its length/its batch's least"
+        lengths = tf.reduce_sum(padding_mask, axis=1)
+        least = tf.fill(tf.shape(lengths), tf.reduce_min(lengths))
+        return {"text": tf.strings.join([tf.strings.as_string(lengths),
+                                         tf.strings.as_string(least)], "/")}
+
+    run.text_generator = lambda objective: types.SimpleNamespace(generate=generate)
+    prompts = [[7] * n for n in (5, 1, 4, 2, 3)]  # [start] and n tokens each
+    assert run.generate(None, prompts, batch_size=2) == ["6/6", "2/2", "5/4", "3/2", "4/4"]
 
 
 def test_an_undefined_length_controlled_win_rate_is_said_in_words(tmp_path):

@@ -23,6 +23,7 @@ Example:
 'data.validation_fraction = 1.5: must be in (0, 1)'
 """
 
+import glob
 import dataclasses
 import math
 import os
@@ -204,6 +205,13 @@ class Section:
         with keys relative to the section (e.g. `"steps = 0: ..."`)."""
         return ()
 
+    def file_checks(self):
+        """Checks of the files and folders the section names, as `check`'s
+        lines. They read the file system, so `Recipe.validate` does not run
+        them: a run does, before reading any data (`Run.check`), and a
+        finished run folder reloads without them (its data may have moved)."""
+        return ()
+
     @classmethod
     def section_name(cls):
         return getattr(cls, "name", cls.__name__.lower())
@@ -238,6 +246,11 @@ class DataConfig(Section):
             yield "files and data.tfds: give one text source, not both"
         if self.data_dir and not self.tfds:
             yield f"data_dir = {self.data_dir!r}: the tfds data directory needs data.tfds"
+
+    def file_checks(self):
+        for pattern in self.files:
+            if not glob.glob(os.path.expanduser(pattern)):
+                yield f"files: {pattern!r} matches no file"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,6 +487,11 @@ class Recipe:
         if not found:
             found.extend(self.check())
         return found
+
+    def file_problems(self):
+        """Every section's `file_checks`, as lines naming the full key."""
+        for name in self.section_names():
+            yield from (f"{name}.{line}" for line in getattr(self, name).file_checks())
 
     def check(self):
         """Cross-section checks; yields full `key = value: why` lines."""

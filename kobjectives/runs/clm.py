@@ -52,7 +52,7 @@ class EvaluationConfig(Section):
         "", "a text file scored after training, read like data.files (e.g. a reserved "
         "test split; empty: none)")
 
-    def check(self):
+    def file_checks(self):
         if self.test_data and not pathlib.Path(self.test_data).expanduser().is_file():
             yield (f"test_data = {self.test_data!r}: not a file. Give a text file, or leave "
                    "it empty to skip the test evaluation")

@@ -2,7 +2,6 @@
 written once."""
 
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -142,9 +141,7 @@ class Run:
         init preset, the data files); yields problem lines naming the key.
         Runs before any data is read; skipped when a finished run folder is
         reloaded."""
-        for pattern in self.recipe.data.files:
-            if not glob.glob(os.path.expanduser(pattern)):
-                yield f"data.files: {pattern!r} matches no file"
+        yield from self.recipe.file_problems()
         model = self.recipe.model
         if model.init:
             try:

@@ -90,12 +90,6 @@ class SFTDataConfig(DataConfig):
             if self.format != "lines":
                 yield (f"format = {self.format!r}: JSON Lines files hold one example per "
                        "line; leave data.format = 'lines'")
-        if self.dataset == "hh_rlhf":
-            folder = pathlib.Path(self.shared_dir).expanduser() / "hh_rlhf"
-            if not folder.is_dir():
-                yield (f"shared_dir = {self.shared_dir!r}: no hh_rlhf/ folder there "
-                       f"({folder.resolve()}); give the folder holding the shared datasets, "
-                       "or use data.dataset = 'corpus'")
         unknown = [s for s in self.hh_rlhf_subsets if s not in HH_RLHF_SUBSETS]
         reserved = [s for s in self.hh_rlhf_subsets if s in RESERVED_HH_RLHF_SUBSETS]
         if not self.hh_rlhf_subsets or unknown:
@@ -105,6 +99,15 @@ class SFTDataConfig(DataConfig):
             yield (f"hh_rlhf_subsets = {list(self.hh_rlhf_subsets)}: {reserved} is reserved "
                    f"for final evaluation, never trained on; choose from "
                    f"{list(HH_RLHF_TRAIN_SUBSETS)}")
+
+    def file_checks(self):
+        yield from super().file_checks()
+        if self.dataset == "hh_rlhf":
+            folder = pathlib.Path(self.shared_dir).expanduser() / "hh_rlhf"
+            if not folder.is_dir():
+                yield (f"shared_dir = {self.shared_dir!r}: no hh_rlhf/ folder there "
+                       f"({folder.resolve()}); give the folder holding the shared datasets, "
+                       "or use data.dataset = 'corpus'")
 
 
 @dataclasses.dataclass(frozen=True)

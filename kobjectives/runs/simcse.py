@@ -167,6 +167,10 @@ class EvaluationConfig(Section):
             yield (f"sts_dev = {self.sts_dev!r}: {path.name} is reserved for final "
                    "evaluation; evaluate the run on sts-dev.csv")
 
+    def file_checks(self):
+        if self.sts_dev and not os.path.isfile(os.path.expanduser(self.sts_dev)):
+            yield f"sts_dev = {self.sts_dev!r}: no such file"
+
 
 @dataclasses.dataclass(frozen=True)
 class SimCSERecipe(Recipe):
@@ -250,8 +254,8 @@ class SimCSERun(Run):
         return self.recipe.contrastive.mode == "supervised"
 
     def check(self):
-        """The files the run reads exist (skipped when a finished run folder
-        is reloaded: its data need not exist any more)."""
+        """Supervised, `data.files` is one NLI file that exists (skipped when
+        a finished run folder is reloaded: its data need not exist any more)."""
         yield from super().check()
         files = self.recipe.data.files
         if self.supervised and (
@@ -259,9 +263,6 @@ class SimCSERun(Run):
             yield (f"data.files = {list(files)!r}: contrastive.mode = 'supervised' trains on "
                    "NLI triples: give exactly one TSV file (columns anchor, positive, "
                    f"hard_negative; e.g. {NLI_EXAMPLE})")
-        sts_dev = self.recipe.evaluation.sts_dev
-        if sts_dev and not os.path.isfile(os.path.expanduser(sts_dev)):
-            yield f"evaluation.sts_dev = {sts_dev!r}: no such file"
 
     # -- data --------------------------------------------------------------------
 

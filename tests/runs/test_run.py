@@ -281,6 +281,28 @@ def test_missing_data_files_fail_before_any_work_but_a_finished_run_reloads(tmp_
         str(tmp_path / "gone" / "*.txt"),)
 
 
+
+@pytest.mark.parametrize("name, values, message", [
+    ("sft", {"data": {"dataset": "hh_rlhf", "shared_dir": "gone"}},
+     "data.shared_dir = 'gone': no hh_rlhf/ folder there"),
+    ("dpo", {"data": {"dataset": "hh_rlhf", "shared_dir": "gone"}},
+     "data.shared_dir = 'gone': no hh_rlhf/ folder there"),
+    ("clm", {"evaluation": {"test_data": "gone.txt"}},
+     "evaluation.test_data = 'gone.txt': not a file"),
+])
+def test_files_a_section_names_are_checked_by_the_run_not_on_reloading(
+        tmp_path, name, values, message):
+    # The recipe alone is valid (no file system read); the run refuses it
+    # before any work; a finished folder whose data moved still reloads.
+    cls = run_class(name)
+    recipe = cls.recipe_class.from_dict(values).validate()
+    [problem] = recipe.file_problems()
+    assert problem.startswith(message)
+    with pytest.raises(RecipeError, match=message):
+        cls(recipe, tmp_path / "run")
+    assert cls(recipe, tmp_path / "run", reloading=True).recipe == recipe
+
+
 def test_bad_init_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="model.init = .*no keras-hub preset"):
         MaskedLMRun(tiny(model={"init": str(tmp_path)}), tmp_path / "run")

@@ -208,8 +208,9 @@ class Section:
     def file_checks(self):
         """Checks of the files and folders the section names, as `check`'s
         lines. They read the file system, so `Recipe.validate` does not run
-        them: a run does, before reading any data (`Run.check`), and a
-        finished run folder reloads without them (its data may have moved)."""
+        them: a run does, before reading any data (`Recipe.machine_problems`
+        in `Run.check`), and a finished run folder reloads without them (its
+        data may have moved)."""
         return ()
 
     @classmethod
@@ -488,21 +489,24 @@ class Recipe:
             found.extend(self.check())
         return found
 
-    def file_problems(self):
-        """Every section's `file_checks`, as lines naming the full key."""
+    def machine_problems(self):
+        """What this machine lacks to run the recipe: every section's
+        `file_checks`, and the memory of the attention scores, as lines naming
+        the full key. `Run.check` yields them; a finished run folder reloads
+        without them (its data may have moved, the machine may be smaller)."""
         for name in self.section_names():
             yield from (f"{name}.{line}" for line in getattr(self, name).file_checks())
+        model, training = getattr(self, "model", None), getattr(self, "training", None)
+        if model is not None and training is not None:
+            yield from _attention_memory_problems(model.sequence_length, training.batch_size)
 
     def check(self):
         """Cross-section checks; yields full `key = value: why` lines."""
-        model, training = getattr(self, "model", None), getattr(self, "training", None)
-        masking = getattr(self, "masking", None)
+        model, masking = getattr(self, "model", None), getattr(self, "masking", None)
         if masking is not None and model is not None and \
                 masking.mask_selection_length > model.sequence_length:
             yield (f"masking.mask_selection_length = {masking.mask_selection_length}: "
                    f"at most model.sequence_length = {model.sequence_length}")
-        if model is not None and training is not None:
-            yield from _attention_memory_problems(model.sequence_length, training.batch_size)
 
     def validate(self):
         """Returns the recipe, or raises one `RecipeError` listing every problem."""

@@ -141,7 +141,7 @@ class Run:
         init preset, the data files); yields problem lines naming the key.
         Runs before any data is read; skipped when a finished run folder is
         reloaded."""
-        yield from self.recipe.file_problems()
+        yield from self.recipe.machine_problems()
         model = self.recipe.model
         if model.init:
             try:

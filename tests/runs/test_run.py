@@ -296,7 +296,7 @@ def test_files_a_section_names_are_checked_by_the_run_not_on_reloading(
     # before any work; a finished folder whose data moved still reloads.
     cls = run_class(name)
     recipe = cls.recipe_class.from_dict(values).validate()
-    [problem] = recipe.file_problems()
+    [problem] = recipe.machine_problems()
     assert problem.startswith(message)
     with pytest.raises(RecipeError, match=message):
         cls(recipe, tmp_path / "run")

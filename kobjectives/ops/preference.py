@@ -1104,9 +1104,11 @@ def odds_ratio_loss(chosen_logps, rejected_logps, beta=0.1):
     TRL's `ORPOTrainer.odds_ratio_loss` returns `beta * log_sig(log_odds)`
     and subtracts its mean from the NLL; here the sign is flipped, so the
     ORPO objective is `nll + mean(losses)`. Log-probabilities must be < 0:
-    TRL does not clip them, and neither does this op. Known values >= 0
-    raise; a traced 0 (a probability of exactly 1) gives an infinite log
-    odds, a positive value NaN. Hong et al. 2024,
+    known values >= 0 raise. A traced value above minus the smallest
+    normal float32 (an average that rounded to 0: every token's
+    probability rounded to 1) counts as that value, with no gradient: the
+    log odds (about 87 nats) and the gradient stay finite where TRL's give
+    inf and NaN; every other input is left as it is. Hong et al. 2024,
     https://arxiv.org/abs/2403.07691.
 
     Args:
@@ -1137,6 +1139,8 @@ def odds_ratio_loss(chosen_logps, rejected_logps, beta=0.1):
                 f"Received a value of {float(np.max(known)):g}."
             )
     chosen, rejected = _pair(chosen_logps, rejected_logps)
+    largest = -np.finfo(np.float32).tiny
+    chosen, rejected = tf.minimum(chosen, largest), tf.minimum(rejected, largest)
     log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
     return -beta * tf.math.log_sigmoid(log_odds), log_odds
 
@@ -1151,7 +1155,8 @@ def kto_kl_baseline(policy_kl_logps, reference_kl_logps):
 
     The KL estimate of TRL's `KTOTrainer`, computed on the "KL batch":
     completions paired with prompts they do not answer (prompt `i` with the
-    completion of example `i + 1`, built by the data pipeline), scored by
+    completion of example `i - 1`, the first with the last's, built by the
+    data pipeline), scored by
     the policy and the reference. Inside `strategy.run` with several
     replicas the per-replica means are averaged over the replicas before
     the clamp, as TRL averages its processes' means (`gather(kl).mean()`).

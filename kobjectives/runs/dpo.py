@@ -218,9 +218,14 @@ class PreferenceConfig(Section):
             yield (f"loss_type = {list(self.loss_type)}: {kto_types} is KTO's, not the DPO "
                    "family's; set preference.method = 'kto' (method 'dpo' takes the DPO "
                    "family's types)")
+        default = type(self)()
+        if self.method in ("simpo", "cpo", "orpo") and self.loss_type != default.loss_type:
+            yield (f"loss_type = {list(self.loss_type)}: method {self.method!r} has one loss "
+                   "of its own; loss_type chooses the DPO family's types (method 'dpo') or "
+                   f"KTO's (method 'kto'): leave it unset with method {self.method!r}, or "
+                   "set preference.method = 'dpo'")
         if self.method != "kto":
             return
-        default = type(self)()
         if self.loss_type != default.loss_type and (
                 len(self.loss_type) != 1 or self.loss_type[0] not in KTO_LOSS_TYPES):
             yield (f"loss_type = {list(self.loss_type)}: method 'kto' takes one of KTO's "
@@ -814,7 +819,7 @@ class DPORun(PreferencePairsRun):
 
     def generate(self, objective, prompt_ids, batch_size=16):
         """Greedy answers (str) of `objective`'s policy to tokenized prompts
-        (each `[start] prompt` keeping its last tokens so that
+        (each `[start] prompt`, the prompt keeping its last tokens so that
         `preference.max_new_tokens` fit in the window), in the order
         given. The prompts are batched by length (a batch generates from its
         shortest prompt to its longest and `max_new_tokens` more), and each
@@ -824,7 +829,11 @@ class DPORun(PreferencePairsRun):
         length = self.recipe.model.sequence_length
         room = length - self.recipe.preference.max_new_tokens
         generate = tf.function(self.text_generator(objective).generate)
-        rows = [np.concatenate([[self.tokenizer.start_token_id], p])[-room:] for p in prompt_ids]
+        start = self.tokenizer.start_token_id
+        prefix = [] if start is None else [start]
+        keep = room - len(prefix)
+        rows = [np.concatenate([prefix, p[len(p) - min(len(p), keep):]]).astype(np.int32)
+                for p in prompt_ids]
         order = np.argsort([len(row) for row in rows], kind="stable")
         answers = [None] * len(rows)
         for begin in range(0, len(rows), batch_size):

@@ -94,7 +94,8 @@ training.learning_rate = 2.0: must be in (0, 1]
             values = spec[1] if spec[0] == "choice" else spec[1:3]
             for value in values:
                 try:
-                    found = recipe.replace({key: value}).problems()
+                    candidate = recipe.replace({key: value})
+                    found = candidate.problems() or list(candidate.machine_problems())
                 except RecipeError as error:
                     found = [str(error)]
                 if found:

@@ -654,6 +654,28 @@ def test_odds_ratio_matches_trl_and_is_accurate_near_zero():
         ops.odds_ratio_loss([-1.0], [0.5])
 
 
+def test_odds_ratio_of_a_traced_zero_stays_finite():
+    # An average log-probability that rounded to 0 (every token's probability
+    # rounded to 1), known only at run time: a finite loss and gradient, not NaN.
+    @tf.function
+    def loss_and_gradients(c, r):
+        with tf.GradientTape() as tape:
+            tape.watch([c, r])
+            losses, log_odds = ops.odds_ratio_loss(c, r, beta=0.1)
+            total = tf.reduce_sum(losses)
+        return losses, log_odds, tape.gradient(total, [c, r])
+
+    losses, log_odds, gradients = loss_and_gradients(
+        tf.constant([0.0, 0.0, -0.5, -1e-30]), tf.constant([-0.5, 0.0, -0.5, -0.5]))
+    for value in (losses, log_odds, *gradients):
+        assert np.all(np.isfinite(value.numpy()))
+    assert log_odds[0] > 80 and losses[0] == 0.0  # the chosen completion is certain
+    np.testing.assert_allclose(losses[1:3], 0.1 * np.log(2.0), rtol=1e-6)  # even odds
+    np.testing.assert_array_equal(gradients[0][:2], [0.0, 0.0])  # no gradient at the clamp
+    # Just below 0 the op is exact, as TRL's float64 (odds(r) = 1 / (e^0.5 - 1)).
+    np.testing.assert_allclose(gradients[0][3], -0.1 / np.expm1(0.5), rtol=1e-5)
+
+
 # -- KTO ------------------------------------------------------------------------------
 
 

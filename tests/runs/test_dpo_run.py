@@ -237,6 +237,11 @@ def test_recipe_errors_are_named_before_any_data(tmp_path):
         tiny_run("dpo", tmp_path, {"data.heldout_subsets": ["helpful-online"]})
     with pytest.raises(RecipeError, match="helpful-online"):
         tiny_run("dpo", tmp_path, {"data.hh_rlhf_subsets": ["helpful-online"]})
+    for method in ("simpo", "cpo", "orpo"):  # one loss each: a loss_type would be ignored
+        with pytest.raises(RecipeError, match=rf"preference\.loss_type = \['ipo'\]: method "
+                                              rf"'{method}' has one loss of its own"):
+            tiny_run("dpo", tmp_path, {"preference.method": method,
+                                       "preference.loss_type": ["ipo"]})
 
 
 def test_kto_recipe_errors_name_the_key(tmp_path):
@@ -695,18 +700,21 @@ def test_the_judge_answers_each_distinct_prompt_once(tmp_path):
 def test_generate_batches_prompts_by_length_and_answers_in_the_order_given(tmp_path):
     import tensorflow as tf
 
-    run = tiny_run("dpo", tmp_path, {"preference.max_new_tokens": 8})
+    run = tiny_run("dpo", tmp_path, {"preference.max_new_tokens": 24})  # 8 of 32 for the prompt
     run.tokenizer = types.SimpleNamespace(start_token_id=2, pad_token_id=0)
 
-    def generate(token_ids, padding_mask):  # a row's answer: "its length/its batch's least"
+    def generate(token_ids, padding_mask):  # "row length/its batch's least/first/last token"
         lengths = tf.reduce_sum(padding_mask, axis=1)
         least = tf.fill(tf.shape(lengths), tf.reduce_min(lengths))
-        return {"text": tf.strings.join([tf.strings.as_string(lengths),
-                                         tf.strings.as_string(least)], "/")}
+        last = tf.gather(token_ids, lengths - 1, batch_dims=1)
+        return {"text": tf.strings.reduce_join(tf.strings.as_string(
+            tf.stack([lengths, least, token_ids[:, 0], last], axis=1)), axis=1, separator="/")}
 
     run.text_generator = lambda objective: types.SimpleNamespace(generate=generate)
-    prompts = [[7] * n for n in (5, 1, 4, 2, 3)]  # [start] and n tokens each
-    assert run.generate(None, prompts, batch_size=2) == ["6/6", "2/2", "5/4", "3/2", "4/4"]
+    prompts = [list(range(10, 10 + n)) for n in (5, 1, 4, 2, 3, 12)]  # [start] and n tokens each
+    assert run.generate(None, prompts, batch_size=2) == [
+        "6/6/2/14", "2/2/2/10", "5/4/2/13", "3/2/2/11", "4/4/2/12",
+        "8/6/2/21"]  # too long: the start token and the prompt's last 7 tokens
 
 
 def test_an_undefined_length_controlled_win_rate_is_said_in_words(tmp_path):

@@ -8,6 +8,8 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+
+from kobjectives import recipe as recipe_lib
 import tensorflow as tf
 
 from kobjectives.recipe import Recipe
@@ -152,6 +154,14 @@ def test_bad_search_spaces_fail_early_naming_the_key(space, match):
         check_search_space(space, ToyRecipe())
     with pytest.raises(ValueError, match=match):  # before the run is prepared
         RunHyperModel(ToyRun(), search_space=space)
+
+
+def test_a_search_space_beyond_this_machines_memory_fails_early(monkeypatch):
+    monkeypatch.setattr(recipe_lib, "machine_memory", lambda: 2 ** 30)
+    recipe = run_class("clm").recipe_class()  # sequence_length 128
+    with pytest.raises(ValueError, match=r"training.batch_size.*model.sequence_length = 128: "
+                                         r"with training.batch_size = 8192 .*GiB"):
+        check_search_space({"training.batch_size": ("choice", [8, 8192])}, recipe)
 
 
 @pytest.mark.parametrize("name", available_runs())

@@ -10,7 +10,8 @@
 #        sft_small reward_small_select (a larger judge, validation only; not in the default list)
 #        dpo_select dpo_helpful dpo_ipo_helpful dpo_hinge_helpful simpo_helpful (the
 #        helpful subsets, the judge's data; not in the default list; the last three
-#        were measured with JUDGE_PROMPTS=64: 256 prompts' answers take ~20 min)
+#        were measured with JUDGE_PROMPTS=64; a dpo_helpful run takes about 7 min in all,
+#        its 256 prompts' answers and the held-out scoring about 3 min after training)
 #        dpo_select_lora dpo_lora_helpful (LoRA rank 8 on the helpful subsets; not in the
 #        default list); reward_select_lora (the judge with LoRA or a lower learning
 #        rate, validation only; not in the default list); pretrain sft_pretrained

@@ -120,6 +120,7 @@ from kobjectives.data.preference import corpus_preference_pairs  # noqa: F401
 from kobjectives.data.preference import kto_arrays  # noqa: F401
 from kobjectives.data.preference import kto_dataset  # noqa: F401
 from kobjectives.data.preference import kto_examples  # noqa: F401
+from kobjectives.data.preference import looping_answer  # noqa: F401
 from kobjectives.data.preference import preference_arrays  # noqa: F401
 from kobjectives.data.preference import preference_dataset  # noqa: F401
 from kobjectives.data.preference import read_hh_rlhf_pairs  # noqa: F401

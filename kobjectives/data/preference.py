@@ -10,8 +10,8 @@ Sources (no network, deterministic):
 - `corpus_preference_pairs(seed)`: the default task, derived from the
   embedded corpus, so every command runs anywhere: `"What does json.dumps
   do?"` (one user turn) answered by its docstring's first paragraph
-  (chosen) or by that of a sibling name of the same module or class
-  (rejected).
+  (chosen) or by the same paragraph falling into a loop (rejected:
+  `looping_answer`).
 
 A pair is `(prompt, chosen, rejected)` (or a `{"prompt", "chosen",
 "rejected"}` dict): `prompt` is a conversation (a list of `{"role",
@@ -100,7 +100,6 @@ Reference:
     pairs).
 """
 
-import collections
 import dataclasses
 import numbers
 
@@ -1190,13 +1189,52 @@ def read_hh_rlhf_pairs(path, subsets=HH_RLHF_TRAIN_SUBSETS, allow_reserved=False
         "read_hh_rlhf_pairs", "pair")]
 
 
-def _parent(name):
-    return name.rsplit(".", 1)[0] if "." in name else ""
+def looping_answer(answer, rng, max_loop_words=4):
+    """`answer` as a degenerate decoder writes it: a loop after its start.
+
+    The first `k` words of `answer` (split on whitespace; `k` uniform in
+    `1 .. n - 2` for its `n` words), then the `m` words before word `k`
+    (`m` uniform in `1 .. min(max_loop_words, k)`) repeated, one word at a
+    time, to the length in characters nearest that of `answer` less its
+    final punctuation (at least one word repeated), then that punctuation
+    (one of `.!?:`), if any. The two are about as long, so that their
+    lengths say little of which is which.
+
+    Args:
+        answer: str, at least three words.
+        rng: a `numpy.random.Generator`; two draws.
+        max_loop_words: int >= 1, the longest loop.
+
+    Returns:
+        str; it can equal `answer` when `answer` itself repeats (`"a a a"`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> looping_answer("Fry the eggs in a pan.", np.random.default_rng(1))
+    'Fry the Fry the Fry the.'
+    """
+    words = answer.split()
+    if len(words) < 3:
+        raise ValueError(f"`answer` needs at least three words to loop. Received: {answer!r}")
+    stop = answer[-1] if answer[-1] in ".!?:" else ""
+    target = len(answer) - len(stop)
+    kept = int(rng.integers(1, len(words) - 1))
+    loop = words[kept - int(rng.integers(1, min(max_loop_words, kept) + 1)):kept]
+    text = " ".join(words[:kept])
+    index = 0
+    while len(text) < target:
+        longer = f"{text} {loop[index % len(loop)]}"
+        if index and len(longer) - target > target - len(text):
+            break  # one word more would be further from the length
+        text, index = longer, index + 1
+    return text.rstrip(stop) + stop if stop else text
 
 
 def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
                             template=DEFAULT_CHAT_TEMPLATE, root=None):
-    """The default preference task, derived from the embedded corpus.
+    """The default preference task, derived from the embedded corpus:
+    prefer the answer that does not loop.
 
     The rule:
 
@@ -1206,20 +1244,30 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
        its docstring's first paragraph.
     2. The prompt is that question as one user turn (as the sft run
        renders the task); chosen is the true paragraph.
-    3. Rejected is the paragraph of another name: one of the same parent
-       (module or class: `json.loads` for `json.dumps`, so the two read
-       alike), drawn uniformly with a `numpy` generator seeded by `seed`
-       in pair order, among those whose paragraph differs from chosen;
-       when none has, any other name's differing paragraph, drawn the same
-       way.
+    3. Rejected is the same paragraph falling into a loop
+       (`looping_answer`, drawn with a `numpy` generator seeded by `seed`
+       in pair order): `"Fry the Fry the Fry the."` or `"Fry the eggs in
+       in in."` for `"Fry the eggs in a pan."`, about as long. Paragraphs of fewer than three
+       words, and those whose loop gives them back unchanged (`"a a a"`),
+       are left out.
+
+    Repetition is the commonest failure of a small model's greedy answers
+    (Holtzman et al. 2020, https://arxiv.org/abs/1904.09751), and a causal
+    LM trained on text tends to give such loops *more* probability than the
+    true answer, so a reward model and DPO have something to learn here
+    that the starting policy gets wrong. (Until 2026-12-07 rejected was a
+    sibling name's paragraph, `json.loads`' for `json.dumps`: a relevance
+    task that the default tiny models could not learn; the reward model and
+    DPO stayed at chance on it.)
 
     The same Python, `seed` and arguments give the same pairs in every
     process; chosen never equals rejected.
 
     Args:
-        seed: int, seeds the draw of the rejected paragraphs.
-        limit: optional int >= 2, the most pairs (chosen by content hash,
-            as `prompt_completion_task`'s `max_examples`).
+        seed: int, seeds the loops.
+        limit: optional int >= 1, the most pairs read from the corpus
+            (chosen by content hash, as `prompt_completion_task`'s
+            `max_examples`), before the short ones are left out.
         max_characters: int, the longest paragraph.
         template: the `ChatTemplate` the pairs are for (texts holding its
             markers are dropped).
@@ -1230,7 +1278,12 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
         `where` is `"the corpus pair about json.dumps"`).
 
     Raises:
-        ValueError: bad arguments, or fewer than two different paragraphs.
+        ValueError: bad arguments, or no paragraph of three words or more.
+
+    Reference:
+        Welleck et al., 2020, "Neural Text Generation with Unlikelihood
+        Training", https://arxiv.org/abs/1908.04319 (repetition as the
+        failure to train away).
 
     Example:
 
@@ -1238,40 +1291,30 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
     >>> root = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (root / "spam.py").write_text(
     ...     "def fry(eggs):\\n    '''Fry the eggs in a pan.'''\\n"
-    ...     "def boil(eggs):\\n    '''Boil the eggs in water.'''\\n")
-    >>> for pair in corpus_preference_pairs(root=root):
+    ...     "def boil(eggs):\\n    '''Boil them.'''\\n")
+    >>> for pair in corpus_preference_pairs(seed=1, root=root):
     ...     print(pair)
-    ([{'role': 'user', 'content': 'What does spam.fry do?'}], 'Fry the eggs in a pan.', 'Boil the eggs in water.')
-    ([{'role': 'user', 'content': 'What does spam.boil do?'}], 'Boil the eggs in water.', 'Fry the eggs in a pan.')
+    ([{'role': 'user', 'content': 'What does spam.fry do?'}], 'Fry the eggs in a pan.', 'Fry the Fry the Fry the.')
     """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"`seed` must be an int. Received: {seed!r}")
-    limit = _check_int("limit", limit, 2, allow_none=True)
+    limit = _check_int("limit", limit, 1, allow_none=True)
     examples = prompt_completion_task(
         max_examples=limit, max_characters=max_characters, template=template, root=root)
     before, after = PROMPT_TEMPLATE.split("{name}")
-    names = [example["prompt"][len(before):len(example["prompt"]) - len(after)]
-             for example in examples]
-    completions = [example["completion"] for example in examples]
-    if len(set(completions)) < 2:
-        raise ValueError(
-            f"The corpus gives {len(examples)} pair(s) with {len(set(completions))} different "
-            "paragraph(s); a preference task needs at least two. Raise `limit` or read "
-            "another `root`.")
-    siblings = collections.defaultdict(list)
-    for index, name in enumerate(names):
-        siblings[_parent(name)].append(index)
     rng = np.random.default_rng(seed)
     pairs = []
-    for index, (example, chosen) in enumerate(zip(examples, completions)):
-        candidates = [other for other in siblings[_parent(names[index])]
-                      if completions[other] != chosen]
-        if candidates:
-            rejected = completions[candidates[int(rng.integers(len(candidates)))]]
-        else:
-            rejected = chosen
-            while rejected == chosen:
-                rejected = completions[int(rng.integers(len(completions)))]
-        pairs.append(Located(([{"role": "user", "content": example["prompt"]}], chosen, rejected),
-                             f"the corpus pair about {names[index]}"))
+    for example in examples:
+        chosen = example["completion"]
+        if len(chosen.split()) < 3:
+            continue
+        rejected = looping_answer(chosen, rng)
+        if rejected != chosen:
+            name = example["prompt"][len(before):len(example["prompt"]) - len(after)]
+            pairs.append(Located(([{"role": "user", "content": example["prompt"]}], chosen,
+                                  rejected), f"the corpus pair about {name}"))
+    if not pairs:
+        raise ValueError(
+            f"None of the corpus' {len(examples)} paragraph(s) has three words or more to "
+            "loop; a preference task needs one. Raise `limit` or read another `root`.")
     return pairs

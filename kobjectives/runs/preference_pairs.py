@@ -47,7 +47,8 @@ class PreferenceDataConfig(SFTDataConfig):
         "kobjectives.data.example_files); empty: data.dataset")
     dataset: str = option(
         "corpus", "'corpus': 'What does json.dumps do?' answered by its docstring (chosen) or "
-        "a sibling name's (rejected); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
+        "by the same docstring falling into a loop (rejected; kobjectives.data."
+        "corpus_preference_pairs); 'hh_rlhf': HH-RLHF pairs from data.shared_dir/hh_rlhf/",
         choices=DATASETS)
     heldout_subsets: tuple[str, ...] = option(
         (), "HH-RLHF subsets scored once after training and never trained on: the final "

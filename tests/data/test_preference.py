@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kobjectives.data.chat import SkippedRowsWarning
 from kobjectives.data.chat import add_chat_tokens
+from kobjectives.data.corpus_tasks import prompt_completion_task
 from kobjectives.data.preference import KTO_KEYS
 from kobjectives.data.preference import PAIR_KEYS
 from kobjectives.data.preference import REFERENCE_LOGPS_KEYS
@@ -23,6 +24,7 @@ from kobjectives.data.preference import kto_arrays
 from kobjectives.data.preference import kto_dataset
 from kobjectives.data.preference import kto_examples
 from kobjectives.data.preference import length_balanced_pairs
+from kobjectives.data.preference import looping_answer
 from kobjectives.data.preference import preference_arrays
 from kobjectives.data.preference import preference_dataset
 from kobjectives.data.preference import read_hh_rlhf_pairs
@@ -427,19 +429,52 @@ def test_real_hh_rlhf_pairs_tokenize_into_static_batches(shared_data):
 # --- the embedded-corpus task -----------------------------------------------------------
 
 
-def test_corpus_preference_pairs_are_deterministic_and_prefer_the_true_answer():
+def test_looping_answer_keeps_a_start_then_loops_to_about_the_same_length():
+    assert looping_answer("Fry the eggs in a pan.", np.random.default_rng(1)) == (
+        "Fry the Fry the Fry the.")
+    answer = "Return the sorted list of names this module exports, leaving private ones out."
+    words = answer.split()
+    assert len(set(words)) == len(words)  # so the start kept and the loop can be read back
+    shapes = set()
+    for seed in range(200):
+        text = looping_answer(answer, np.random.default_rng(seed))
+        assert text.endswith(".") and not text.endswith("..")  # the answer's stop, once
+        looped = text[:-1].split()
+        # kept: the longest prefix of the answer's words (at most n - 2 of them).
+        kept = next(k for k in range(len(words)) if looped[k] != words[k])
+        loop = next(m for m in range(1, 5) if all(
+            looped[i] == looped[i - m] for i in range(kept, len(looped))))
+        assert 1 <= kept <= len(words) - 2 and loop <= kept
+        assert looped[kept:kept + loop] == words[kept - loop:kept][:len(looped) - kept]
+        assert abs(len(text) - len(answer)) <= max(map(len, words)) + 1  # about as long
+        assert len(looped) > kept  # a word repeated at least
+        shapes.add((kept, loop))
+    assert len(shapes) > 20  # both draws vary
+    assert looping_answer("a a a", np.random.default_rng(0)) == "a a a"
+    with pytest.raises(ValueError, match=r"`answer` needs at least three words to loop\. "
+                                         r"Received: 'Boil it\.'"):
+        looping_answer("Boil it.", np.random.default_rng(0))
+
+
+def test_corpus_preference_pairs_are_deterministic_and_prefer_the_unlooped_answer():
     pairs = corpus_preference_pairs(seed=0, limit=300)
-    assert len(pairs) == 300
+    paragraphs = {example["prompt"]: example["completion"]
+                  for example in prompt_completion_task(max_examples=300)}
+    assert len(pairs) == sum(len(p.split()) >= 3 for p in paragraphs.values()) > 250
     assert corpus_preference_pairs(seed=0, limit=300) == pairs
     other_seed = corpus_preference_pairs(seed=1, limit=300)
     assert [p[:2] for p in other_seed] == [p[:2] for p in pairs]
     assert [p[2] for p in other_seed] != [p[2] for p in pairs]
-    answers = {prompt[0]["content"]: chosen for prompt, chosen, _ in pairs}
-    assert len(answers) == 300
+    rng = np.random.default_rng(0)
     for prompt, chosen, rejected in pairs:
         assert len(prompt) == 1 and prompt[0]["role"] == "user"
         assert re.fullmatch(r"What does \S+ do\?", prompt[0]["content"])
-        assert chosen != rejected and rejected in answers.values()
+        assert chosen == paragraphs[prompt[0]["content"]]
+        assert rejected == looping_answer(chosen, rng) and rejected != chosen
+    # About as long: the length of the answers says little of which is chosen.
+    longer = np.mean([len(c) > len(r) for _, c, r in pairs])
+    shorter = np.mean([len(c) < len(r) for _, c, r in pairs])
+    assert 0.25 < longer < 0.5 and 0.25 < shorter < 0.5
     # The tokenized task lays out without error.
     words = sorted({w for _, chosen, _ in pairs for w in re.findall(r"\w+", chosen.lower())}
                    | {w for p, _, _ in pairs for w in re.findall(r"\w+", p[0]["content"].lower())})

@@ -170,8 +170,8 @@ def test_balance_lengths_trains_on_the_balanced_subset(tmp_path):
     run.prepare()
     train = run.examples["train"]
     assert len(train) == len(run.pairs["train"]) == run.document_counts()["train"]
-    # The corpus task's chosen docstrings are mostly longer than their
-    # siblings': after balancing, length predicts nothing.
+    # The corpus task's looped answers are about as long as the true ones,
+    # but not exactly: after balancing, length predicts nothing.
     assert run.dropped["length_balance"] > 0
     assert length_baseline_accuracy(train) == pytest.approx(0.5)
     kept = {(tuple(c), tuple(r)) for c, r in zip(train.chosen_ids, train.rejected_ids)}

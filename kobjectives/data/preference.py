@@ -1214,6 +1214,7 @@ def looping_answer(answer, rng, max_loop_words=4):
     >>> looping_answer("Fry the eggs in a pan.", np.random.default_rng(1))
     'Fry the Fry the Fry the.'
     """
+    max_loop_words = _check_int("max_loop_words", max_loop_words, 1)
     words = answer.split()
     if len(words) < 3:
         raise ValueError(f"`answer` needs at least three words to loop. Received: {answer!r}")
@@ -1247,15 +1248,16 @@ def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
     3. Rejected is the same paragraph falling into a loop
        (`looping_answer`, drawn with a `numpy` generator seeded by `seed`
        in pair order): `"Fry the Fry the Fry the."` or `"Fry the eggs in
-       in in."` for `"Fry the eggs in a pan."`, about as long. Paragraphs of fewer than three
-       words, and those whose loop gives them back unchanged (`"a a a"`),
-       are left out.
+       in in."` for `"Fry the eggs in a pan."`, about as long. Paragraphs
+       of fewer than three words, and those whose loop gives them back
+       unchanged (`"a a a"`), are left out.
 
-    Repetition is the commonest failure of a small model's greedy answers
+    Repetition is a common failure of a small model's greedy answers
     (Holtzman et al. 2020, https://arxiv.org/abs/1904.09751), and a causal
-    LM trained on text tends to give such loops *more* probability than the
-    true answer, so a reward model and DPO have something to learn here
-    that the starting policy gets wrong. (Until 2026-12-07 rejected was a
+    LM trained on the answers gives such loops nearly as much probability
+    as the true answer (the default `sft` run prefers the true one on 57%
+    of held-out pairs), so a reward model and DPO have something to learn
+    here that the starting policy gets wrong. (Until 2026-12-07 rejected was a
     sibling name's paragraph, `json.loads`' for `json.dumps`: a relevance
     task that the default tiny models could not learn; the reward model and
     DPO stayed at chance on it.)

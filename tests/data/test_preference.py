@@ -454,6 +454,14 @@ def test_looping_answer_keeps_a_start_then_loops_to_about_the_same_length():
     with pytest.raises(ValueError, match=r"`answer` needs at least three words to loop\. "
                                          r"Received: 'Boil it\.'"):
         looping_answer("Boil it.", np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"`max_loop_words` must be an int >= 1\. "
+                                         r"Received: max_loop_words=0"):
+        looping_answer(answer, np.random.default_rng(0), max_loop_words=0)
+    # One-word loops only: the answer's first words, then one of them repeated.
+    for seed in range(20):
+        looped = looping_answer(answer, np.random.default_rng(seed), max_loop_words=1)[:-1].split()
+        kept = next(k for k in range(len(words)) if looped[k] != words[k])
+        assert set(looped[kept:]) == {words[kept - 1]}
 
 
 def test_corpus_preference_pairs_are_deterministic_and_prefer_the_unlooped_answer():

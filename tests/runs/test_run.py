@@ -188,7 +188,8 @@ def test_a_lora_run_killed_after_a_round_resumes_to_the_same_weights(finished, t
     """LoRA from a run folder: Keras checkpoints merge the adapters, the
     backup keeps them apart; killed after round 2 and rerun, the run ends
     with the uninterrupted run's weights and round losses."""
-    lora = tiny(model={"init": str(finished[0]), "lora_rank": 2})
+    lora = tiny(model={"init": str(finished[0]), "lora_rank": 2},
+                training={"saved_model": False})  # the weights are compared, not served
     MaskedLMRun(lora, tmp_path / "whole", log=quiet).train()
     with pytest.raises(KeyboardInterrupt):
         CrashingRun(lora, tmp_path / "resumed", log=quiet).train()

@@ -93,7 +93,7 @@ def test_supervised_run_on_nli_triples(tmp_path):
         "contrastive.mode": "supervised", "data.files": str(triples), "training.steps": 2,
         "training.epochs": 1, "training.batch_size": 8, "training.jit_compile": False,
         "model.sequence_length": 16, "mlm.steps": 0, "tokenizer.vocabulary_size": 200,
-        "data.validation_fraction": 0.2,
+        "data.validation_fraction": 0.2, "training.saved_model": False,
     })
     run = run_class("simcse")(recipe, out_dir=tmp_path / "run", log=lambda *_: None)
     metrics = run.train()

@@ -184,6 +184,10 @@ def test_a_finished_run_is_left_as_it_is_unless_started_over(finished, tmp_path)
     assert MaskedLMRun(tiny(training={"steps": 8}), folder).finished() is None
 
 
+# Slow (three runs, about 35 s): the default suite resumes a LoRA fit exactly through
+# `RunBackup` in tests/runs/test_fault_tolerance.py, and a run through
+# `test_resume_continues_the_data_stream` above.
+@pytest.mark.slow
 def test_a_lora_run_killed_after_a_round_resumes_to_the_same_weights(finished, tmp_path):
     """LoRA from a run folder: Keras checkpoints merge the adapters, the
     backup keeps them apart; killed after round 2 and rerun, the run ends

@@ -293,6 +293,10 @@ def test_bad_sources_and_backbones_fail_at_check_time(tmp_path):
         cls({"model": {"backbone": "bart_tiny", "target_length": 2}}, tmp_path)
 
 
+# Slow (a run with 128-token targets, about 40 s): the default suite checks packing in
+# tests/data/test_seq2seq_sft.py (every example once, static rows) and
+# tests/objectives/test_denoising_seq2seq.py (packed training equals unpacked under XLA).
+@pytest.mark.slow
 def test_a_packed_run_trains_on_packed_rows_and_scores_every_target_once(tmp_path):
     out = tmp_path / "packed"
     # Targets of at most 300 characters in rows of 128 ids: several fit a row.

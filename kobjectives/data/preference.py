@@ -1229,7 +1229,7 @@ def looping_answer(answer, rng, max_loop_words=4):
         if index and len(longer) - target > target - len(text):
             break  # one word more would be further from the length
         text, index = longer, index + 1
-    return text.rstrip(stop) + stop if stop else text
+    return text.rstrip(stop) + stop  # rstrip("") strips nothing
 
 
 def corpus_preference_pairs(seed=0, limit=None, max_characters=300,
